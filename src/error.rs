@@ -1,0 +1,188 @@
+//! The crate's one error type.
+
+use std::fmt;
+use std::io;
+
+/// Which value failed to cross between processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Payload {
+    /// The arguments of a target function (or the object of a [`Run`](crate::Run) type).
+    Arguments,
+    /// The value the target returned.
+    Result,
+}
+
+/// Which process noticed a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Side {
+    /// The process that started the child.
+    Parent,
+    /// The child process.
+    Child,
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Payload::Arguments => "arguments",
+            Payload::Result => "result",
+        })
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Parent => "in the parent",
+            Side::Child => "in the child",
+        })
+    }
+}
+
+/// Everything that can go wrong in multiproc.
+///
+/// Failures of the child are values here, never hangs: a panic, a signal, an
+/// early exit or a value that cannot cross each has its own variant.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::{Error, Process};
+/// fn boom() -> u8 { panic!("no luck") }
+/// let mut p = Process::new(boom, ());
+/// p.start().unwrap();
+/// match p.join() {
+///     Err(Error::Panicked { message, .. }) => assert_eq!(message, "no luck"),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The target panicked in the child.
+    #[error("process {name} (pid {pid}) panicked at {}: {message}", location.as_deref().unwrap_or("<unknown location>"))]
+    Panicked {
+        /// The child's name.
+        name: String,
+        /// The child's pid.
+        pid: i32,
+        /// The panic message.
+        message: String,
+        /// `file:line:column` of the panic, when known.
+        location: Option<String>,
+    },
+    /// The child was killed by a signal before it returned a value.
+    #[error("process {name} (pid {pid}) was killed by {signal_name} (exitcode {exitcode})")]
+    Killed {
+        /// The child's name.
+        name: String,
+        /// The child's pid.
+        pid: i32,
+        /// The signal number.
+        signal: i32,
+        /// The signal's name, such as `SIGKILL`.
+        signal_name: String,
+        /// Python's exit code for it: minus the signal number.
+        exitcode: i32,
+    },
+    /// The child exited (for instance through `std::process::exit`) before it
+    /// returned a value.
+    #[error("process {name} (pid {pid}) exited with code {exitcode} before returning a value")]
+    Exited {
+        /// The child's name.
+        name: String,
+        /// The child's pid.
+        pid: i32,
+        /// Its exit status.
+        exitcode: i32,
+    },
+    /// A value could not be serialized for the trip.
+    #[error("could not encode the {what} {side}: {message}")]
+    Encode {
+        /// Which value.
+        what: Payload,
+        /// Where it failed.
+        side: Side,
+        /// The codec's explanation.
+        message: String,
+    },
+    /// A value could not be deserialized after the trip.
+    #[error("could not decode the {what} {side}: {message}")]
+    Decode {
+        /// Which value.
+        what: Payload,
+        /// Where it failed.
+        side: Side,
+        /// The codec's explanation.
+        message: String,
+    },
+    /// `start` was called twice.
+    #[error("process {0} has already been started")]
+    AlreadyStarted(String),
+    /// An operation that needs a started process was called before `start`.
+    #[error("process {0} has not been started")]
+    NotStarted(String),
+    /// `join` already handed out the child's value.
+    #[error("the result of process {0} was already taken by an earlier join")]
+    ResultTaken(String),
+    /// A closure that captures its environment can only run in a forked child.
+    #[error("process {name} runs a closure, which needs the fork start method, not {method}")]
+    NeedsFork {
+        /// The process's name.
+        name: String,
+        /// The start method that was asked for.
+        method: crate::StartMethod,
+    },
+    /// `set_start_method` was called after the start method was fixed.
+    #[error("the start method is already set to {current}")]
+    StartMethodAlreadySet {
+        /// The method in force.
+        current: crate::StartMethod,
+    },
+    /// A start method name that is not `fork`, `spawn` or `forkserver`.
+    #[error("unknown start method {0:?} (expected fork, spawn or forkserver)")]
+    UnknownStartMethod(String),
+    /// More OS handles in one message than the kernel passes at once.
+    #[error("{count} handles in one message (at most {max})")]
+    TooManyHandles {
+        /// How many were given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The child is not running the same executable as the parent.
+    #[error("the child's executable differs from the parent's; cannot find the target function")]
+    ExecutableMismatch,
+    /// The forkserver could not be started or stopped answering.
+    #[error("forkserver: {0}")]
+    Forkserver(String),
+    /// A message between processes made no sense.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// An operating-system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches a short description of what was being done to an I/O error.
+pub(crate) trait Context<T> {
+    fn context(self, context: &'static str) -> Result<T>;
+}
+
+impl<T, E: Into<io::Error>> Context<T> for std::result::Result<T, E> {
+    fn context(self, context: &'static str) -> Result<T> {
+        self.map_err(|e| Error::Io {
+            context,
+            source: e.into(),
+        })
+    }
+}

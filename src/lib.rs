@@ -1,0 +1,71 @@
+//! Python's `multiprocessing`, done properly in Rust.
+//!
+//! Run a Rust function in a child process and get its value back:
+//!
+//! ```
+//! #[multiproc::main]
+//! fn main() {
+//!     fn square(x: u64) -> u64 { x * x }
+//!
+//!     let mut p = multiproc::Process::new(square, (12,));
+//!     p.start().unwrap();
+//!     assert_eq!(p.join().unwrap(), 144);
+//! }
+//! ```
+//!
+//! * [`Process`] brings Python's `Process`: start, join (with timeout), pid,
+//!   name, daemon, is_alive, exitcode, terminate, kill; nested children;
+//!   [`current_process`], [`parent_process`], [`active_children`].
+//! * Three start methods ([`StartMethod`]): `forkserver` (the default),
+//!   `spawn` and `fork`; chosen globally with [`set_start_method`] or per
+//!   process.
+//! * Failures are values: a child's panic, a killing signal, an early exit
+//!   or a value that cannot be (de)serialized each comes back as an [`Error`].
+//! * OS resources travel in arguments and results as [`Handle`]s, under every
+//!   start method.
+//! * No leaks: daemonic children die with their parent even when it is
+//!   SIGKILLed; every child is reaped; non-daemonic children are joined when
+//!   the program ends.
+//!
+//! Linux only.
+#![deny(missing_docs)]
+
+mod bootstrap;
+mod context;
+mod error;
+pub mod os;
+mod popen;
+mod process;
+mod reduction;
+mod runtime;
+mod sys;
+mod wire;
+
+pub use bootstrap::init;
+pub use context::{Context, StartMethod, get_context, get_start_method, set_start_method};
+pub use error::{Error, Payload, Result, Side};
+pub use process::{
+    ParentProcess, Process, ProcessInfo, Run, Target, active_children, current_process,
+    parent_process,
+};
+pub use reduction::Handle;
+
+/// Marks a program's `main` as the parent's entry point: the Rust
+/// counterpart of Python's `if __name__ == '__main__':`. It calls
+/// [`init`] before the body; see there for what that does.
+///
+/// ```
+/// #[multiproc::main]
+/// fn main() {
+///     println!("only the parent runs this");
+/// }
+/// ```
+pub use multiproc_macros::main;
+
+#[doc(hidden)]
+pub mod __private {
+    /// Open descriptors of this process, for leak tests.
+    pub fn open_fd_count() -> std::io::Result<usize> {
+        crate::sys::proc::open_fd_count()
+    }
+}

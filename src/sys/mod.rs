@@ -1,0 +1,67 @@
+//! The platform layer: the only place that talks to the kernel directly.
+//!
+//! Everything above this module works with owned file descriptors, frames and
+//! exit codes; nothing above it names a syscall. Linux only for now (pidfds,
+//! `PR_SET_PDEATHSIG`, `/proc/self/exe`).
+
+pub(crate) mod frame;
+pub(crate) mod proc;
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+/// A connected pair of Unix stream sockets, close-on-exec.
+pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// A connected pair of Unix sequenced-packet sockets, close-on-exec.
+/// Used where each message must arrive whole (control and status messages).
+pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Waits until one of `fds` is readable (or hung up), or `timeout` passes.
+/// Returns one flag per descriptor; all false means the time ran out.
+pub(crate) fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<bool>> {
+    let mut pollfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    let timeout = timeout.map(|d| Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(d.subsec_nanos()),
+    });
+    loop {
+        match rustix::event::poll(&mut pollfds, timeout.as_ref()) {
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(pollfds.iter().map(|p| !p.revents().is_empty()).collect())
+}
+
+/// True when this code runs on the process's main thread. A child's
+/// parent-death signal fires when the *thread* that created it exits, so it is
+/// only a faithful "parent died" signal when that thread is the main one.
+pub(crate) fn on_main_thread() -> bool {
+    rustix::thread::gettid() == rustix::process::getpid()
+}

@@ -1,0 +1,166 @@
+//! Processes at the syscall level: pidfds, reaping, signals, `posix_spawn` of
+//! our own executable, parent-death protection.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
+
+/// Python's encoding of how a process ended: the exit status, or minus the
+/// number of the signal that killed it.
+pub(crate) type ExitCode = i32;
+
+/// Opens a pidfd: a descriptor that names one process for its whole life, so
+/// waiting and signalling never hit a recycled pid.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    let pid =
+        Pid::from_raw(pid).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0"))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// Reaps the child behind `pidfd` if it has ended; `None` while it runs.
+pub(crate) fn try_reap_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitCode>> {
+    let status = loop {
+        match rustix::process::waitid(
+            WaitId::PidFd(pidfd),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Err(Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
+    Ok(status.and_then(|s| exit_code(&s)))
+}
+
+fn exit_code(status: &WaitIdStatus) -> Option<ExitCode> {
+    if let Some(code) = status.exit_status() {
+        Some(code)
+    } else {
+        status.terminating_signal().map(|sig| -sig)
+    }
+}
+
+/// Sends `signal` to the process behind `pidfd`. A process that has already
+/// ended (`ESRCH`) is not an error: Python's `terminate` is a no-op then too.
+pub(crate) fn signal_pidfd(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    let sig = Signal::from_named_raw(signal).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unknown signal {signal}"),
+        )
+    })?;
+    match rustix::process::pidfd_send_signal(pidfd, sig) {
+        Ok(()) | Err(Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends `signal` by pid, for the rare case where no pidfd could be opened.
+pub(crate) fn signal_pid(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// The name of a signal, such as `SIGKILL`.
+pub(crate) fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|_| format!("signal {signal}"))
+}
+
+/// True once the process behind `pidfd` has ended (it need not be our child).
+pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
+    super::poll_readable(&[pidfd], Some(std::time::Duration::ZERO))
+        .map(|r| r[0])
+        .unwrap_or(false)
+}
+
+/// Asks the kernel to SIGKILL us when the thread that created us exits.
+pub(crate) fn kill_me_when_parent_dies() -> io::Result<()> {
+    Ok(rustix::process::set_parent_process_death_signal(Some(
+        Signal::KILL,
+    ))?)
+}
+
+/// Ignores SIGPIPE, as Rust's own `main` does, so that writing to a closed
+/// pipe is an error instead of a silent death.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN has no handler code to race with.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Starts a fresh copy of the running executable with `posix_spawn`.
+///
+/// `args` follow argv[0]; `fds` are `(source, target)` pairs: the child gets
+/// `source` as descriptor number `target`, everything else close-on-exec
+/// stays behind. The child starts with no signals blocked.
+pub(crate) fn spawn_self(args: &[&str], fds: &[(BorrowedFd<'_>, RawFd)]) -> io::Result<i32> {
+    let mut actions = PosixSpawnFileActions::init()?;
+    // dup2(fd, fd) would leave close-on-exec set, and an earlier dup2 could
+    // overwrite a later source; so move every source above all targets first.
+    let top = fds.iter().map(|&(_, t)| t).max().unwrap_or(0);
+    let mut lifted = Vec::with_capacity(fds.len());
+    for &(src, target) in fds {
+        let fd = rustix::io::fcntl_dupfd_cloexec(src, top + 1)?;
+        lifted.push((fd, target));
+    }
+    for (fd, target) in &lifted {
+        actions.add_dup2(fd.as_raw_fd(), *target)?;
+    }
+    let mut attr = PosixSpawnAttr::init()?;
+    attr.set_sigmask(&nix::sys::signal::SigSet::empty())?;
+    attr.set_flags(PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK)?;
+
+    let argv0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| OsString::from("multiproc-child"));
+    let mut argv =
+        vec![CString::new(argv0.into_vec()).unwrap_or_else(|_| c"multiproc-child".to_owned())];
+    for a in args {
+        argv.push(
+            CString::new(*a)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))?,
+        );
+    }
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let pid = nix::spawn::posix_spawn(c"/proc/self/exe", &actions, &attr, &argv, &env)?;
+    drop(lifted);
+    Ok(pid.as_raw())
+}
+
+/// Takes ownership of a descriptor number handed to us at start-up.
+///
+/// # Safety
+/// `fd` must be open and owned by nobody else in this process.
+pub(crate) unsafe fn adopt_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: guaranteed by the caller.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Counts this process's open descriptors (for leak checks and tests).
+pub(crate) fn open_fd_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/fd")?
+        .count()
+        .saturating_sub(1))
+}

@@ -1,0 +1,70 @@
+//! What parent and child say to each other. The transport (frames with
+//! descriptors) is in `sys::frame`; this is only the meaning of the bytes.
+//!
+//! Spawn and forkserver children receive one [`Bootstrap`] frame and answer
+//! with one [`Outcome`] frame. Forked children skip the bootstrap (they
+//! already hold everything in memory) but answer the same way.
+
+use serde::{Deserialize, Serialize};
+
+use crate::StartMethod;
+use crate::error::Payload;
+
+/// Where the child finds the code to run: the distance of a monomorphised
+/// entry function from an anchor function in the same executable, plus the
+/// distance of a second known function as a check that the executable is
+/// the same one.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct EntryRef {
+    pub offset: i64,
+    pub check: i64,
+}
+
+/// Everything a spawn or forkserver child needs to become the process the
+/// parent described. Descriptors travel beside it: the first is a pidfd of
+/// the parent, the rest belong to the payload.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Bootstrap {
+    pub entry: EntryRef,
+    pub name: String,
+    pub identity: Vec<u32>,
+    pub daemon: bool,
+    pub start_method: StartMethod,
+    pub parent_pid: i32,
+    pub parent_name: String,
+    /// True when a parent-death signal is a faithful "parent died" signal
+    /// (the child's OS parent is the real parent, created from its main thread).
+    pub deathsig: bool,
+    pub payload: Vec<u8>,
+}
+
+/// The child's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    /// The target returned; this is its encoded value.
+    Returned(Vec<u8>),
+    /// The target panicked.
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
+    /// The value could not be decoded or encoded in the child.
+    Codec {
+        what: Payload,
+        decode: bool,
+        message: String,
+    },
+    /// The bootstrap itself failed.
+    Bootstrap(String),
+}
+
+impl Outcome {
+    /// The exit status the child uses after sending this outcome (Python:
+    /// 0 after a normal return, 1 after an exception).
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Outcome::Returned(_) => 0,
+            _ => 1,
+        }
+    }
+}
