@@ -15,6 +15,7 @@ use std::ffi::{CStr, c_char, c_int};
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 
 use crate::popen::forkserver;
@@ -58,9 +59,17 @@ extern "C" fn load_hook(argc: c_int, argv: *const *const c_char, _envp: *const *
     dispatch(&args);
 }
 
+/// Set once this process image has looked at its arguments: a child keeps
+/// its marker arguments for life, and `init` in its code must not act on
+/// them a second time.
+static DISPATCHED: AtomicBool = AtomicBool::new(false);
+
 /// Becomes the child or the forkserver if the arguments say so; otherwise
 /// returns at once.
 fn dispatch(args: &[&[u8]]) {
+    if DISPATCHED.swap(true, Ordering::AcqRel) {
+        return;
+    }
     let fd_at = |i: usize| -> Option<i32> { std::str::from_utf8(args.get(i)?).ok()?.parse().ok() };
     match args.first() {
         Some(a) if *a == BOOTSTRAP_FLAG.as_bytes() => {
@@ -99,16 +108,14 @@ fn dispatch(args: &[&[u8]]) {
 /// Calling it more than once is harmless.
 ///
 /// ```
-/// fn main() {
-///     multiproc::init();
-///     // … the parent's program …
-/// }
+/// multiproc::init();
+/// // … the parent's program …
 /// ```
 pub fn init() {
     let args: Vec<Vec<u8>> = std::env::args_os()
         .skip(1)
         .take(3)
-        .map(|a| std::os::unix::ffi::OsStringExt::into_vec(a))
+        .map(std::os::unix::ffi::OsStringExt::into_vec)
         .collect();
     let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
     dispatch(&args);

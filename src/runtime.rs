@@ -118,6 +118,9 @@ impl Runtime {
     }
 }
 
+/// How long the forkserver may take to report a child that has visibly ended.
+const STATUS_GRACE: Duration = Duration::from_secs(10);
+
 /// How we learn that a child ended.
 pub(crate) enum ExitWatch {
     /// Our own child: poll its pidfd, reap it with `waitid`.
@@ -170,8 +173,16 @@ impl ChildShared {
             ExitWatch::Pidfd(fd) => {
                 sysproc::try_reap_pidfd(fd.as_fd()).context("waitid on a child")?
             }
-            ExitWatch::Server { status, .. } => {
-                crate::popen::forkserver::read_status(status.as_fd())?
+            ExitWatch::Server { status, pidfd } => {
+                let reported = crate::popen::forkserver::read_status(status.as_fd(), None)?;
+                match pidfd {
+                    // It has ended but the server's report is still on its way:
+                    // wait for it, so that every answer agrees with the kernel.
+                    Some(fd) if reported.is_none() && sysproc::has_exited(fd.as_fd()) => {
+                        crate::popen::forkserver::read_status(status.as_fd(), Some(STATUS_GRACE))?
+                    }
+                    _ => reported,
+                }
             }
         };
         Ok(*code)

@@ -132,8 +132,14 @@ pub(crate) fn launch(spec: &Spec<'_>) -> Result<Child> {
 }
 
 /// Reads a forkserver child's exit code from its status socket, if it has
-/// been reported.
-pub(crate) fn read_status(status: BorrowedFd<'_>) -> Result<Option<ExitCode>> {
+/// been reported (waiting up to `wait` for the report).
+pub(crate) fn read_status(
+    status: BorrowedFd<'_>,
+    wait: Option<std::time::Duration>,
+) -> Result<Option<ExitCode>> {
+    if let Some(wait) = wait {
+        poll_readable(&[status], Some(wait)).context("waiting for the forkserver's report")?;
+    }
     let mut buf = [0u8; 4];
     match recv_packet(status, &mut buf, false).context("reading a status from the forkserver")? {
         None => Ok(None),

@@ -1,0 +1,56 @@
+//! The tour: every seed program ported so far, one after another, each in a
+//! child process of its own so that one program's exit handling cannot
+//! touch the next.
+//!
+//! `cargo run --example tour`
+
+#[path = "daemon.rs"]
+mod daemon;
+#[path = "fork.rs"]
+mod fork;
+#[path = "nested.rs"]
+mod nested;
+#[path = "process.rs"]
+mod process;
+#[path = "run_method.rs"]
+mod run_method;
+
+use multiproc::{Process, StartMethod};
+
+const PROGRAMS: &[(&str, &str, fn())] = &[
+    ("fork", "os.fork returns twice", fork::main),
+    (
+        "process",
+        "Process with arguments, start, join, pids",
+        process::main,
+    ),
+    ("nested", "a child starting a grandchild", nested::main),
+    ("daemon", "daemon flag, is_alive, exitcode", daemon::main),
+    ("run_method", "the subclass-with-run form", run_method::main),
+];
+
+/// Runs one program as if it were `main` of its own process.
+fn run_program(index: usize) {
+    (PROGRAMS[index].2)();
+    // Its own exit handling (joining its children) happens as it leaves.
+}
+
+#[multiproc::main]
+fn main() {
+    println!(
+        "multiproc tour: {} programs from the seed tutorials",
+        PROGRAMS.len()
+    );
+    for (index, (name, what, _)) in PROGRAMS.iter().enumerate() {
+        println!("\n=== examples/{name}.rs: {what} ===");
+        let mut p = Process::new(run_program, (index,))
+            .with_start_method(StartMethod::Spawn)
+            .with_name(*name);
+        p.start().expect("start program");
+        if let Err(e) = p.join() {
+            eprintln!("examples/{name}.rs failed: {e}");
+            std::process::exit(1);
+        }
+    }
+    println!("\nall {} programs ran", PROGRAMS.len());
+}

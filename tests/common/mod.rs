@@ -1,0 +1,109 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use multiproc::{Process, Result, StartMethod};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A hang guard, not a synchronisation: far longer than anything here takes.
+pub const GUARD: Duration = Duration::from_secs(120);
+
+/// Joins, failing the test (and killing the child) if it hangs.
+pub fn join<R: Serialize + DeserializeOwned + Send + 'static>(p: &mut Process<R>) -> Result<R> {
+    match p.join_timeout(GUARD) {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => {
+            let _ = p.kill();
+            panic!("{} hung for {GUARD:?}", p.name());
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `test` once under each start method.
+pub fn each_method(test: impl Fn(StartMethod)) {
+    for m in StartMethod::ALL {
+        test(m);
+    }
+}
+
+/// A pidfd for any process (it need not be our child).
+pub fn pidfd(pid: i32) -> OwnedFd {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        fd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel just gave us this descriptor.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// Waits up to `timeout` for the process behind `pidfd` to end.
+pub fn exits_within(pidfd: &OwnedFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd.as_fd()),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    n == 1
+}
+
+/// Pids of our children that are zombies (ended, not reaped).
+pub fn zombie_children() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut zombies = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...; comm may contain spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 1 && fields[0] == "Z" && fields[1].parse::<i32>() == Ok(me) {
+            zombies.push(pid);
+        }
+    }
+    zombies
+}
+
+pub fn sleep_forever() {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Runs `body` in a process of its own: a fresh run of this test binary
+/// with only `name` selected. For tests that measure process-wide state
+/// (open descriptors, children, zombies), which other tests running as
+/// threads of the same process (`cargo test`) would disturb.
+pub fn isolated(name: &str, body: impl FnOnce()) {
+    const MARK: &str = "MULTIPROC_TEST_ISOLATED";
+    if std::env::var(MARK).as_deref() == Ok(name) {
+        body();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(MARK, name)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "isolated run of {name} failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,179 @@
+//! Runs each ported seed program and checks what it prints.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Where cargo put the example binaries (it builds them for `cargo test`
+/// and `cargo nextest run`).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the examples (cargo build --examples)",
+        path.display()
+    );
+    path
+}
+
+fn run(name: &str) -> Vec<String> {
+    let out = Command::new(example(name))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{name} failed with {}:\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(str::to_owned).collect()
+}
+
+/// The number between `prefix` and `suffix` in `line`.
+fn number(line: &str, prefix: &str, suffix: &str) -> i32 {
+    line.strip_prefix(prefix)
+        .and_then(|l| l.strip_suffix(suffix))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?} is not {prefix}<n>{suffix}"))
+}
+
+fn find<'a>(lines: &'a [String], starts: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|l| l.starts_with(starts))
+        .unwrap_or_else(|| panic!("no line starts with {starts:?} in {lines:#?}"))
+}
+
+#[test]
+fn fork_returns_twice() {
+    let lines = run("fork");
+    let parent = number(&lines[0], "Process (", ") start...");
+    let created = find(&lines, "I (");
+    let (p, rest) = created
+        .strip_prefix("I (")
+        .unwrap()
+        .split_once(')')
+        .unwrap();
+    assert_eq!(p.parse::<i32>().unwrap(), parent);
+    let child = number(rest, " just created a child process (", ").");
+    let child_line = find(&lines, "I am child process");
+    assert_eq!(
+        child_line,
+        format!("I am child process ({child}) and my parent is {parent}.")
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        &format!("Child process ({child}) exited with code 0.")
+    );
+    assert_ne!(child, parent);
+}
+
+#[test]
+fn process_runs_a_function_with_arguments() {
+    let lines = run("process");
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    let parent = number(&lines[0], "Parent process ", "");
+    assert_eq!(lines[1], "Child process starting...");
+    let child = number(&lines[2], "Running child process 'test' (", ")");
+    assert_eq!(
+        lines[3],
+        format!("Child process ends (it reported pid {child}, Process.pid is {child}).")
+    );
+    assert_eq!(lines[4], "Parent process ends.");
+    assert_ne!(parent, child);
+}
+
+#[test]
+fn nested_children() {
+    let lines = run("nested");
+    assert_eq!(
+        lines,
+        [
+            "start parent process",
+            "start x child process Process-1",
+            "start child process Process-1:1",
+            "waiting for 0.3 seconds",
+            "exit child process",
+            "exit x child process",
+            "child was Process-1, grandchild was Process-1:1, which slept 300 ms",
+            "exit parent process",
+        ]
+    );
+}
+
+#[test]
+fn daemon_flag_is_alive_and_exitcode() {
+    let lines = run("daemon");
+    // Parent and child print concurrently: check each one's lines in order.
+    let child_lines = ["start child process", "exit child process"];
+    let (child, parent): (Vec<&str>, Vec<&str>) = lines
+        .iter()
+        .map(String::as_str)
+        .partition(|l| child_lines.contains(l));
+    assert_eq!(child, child_lines);
+    assert_eq!(
+        parent,
+        [
+            "before start: name=Process-1 pid=None daemon=false is_alive=false",
+            "after start: pid is set=true is_alive=true",
+            "after join: is_alive=false exitcode=Some(0)",
+            "daemon: name=daemon-child daemon=true is_alive=true",
+            "daemon after terminate: is_alive=false exitcode=Some(-15) join=true",
+            "a daemon is left running: it is terminated when main returns",
+            "parent main returns",
+            // Printed by the non-daemon child, which cannot finish before the
+            // parent's main has returned, and which the parent waits for.
+            "non-daemon child: the parent's main has returned; finishing now",
+        ]
+    );
+    let start = lines
+        .iter()
+        .position(|l| l == "start child process")
+        .unwrap();
+    let exit = lines
+        .iter()
+        .position(|l| l == "exit child process")
+        .unwrap();
+    let joined = lines
+        .iter()
+        .position(|l| l.starts_with("after join"))
+        .unwrap();
+    assert!(start > 0 && start < exit && exit < joined, "{lines:#?}");
+}
+
+#[test]
+fn run_method_pid_before_and_after_start() {
+    let lines = run("run_method");
+    let (child, parent): (Vec<&str>, Vec<&str>) = lines
+        .iter()
+        .map(String::as_str)
+        .partition(|l| *l == "do something in sub_progress");
+    assert_eq!(child.len(), 1, "{lines:#?}");
+    assert_eq!(parent.len(), 4, "{lines:#?}");
+    assert_eq!(parent[0], "progress pid: None");
+    let pid = number(parent[1], "progress pid: Some(", ")");
+    assert!(pid > 0);
+    assert_eq!(&parent[2..], ["run returned 0.2", "main progress finished"]);
+    let said = lines
+        .iter()
+        .position(|l| l == "do something in sub_progress")
+        .unwrap();
+    assert!(said > 0 && said < lines.len() - 2, "{lines:#?}");
+}
+
+#[test]
+fn tour_runs_every_program() {
+    let lines = run("tour");
+    for name in ["fork", "process", "nested", "daemon", "run_method"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("=== examples/{name}.rs"))),
+            "{name} missing"
+        );
+    }
+    assert_eq!(lines.last().unwrap(), "all 5 programs ran");
+}
