@@ -77,9 +77,9 @@ pub(crate) fn ensure_started() -> Result<(Arc<OwnedFd>, Arc<OwnedFd>)> {
     Ok(handles)
 }
 
-/// Asks the forkserver for a new child; the bootstrap follows from the caller.
-pub(crate) fn launch(spec: &Spec<'_>) -> Result<Child> {
-    let (conn, child_conn) = sys::stream_pair().context("socketpair for a child")?;
+/// Asks the forkserver for a new child, which gets `child_conn` as its
+/// connection to us.
+pub(crate) fn launch(spec: &Spec<'_>, conn: OwnedFd, child_conn: OwnedFd) -> Result<Child> {
     let (status, server_status) = sys::packet_pair().context("socketpair for a child's status")?;
     let request = [u8::from(spec.daemon)];
     let fds = [child_conn.as_fd(), server_status.as_fd()];

@@ -31,49 +31,63 @@ pub(crate) struct Spec<'a> {
     pub method: StartMethod,
 }
 
+/// Bootstraps up to this size are written before the child exists: they fit
+/// in an empty socket's buffer, so the write cannot block, and the child
+/// finds them the moment it starts instead of after one more round trip.
+const EARLY_BOOTSTRAP: usize = 64 << 10;
+
 /// Starts `job` in a new child according to `spec`.
 pub(crate) fn launch(job: Box<dyn Job>, spec: &Spec<'_>) -> Result<Child> {
     bootstrap::keep_hook();
-    match spec.method {
-        StartMethod::Fork => fork::launch(job, spec),
-        StartMethod::Spawn | StartMethod::Forkserver => {
-            let portable = job
-                .portable()
-                .ok_or_else(|| Error::NeedsFork {
-                    name: spec.name.to_owned(),
-                    method: spec.method,
-                })?
-                .map_err(|message| Error::Encode {
-                    what: Payload::Arguments,
-                    side: Side::Parent,
-                    message,
-                })?;
-            if portable.fds.len() + 1 > MAX_FDS {
-                return Err(Error::TooManyHandles {
-                    count: portable.fds.len(),
-                    max: MAX_FDS - 1,
-                });
-            }
-            // The arguments are encoded (their handles duplicated); the
-            // parent's originals are released now, as in every start method.
-            drop(job);
-            let (child, deathsig) = match spec.method {
-                StartMethod::Spawn => (spawn::launch(spec)?, crate::sys::on_main_thread()),
-                _ => (forkserver::launch(spec)?, false),
-            };
-            send_bootstrap(&child, portable, spec, deathsig)?;
-            Ok(child)
-        }
+    if spec.method == StartMethod::Fork {
+        return fork::launch(job, spec);
     }
+    let portable = job
+        .portable()
+        .ok_or_else(|| Error::NeedsFork {
+            name: spec.name.to_owned(),
+            method: spec.method,
+        })?
+        .map_err(|message| Error::Encode {
+            what: Payload::Arguments,
+            side: Side::Parent,
+            message,
+        })?;
+    if portable.fds.len() + 1 > MAX_FDS {
+        return Err(Error::TooManyHandles {
+            count: portable.fds.len(),
+            max: MAX_FDS - 1,
+        });
+    }
+    // The arguments are encoded (their handles duplicated); the parent's
+    // originals are released now, as in every start method.
+    drop(job);
+    // A parent-death signal is only faithful for a child we create ourselves
+    // from our main thread; a forkserver child's OS parent is the server.
+    let deathsig = spec.method == StartMethod::Spawn && crate::sys::on_main_thread();
+    let (bytes, fds) = bootstrap_message(portable, spec, deathsig)?;
+    let (conn, child_conn) = crate::sys::stream_pair().context("socketpair for a child")?;
+    let early = bytes.len() <= EARLY_BOOTSTRAP;
+    if early {
+        send_bootstrap(conn.as_fd(), &bytes, &fds)?;
+    }
+    let child = match spec.method {
+        StartMethod::Spawn => spawn::launch(spec, conn, child_conn)?,
+        _ => forkserver::launch(spec, conn, child_conn)?,
+    };
+    if !early {
+        send_bootstrap(child.conn.as_fd(), &bytes, &fds)?;
+    }
+    Ok(child)
 }
 
-/// Sends a spawn or forkserver child everything it needs to run.
-fn send_bootstrap(
-    child: &Child,
+/// Everything a spawn or forkserver child needs to run, encoded, and the
+/// descriptors that go with it: a pidfd of the parent, then the payload's.
+fn bootstrap_message(
     portable: Portable,
     spec: &Spec<'_>,
     deathsig: bool,
-) -> Result<()> {
+) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
     let (parent_pid, parent_name, parent_pidfd) = {
         let mut rt = runtime::lock();
         (rt.me.pid, rt.me.name.clone(), rt.self_pidfd()?)
@@ -89,10 +103,19 @@ fn send_bootstrap(
         deathsig,
         payload: portable.payload,
     };
-    let bytes = reduction::encode_plain(&boot);
-    let mut fds: Vec<BorrowedFd<'_>> = vec![parent_pidfd.as_fd()];
-    fds.extend(portable.fds.iter().map(|fd| fd.as_fd()));
-    match frame::send(child.conn.as_fd(), &bytes, &fds) {
+    let mut fds = Vec::with_capacity(portable.fds.len() + 1);
+    fds.push(
+        parent_pidfd
+            .try_clone()
+            .context("dup of this process's pidfd")?,
+    );
+    fds.extend(portable.fds);
+    Ok((reduction::encode_plain(&boot), fds))
+}
+
+fn send_bootstrap(conn: BorrowedFd<'_>, bytes: &[u8], fds: &[OwnedFd]) -> Result<()> {
+    let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
+    match frame::send(conn, bytes, &fds) {
         Ok(()) => Ok(()),
         // The child died before reading: `join` will say how it ended.
         Err(e) if is_disconnect(&e) => Ok(()),

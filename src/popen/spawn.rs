@@ -1,17 +1,17 @@
 //! The spawn start method: `posix_spawn` of the running executable, which
 //! multiproc's load hook turns into the child before `main` runs.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use crate::Result;
 use crate::bootstrap::{BOOTSTRAP_FD, BOOTSTRAP_FLAG};
 use crate::error::Context as _;
 use crate::popen::{Child, Spec};
 use crate::runtime::{ChildShared, ExitWatch};
-use crate::sys::{self, proc as sysproc};
+use crate::sys::proc as sysproc;
 
-pub(crate) fn launch(spec: &Spec<'_>) -> Result<Child> {
-    let (conn, child_conn) = sys::stream_pair().context("socketpair for a child")?;
+/// Starts the child; `child_conn` becomes its connection to us.
+pub(crate) fn launch(spec: &Spec<'_>, conn: OwnedFd, child_conn: OwnedFd) -> Result<Child> {
     let fd_arg = BOOTSTRAP_FD.to_string();
     let pid = sysproc::spawn_self(
         &[BOOTSTRAP_FLAG, &fd_arg],
