@@ -20,19 +20,12 @@ pub fn main() {
     // SAFETY: this program is single-threaded at this point.
     match unsafe { os::fork() }.expect("fork") {
         ForkResult::Parent { child } => {
-            println!(
-                "I ({}) just created a child process ({child}).",
-                os::getpid()
-            );
+            println!("I ({}) just created a child process ({child}).", os::getpid());
             let code = os::waitpid(child).expect("waitpid");
             println!("Child process ({child}) exited with code {code}.");
         }
         ForkResult::Child => {
-            println!(
-                "I am child process ({}) and my parent is {}.",
-                os::getpid(),
-                os::getppid()
-            );
+            println!("I am child process ({}) and my parent is {}.", os::getpid(), os::getppid());
             std::process::exit(0);
         }
     }

@@ -29,9 +29,6 @@ pub fn main() {
     println!("Child process starting...");
     p.start().expect("start");
     let child_pid = p.join().expect("join");
-    println!(
-        "Child process ends (it reported pid {child_pid}, Process.pid is {}).",
-        p.pid().expect("started")
-    );
+    println!("Child process ends (it reported pid {child_pid}, Process.pid is {}).", p.pid().expect("started"));
     println!("Parent process ends.");
 }

@@ -19,11 +19,7 @@ use multiproc::{Process, StartMethod};
 
 const PROGRAMS: &[(&str, &str, fn())] = &[
     ("fork", "os.fork returns twice", fork::main),
-    (
-        "process",
-        "Process with arguments, start, join, pids",
-        process::main,
-    ),
+    ("process", "Process with arguments, start, join, pids", process::main),
     ("nested", "a child starting a grandchild", nested::main),
     ("daemon", "daemon flag, is_alive, exitcode", daemon::main),
     ("run_method", "the subclass-with-run form", run_method::main),
@@ -37,15 +33,10 @@ fn run_program(index: usize) {
 
 #[multiproc::main]
 fn main() {
-    println!(
-        "multiproc tour: {} programs from the seed tutorials",
-        PROGRAMS.len()
-    );
+    println!("multiproc tour: {} programs from the seed tutorials", PROGRAMS.len());
     for (index, (name, what, _)) in PROGRAMS.iter().enumerate() {
         println!("\n=== examples/{name}.rs: {what} ===");
-        let mut p = Process::new(run_program, (index,))
-            .with_start_method(StartMethod::Spawn)
-            .with_name(*name);
+        let mut p = Process::new(run_program, (index,)).with_start_method(StartMethod::Spawn).with_name(*name);
         p.start().expect("start program");
         if let Err(e) = p.join() {
             eprintln!("examples/{name}.rs failed: {e}");

@@ -83,8 +83,7 @@ fn dispatch(args: &[&[u8]]) {
                 return;
             };
             // SAFETY: as above, both were placed by spawn_self for us.
-            let (control, parent) =
-                unsafe { (sysproc::adopt_fd(control), sysproc::adopt_fd(parent)) };
+            let (control, parent) = unsafe { (sysproc::adopt_fd(control), sysproc::adopt_fd(parent)) };
             forkserver::serve(control, parent)
         }
         _ => {}
@@ -112,11 +111,8 @@ fn dispatch(args: &[&[u8]]) {
 /// // … the parent's program …
 /// ```
 pub fn init() {
-    let args: Vec<Vec<u8>> = std::env::args_os()
-        .skip(1)
-        .take(3)
-        .map(std::os::unix::ffi::OsStringExt::into_vec)
-        .collect();
+    let args: Vec<Vec<u8>> =
+        std::env::args_os().skip(1).take(3).map(std::os::unix::ffi::OsStringExt::into_vec).collect();
     let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
     dispatch(&args);
     runtime::lock().ensure_exit_hook();
@@ -127,10 +123,7 @@ pub fn init() {
 
 /// Where `f` lies relative to the anchor, as the child will look for it.
 pub(crate) fn entry_ref(f: EntryFn) -> EntryRef {
-    EntryRef {
-        offset: distance(f as usize),
-        check: distance(address(check_point)),
-    }
+    EntryRef { offset: distance(f as usize), check: distance(address(check_point)) }
 }
 
 fn distance(addr: usize) -> i64 {
@@ -169,10 +162,7 @@ pub(crate) fn child_main(conn: OwnedFd) -> ! {
     let code = match bootstrapped(&conn) {
         Ok(code) => code,
         Err(message) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "multiproc: child could not start: {message}"
-            );
+            let _ = writeln!(std::io::stderr(), "multiproc: child could not start: {message}");
             send_reply(conn.as_fd(), Reply::plain(Outcome::Bootstrap(message)));
             1
         }
@@ -184,19 +174,11 @@ fn bootstrapped(conn: &OwnedFd) -> Result<i32, String> {
     let frame = frame::recv_blocking(conn)
         .map_err(|e| format!("reading the bootstrap: {e}"))?
         .ok_or("the parent closed the connection before sending the bootstrap")?;
-    let boot: Bootstrap =
-        reduction::decode_plain(&frame.bytes).map_err(|e| format!("bad bootstrap: {e}"))?;
+    let boot: Bootstrap = reduction::decode_plain(&frame.bytes).map_err(|e| format!("bad bootstrap: {e}"))?;
     let mut fds = frame.fds.into_iter();
-    let parent_pidfd = Arc::new(
-        fds.next()
-            .ok_or("the bootstrap came without a parent pidfd")?,
-    );
+    let parent_pidfd = Arc::new(fds.next().ok_or("the bootstrap came without a parent pidfd")?);
     let entry = resolve(boot.entry).map_err(|e| e.to_string())?;
-    let parent = ParentRecord {
-        pid: boot.parent_pid,
-        name: boot.parent_name,
-        pidfd: Some(parent_pidfd),
-    };
+    let parent = ParentRecord { pid: boot.parent_pid, name: boot.parent_name, pidfd: Some(parent_pidfd) };
     let me = Identity {
         name: boot.name,
         pid: rustix::process::getpid().as_raw_nonzero().get(),
@@ -247,12 +229,10 @@ fn guard_daemon(deathsig: bool, parent: &ParentRecord) {
     }
     // The parent-death signal would fire when the creating *thread* exits,
     // or the OS parent is the forkserver: watch the parent itself instead.
-    let watcher = std::thread::Builder::new()
-        .name("multiproc-lifeline".into())
-        .spawn(move || {
-            let _ = crate::sys::poll_readable(&[pidfd.as_fd()], None);
-            die();
-        });
+    let watcher = std::thread::Builder::new().name("multiproc-lifeline".into()).spawn(move || {
+        let _ = crate::sys::poll_readable(&[pidfd.as_fd()], None);
+        die();
+    });
     if watcher.is_err() {
         die();
     }
@@ -311,11 +291,8 @@ fn run_target(f: impl FnOnce() -> Reply) -> Reply {
     match result {
         Ok(reply) => reply,
         Err(payload) => {
-            let (message, location) = PANIC
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-                .unwrap_or_else(|| {
+            let (message, location) =
+                PANIC.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_else(|| {
                     let text = payload
                         .downcast_ref::<&str>()
                         .map(|s| (*s).to_owned())

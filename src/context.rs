@@ -36,11 +36,7 @@ pub enum StartMethod {
 
 impl StartMethod {
     /// All start methods, in Python's order of `get_all_start_methods`.
-    pub const ALL: [StartMethod; 3] = [
-        StartMethod::Forkserver,
-        StartMethod::Spawn,
-        StartMethod::Fork,
-    ];
+    pub const ALL: [StartMethod; 3] = [StartMethod::Forkserver, StartMethod::Spawn, StartMethod::Fork];
 
     /// The method's name, as Python spells it.
     pub fn as_str(self) -> &'static str {
@@ -122,10 +118,7 @@ pub fn get_start_method() -> StartMethod {
     if let Some(m) = StartMethod::from_code(CHOSEN.load(Ordering::Acquire)) {
         return m;
     }
-    std::env::var("MULTIPROC_START_METHOD")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(StartMethod::Forkserver)
+    std::env::var("MULTIPROC_START_METHOD").ok().and_then(|v| v.parse().ok()).unwrap_or(StartMethod::Forkserver)
 }
 
 /// A start method bound to a factory of processes (Python's `get_context`).

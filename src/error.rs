@@ -180,9 +180,6 @@ pub(crate) trait Context<T> {
 
 impl<T, E: Into<io::Error>> Context<T> for std::result::Result<T, E> {
     fn context(self, context: &'static str) -> Result<T> {
-        self.map_err(|e| Error::Io {
-            context,
-            source: e.into(),
-        })
+        self.map_err(|e| Error::Io { context, source: e.into() })
     }
 }

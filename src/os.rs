@@ -53,17 +53,10 @@ pub unsafe fn fork() -> Result<ForkResult> {
         let rt = runtime::lock();
         (rt.me.name.clone(), rt.me.daemon, rt.me.identity.clone())
     };
-    Ok(
-        match fork_locked(|pid| Identity {
-            name,
-            pid,
-            daemon,
-            identity,
-        })? {
-            Forked::Parent(child) => ForkResult::Parent { child },
-            Forked::Child(_) => ForkResult::Child,
-        },
-    )
+    Ok(match fork_locked(|pid| Identity { name, pid, daemon, identity })? {
+        Forked::Parent(child) => ForkResult::Parent { child },
+        Forked::Child(_) => ForkResult::Child,
+    })
 }
 
 /// Waits for the child `pid` to end and returns its exit code, encoded as
@@ -76,16 +69,13 @@ pub unsafe fn fork() -> Result<ForkResult> {
 /// # }
 /// ```
 pub fn waitpid(pid: i32) -> Result<i32> {
-    let status =
-        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).context("waitpid")?;
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).context("waitpid")?;
     use nix::sys::wait::WaitStatus;
     Ok(match status {
         WaitStatus::Exited(_, code) => code,
         WaitStatus::Signaled(_, sig, _) => -(sig as i32),
         other => {
-            return Err(crate::Error::Protocol(format!(
-                "waitpid({pid}) returned an unexpected status {other:?}"
-            )));
+            return Err(crate::Error::Protocol(format!("waitpid({pid}) returned an unexpected status {other:?}")));
         }
     })
 }
@@ -119,11 +109,7 @@ pub fn getppid() -> i32 {
 pub fn cpu_count() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if n > 0 {
-        n as usize
-    } else {
-        process_cpu_count()
-    }
+    if n > 0 { n as usize } else { process_cpu_count() }
 }
 
 /// The number of CPUs this process may run on, after affinity masks and

@@ -104,31 +104,18 @@ pub(crate) struct Reply {
 
 impl Reply {
     fn codec(what: Payload, decode: bool, message: String) -> Self {
-        Reply {
-            outcome: Outcome::Codec {
-                what,
-                decode,
-                message,
-            },
-            fds: Vec::new(),
-        }
+        Reply { outcome: Outcome::Codec { what, decode, message }, fds: Vec::new() }
     }
 
     pub(crate) fn from_value<R: Serialize>(value: &R) -> Self {
         match reduction::encode(value) {
-            Ok((bytes, fds)) => Reply {
-                outcome: Outcome::Returned(bytes),
-                fds,
-            },
+            Ok((bytes, fds)) => Reply { outcome: Outcome::Returned(bytes), fds },
             Err(message) => Reply::codec(Payload::Result, false, message),
         }
     }
 
     pub(crate) fn plain(outcome: Outcome) -> Self {
-        Reply {
-            outcome,
-            fds: Vec::new(),
-        }
+        Reply { outcome, fds: Vec::new() }
     }
 }
 
@@ -165,13 +152,7 @@ where
     }
 
     fn portable(&self) -> Option<Result<Portable, String>> {
-        Some(
-            reduction::encode(&self.args).map(|(payload, fds)| Portable {
-                entry: target_entry::<F, A>,
-                payload,
-                fds,
-            }),
-        )
+        Some(reduction::encode(&self.args).map(|(payload, fds)| Portable { entry: target_entry::<F, A>, payload, fds }))
     }
 }
 
@@ -191,12 +172,7 @@ where
 /// Makes a value of a zero-sized target type in the child, where the parent's
 /// value cannot be sent (it has no bytes; its identity *is* its type).
 fn conjure<F: Copy + 'static>() -> F {
-    const {
-        assert!(
-            size_of::<F>() == 0,
-            "a process target must not capture anything"
-        )
-    };
+    const { assert!(size_of::<F>() == 0, "a process target must not capture anything") };
     // SAFETY: F is zero-sized (checked at compile time), so there are no bytes
     // to initialize; the parent owned a value of F, so F is inhabited; and F is
     // Copy, so creating another value duplicates no owned resource.
@@ -214,11 +190,7 @@ where
     }
 
     fn portable(&self) -> Option<Result<Portable, String>> {
-        Some(reduction::encode(&self.0).map(|(payload, fds)| Portable {
-            entry: run_entry::<T>,
-            payload,
-            fds,
-        }))
+        Some(reduction::encode(&self.0).map(|(payload, fds)| Portable { entry: run_entry::<T>, payload, fds }))
     }
 }
 
@@ -351,15 +323,7 @@ where
 
     fn with_job(job: Box<dyn Job>, method: Option<StartMethod>) -> Self {
         let (identity, name) = runtime::lock().next_child_identity();
-        Process {
-            name,
-            identity,
-            daemon: false,
-            method,
-            job: Some(job),
-            child: None,
-            _result: PhantomData,
-        }
+        Process { name, identity, daemon: false, method, job: Some(job), child: None, _result: PhantomData }
     }
 
     /// Sets the name (builder form).
@@ -382,17 +346,10 @@ where
 
     /// Starts the child. A process can be started once.
     pub fn start(&mut self) -> Result<()> {
-        let job = self
-            .job
-            .take()
-            .ok_or_else(|| Error::AlreadyStarted(self.name.clone()))?;
+        let job = self.job.take().ok_or_else(|| Error::AlreadyStarted(self.name.clone()))?;
         runtime::sweep();
-        let spec = Spec {
-            name: &self.name,
-            identity: &self.identity,
-            daemon: self.daemon,
-            method: self.start_method(),
-        };
+        let spec =
+            Spec { name: &self.name, identity: &self.identity, daemon: self.daemon, method: self.start_method() };
         let child = popen::launch(job, &spec)?;
         runtime::register(child.shared.clone());
         self.child = Some(child);
@@ -402,9 +359,7 @@ where
     /// Waits for the child to end and returns its target's value. The value
     /// is handed out once; a second `join` gives [`Error::ResultTaken`].
     pub fn join(&mut self) -> Result<R> {
-        Ok(self
-            .join_until(None)?
-            .expect("no deadline, so the child has ended"))
+        Ok(self.join_until(None)?.expect("no deadline, so the child has ended"))
     }
 
     /// Like [`join`](Self::join), but gives up after `timeout`: `Ok(None)`
@@ -466,17 +421,13 @@ impl<R> Process<R> {
 
     /// True between a successful `start` and the child's end.
     pub fn is_alive(&self) -> bool {
-        self.child
-            .as_ref()
-            .is_some_and(|c| matches!(c.shared.try_exitcode(), Ok(None)))
+        self.child.as_ref().is_some_and(|c| matches!(c.shared.try_exitcode(), Ok(None)))
     }
 
     /// How the child ended: its exit status, or minus the signal that killed
     /// it; `None` before start and while it runs.
     pub fn exitcode(&self) -> Option<i32> {
-        self.child
-            .as_ref()
-            .and_then(|c| c.shared.try_exitcode().ok().flatten())
+        self.child.as_ref().and_then(|c| c.shared.try_exitcode().ok().flatten())
     }
 
     /// Sends SIGTERM. A no-op when the child has already ended.
@@ -490,10 +441,7 @@ impl<R> Process<R> {
     }
 
     fn signal(&self, signal: i32) -> Result<()> {
-        let child = self
-            .child
-            .as_ref()
-            .ok_or_else(|| Error::NotStarted(self.name.clone()))?;
+        let child = self.child.as_ref().ok_or_else(|| Error::NotStarted(self.name.clone()))?;
         child.shared.signal(signal)
     }
 }
@@ -566,12 +514,7 @@ impl ParentProcess {
 /// ```
 pub fn current_process() -> ProcessInfo {
     let rt = runtime::lock();
-    ProcessInfo {
-        name: rt.me.name.clone(),
-        pid: rt.me.pid,
-        daemon: rt.me.daemon,
-        identity: rt.me.identity.clone(),
-    }
+    ProcessInfo { name: rt.me.name.clone(), pid: rt.me.pid, daemon: rt.me.daemon, identity: rt.me.identity.clone() }
 }
 
 /// The process that started this one; `None` in the main process.
@@ -587,11 +530,7 @@ pub fn current_process() -> ProcessInfo {
 /// ```
 pub fn parent_process() -> Option<ParentProcess> {
     let rt = runtime::lock();
-    rt.parent.as_ref().map(|p| ParentProcess {
-        name: p.name.clone(),
-        pid: p.pid,
-        pidfd: p.pidfd.clone(),
-    })
+    rt.parent.as_ref().map(|p| ParentProcess { name: p.name.clone(), pid: p.pid, pidfd: p.pidfd.clone() })
 }
 
 /// The children of this process that are still running; finished ones are
@@ -612,11 +551,38 @@ pub fn parent_process() -> Option<ParentProcess> {
 pub fn active_children() -> Vec<ProcessInfo> {
     runtime::sweep()
         .into_iter()
-        .map(|c| ProcessInfo {
-            name: c.name.clone(),
-            pid: c.pid,
-            daemon: c.daemon,
-            identity: c.identity.clone(),
-        })
+        .map(|c| ProcessInfo { name: c.name.clone(), pid: c.pid, daemon: c.daemon, identity: c.identity.clone() })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn triple(x: u32) -> u32 {
+        x * 3
+    }
+
+    // The library's own unit tests are a test binary too: children must
+    // start from it under every method, like from any other program.
+    #[test]
+    fn unit_test_binaries_start_children() {
+        for m in StartMethod::ALL {
+            let mut p = Process::new(triple, (14,)).with_start_method(m);
+            p.start().unwrap();
+            assert_eq!(p.join_timeout(Duration::from_secs(120)).unwrap(), Some(42), "{m}");
+        }
+    }
+
+    #[test]
+    fn identities_nest() {
+        let mut rt = runtime::lock();
+        let saved = (rt.me.identity.clone(), rt.counter);
+        rt.me.identity = vec![3];
+        rt.counter = 1;
+        let (identity, name) = rt.next_child_identity();
+        (rt.me.identity, rt.counter) = saved;
+        assert_eq!(identity, [3, 2]);
+        assert_eq!(name, "Process-3:2");
+    }
 }

@@ -37,9 +37,7 @@ fn handle_error<E, F: FnOnce(String) -> E>(message: String, make: F) -> E {
 }
 
 fn explain(codec_error: impl std::fmt::Display) -> String {
-    HANDLE_ERROR
-        .with(|h| h.borrow_mut().take())
-        .unwrap_or_else(|| codec_error.to_string())
+    HANDLE_ERROR.with(|h| h.borrow_mut().take()).unwrap_or_else(|| codec_error.to_string())
 }
 
 /// An owned OS resource (a file descriptor) that can be passed to another
@@ -78,9 +76,7 @@ impl Handle {
 
     /// Duplicates the descriptor (both refer to the same open file).
     pub fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self {
-            fd: self.fd.try_clone()?,
-        })
+        Ok(Self { fd: self.fd.try_clone()? })
     }
 
     /// Unwraps the descriptor.
@@ -115,9 +111,7 @@ impl IntoRawFd for Handle {
 impl FromRawFd for Handle {
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         // SAFETY: the caller hands us ownership of an open descriptor.
-        Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        }
+        Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } }
     }
 }
 
@@ -181,16 +175,10 @@ impl<'de> Deserialize<'de> for Handle {
                 )
             })?;
             let slot = table.get_mut(index).ok_or_else(|| {
-                handle_error(
-                    format!("handle {index} was not sent with this message"),
-                    D::Error::custom,
-                )
+                handle_error(format!("handle {index} was not sent with this message"), D::Error::custom)
             })?;
             let fd = slot.take().ok_or_else(|| {
-                handle_error(
-                    format!("handle {index} appears twice in one message"),
-                    D::Error::custom,
-                )
+                handle_error(format!("handle {index} appears twice in one message"), D::Error::custom)
             })?;
             Ok(Handle { fd })
         })
@@ -202,9 +190,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<O
     HANDLE_ERROR.with(|h| h.borrow_mut().take());
     let previous = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
     let bytes = postcard::to_stdvec(value);
-    let fds = OUTGOING
-        .with(|o| std::mem::replace(&mut *o.borrow_mut(), previous))
-        .unwrap_or_default();
+    let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), previous)).unwrap_or_default();
     let bytes = bytes.map_err(explain)?;
     Ok((bytes, fds))
 }

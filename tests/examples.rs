@@ -1,27 +1,33 @@
 //! Runs each ported seed program and checks what it prints.
 
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
-/// Where cargo put the example binaries (it builds them for `cargo test`
-/// and `cargo nextest run`).
+/// The freshly built example binary. `cargo test` and `cargo nextest run`
+/// compile the examples but do not refresh `target/<profile>/examples/<name>`,
+/// so build them here (a no-op when they are up to date).
 fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args(["build", "--quiet", "--examples", "--manifest-path", manifest])
+            .status()
+            .expect("running cargo build --examples");
+        assert!(status.success(), "cargo build --examples failed");
+    });
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the examples (cargo build --examples)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing after cargo build --examples", path.display());
     path
 }
 
 fn run(name: &str) -> Vec<String> {
-    let out = Command::new(example(name))
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
+    let out = Command::new(example(name)).env("RUST_BACKTRACE", "0").output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
         out.status.success(),
@@ -52,22 +58,12 @@ fn fork_returns_twice() {
     let lines = run("fork");
     let parent = number(&lines[0], "Process (", ") start...");
     let created = find(&lines, "I (");
-    let (p, rest) = created
-        .strip_prefix("I (")
-        .unwrap()
-        .split_once(')')
-        .unwrap();
+    let (p, rest) = created.strip_prefix("I (").unwrap().split_once(')').unwrap();
     assert_eq!(p.parse::<i32>().unwrap(), parent);
     let child = number(rest, " just created a child process (", ").");
     let child_line = find(&lines, "I am child process");
-    assert_eq!(
-        child_line,
-        format!("I am child process ({child}) and my parent is {parent}.")
-    );
-    assert_eq!(
-        lines.last().unwrap(),
-        &format!("Child process ({child}) exited with code 0.")
-    );
+    assert_eq!(child_line, format!("I am child process ({child}) and my parent is {parent}."));
+    assert_eq!(lines.last().unwrap(), &format!("Child process ({child}) exited with code 0."));
     assert_ne!(child, parent);
 }
 
@@ -78,10 +74,7 @@ fn process_runs_a_function_with_arguments() {
     let parent = number(&lines[0], "Parent process ", "");
     assert_eq!(lines[1], "Child process starting...");
     let child = number(&lines[2], "Running child process 'test' (", ")");
-    assert_eq!(
-        lines[3],
-        format!("Child process ends (it reported pid {child}, Process.pid is {child}).")
-    );
+    assert_eq!(lines[3], format!("Child process ends (it reported pid {child}, Process.pid is {child})."));
     assert_eq!(lines[4], "Parent process ends.");
     assert_ne!(parent, child);
 }
@@ -106,14 +99,42 @@ fn nested_children() {
 
 #[test]
 fn daemon_flag_is_alive_and_exitcode() {
-    let lines = run("daemon");
+    // Watch the program's children while it runs, to check what has become
+    // of them at the moment the program itself has ended.
+    let mut program =
+        Command::new(example("daemon")).env("RUST_BACKTRACE", "0").stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = BufReader::new(program.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let mut watched = Vec::new();
+    loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        let line = line.trim_end().to_owned();
+        if let Some(pid) = line.strip_prefix("a daemon (pid ").and_then(|r| r.split_once(')')) {
+            watched.push(("daemon", pidfd(pid.0.parse().unwrap())));
+        }
+        if let Some(rest) = line.strip_prefix("parent main returns; the non-daemon child (pid ") {
+            watched.push(("non-daemon", pidfd(rest.split_once(')').unwrap().0.parse().unwrap())));
+            // It is still running: it waits for main to return, then lingers.
+            assert!(!has_ended(&watched[1].1));
+            assert!(program.wait().unwrap().success());
+            // The program has ended: it terminated its daemon and waited for
+            // its non-daemon child, so both have ended too.
+            for (what, fd) in &watched {
+                assert!(has_ended(fd), "the {what} child outlived the program");
+            }
+        }
+        lines.push(line);
+    }
+    assert_eq!(watched.len(), 2, "{lines:#?}");
     // Parent and child print concurrently: check each one's lines in order.
     let child_lines = ["start child process", "exit child process"];
-    let (child, parent): (Vec<&str>, Vec<&str>) = lines
-        .iter()
-        .map(String::as_str)
-        .partition(|l| child_lines.contains(l));
+    let (child, parent): (Vec<&str>, Vec<&str>) =
+        lines.iter().map(String::as_str).partition(|l| child_lines.contains(l));
     assert_eq!(child, child_lines);
+    let parent: Vec<String> = parent.iter().map(|l| without_pids(l)).collect();
     assert_eq!(
         parent,
         [
@@ -122,45 +143,56 @@ fn daemon_flag_is_alive_and_exitcode() {
             "after join: is_alive=false exitcode=Some(0)",
             "daemon: name=daemon-child daemon=true is_alive=true",
             "daemon after terminate: is_alive=false exitcode=Some(-15) join=true",
-            "a daemon is left running: it is terminated when main returns",
-            "parent main returns",
+            "a daemon (pid N) is left running: it is terminated when main returns",
+            "parent main returns; the non-daemon child (pid N) is waited for",
             // Printed by the non-daemon child, which cannot finish before the
-            // parent's main has returned, and which the parent waits for.
+            // parent's main has returned.
             "non-daemon child: the parent's main has returned; finishing now",
         ]
     );
-    let start = lines
-        .iter()
-        .position(|l| l == "start child process")
-        .unwrap();
-    let exit = lines
-        .iter()
-        .position(|l| l == "exit child process")
-        .unwrap();
-    let joined = lines
-        .iter()
-        .position(|l| l.starts_with("after join"))
-        .unwrap();
+    let start = lines.iter().position(|l| l == "start child process").unwrap();
+    let exit = lines.iter().position(|l| l == "exit child process").unwrap();
+    let joined = lines.iter().position(|l| l.starts_with("after join")).unwrap();
     assert!(start > 0 && start < exit && exit < joined, "{lines:#?}");
+}
+
+/// Replaces `(pid 123)` with `(pid N)`.
+fn without_pids(line: &str) -> String {
+    match line.split_once("(pid ") {
+        Some((head, tail)) => match tail.split_once(')') {
+            Some((_, rest)) => format!("{head}(pid N){rest}"),
+            None => line.to_owned(),
+        },
+        None => line.to_owned(),
+    }
+}
+
+fn pidfd(pid: i32) -> OwnedFd {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(fd >= 0, "pidfd_open({pid}): {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel just gave us this descriptor.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+fn has_ended(pidfd: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, no waiting.
+    unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
 }
 
 #[test]
 fn run_method_pid_before_and_after_start() {
     let lines = run("run_method");
-    let (child, parent): (Vec<&str>, Vec<&str>) = lines
-        .iter()
-        .map(String::as_str)
-        .partition(|l| *l == "do something in sub_progress");
+    let (child, parent): (Vec<&str>, Vec<&str>) =
+        lines.iter().map(String::as_str).partition(|l| *l == "do something in sub_progress");
     assert_eq!(child.len(), 1, "{lines:#?}");
     assert_eq!(parent.len(), 4, "{lines:#?}");
     assert_eq!(parent[0], "progress pid: None");
     let pid = number(parent[1], "progress pid: Some(", ")");
     assert!(pid > 0);
     assert_eq!(&parent[2..], ["run returned 0.2", "main progress finished"]);
-    let said = lines
-        .iter()
-        .position(|l| l == "do something in sub_progress")
-        .unwrap();
+    let said = lines.iter().position(|l| l == "do something in sub_progress").unwrap();
     assert!(said > 0 && said < lines.len() - 2, "{lines:#?}");
 }
 
@@ -168,12 +200,7 @@ fn run_method_pid_before_and_after_start() {
 fn tour_runs_every_program() {
     let lines = run("tour");
     for name in ["fork", "process", "nested", "daemon", "run_method"] {
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with(&format!("=== examples/{name}.rs"))),
-            "{name} missing"
-        );
+        assert!(lines.iter().any(|l| l.starts_with(&format!("=== examples/{name}.rs"))), "{name} missing");
     }
     assert_eq!(lines.last().unwrap(), "all 5 programs ran");
 }

@@ -20,18 +20,10 @@ fn a_panic_comes_back_with_message_and_location() {
         p.start().unwrap();
         let pid = p.pid().unwrap();
         match join(&mut p) {
-            Err(Error::Panicked {
-                message,
-                location,
-                pid: got,
-                ..
-            }) => {
+            Err(Error::Panicked { message, location, pid: got, .. }) => {
                 assert_eq!(message, "the number was 7", "{m}");
                 let location = location.expect("location");
-                assert!(
-                    location.starts_with("tests/failures.rs:"),
-                    "{m}: {location}"
-                );
+                assert!(location.starts_with("tests/failures.rs:"), "{m}: {location}");
                 assert_eq!(got, pid);
             }
             other => panic!("{m}: {other:?}"),
@@ -50,10 +42,7 @@ fn a_panic_with_a_string_payload_keeps_its_text() {
     each_method(|m| {
         let mut p = Process::new(panics_with_string, ()).with_start_method(m);
         p.start().unwrap();
-        assert!(
-            matches!(join(&mut p), Err(Error::Panicked { message, .. }) if message == "owned message"),
-            "{m}"
-        );
+        assert!(matches!(join(&mut p), Err(Error::Panicked { message, .. }) if message == "owned message"), "{m}");
     });
 }
 
@@ -74,25 +63,14 @@ fn abort() {
 #[test]
 fn a_signal_death_names_the_signal() {
     each_method(|m| {
-        let cases: [(Process<()>, i32, &str); 2] = [
-            (Process::new(segfault, ()), 11, "SIGSEGV"),
-            (Process::new(abort, ()), 6, "SIGABRT"),
-        ];
+        let cases: [(Process<()>, i32, &str); 2] =
+            [(Process::new(segfault, ()), 11, "SIGSEGV"), (Process::new(abort, ()), 6, "SIGABRT")];
         for (p, signal, name) in cases {
             let mut p = p.with_start_method(m);
             p.start().unwrap();
             match join(&mut p) {
-                Err(Error::Killed {
-                    signal: s,
-                    signal_name,
-                    exitcode,
-                    ..
-                }) => {
-                    assert_eq!(
-                        (s, signal_name.as_str(), exitcode),
-                        (signal, name, -signal),
-                        "{m}"
-                    );
+                Err(Error::Killed { signal: s, signal_name, exitcode, .. }) => {
+                    assert_eq!((s, signal_name.as_str(), exitcode), (signal, name, -signal), "{m}");
                 }
                 other => panic!("{m}: {other:?}"),
             }
@@ -110,10 +88,7 @@ fn an_early_exit_gives_its_code() {
     each_method(|m| {
         let mut p = Process::new(exits, (3,)).with_start_method(m);
         p.start().unwrap();
-        assert!(
-            matches!(join(&mut p), Err(Error::Exited { exitcode: 3, .. })),
-            "{m}"
-        );
+        assert!(matches!(join(&mut p), Err(Error::Exited { exitcode: 3, .. })), "{m}");
         assert_eq!(p.exitcode(), Some(3));
     });
 }
@@ -154,59 +129,19 @@ fn make_picky(fail_ser: bool, fail_de: bool) -> Picky {
 
 #[test]
 fn arguments_that_cannot_be_encoded_fail_at_start_in_the_parent() {
-    for m in [
-        multiproc::StartMethod::Spawn,
-        multiproc::StartMethod::Forkserver,
-    ] {
-        let mut p = Process::new(
-            take_picky,
-            (Picky {
-                fail_ser: true,
-                fail_de: false,
-            },),
-        )
-        .with_start_method(m);
-        assert!(
-            matches!(
-                p.start(),
-                Err(Error::Encode {
-                    what: Payload::Arguments,
-                    side: Side::Parent,
-                    ..
-                })
-            ),
-            "{m}"
-        );
+    for m in [multiproc::StartMethod::Spawn, multiproc::StartMethod::Forkserver] {
+        let mut p = Process::new(take_picky, (Picky { fail_ser: true, fail_de: false },)).with_start_method(m);
+        assert!(matches!(p.start(), Err(Error::Encode { what: Payload::Arguments, side: Side::Parent, .. })), "{m}");
         assert_eq!(p.pid(), None);
     }
 }
 
 #[test]
 fn arguments_that_cannot_be_decoded_fail_in_the_child() {
-    for m in [
-        multiproc::StartMethod::Spawn,
-        multiproc::StartMethod::Forkserver,
-    ] {
-        let mut p = Process::new(
-            take_picky,
-            (Picky {
-                fail_ser: false,
-                fail_de: true,
-            },),
-        )
-        .with_start_method(m);
+    for m in [multiproc::StartMethod::Spawn, multiproc::StartMethod::Forkserver] {
+        let mut p = Process::new(take_picky, (Picky { fail_ser: false, fail_de: true },)).with_start_method(m);
         p.start().unwrap();
-        assert!(
-            matches!(
-                join(&mut p),
-                Err(Error::Decode {
-                    what: Payload::Arguments,
-                    side: Side::Child,
-                    ..
-                })
-            ),
-            "{m}"
-        );
+        assert!(matches!(join(&mut p), Err(Error::Decode { what: Payload::Arguments, side: Side::Child, .. })), "{m}");
         assert_eq!(p.exitcode(), Some(1));
     }
 }
@@ -216,17 +151,7 @@ fn results_that_cannot_be_encoded_fail_in_the_child() {
     each_method(|m| {
         let mut p = Process::new(make_picky, (true, false)).with_start_method(m);
         p.start().unwrap();
-        assert!(
-            matches!(
-                join(&mut p),
-                Err(Error::Encode {
-                    what: Payload::Result,
-                    side: Side::Child,
-                    ..
-                })
-            ),
-            "{m}"
-        );
+        assert!(matches!(join(&mut p), Err(Error::Encode { what: Payload::Result, side: Side::Child, .. })), "{m}");
     });
 }
 
@@ -236,11 +161,7 @@ fn results_that_cannot_be_decoded_fail_in_the_parent() {
         let mut p = Process::new(make_picky, (false, true)).with_start_method(m);
         p.start().unwrap();
         match join(&mut p) {
-            Err(Error::Decode {
-                what: Payload::Result,
-                side: Side::Parent,
-                ..
-            }) => {}
+            Err(Error::Decode { what: Payload::Result, side: Side::Parent, .. }) => {}
             other => panic!("{m}: {other:?}"),
         }
         // The child itself was fine.
@@ -259,8 +180,5 @@ fn error_messages_say_what_happened() {
     let mut p = Process::new(panics, (1,)).with_name("worker-7");
     p.start().unwrap();
     let text = join(&mut p).unwrap_err().to_string();
-    assert!(
-        text.contains("worker-7") && text.contains("panicked") && text.contains("the number was 1"),
-        "{text}"
-    );
+    assert!(text.contains("worker-7") && text.contains("panicked") && text.contains("the number was 1"), "{text}");
 }

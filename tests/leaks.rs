@@ -13,19 +13,13 @@ use multiproc::{Handle, Process, StartMethod};
 /// thread or another one), reports its pid, then waits to be killed.
 fn middle(method: StartMethod, from_thread: bool, out: Handle) {
     let start = move || {
-        let mut d = Process::new(sleep_forever, ())
-            .with_daemon(true)
-            .with_start_method(method);
+        let mut d = Process::new(sleep_forever, ()).with_daemon(true).with_start_method(method);
         d.start().unwrap();
         let pid = d.pid().unwrap();
         std::mem::forget(d);
         pid
     };
-    let pid = if from_thread {
-        std::thread::spawn(start).join().unwrap()
-    } else {
-        start()
-    };
+    let pid = if from_thread { std::thread::spawn(start).join().unwrap() } else { start() };
     let mut out = out.into_file();
     writeln!(out, "{pid}").unwrap();
     drop(out);
@@ -34,36 +28,22 @@ fn middle(method: StartMethod, from_thread: bool, out: Handle) {
 
 #[test]
 fn daemon_dies_within_a_second_of_its_parent_being_sigkilled() {
-    for outer in [
-        StartMethod::Spawn,
-        StartMethod::Fork,
-        StartMethod::Forkserver,
-    ] {
+    for outer in [StartMethod::Spawn, StartMethod::Fork, StartMethod::Forkserver] {
         for inner in StartMethod::ALL {
             for from_thread in [false, true] {
                 let what = format!("{outer}->{inner} from_thread={from_thread}");
                 let (reader, writer) = std::io::pipe().unwrap();
-                let mut m = Process::new(middle, (inner, from_thread, Handle::from(writer)))
-                    .with_start_method(outer);
+                let mut m = Process::new(middle, (inner, from_thread, Handle::from(writer))).with_start_method(outer);
                 m.start().unwrap();
                 let mut line = String::new();
                 BufReader::new(reader).read_line(&mut line).unwrap();
-                let grandchild: i32 = line
-                    .trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{what}: got {line:?}"));
+                let grandchild: i32 = line.trim().parse().unwrap_or_else(|_| panic!("{what}: got {line:?}"));
                 let fd = pidfd(grandchild);
                 // Still alive although the thread that started it is gone.
-                assert!(
-                    !exits_within(&fd, Duration::ZERO),
-                    "{what}: daemon died too early"
-                );
+                assert!(!exits_within(&fd, Duration::ZERO), "{what}: daemon died too early");
                 m.kill().unwrap();
                 assert!(join(&mut m).is_err());
-                assert!(
-                    exits_within(&fd, Duration::from_secs(1)),
-                    "{what}: daemon outlived its parent by 1 s"
-                );
+                assert!(exits_within(&fd, Duration::from_secs(1)), "{what}: daemon outlived its parent by 1 s");
             }
         }
     }
@@ -78,10 +58,7 @@ fn wait_for_byte(h: Handle) {
 
 #[test]
 fn every_child_is_reaped_joined_or_dropped() {
-    isolated(
-        "every_child_is_reaped_joined_or_dropped",
-        every_child_is_reaped,
-    );
+    isolated("every_child_is_reaped_joined_or_dropped", every_child_is_reaped);
 }
 
 fn every_child_is_reaped() {
@@ -89,8 +66,7 @@ fn every_child_is_reaped() {
         let (reader, writer) = std::io::pipe().unwrap();
         let mut pids = Vec::new();
         for _ in 0..4 {
-            let mut p = Process::new(wait_for_byte, (Handle::from(reader.try_clone().unwrap()),))
-                .with_start_method(m);
+            let mut p = Process::new(wait_for_byte, (Handle::from(reader.try_clone().unwrap()),)).with_start_method(m);
             p.start().unwrap();
             pids.push(p.pid().unwrap());
             // Dropped without join.
@@ -105,19 +81,13 @@ fn every_child_is_reaped() {
         // Python's active_children() reaps the finished ones.
         assert!(multiproc::active_children().is_empty(), "{m}");
         let zombies = zombie_children();
-        assert!(
-            zombies.iter().all(|z| !pids.contains(z)),
-            "{m}: zombies {zombies:?}"
-        );
+        assert!(zombies.iter().all(|z| !pids.contains(z)), "{m}: zombies {zombies:?}");
 
         let mut p = Process::new(|| 5u8, ()).with_start_method(m);
         p.start().unwrap();
         let pid = p.pid().unwrap();
         join(&mut p).unwrap();
-        assert!(
-            !zombie_children().contains(&pid),
-            "{m}: joined child left a zombie"
-        );
+        assert!(!zombie_children().contains(&pid), "{m}: joined child left a zombie");
     });
 }
 
@@ -127,10 +97,7 @@ fn tiny(i: u32) -> u32 {
 
 #[test]
 fn a_thousand_processes_leave_the_fd_count_unchanged() {
-    isolated(
-        "a_thousand_processes_leave_the_fd_count_unchanged",
-        a_thousand_processes,
-    );
+    isolated("a_thousand_processes_leave_the_fd_count_unchanged", a_thousand_processes);
 }
 
 fn a_thousand_processes() {
@@ -170,9 +137,7 @@ fn exit_hooks(inner: StartMethod, out: Handle) -> i32 {
     // and terminate the second.
     let mut slow = Process::new(slow_writer, (out,)).with_start_method(inner);
     slow.start().unwrap();
-    let mut d = Process::new(sleep_forever, ())
-        .with_daemon(true)
-        .with_start_method(inner);
+    let mut d = Process::new(sleep_forever, ()).with_daemon(true).with_start_method(inner);
     d.start().unwrap();
     let daemon = d.pid().unwrap();
     std::mem::forget(slow);
@@ -189,8 +154,7 @@ fn slow_writer(out: Handle) {
 fn leaving_joins_non_daemons_and_terminates_daemons() {
     each_method(|m| {
         let (reader, writer) = std::io::pipe().unwrap();
-        let mut p = Process::new(exit_hooks, (m, Handle::from(writer)))
-            .with_start_method(StartMethod::Spawn);
+        let mut p = Process::new(exit_hooks, (m, Handle::from(writer))).with_start_method(StartMethod::Spawn);
         p.start().unwrap();
         let daemon = join(&mut p).unwrap();
         // The middle process has ended, so its non-daemon child had finished:
@@ -200,11 +164,7 @@ fn leaving_joins_non_daemons_and_terminates_daemons() {
         assert_eq!(line.trim(), "slow child done", "{m}");
         // And its daemon is gone (or going: SIGTERM was sent and waited for).
         let gone = std::fs::read_to_string(format!("/proc/{daemon}/stat"))
-            .map(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, r)| r.trim_start().starts_with('Z'))
-                    .unwrap_or(true)
-            })
+            .map(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(true))
             .unwrap_or(true);
         assert!(gone, "{m}: daemon {daemon} still running");
     });

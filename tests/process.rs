@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use common::{each_method, join, sleep_forever};
 use multiproc::{
-    Error, Handle, Process, Run, StartMethod, active_children, current_process, get_context, os,
-    parent_process,
+    Error, Handle, Process, Run, StartMethod, active_children, current_process, get_context, os, parent_process,
 };
 use serde::{Deserialize, Serialize};
 
@@ -77,39 +76,25 @@ struct Counter {
 impl Run for Counter {
     type Output = (Vec<u32>, String);
     fn run(self) -> Self::Output {
-        (
-            (0..4).map(|i| self.start + i * self.step).collect(),
-            current_process().name().to_owned(),
-        )
+        ((0..4).map(|i| self.start + i * self.step).collect(), current_process().name().to_owned())
     }
 }
 
 #[test]
 fn run_objects_travel_with_their_state() {
     each_method(|m| {
-        let mut p = get_context(m)
-            .process_run(Counter { start: 10, step: 5 })
-            .with_name(format!("counter-{m}"));
+        let mut p = get_context(m).process_run(Counter { start: 10, step: 5 }).with_name(format!("counter-{m}"));
         assert_eq!(p.pid(), None);
         p.start().unwrap();
         assert!(p.pid().is_some());
-        assert_eq!(
-            join(&mut p).unwrap(),
-            (vec![10, 15, 20, 25], format!("counter-{m}"))
-        );
+        assert_eq!(join(&mut p).unwrap(), (vec![10, 15, 20, 25], format!("counter-{m}")));
     });
 }
 
 fn whoami() -> (String, i32, bool, Vec<u32>, Option<(i32, String)>) {
     let me = current_process();
     let parent = parent_process().map(|p| (p.pid(), p.name().to_owned()));
-    (
-        me.name().to_owned(),
-        me.pid(),
-        me.daemon(),
-        me.identity().to_vec(),
-        parent,
-    )
+    (me.name().to_owned(), me.pid(), me.daemon(), me.identity().to_vec(), parent)
 }
 
 #[test]
@@ -117,10 +102,7 @@ fn child_knows_itself_and_its_parent() {
     assert_eq!(current_process().name(), "MainProcess");
     assert!(parent_process().is_none());
     each_method(|m| {
-        let mut p = Process::new(whoami, ())
-            .with_start_method(m)
-            .with_daemon(true)
-            .with_name("kid");
+        let mut p = Process::new(whoami, ()).with_start_method(m).with_daemon(true).with_name("kid");
         p.start().unwrap();
         let pid = p.pid().unwrap();
         let (name, child_pid, daemon, identity, parent) = join(&mut p).unwrap();
@@ -184,17 +166,8 @@ fn terminate_and_kill_give_negative_exitcodes() {
         p.start().unwrap();
         p.terminate().unwrap();
         match join(&mut p) {
-            Err(Error::Killed {
-                signal,
-                signal_name,
-                exitcode,
-                ..
-            }) => {
-                assert_eq!(
-                    (signal, signal_name.as_str(), exitcode),
-                    (15, "SIGTERM", -15),
-                    "{m}"
-                );
+            Err(Error::Killed { signal, signal_name, exitcode, .. }) => {
+                assert_eq!((signal, signal_name.as_str(), exitcode), (15, "SIGTERM", -15), "{m}");
             }
             other => panic!("{m}: {other:?}"),
         }
@@ -206,17 +179,7 @@ fn terminate_and_kill_give_negative_exitcodes() {
         let mut p = Process::new(sleep_forever, ()).with_start_method(m);
         p.start().unwrap();
         p.kill().unwrap();
-        assert!(
-            matches!(
-                join(&mut p),
-                Err(Error::Killed {
-                    signal: 9,
-                    exitcode: -9,
-                    ..
-                })
-            ),
-            "{m}"
-        );
+        assert!(matches!(join(&mut p), Err(Error::Killed { signal: 9, exitcode: -9, .. })), "{m}");
         assert_eq!(p.exitcode(), Some(-9));
     });
 }
@@ -239,17 +202,10 @@ fn lifecycle_misuse_is_a_typed_error() {
 #[test]
 fn active_children_lists_running_ones_only() {
     each_method(|m| {
-        let mut p = Process::new(sleep_forever, ())
-            .with_start_method(m)
-            .with_name("sleeper");
+        let mut p = Process::new(sleep_forever, ()).with_start_method(m).with_name("sleeper");
         p.start().unwrap();
         let listed = active_children();
-        assert!(
-            listed
-                .iter()
-                .any(|c| c.pid() == p.pid().unwrap() && c.name() == "sleeper"),
-            "{m}: {listed:?}"
-        );
+        assert!(listed.iter().any(|c| c.pid() == p.pid().unwrap() && c.name() == "sleeper"), "{m}: {listed:?}");
         p.kill().unwrap();
         let _ = join(&mut p);
         assert!(active_children().iter().all(|c| Some(c.pid()) != p.pid()));
@@ -287,11 +243,7 @@ fn handles_come_back_in_results() {
         let mut p = Process::new(make_pipe, (format!("made under {m}"),)).with_start_method(m);
         p.start().unwrap();
         let mut text = String::new();
-        join(&mut p)
-            .unwrap()
-            .into_file()
-            .read_to_string(&mut text)
-            .unwrap();
+        join(&mut p).unwrap().into_file().read_to_string(&mut text).unwrap();
         assert_eq!(text, format!("made under {m}"));
     });
 }
@@ -303,17 +255,13 @@ fn count(handles: Vec<Handle>) -> usize {
 #[test]
 fn too_many_handles_is_a_typed_error() {
     for m in [StartMethod::Spawn, StartMethod::Forkserver] {
-        let handles: Vec<Handle> = (0..300)
-            .map(|_| Handle::from(std::fs::File::open("/dev/null").unwrap()))
-            .collect();
+        let handles: Vec<Handle> = (0..300).map(|_| Handle::from(std::fs::File::open("/dev/null").unwrap())).collect();
         let mut p = Process::new(count, (handles,)).with_start_method(m);
         let err = p.start().unwrap_err();
         assert!(err.to_string().contains("handles"), "{m}: {err}");
     }
     // Fork does not serialize: the child simply owns its copies.
-    let handles: Vec<Handle> = (0..300)
-        .map(|_| Handle::from(std::fs::File::open("/dev/null").unwrap()))
-        .collect();
+    let handles: Vec<Handle> = (0..300).map(|_| Handle::from(std::fs::File::open("/dev/null").unwrap())).collect();
     let mut p = Process::new(count, (handles,)).with_start_method(StartMethod::Fork);
     p.start().unwrap();
     assert_eq!(join(&mut p).unwrap(), 300);
@@ -334,11 +282,7 @@ fn large_arguments_and_results_do_not_deadlock() {
         assert!(v.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
 
         let data = vec![7u8; 16 << 20];
-        let mut p = Process::new(
-            |d: Vec<u8>| d.iter().map(|b| *b as u64).sum::<u64>(),
-            (data,),
-        )
-        .with_start_method(m);
+        let mut p = Process::new(|d: Vec<u8>| d.iter().map(|b| *b as u64).sum::<u64>(), (data,)).with_start_method(m);
         p.start().unwrap();
         assert_eq!(join(&mut p).unwrap(), 7 * (16 << 20));
     });
@@ -370,7 +314,5 @@ fn start_method_names_round_trip() {
     for m in StartMethod::ALL {
         assert_eq!(m.as_str().parse::<StartMethod>().unwrap(), m);
     }
-    assert!(
-        matches!("threads".parse::<StartMethod>(), Err(Error::UnknownStartMethod(s)) if s == "threads")
-    );
+    assert!(matches!("threads".parse::<StartMethod>(), Err(Error::UnknownStartMethod(s)) if s == "threads"));
 }

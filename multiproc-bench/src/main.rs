@@ -18,10 +18,7 @@ mod spawn;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "multiproc against its peers, side by side in one run"
-)]
+#[command(version, about = "multiproc against its peers, side by side in one run")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,10 +33,7 @@ enum Command {
 
 /// Prints one result row.
 pub(crate) fn row(figure: &str, ours: f64, peer: f64, peer_name: &str) {
-    println!(
-        "{figure:<28} {ours:>12.4} {peer:>12.4} {peer_name:<18} {:>8.3}",
-        ours / peer
-    );
+    println!("{figure:<28} {ours:>12.4} {peer:>12.4} {peer_name:<18} {:>8.3}", ours / peer);
 }
 
 /// The median of some samples.
@@ -49,11 +43,7 @@ pub(crate) fn median(mut samples: Vec<f64>) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 {
-        samples[n / 2]
-    } else {
-        (samples[n / 2 - 1] + samples[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 }
 }
 
 fn main() {

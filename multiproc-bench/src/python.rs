@@ -15,12 +15,7 @@ pub(crate) fn find(explicit: Option<&Path>) -> Result<PathBuf, String> {
     if let Ok(out) = Command::new("pyenv").args(["prefix", "3.11"]).output()
         && out.status.success()
     {
-        let prefix = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_owned();
+        let prefix = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_owned();
         let exe = Path::new(&prefix).join("bin/python3");
         if exe.exists() {
             return Ok(exe);
@@ -41,26 +36,16 @@ pub(crate) fn find(explicit: Option<&Path>) -> Result<PathBuf, String> {
             }
         }
     }
-    which("python3.11")
-        .ok_or_else(|| "no Python 3.11 found: pass --python or set MULTIPROC_BENCH_PYTHON".into())
+    which("python3.11").ok_or_else(|| "no Python 3.11 found: pass --python or set MULTIPROC_BENCH_PYTHON".into())
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_string_lossy()
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
+    std::env::var_os("PATH")?.to_string_lossy().split(':').map(|d| Path::new(d).join(name)).find(|p| p.exists())
 }
 
 /// Runs a peer script (written to a temporary file: Python's spawn method
 /// re-imports the main module by path) and returns what it printed.
-pub(crate) fn run_script(
-    python: &Path,
-    name: &str,
-    source: &str,
-    args: &[String],
-) -> Result<String, String> {
+pub(crate) fn run_script(python: &Path, name: &str, source: &str, args: &[String]) -> Result<String, String> {
     let dir = std::env::temp_dir().join(format!("multiproc-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let script = dir.join(name);
@@ -69,11 +54,7 @@ pub(crate) fn run_script(
     let _ = std::fs::remove_dir_all(&dir);
     let out = out.map_err(|e| format!("running {}: {e}", python.display()))?;
     if !out.status.success() {
-        return Err(format!(
-            "{} {name} failed: {}",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("{} {name} failed: {}", python.display(), String::from_utf8_lossy(&out.stderr)));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

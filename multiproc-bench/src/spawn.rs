@@ -39,17 +39,13 @@ fn ours(method: StartMethod, n: usize) -> Result<f64, String> {
         Ok(ms)
     };
     once()?; // warm-up (the forkserver starts here)
-    Ok(median(
-        (0..n).map(|_| once()).collect::<Result<Vec<_>, _>>()?,
-    ))
+    Ok(median((0..n).map(|_| once()).collect::<Result<Vec<_>, _>>()?))
 }
 
 fn procspawn_ms(n: usize) -> Result<f64, String> {
     let once = || -> Result<f64, String> {
         let t = Instant::now();
-        let v: u64 = procspawn::spawn((), |()| 1u64)
-            .join()
-            .map_err(|e| e.to_string())?;
+        let v: u64 = procspawn::spawn((), |()| 1u64).join().map_err(|e| e.to_string())?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         if v != 1 {
             return Err(format!("procspawn returned {v}"));
@@ -57,27 +53,15 @@ fn procspawn_ms(n: usize) -> Result<f64, String> {
         Ok(ms)
     };
     once()?;
-    Ok(median(
-        (0..n).map(|_| once()).collect::<Result<Vec<_>, _>>()?,
-    ))
+    Ok(median((0..n).map(|_| once()).collect::<Result<Vec<_>, _>>()?))
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), String> {
     let python = python::find(args.python.as_deref())?;
     println!("# multiproc-bench spawn: start+join of a process returning a small value, median ms");
-    println!(
-        "# peer python: {} ({})",
-        python.display(),
-        python::version(&python)
-    );
-    println!(
-        "# iterations: {} (python spawn: {})",
-        args.iterations, args.python_spawn_iterations
-    );
-    println!(
-        "# {:<26} {:>12} {:>12} {:<18} {:>8}",
-        "figure", "ours", "peer", "peer_name", "ratio"
-    );
+    println!("# peer python: {} ({})", python.display(), python::version(&python));
+    println!("# iterations: {} (python spawn: {})", args.iterations, args.python_spawn_iterations);
+    println!("# {:<26} {:>12} {:>12} {:<18} {:>8}", "figure", "ours", "peer", "peer_name", "ratio");
 
     let peer_out = python::run_script(
         &python,
@@ -94,11 +78,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         .filter_map(|l| l.split_once(' '))
         .filter_map(|(m, v)| Some((m.to_owned(), v.trim().parse().ok()?)))
         .collect();
-    let py = |m: &str| {
-        peer.get(m)
-            .copied()
-            .ok_or_else(|| format!("python printed no figure for {m}: {peer_out}"))
-    };
+    let py = |m: &str| peer.get(m).copied().ok_or_else(|| format!("python printed no figure for {m}: {peer_out}"));
 
     let fork = ours(StartMethod::Fork, args.iterations)?;
     let forkserver = ours(StartMethod::Forkserver, args.iterations)?;
@@ -106,18 +86,8 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     let procspawn = procspawn_ms(args.iterations)?;
 
     row("start_join_fork_ms", fork, py("fork")?, "python-fork");
-    row(
-        "start_join_forkserver_ms",
-        forkserver,
-        py("forkserver")?,
-        "python-forkserver",
-    );
-    row(
-        "start_join_forkserver_ms",
-        forkserver,
-        py("fork")?,
-        "python-fork",
-    );
+    row("start_join_forkserver_ms", forkserver, py("forkserver")?, "python-forkserver");
+    row("start_join_forkserver_ms", forkserver, py("fork")?, "python-fork");
     row("start_join_spawn_ms", spawn, py("spawn")?, "python-spawn");
     row("start_join_spawn_ms", spawn, procspawn, "procspawn");
     Ok(())

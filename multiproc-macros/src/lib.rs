@@ -10,9 +10,7 @@ pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
         return error("#[multiproc::main] takes no arguments");
     }
     let mut tokens: Vec<TokenTree> = item.into_iter().collect();
-    let is_fn = tokens
-        .iter()
-        .any(|t| matches!(t, TokenTree::Ident(i) if i.to_string() == "fn"));
+    let is_fn = tokens.iter().any(|t| matches!(t, TokenTree::Ident(i) if i.to_string() == "fn"));
     match tokens.last_mut() {
         Some(TokenTree::Group(body)) if is_fn && body.delimiter() == Delimiter::Brace => {
             let mut stream: TokenStream = "::multiproc::init();".parse().expect("valid tokens");
@@ -27,7 +25,5 @@ pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn error(message: &str) -> TokenStream {
-    format!("::core::compile_error!({message:?});")
-        .parse()
-        .expect("valid tokens")
+    format!("::core::compile_error!({message:?});").parse().expect("valid tokens")
 }

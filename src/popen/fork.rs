@@ -59,11 +59,7 @@ pub(crate) fn fork_locked(identity: impl FnOnce(i32) -> Identity) -> Result<Fork
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     let mut rt = runtime::lock();
-    let parent = ParentRecord {
-        pid: rt.me.pid,
-        name: rt.me.name.clone(),
-        pidfd: Some(rt.self_pidfd()?),
-    };
+    let parent = ParentRecord { pid: rt.me.pid, name: rt.me.name.clone(), pidfd: Some(rt.self_pidfd()?) };
     // SAFETY: the child only touches state that was consistent at the fork:
     // the runtime (locked by us for the duration) and its own stack. Locks
     // held by other threads are the caller's concern (documented on

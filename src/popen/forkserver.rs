@@ -36,22 +36,12 @@ impl Client {
     fn start(parent_pidfd: &OwnedFd) -> Result<Client> {
         let (control, theirs) = sys::packet_pair().context("socketpair for the forkserver")?;
         let pid = sysproc::spawn_self(
-            &[
-                FORKSERVER_FLAG,
-                &CONTROL_FD.to_string(),
-                &PARENT_FD.to_string(),
-            ],
-            &[
-                (theirs.as_fd(), CONTROL_FD),
-                (parent_pidfd.as_fd(), PARENT_FD),
-            ],
+            &[FORKSERVER_FLAG, &CONTROL_FD.to_string(), &PARENT_FD.to_string()],
+            &[(theirs.as_fd(), CONTROL_FD), (parent_pidfd.as_fd(), PARENT_FD)],
         )
         .context("posix_spawn of the forkserver")?;
         let pidfd = sysproc::pidfd_open(pid).context("pidfd_open of the forkserver")?;
-        Ok(Client {
-            control: Arc::new(control),
-            pidfd: Arc::new(pidfd),
-        })
+        Ok(Client { control: Arc::new(control), pidfd: Arc::new(pidfd) })
     }
 
     fn alive(&self) -> bool {
@@ -94,10 +84,7 @@ pub(crate) fn launch(spec: &Spec<'_>, conn: OwnedFd, child_conn: OwnedFd) -> Res
             // The server died between our check and the send: start another.
             Err(e) if crate::popen::is_disconnect(&e) => continue,
             Err(source) => {
-                return Err(Error::Io {
-                    context: "sending a request to the forkserver",
-                    source,
-                });
+                return Err(Error::Io { context: "sending a request to the forkserver", source });
             }
         }
     }
@@ -107,14 +94,10 @@ pub(crate) fn launch(spec: &Spec<'_>, conn: OwnedFd, child_conn: OwnedFd) -> Res
     drop(child_conn);
     drop(server_status);
     let mut buf = [0u8; 4];
-    let pid = match recv_packet(status.as_fd(), &mut buf, true)
-        .context("reading a pid from the forkserver")?
-    {
+    let pid = match recv_packet(status.as_fd(), &mut buf, true).context("reading a pid from the forkserver")? {
         Some((4, _)) => i32::from_le_bytes(buf),
         _ => {
-            return Err(Error::Forkserver(
-                "it closed the connection instead of starting a child".into(),
-            ));
+            return Err(Error::Forkserver("it closed the connection instead of starting a child".into()));
         }
     };
     // Not our child, so a pid could in principle be recycled before this;
@@ -133,10 +116,7 @@ pub(crate) fn launch(spec: &Spec<'_>, conn: OwnedFd, child_conn: OwnedFd) -> Res
 
 /// Reads a forkserver child's exit code from its status socket, if it has
 /// been reported (waiting up to `wait` for the report).
-pub(crate) fn read_status(
-    status: BorrowedFd<'_>,
-    wait: Option<std::time::Duration>,
-) -> Result<Option<ExitCode>> {
+pub(crate) fn read_status(status: BorrowedFd<'_>, wait: Option<std::time::Duration>) -> Result<Option<ExitCode>> {
     if let Some(wait) = wait {
         poll_readable(&[status], Some(wait)).context("waiting for the forkserver's report")?;
     }
@@ -144,9 +124,7 @@ pub(crate) fn read_status(
     match recv_packet(status, &mut buf, false).context("reading a status from the forkserver")? {
         None => Ok(None),
         Some((4, _)) => Ok(Some(i32::from_le_bytes(buf))),
-        Some(_) => Err(Error::Forkserver(
-            "it exited before reporting how a child ended".into(),
-        )),
+        Some(_) => Err(Error::Forkserver("it exited before reporting how a child ended".into())),
     }
 }
 
@@ -168,12 +146,7 @@ pub(crate) fn serve(control: OwnedFd, parent: OwnedFd) -> ! {
             Ok(r) => r,
             Err(_) => shutdown(&children),
         };
-        let exited: Vec<usize> = ready[2..]
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| **r)
-            .map(|(i, _)| i)
-            .collect();
+        let exited: Vec<usize> = ready[2..].iter().enumerate().filter(|(_, r)| **r).map(|(i, _)| i).collect();
         if ready[1] {
             shutdown(&children);
         }
@@ -182,8 +155,7 @@ pub(crate) fn serve(control: OwnedFd, parent: OwnedFd) -> ! {
             match recv_packet(control.as_fd(), &mut buf, false) {
                 Ok(Some((1, fds))) if fds.len() == 2 => {
                     let mut fds = fds.into_iter();
-                    let (conn, status) =
-                        (fds.next().expect("two fds"), fds.next().expect("two fds"));
+                    let (conn, status) = (fds.next().expect("two fds"), fds.next().expect("two fds"));
                     let daemon = buf[0] != 0;
                     // SAFETY: the server is single-threaded (it runs before
                     // `main`, and never starts a thread).
@@ -200,11 +172,7 @@ pub(crate) fn serve(control: OwnedFd, parent: OwnedFd) -> ! {
                             drop(conn);
                             let _ = send_packet(status.as_fd(), &pid.to_le_bytes(), &[]);
                             match sysproc::pidfd_open(pid) {
-                                Ok(pidfd) => children.push(Served {
-                                    pidfd,
-                                    status,
-                                    daemon,
-                                }),
+                                Ok(pidfd) => children.push(Served { pidfd, status, daemon }),
                                 Err(_) => drop(status),
                             }
                         }

@@ -44,20 +44,10 @@ pub(crate) fn launch(job: Box<dyn Job>, spec: &Spec<'_>) -> Result<Child> {
     }
     let portable = job
         .portable()
-        .ok_or_else(|| Error::NeedsFork {
-            name: spec.name.to_owned(),
-            method: spec.method,
-        })?
-        .map_err(|message| Error::Encode {
-            what: Payload::Arguments,
-            side: Side::Parent,
-            message,
-        })?;
+        .ok_or_else(|| Error::NeedsFork { name: spec.name.to_owned(), method: spec.method })?
+        .map_err(|message| Error::Encode { what: Payload::Arguments, side: Side::Parent, message })?;
     if portable.fds.len() + 1 > MAX_FDS {
-        return Err(Error::TooManyHandles {
-            count: portable.fds.len(),
-            max: MAX_FDS - 1,
-        });
+        return Err(Error::TooManyHandles { count: portable.fds.len(), max: MAX_FDS - 1 });
     }
     // The arguments are encoded (their handles duplicated); the parent's
     // originals are released now, as in every start method.
@@ -83,11 +73,7 @@ pub(crate) fn launch(job: Box<dyn Job>, spec: &Spec<'_>) -> Result<Child> {
 
 /// Everything a spawn or forkserver child needs to run, encoded, and the
 /// descriptors that go with it: a pidfd of the parent, then the payload's.
-fn bootstrap_message(
-    portable: Portable,
-    spec: &Spec<'_>,
-    deathsig: bool,
-) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+fn bootstrap_message(portable: Portable, spec: &Spec<'_>, deathsig: bool) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
     let (parent_pid, parent_name, parent_pidfd) = {
         let mut rt = runtime::lock();
         (rt.me.pid, rt.me.name.clone(), rt.self_pidfd()?)
@@ -104,11 +90,7 @@ fn bootstrap_message(
         payload: portable.payload,
     };
     let mut fds = Vec::with_capacity(portable.fds.len() + 1);
-    fds.push(
-        parent_pidfd
-            .try_clone()
-            .context("dup of this process's pidfd")?,
-    );
+    fds.push(parent_pidfd.try_clone().context("dup of this process's pidfd")?);
     fds.extend(portable.fds);
     Ok((reduction::encode_plain(&boot), fds))
 }
@@ -119,10 +101,7 @@ fn send_bootstrap(conn: BorrowedFd<'_>, bytes: &[u8], fds: &[OwnedFd]) -> Result
         Ok(()) => Ok(()),
         // The child died before reading: `join` will say how it ended.
         Err(e) if is_disconnect(&e) => Ok(()),
-        Err(source) => Err(Error::Io {
-            context: "sending the bootstrap to a child",
-            source,
-        }),
+        Err(source) => Err(Error::Io { context: "sending the bootstrap to a child", source }),
     }
 }
 
@@ -142,14 +121,7 @@ pub(crate) struct Child {
 
 impl Child {
     pub(crate) fn new(shared: ChildShared, conn: OwnedFd) -> Self {
-        Child {
-            shared: Arc::new(shared),
-            conn,
-            reader: Reader::new(),
-            open: true,
-            reply: None,
-            taken: false,
-        }
+        Child { shared: Arc::new(shared), conn, reader: Reader::new(), open: true, reply: None, taken: false }
     }
 
     /// Waits (at most until `deadline`) for the child to end, reading its
@@ -202,10 +174,7 @@ impl Child {
                 self.open = false;
                 Ok(false)
             }
-            Err(e) => Err(Error::Protocol(format!(
-                "reading the answer of {}: {e}",
-                self.shared.name
-            ))),
+            Err(e) => Err(Error::Protocol(format!("reading the answer of {}: {e}", self.shared.name))),
         }
     }
 
@@ -218,58 +187,23 @@ impl Child {
         self.taken = true;
         let Some(frame) = self.reply.take() else {
             return Err(if code < 0 {
-                Error::Killed {
-                    name,
-                    pid,
-                    signal: -code,
-                    signal_name: signal_name(-code),
-                    exitcode: code,
-                }
+                Error::Killed { name, pid, signal: -code, signal_name: signal_name(-code), exitcode: code }
             } else {
-                Error::Exited {
-                    name,
-                    pid,
-                    exitcode: code,
-                }
+                Error::Exited { name, pid, exitcode: code }
             });
         };
         let outcome: Outcome = reduction::decode_plain(&frame.bytes)
             .map_err(|e| Error::Protocol(format!("undecodable answer from {name}: {e}")))?;
         match outcome {
-            Outcome::Returned(bytes) => {
-                reduction::decode(&bytes, frame.fds).map_err(|message| Error::Decode {
-                    what: Payload::Result,
-                    side: Side::Parent,
-                    message,
-                })
-            }
-            Outcome::Panicked { message, location } => Err(Error::Panicked {
-                name,
-                pid,
-                message,
-                location,
-            }),
-            Outcome::Codec {
-                what,
-                decode: true,
-                message,
-            } => Err(Error::Decode {
-                what,
-                side: Side::Child,
+            Outcome::Returned(bytes) => reduction::decode(&bytes, frame.fds).map_err(|message| Error::Decode {
+                what: Payload::Result,
+                side: Side::Parent,
                 message,
             }),
-            Outcome::Codec {
-                what,
-                decode: false,
-                message,
-            } => Err(Error::Encode {
-                what,
-                side: Side::Child,
-                message,
-            }),
-            Outcome::Bootstrap(message) => Err(Error::Protocol(format!(
-                "{name} could not start: {message}"
-            ))),
+            Outcome::Panicked { message, location } => Err(Error::Panicked { name, pid, message, location }),
+            Outcome::Codec { what, decode: true, message } => Err(Error::Decode { what, side: Side::Child, message }),
+            Outcome::Codec { what, decode: false, message } => Err(Error::Encode { what, side: Side::Child, message }),
+            Outcome::Bootstrap(message) => Err(Error::Protocol(format!("{name} could not start: {message}"))),
         }
     }
 }

@@ -12,8 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
 };
 
 /// The most descriptors one frame can carry (Linux's `SCM_MAX_FD`).
@@ -36,10 +35,7 @@ pub(crate) fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "{} descriptors in one message (at most {MAX_FDS})",
-                fds.len()
-            ),
+            format!("{} descriptors in one message (at most {MAX_FDS})", fds.len()),
         ));
     }
     let mut header = [0u8; HEADER];
@@ -67,11 +63,7 @@ pub(crate) fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -
     let mut done = sent;
     let total = HEADER + bytes.len();
     while done < total {
-        let chunk: &[u8] = if done < HEADER {
-            &header[done..]
-        } else {
-            &bytes[done - HEADER..]
-        };
+        let chunk: &[u8] = if done < HEADER { &header[done..] } else { &bytes[done - HEADER..] };
         match rustix::net::send(sock, chunk, SendFlags::NOSIGNAL) {
             Ok(n) => done += n,
             Err(Errno::INTR) => continue,
@@ -111,11 +103,7 @@ impl Reader {
     /// Reads until a whole frame is in, or (when `block` is false) until no
     /// more data is available.
     pub(crate) fn read(&mut self, sock: BorrowedFd<'_>, block: bool) -> io::Result<Progress> {
-        let flags = if block {
-            RecvFlags::CMSG_CLOEXEC
-        } else {
-            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
-        };
+        let flags = if block { RecvFlags::CMSG_CLOEXEC } else { RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT };
         loop {
             let n = if self.have_header < HEADER {
                 let at = self.have_header;
@@ -159,9 +147,8 @@ impl Reader {
                 if self.have_header == HEADER {
                     let len = u64::from_le_bytes(self.header[..8].try_into().expect("8 bytes"));
                     let nfds = u32::from_le_bytes(self.header[8..].try_into().expect("4 bytes"));
-                    self.want = usize::try_from(len).map_err(|_| {
-                        io::Error::new(io::ErrorKind::InvalidData, "message length overflows usize")
-                    })?;
+                    self.want = usize::try_from(len)
+                        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "message length overflows usize"))?;
                     self.nfds = nfds as usize;
                     if self.nfds > MAX_FDS {
                         return Err(io::Error::new(
@@ -175,12 +162,7 @@ impl Reader {
         }
     }
 
-    fn recv(
-        &mut self,
-        sock: BorrowedFd<'_>,
-        flags: RecvFlags,
-        target: Target,
-    ) -> io::Result<Option<usize>> {
+    fn recv(&mut self, sock: BorrowedFd<'_>, flags: RecvFlags, target: Target) -> io::Result<Option<usize>> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let buf: &mut [u8] = match target {
@@ -215,10 +197,7 @@ impl Reader {
         if fds.len() != nfds {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!(
-                    "message announced {nfds} descriptors but carried {}",
-                    fds.len()
-                ),
+                format!("message announced {nfds} descriptors but carried {}", fds.len()),
             ));
         }
         Ok(Frame { bytes, fds })
@@ -240,23 +219,14 @@ pub(crate) fn recv_blocking(sock: impl AsFd) -> io::Result<Option<Frame>> {
 }
 
 /// Sends one datagram on a sequenced-packet socket, descriptors attached.
-pub(crate) fn send_packet(
-    sock: BorrowedFd<'_>,
-    bytes: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> io::Result<()> {
+pub(crate) fn send_packet(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other("ancillary buffer too small"));
     }
     loop {
-        match rustix::net::sendmsg(
-            sock,
-            &[IoSlice::new(bytes)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        ) {
+        match rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
             Ok(_) => return Ok(()),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),

@@ -17,18 +17,14 @@ pub(crate) type ExitCode = i32;
 /// Opens a pidfd: a descriptor that names one process for its whole life, so
 /// waiting and signalling never hit a recycled pid.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    let pid =
-        Pid::from_raw(pid).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0"))?;
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0"))?;
     Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Reaps the child behind `pidfd` if it has ended; `None` while it runs.
 pub(crate) fn try_reap_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitCode>> {
     let status = loop {
-        match rustix::process::waitid(
-            WaitId::PidFd(pidfd),
-            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-        ) {
+        match rustix::process::waitid(WaitId::PidFd(pidfd), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
             Err(Errno::INTR) => continue,
             other => break other?,
         }
@@ -37,22 +33,14 @@ pub(crate) fn try_reap_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitCod
 }
 
 fn exit_code(status: &WaitIdStatus) -> Option<ExitCode> {
-    if let Some(code) = status.exit_status() {
-        Some(code)
-    } else {
-        status.terminating_signal().map(|sig| -sig)
-    }
+    if let Some(code) = status.exit_status() { Some(code) } else { status.terminating_signal().map(|sig| -sig) }
 }
 
 /// Sends `signal` to the process behind `pidfd`. A process that has already
 /// ended (`ESRCH`) is not an error: Python's `terminate` is a no-op then too.
 pub(crate) fn signal_pidfd(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
-    let sig = Signal::from_named_raw(signal).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("unknown signal {signal}"),
-        )
-    })?;
+    let sig = Signal::from_named_raw(signal)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("unknown signal {signal}")))?;
     match rustix::process::pidfd_send_signal(pidfd, sig) {
         Ok(()) | Err(Errno::SRCH) => Ok(()),
         Err(e) => Err(e.into()),
@@ -66,11 +54,7 @@ pub(crate) fn signal_pid(pid: i32, signal: i32) -> io::Result<()> {
         return Ok(());
     }
     let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) {
-        Ok(())
-    } else {
-        Err(err)
-    }
+    if err.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(err) }
 }
 
 /// The name of a signal, such as `SIGKILL`.
@@ -82,16 +66,12 @@ pub(crate) fn signal_name(signal: i32) -> String {
 
 /// True once the process behind `pidfd` has ended (it need not be our child).
 pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
-    super::poll_readable(&[pidfd], Some(std::time::Duration::ZERO))
-        .map(|r| r[0])
-        .unwrap_or(false)
+    super::poll_readable(&[pidfd], Some(std::time::Duration::ZERO)).map(|r| r[0]).unwrap_or(false)
 }
 
 /// Asks the kernel to SIGKILL us when the thread that created us exits.
 pub(crate) fn kill_me_when_parent_dies() -> io::Result<()> {
-    Ok(rustix::process::set_parent_process_death_signal(Some(
-        Signal::KILL,
-    ))?)
+    Ok(rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?)
 }
 
 /// Ignores SIGPIPE, as Rust's own `main` does, so that writing to a closed
@@ -125,16 +105,10 @@ pub(crate) fn spawn_self(args: &[&str], fds: &[(BorrowedFd<'_>, RawFd)]) -> io::
     attr.set_sigmask(&nix::sys::signal::SigSet::empty())?;
     attr.set_flags(PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK)?;
 
-    let argv0 = std::env::args_os()
-        .next()
-        .unwrap_or_else(|| OsString::from("multiproc-child"));
-    let mut argv =
-        vec![CString::new(argv0.into_vec()).unwrap_or_else(|_| c"multiproc-child".to_owned())];
+    let argv0 = std::env::args_os().next().unwrap_or_else(|| OsString::from("multiproc-child"));
+    let mut argv = vec![CString::new(argv0.into_vec()).unwrap_or_else(|_| c"multiproc-child".to_owned())];
     for a in args {
-        argv.push(
-            CString::new(*a)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))?,
-        );
+        argv.push(CString::new(*a).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))?);
     }
     let env: Vec<CString> = std::env::vars_os()
         .filter_map(|(k, v)| {
@@ -160,7 +134,5 @@ pub(crate) unsafe fn adopt_fd(fd: RawFd) -> OwnedFd {
 
 /// Counts this process's open descriptors (for leak checks and tests).
 pub(crate) fn open_fd_count() -> io::Result<usize> {
-    Ok(std::fs::read_dir("/proc/self/fd")?
-        .count()
-        .saturating_sub(1))
+    Ok(std::fs::read_dir("/proc/self/fd")?.count().saturating_sub(1))
 }

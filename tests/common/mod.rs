@@ -34,22 +34,15 @@ pub fn each_method(test: impl Fn(StartMethod)) {
 pub fn pidfd(pid: i32) -> OwnedFd {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    assert!(
-        fd >= 0,
-        "pidfd_open({pid}): {}",
-        std::io::Error::last_os_error()
-    );
+    assert!(fd >= 0, "pidfd_open({pid}): {}", std::io::Error::last_os_error());
     // SAFETY: the kernel just gave us this descriptor.
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
 /// Waits up to `timeout` for the process behind `pidfd` to end.
 pub fn exits_within(pidfd: &OwnedFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd.as_fd()),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd =
+        libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd.as_fd()), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
     n == 1
