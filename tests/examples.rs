@@ -128,6 +128,7 @@ fn daemon_flag_is_alive_and_exitcode() {
         }
         lines.push(line);
     }
+    assert!(program.wait().unwrap().success());
     assert_eq!(watched.len(), 2, "{lines:#?}");
     // Parent and child print concurrently: check each one's lines in order.
     let child_lines = ["start child process", "exit child process"];
