@@ -35,7 +35,7 @@ fn outlive_main(parent_gone: Handle) {
     let _ = parent_gone.into_file().read_to_end(&mut rest);
     println!("non-daemon child: the parent's main has returned; finishing now");
     // Still busy for a moment: the parent must wait for this, not leave.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_secs(1));
 }
 
 #[multiproc::main]
