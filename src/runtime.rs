@@ -81,14 +81,7 @@ impl Runtime {
         self.counter += 1;
         let mut identity = self.me.identity.clone();
         identity.push(self.counter);
-        let name = format!(
-            "Process-{}",
-            identity
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(":")
-        );
+        let name = format!("Process-{}", identity.iter().map(u32::to_string).collect::<Vec<_>>().join(":"));
         (identity, name)
     }
 
@@ -127,10 +120,7 @@ pub(crate) enum ExitWatch {
     Pidfd(OwnedFd),
     /// A forkserver child: the server reports its exit code on `status`; the
     /// pidfd (when it could be opened) is for signalling.
-    Server {
-        status: OwnedFd,
-        pidfd: Option<OwnedFd>,
-    },
+    Server { status: OwnedFd, pidfd: Option<OwnedFd> },
 }
 
 /// What parent-side handles and the registry share about one child.
@@ -145,14 +135,7 @@ pub(crate) struct ChildShared {
 
 impl ChildShared {
     pub fn new(pid: i32, name: String, identity: Vec<u32>, daemon: bool, watch: ExitWatch) -> Self {
-        Self {
-            pid,
-            name,
-            identity,
-            daemon,
-            watch,
-            exitcode: Mutex::new(None),
-        }
+        Self { pid, name, identity, daemon, watch, exitcode: Mutex::new(None) }
     }
 
     /// The descriptor that becomes readable when the child ends.
@@ -170,9 +153,7 @@ impl ChildShared {
             return Ok(*code);
         }
         *code = match &self.watch {
-            ExitWatch::Pidfd(fd) => {
-                sysproc::try_reap_pidfd(fd.as_fd()).context("waitid on a child")?
-            }
+            ExitWatch::Pidfd(fd) => sysproc::try_reap_pidfd(fd.as_fd()).context("waitid on a child")?,
             ExitWatch::Server { status, pidfd } => {
                 let reported = crate::popen::forkserver::read_status(status.as_fd(), None)?;
                 match pidfd {
@@ -194,13 +175,7 @@ impl ChildShared {
             if let Some(code) = self.try_exitcode()? {
                 return Ok(Some(code));
             }
-            let timeout = match deadline {
-                None => None,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Ok(None),
-                },
-            };
+            let Some(timeout) = crate::sys::time_left(deadline) else { return Ok(None) };
             crate::sys::poll_readable(&[self.exit_fd()], timeout).context("poll on a child")?;
         }
     }
@@ -211,13 +186,10 @@ impl ChildShared {
             return Ok(());
         }
         match &self.watch {
-            ExitWatch::Pidfd(fd)
-            | ExitWatch::Server {
-                pidfd: Some(fd), ..
-            } => sysproc::signal_pidfd(fd.as_fd(), signal).context("pidfd_send_signal"),
-            ExitWatch::Server { pidfd: None, .. } => {
-                sysproc::signal_pid(self.pid, signal).context("kill")
+            ExitWatch::Pidfd(fd) | ExitWatch::Server { pidfd: Some(fd), .. } => {
+                sysproc::signal_pidfd(fd.as_fd(), signal).context("pidfd_send_signal")
             }
+            ExitWatch::Server { pidfd: None, .. } => sysproc::signal_pid(self.pid, signal).context("kill"),
         }
     }
 }
@@ -238,10 +210,7 @@ pub(crate) fn unregister(pid: i32) {
 /// (Python's `_cleanup`, run on every start and by `active_children`).
 pub(crate) fn sweep() -> Vec<Arc<ChildShared>> {
     let children = std::mem::take(&mut lock().children);
-    let alive: Vec<_> = children
-        .into_iter()
-        .filter(|c| !matches!(c.try_exitcode(), Ok(Some(_))))
-        .collect();
+    let alive: Vec<_> = children.into_iter().filter(|c| !matches!(c.try_exitcode(), Ok(Some(_)))).collect();
     let mut rt = lock();
     // Others may have registered children while we looked.
     rt.children.extend(alive.iter().cloned());

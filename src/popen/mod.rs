@@ -137,13 +137,7 @@ impl Child {
                 }
                 return Ok(Some(code));
             }
-            let timeout = match deadline {
-                None => None,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Ok(None),
-                },
-            };
+            let Some(timeout) = crate::sys::time_left(deadline) else { return Ok(None) };
             let listen_conn = self.open && self.reply.is_none();
             let ready = if listen_conn {
                 crate::sys::poll_readable(&[self.shared.exit_fd(), self.conn.as_fd()], timeout)

@@ -9,7 +9,7 @@ pub(crate) mod proc;
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -39,6 +39,15 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -
         }
     }
     Ok(pollfds.iter().map(|p| !p.revents().is_empty()).collect())
+}
+
+/// The poll timeout left until `deadline`: `Some(None)` to wait without
+/// limit, `Some(Some(d))` to wait at most `d`, `None` once it has passed.
+pub(crate) fn time_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
+    match deadline {
+        None => Some(None),
+        Some(d) => d.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()).map(Some),
+    }
 }
 
 /// True when this code runs on the process's main thread. A child's
