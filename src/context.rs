@@ -25,6 +25,12 @@ use crate::{Error, Result};
 /// `MULTIPROC_START_METHOD` (`fork`, `spawn` or `forkserver`) overrides the
 /// default; [`set_start_method`] overrides both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// ```
+/// use multiproc::StartMethod;
+/// assert_eq!("spawn".parse::<StartMethod>().unwrap(), StartMethod::Spawn);
+/// assert_eq!(StartMethod::Forkserver.to_string(), "forkserver");
+/// ```
 pub enum StartMethod {
     /// `fork()` the parent.
     Fork,
@@ -39,6 +45,10 @@ impl StartMethod {
     pub const ALL: [StartMethod; 3] = [StartMethod::Forkserver, StartMethod::Spawn, StartMethod::Fork];
 
     /// The method's name, as Python spells it.
+    ///
+    /// ```
+    /// assert_eq!(multiproc::StartMethod::Fork.as_str(), "fork");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             StartMethod::Fork => "fork",
@@ -139,17 +149,29 @@ pub struct Context {
 }
 
 /// A [`Context`] for `method`.
+///
+/// ```
+/// let ctx = multiproc::get_context(multiproc::StartMethod::Fork);
+/// assert_eq!(ctx.start_method(), multiproc::StartMethod::Fork);
+/// ```
 pub fn get_context(method: StartMethod) -> Context {
     Context { method }
 }
 
 impl Context {
     /// This context's start method.
+    ///
+    /// ```
+    /// use multiproc::{get_context, StartMethod};
+    /// assert_eq!(get_context(StartMethod::Spawn).start_method(), StartMethod::Spawn);
+    /// ```
     pub fn start_method(&self) -> StartMethod {
         self.method
     }
 
     /// A process that runs `target(args…)` with this context's start method.
+    ///
+    /// See [`Context`] for an example.
     pub fn process<F, A, R>(&self, target: F, args: A) -> Process<R>
     where
         F: Target<A, Output = R>,
@@ -160,6 +182,21 @@ impl Context {
     }
 
     /// A process that runs `object.run()` with this context's start method.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// use multiproc::{get_context, Run, StartMethod};
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Hello;
+    /// impl Run for Hello {
+    ///     type Output = String;
+    ///     fn run(self) -> String { "hello".into() }
+    /// }
+    /// let mut p = get_context(StartMethod::Fork).process_run(Hello);
+    /// p.start().unwrap();
+    /// assert_eq!(p.join().unwrap(), "hello");
+    /// # }
+    /// ```
     pub fn process_run<T>(&self, object: T) -> Process<T::Output>
     where
         T: Run + Serialize + DeserializeOwned,

@@ -4,6 +4,31 @@ use std::fmt;
 use std::io;
 
 /// Which value failed to cross between processes.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::{Error, Payload, Process, Side, StartMethod};
+///
+/// struct Secret;
+/// impl serde::Serialize for Secret {
+///     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+///         Err(serde::ser::Error::custom("not for other eyes"))
+///     }
+/// }
+/// impl<'de> serde::Deserialize<'de> for Secret {
+///     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+///         <()>::deserialize(d).map(|_| Secret)
+///     }
+/// }
+/// fn keep(_: Secret) {}
+///
+/// let mut p = Process::new(keep, (Secret,)).with_start_method(StartMethod::Spawn);
+/// match p.start() {
+///     Err(Error::Encode { what: Payload::Arguments, side: Side::Parent, .. }) => {}
+///     other => panic!("{other:?}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Payload {
     /// The arguments of a target function (or the object of a [`Run`](crate::Run) type).
@@ -12,7 +37,11 @@ pub enum Payload {
     Result,
 }
 
-/// Which process noticed a failure.
+/// Which process noticed a failure (see [`Payload`] for an example).
+///
+/// ```
+/// assert_eq!(multiproc::Side::Child.to_string(), "in the child");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Side {
     /// The process that started the child.
@@ -171,6 +200,18 @@ pub enum Error {
 }
 
 /// `Result` with [`Error`].
+///
+/// ```
+/// fn start_one() -> multiproc::Result<u8> {
+///     fn one() -> u8 { 1 }
+///     let mut p = multiproc::Process::new(one, ());
+///     p.start()?;
+///     p.join()
+/// }
+/// # #[multiproc::main] fn main() {
+/// assert_eq!(start_one().unwrap(), 1);
+/// # }
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Attaches a short description of what was being done to an I/O error.

@@ -6,7 +6,13 @@ use crate::error::Context as _;
 use crate::popen::fork::{Forked, fork_locked};
 use crate::runtime::{self, Identity};
 
-/// Which side of [`fork`] this is.
+/// Which side of [`fork`] this is (see there for an example).
+///
+/// ```
+/// use multiproc::os::ForkResult;
+/// let side = ForkResult::Parent { child: 42 };
+/// assert!(matches!(side, ForkResult::Parent { child: 42 }));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForkResult {
     /// The original process; `child` is the new process's pid.

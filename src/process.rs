@@ -280,6 +280,15 @@ where
     R: Serialize + DeserializeOwned + Send + 'static,
 {
     /// A process that will run `target(args…)`; `args` is a tuple.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn add(a: i32, b: i32) -> i32 { a + b }
+    /// let mut p = multiproc::Process::new(add, (2, 3));
+    /// p.start().unwrap();
+    /// assert_eq!(p.join().unwrap(), 5);
+    /// # }
+    /// ```
     pub fn new<F, A>(target: F, args: A) -> Self
     where
         F: Target<A, Output = R>,
@@ -295,6 +304,8 @@ where
     }
 
     /// A process that will run `object.run()`.
+    ///
+    /// See [`Run`] for an example.
     pub fn from_run<T>(object: T) -> Self
     where
         T: Run<Output = R> + Serialize + DeserializeOwned,
@@ -327,24 +338,52 @@ where
     }
 
     /// Sets the name (builder form).
+    ///
+    /// ```
+    /// fn f() {}
+    /// let p = multiproc::Process::new(f, ()).with_name("loader");
+    /// assert_eq!(p.name(), "loader");
+    /// ```
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
     /// Sets the daemon flag (builder form).
+    ///
+    /// ```
+    /// fn f() {}
+    /// assert!(multiproc::Process::new(f, ()).with_daemon(true).daemon());
+    /// ```
     pub fn with_daemon(mut self, daemon: bool) -> Self {
         self.daemon = daemon;
         self
     }
 
     /// Chooses the start method for this process alone.
+    ///
+    /// ```
+    /// use multiproc::{Process, StartMethod};
+    /// fn f() {}
+    /// let p = Process::new(f, ()).with_start_method(StartMethod::Spawn);
+    /// assert_eq!(p.start_method(), StartMethod::Spawn);
+    /// ```
     pub fn with_start_method(mut self, method: StartMethod) -> Self {
         self.method = Some(method);
         self
     }
 
     /// Starts the child. A process can be started once.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn f() {}
+    /// let mut p = multiproc::Process::new(f, ());
+    /// p.start().unwrap();
+    /// assert!(p.start().is_err()); // once only
+    /// p.join().unwrap();
+    /// # }
+    /// ```
     pub fn start(&mut self) -> Result<()> {
         let job = self.job.take().ok_or_else(|| Error::AlreadyStarted(self.name.clone()))?;
         runtime::sweep();
@@ -358,6 +397,16 @@ where
 
     /// Waits for the child to end and returns its target's value. The value
     /// is handed out once; a second `join` gives [`Error::ResultTaken`].
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn shout(s: String) -> String { s.to_uppercase() }
+    /// let mut p = multiproc::Process::new(shout, ("hi".to_string(),));
+    /// p.start().unwrap();
+    /// assert_eq!(p.join().unwrap(), "HI");
+    /// assert!(matches!(p.join(), Err(multiproc::Error::ResultTaken(_))));
+    /// # }
+    /// ```
     pub fn join(&mut self) -> Result<R> {
         Ok(self.join_until(None)?.expect("no deadline, so the child has ended"))
     }
@@ -365,6 +414,17 @@ where
     /// Like [`join`](Self::join), but gives up after `timeout`: `Ok(None)`
     /// means the child is still running (as Python's `join(timeout)` returns
     /// with the process alive).
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// use std::time::Duration;
+    /// fn nap() { std::thread::sleep(Duration::from_secs(60)) }
+    /// let mut p = multiproc::Process::new(nap, ());
+    /// p.start().unwrap();
+    /// assert_eq!(p.join_timeout(Duration::from_millis(10)).unwrap(), None);
+    /// p.kill().unwrap();
+    /// # }
+    /// ```
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<R>> {
         self.join_until(Some(Instant::now() + timeout))
     }
@@ -384,28 +444,68 @@ where
 
 impl<R> Process<R> {
     /// The child's pid; `None` before `start`.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn f() {}
+    /// let mut p = multiproc::Process::new(f, ());
+    /// assert_eq!(p.pid(), None);
+    /// p.start().unwrap();
+    /// assert!(p.pid().unwrap() > 0);
+    /// p.join().unwrap();
+    /// # }
+    /// ```
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.shared.pid)
     }
 
     /// The process's name (default `Process-N`, `Process-N:M` in a child).
+    ///
+    /// ```
+    /// fn f() {}
+    /// let p = multiproc::Process::new(f, ());
+    /// assert!(p.name().starts_with("Process-"));
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Renames the process; the child sees the new name only if it is set
     /// before `start`.
+    ///
+    /// ```
+    /// fn f() {}
+    /// let mut p = multiproc::Process::new(f, ());
+    /// p.set_name("indexer");
+    /// assert_eq!(p.name(), "indexer");
+    /// ```
     pub fn set_name(&mut self, name: impl Into<String>) {
         self.name = name.into();
     }
 
     /// Whether the child is daemonic: killed when its parent dies, even by
     /// SIGKILL, and terminated when the parent's `main` returns.
+    ///
+    /// ```
+    /// fn f() {}
+    /// assert!(!multiproc::Process::new(f, ()).daemon());
+    /// ```
     pub fn daemon(&self) -> bool {
         self.daemon
     }
 
     /// Sets the daemon flag; only before `start`, as in Python.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn f() {}
+    /// let mut p = multiproc::Process::new(f, ());
+    /// p.set_daemon(true).unwrap();
+    /// p.start().unwrap();
+    /// assert!(p.set_daemon(false).is_err());
+    /// p.join().unwrap();
+    /// # }
+    /// ```
     pub fn set_daemon(&mut self, daemon: bool) -> Result<()> {
         if self.child.is_some() {
             return Err(Error::AlreadyStarted(self.name.clone()));
@@ -415,27 +515,78 @@ impl<R> Process<R> {
     }
 
     /// The start method this process uses (its own, or the global one).
+    ///
+    /// ```
+    /// fn f() {}
+    /// let p = multiproc::Process::new(f, ());
+    /// assert_eq!(p.start_method(), multiproc::get_start_method());
+    /// ```
     pub fn start_method(&self) -> StartMethod {
         self.method.unwrap_or_else(crate::get_start_method)
     }
 
     /// True between a successful `start` and the child's end.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn nap() { std::thread::sleep(std::time::Duration::from_secs(60)) }
+    /// let mut p = multiproc::Process::new(nap, ());
+    /// assert!(!p.is_alive());
+    /// p.start().unwrap();
+    /// assert!(p.is_alive());
+    /// p.kill().unwrap();
+    /// let _ = p.join();
+    /// assert!(!p.is_alive());
+    /// # }
+    /// ```
     pub fn is_alive(&self) -> bool {
         self.child.as_ref().is_some_and(|c| matches!(c.shared.try_exitcode(), Ok(None)))
     }
 
     /// How the child ended: its exit status, or minus the signal that killed
     /// it; `None` before start and while it runs.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn fail() { std::process::exit(4) }
+    /// let mut p = multiproc::Process::new(fail, ());
+    /// assert_eq!(p.exitcode(), None);
+    /// p.start().unwrap();
+    /// let _ = p.join();
+    /// assert_eq!(p.exitcode(), Some(4));
+    /// # }
+    /// ```
     pub fn exitcode(&self) -> Option<i32> {
         self.child.as_ref().and_then(|c| c.shared.try_exitcode().ok().flatten())
     }
 
     /// Sends SIGTERM. A no-op when the child has already ended.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn nap() { std::thread::sleep(std::time::Duration::from_secs(60)) }
+    /// let mut p = multiproc::Process::new(nap, ());
+    /// p.start().unwrap();
+    /// p.terminate().unwrap();
+    /// assert!(p.join().is_err());
+    /// assert_eq!(p.exitcode(), Some(-15));
+    /// # }
+    /// ```
     pub fn terminate(&self) -> Result<()> {
         self.signal(libc::SIGTERM)
     }
 
     /// Sends SIGKILL. A no-op when the child has already ended.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn nap() { std::thread::sleep(std::time::Duration::from_secs(60)) }
+    /// let mut p = multiproc::Process::new(nap, ());
+    /// p.start().unwrap();
+    /// p.kill().unwrap();
+    /// assert!(matches!(p.join(), Err(multiproc::Error::Killed { signal: 9, .. })));
+    /// # }
+    /// ```
     pub fn kill(&self) -> Result<()> {
         self.signal(libc::SIGKILL)
     }
@@ -448,6 +599,12 @@ impl<R> Process<R> {
 
 /// A snapshot of a process: the current one, or a running child.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// ```
+/// let me = multiproc::current_process();
+/// assert_eq!((me.name(), me.pid(), me.daemon()), ("MainProcess", multiproc::os::getpid(), false));
+/// assert!(me.identity().is_empty());
+/// ```
 pub struct ProcessInfo {
     name: String,
     pid: i32,
@@ -457,25 +614,53 @@ pub struct ProcessInfo {
 
 impl ProcessInfo {
     /// Its name (`MainProcess` for the program's first process).
+    ///
+    /// ```
+    /// assert_eq!(multiproc::current_process().name(), "MainProcess");
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
     /// Its pid.
+    ///
+    /// ```
+    /// assert_eq!(multiproc::current_process().pid(), multiproc::os::getpid());
+    /// ```
     pub fn pid(&self) -> i32 {
         self.pid
     }
     /// Whether it is daemonic.
+    ///
+    /// ```
+    /// assert!(!multiproc::current_process().daemon());
+    /// ```
     pub fn daemon(&self) -> bool {
         self.daemon
     }
     /// Its place in the process tree: empty for the main process, `[1, 2]`
     /// for the second child of the first child (Python's `_identity`).
+    ///
+    /// ```
+    /// assert_eq!(multiproc::current_process().identity(), &[] as &[u32]);
+    /// ```
     pub fn identity(&self) -> &[u32] {
         &self.identity
     }
 }
 
 /// The process that started this one, seen from the child.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// fn ask() -> (i32, String, bool) {
+///     let p = multiproc::parent_process().unwrap();
+///     (p.pid(), p.name().to_owned(), p.is_alive())
+/// }
+/// let mut p = multiproc::Process::new(ask, ());
+/// p.start().unwrap();
+/// assert_eq!(p.join().unwrap(), (multiproc::os::getpid(), "MainProcess".to_string(), true));
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ParentProcess {
     name: String,
@@ -484,15 +669,16 @@ pub struct ParentProcess {
 }
 
 impl ParentProcess {
-    /// The parent's name.
+    /// The parent's name (see [`ParentProcess`] for an example).
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// The parent's pid.
+    /// The parent's pid (see [`ParentProcess`] for an example).
     pub fn pid(&self) -> i32 {
         self.pid
     }
-    /// Whether the parent is still running.
+    /// Whether the parent is still running (see [`ParentProcess`] for an
+    /// example).
     pub fn is_alive(&self) -> bool {
         match &self.pidfd {
             Some(fd) => !crate::sys::proc::has_exited(std::os::fd::AsFd::as_fd(&**fd)),

@@ -70,21 +70,47 @@ pub struct Handle {
 
 impl Handle {
     /// Wraps an owned descriptor.
+    ///
+    /// ```
+    /// use std::os::fd::OwnedFd;
+    /// let fd: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    /// let h = multiproc::Handle::new(fd);
+    /// ```
     pub fn new(fd: OwnedFd) -> Self {
         Self { fd }
     }
 
     /// Duplicates the descriptor (both refer to the same open file).
+    ///
+    /// ```
+    /// use std::os::fd::AsRawFd;
+    /// let h = multiproc::Handle::from(std::fs::File::open("/dev/null").unwrap());
+    /// let copy = h.try_clone().unwrap();
+    /// assert_ne!(h.as_raw_fd(), copy.as_raw_fd());
+    /// ```
     pub fn try_clone(&self) -> io::Result<Self> {
         Ok(Self { fd: self.fd.try_clone()? })
     }
 
     /// Unwraps the descriptor.
+    ///
+    /// ```
+    /// let h = multiproc::Handle::from(std::fs::File::open("/dev/null").unwrap());
+    /// let fd: std::os::fd::OwnedFd = h.into_owned_fd();
+    /// ```
     pub fn into_owned_fd(self) -> OwnedFd {
         self.fd
     }
 
     /// Unwraps the descriptor as a [`File`] (works for pipes and sockets too).
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// let h = multiproc::Handle::from(std::fs::File::open("/dev/null").unwrap());
+    /// let mut text = String::new();
+    /// h.into_file().read_to_string(&mut text).unwrap();
+    /// assert!(text.is_empty());
+    /// ```
     pub fn into_file(self) -> File {
         File::from(self.fd)
     }
