@@ -145,7 +145,7 @@ fn check_point() {
 }
 
 /// Finds the entry function the parent named.
-fn resolve(entry: EntryRef) -> Result<EntryFn, Error> {
+pub(crate) fn resolve(entry: EntryRef) -> Result<EntryFn, Error> {
     if entry.check != distance(address(check_point)) {
         return Err(Error::ExecutableMismatch);
     }
@@ -273,7 +273,7 @@ static HOOK: Once = Once::new();
 /// Runs the target with its panic (message and location) captured. The
 /// previous panic hook still runs, so the child prints the panic on its
 /// stderr as any Rust program does.
-fn run_target(f: impl FnOnce() -> Reply) -> Reply {
+pub(crate) fn run_target(f: impl FnOnce() -> Reply) -> Reply {
     HOOK.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {

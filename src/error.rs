@@ -188,6 +188,46 @@ pub enum Error {
     /// A message between processes made no sense.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A pool worker died (killed by a signal, or exited) while it ran this
+    /// task. The pool replaced it; other tasks are not affected.
+    #[error("worker {name} (pid {pid}) died running this task: {how}")]
+    WorkerDied {
+        /// The worker's name.
+        name: String,
+        /// The worker's pid.
+        pid: i32,
+        /// Its exit code: minus the signal number, or its exit status.
+        exitcode: i32,
+        /// `killed by SIGKILL`, `exited with code 3`, ….
+        how: String,
+    },
+    /// A pool task ran past the pool's task timeout; its worker was killed
+    /// and replaced.
+    #[error("the task ran longer than {timeout:?}, so worker {name} (pid {pid}) was killed")]
+    TaskTimeout {
+        /// The worker's name.
+        name: String,
+        /// The worker's pid.
+        pid: i32,
+        /// The pool's task timeout.
+        timeout: std::time::Duration,
+    },
+    /// A task was submitted to a pool that was closed or terminated.
+    #[error("the pool is not running (it was closed or terminated)")]
+    PoolNotRunning,
+    /// `join` was called on a pool that was neither closed nor terminated
+    /// (Python: `ValueError: Pool is still running`).
+    #[error("the pool is still running: close or terminate it before join")]
+    PoolStillRunning,
+    /// The pool was terminated before this task finished.
+    #[error("the pool was terminated before this task finished")]
+    PoolTerminated,
+    /// The pool's initializer failed in a worker; no task can run.
+    #[error("the pool's initializer failed: {0}")]
+    InitializerFailed(String),
+    /// The asynchronous result is not ready yet.
+    #[error("the result is not ready yet")]
+    NotReady,
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {

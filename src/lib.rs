@@ -34,6 +34,7 @@ mod bootstrap;
 mod context;
 mod error;
 pub mod os;
+mod pool;
 mod popen;
 mod process;
 mod reduction;
@@ -44,6 +45,7 @@ mod wire;
 pub use bootstrap::init;
 pub use context::{Context, StartMethod, get_context, get_start_method, set_start_method};
 pub use error::{Error, Payload, Result, Side};
+pub use pool::{AsyncResult, IMap, Pool, PoolBuilder};
 pub use process::{ParentProcess, Process, ProcessInfo, Run, Target, active_children, current_process, parent_process};
 pub use reduction::Handle;
 

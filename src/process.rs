@@ -156,6 +156,18 @@ where
     }
 }
 
+/// The entry function that calls `F` with arguments `A`, for callers that
+/// send calls to running processes (the pool).
+pub(crate) fn entry_of<F, A>() -> EntryFn
+where
+    F: Target<A>,
+    F::Output: Serialize,
+    A: DeserializeOwned,
+{
+    const { assert!(size_of::<F>() == 0, "a task target must not capture anything: use a fn item") };
+    target_entry::<F, A>
+}
+
 fn target_entry<F, A>(payload: &[u8], fds: Vec<OwnedFd>) -> Reply
 where
     F: Target<A>,
@@ -594,6 +606,11 @@ impl<R> Process<R> {
     fn signal(&self, signal: i32) -> Result<()> {
         let child = self.child.as_ref().ok_or_else(|| Error::NotStarted(self.name.clone()))?;
         child.shared.signal(signal)
+    }
+
+    /// The descriptor that becomes readable when the started child ends.
+    pub(crate) fn exit_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.child.as_ref().map(|c| c.shared.exit_fd())
     }
 }
 

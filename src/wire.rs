@@ -61,3 +61,32 @@ impl Outcome {
         }
     }
 }
+
+/// One call's encoded arguments inside a pool task, and how many of the
+/// frame's descriptors belong to it (they follow in order).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Packed {
+    pub bytes: Vec<u8>,
+    pub nfds: u32,
+}
+
+/// What the pool says to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// Run `entry` once per item (a chunk of calls), in order.
+    Task { id: u64, entry: EntryRef, items: Vec<Packed> },
+    /// Finish: no more tasks will come.
+    Exit,
+}
+
+/// What a worker says to the pool.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// The initializer ran (or there was none): tasks may come.
+    Ready,
+    /// The initializer failed; the worker is leaving.
+    InitFailed(Outcome),
+    /// Task `id` ran: one outcome per item, with the number of the frame's
+    /// descriptors that belong to it.
+    Done { id: u64, items: Vec<(Outcome, u32)> },
+}

@@ -188,16 +188,32 @@ impl Child {
         };
         let outcome: Outcome = reduction::decode_plain(&frame.bytes)
             .map_err(|e| Error::Protocol(format!("undecodable answer from {name}: {e}")))?;
-        match outcome {
-            Outcome::Returned(bytes) => reduction::decode(&bytes, frame.fds).map_err(|message| Error::Decode {
-                what: Payload::Result,
-                side: Side::Parent,
-                message,
-            }),
-            Outcome::Panicked { message, location } => Err(Error::Panicked { name, pid, message, location }),
-            Outcome::Codec { what, decode: true, message } => Err(Error::Decode { what, side: Side::Child, message }),
-            Outcome::Codec { what, decode: false, message } => Err(Error::Encode { what, side: Side::Child, message }),
-            Outcome::Bootstrap(message) => Err(Error::Protocol(format!("{name} could not start: {message}"))),
-        }
+        outcome_into_result(outcome, frame.fds, name, pid)
     }
+}
+
+/// The value (or error) a child's outcome stands for. `name` and `pid` say
+/// which process ran the call.
+pub(crate) fn outcome_into_result<R: DeserializeOwned>(
+    outcome: Outcome,
+    fds: Vec<OwnedFd>,
+    name: String,
+    pid: i32,
+) -> Result<R> {
+    match outcome {
+        Outcome::Returned(bytes) => reduction::decode(&bytes, fds).map_err(|message| Error::Decode {
+            what: Payload::Result,
+            side: Side::Parent,
+            message,
+        }),
+        Outcome::Panicked { message, location } => Err(Error::Panicked { name, pid, message, location }),
+        Outcome::Codec { what, decode: true, message } => Err(Error::Decode { what, side: Side::Child, message }),
+        Outcome::Codec { what, decode: false, message } => Err(Error::Encode { what, side: Side::Child, message }),
+        Outcome::Bootstrap(message) => Err(Error::Protocol(format!("{name} could not start: {message}"))),
+    }
+}
+
+/// How a process ended, in words: `killed by SIGKILL`, `exited with code 3`.
+pub(crate) fn describe_exit(code: ExitCode) -> String {
+    if code < 0 { format!("killed by {}", signal_name(-code)) } else { format!("exited with code {code}") }
 }

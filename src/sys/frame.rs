@@ -6,6 +6,7 @@
 //! the first byte of the header, so the kernel hands them over together with
 //! the frame they belong to.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -32,45 +33,99 @@ pub(crate) struct Frame {
 /// Sends one frame, blocking until it is all written. `EPIPE` is returned as
 /// an error, never as `SIGPIPE`.
 pub(crate) fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    send_frames(sock, &[(bytes, fds)])
+}
+
+/// Sends several frames with as few system calls as possible: the receiver
+/// reads them in one go. All their descriptors (at most [`MAX_FDS`]) ride
+/// on the first byte; the receiver hands them out to the frames in order.
+pub(crate) fn send_frames(sock: BorrowedFd<'_>, frames: &[(&[u8], &[BorrowedFd<'_>])]) -> io::Result<()> {
+    let fds: Vec<BorrowedFd<'_>> = frames.iter().flat_map(|(_, f)| f.iter().copied()).collect();
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} descriptors in one message (at most {MAX_FDS})", fds.len()),
         ));
     }
-    let mut header = [0u8; HEADER];
-    header[..8].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
-    header[8..].copy_from_slice(&(fds.len() as u32).to_le_bytes());
+    let headers: Vec<[u8; HEADER]> = frames.iter().map(|(bytes, fds)| header(bytes.len(), fds.len())).collect();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(frames.len() * 2);
+    for (h, (bytes, _)) in headers.iter().zip(frames) {
+        parts.push(h);
+        parts.push(bytes);
+    }
+    let total: usize = parts.iter().map(|p| p.len()).sum();
 
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&fds)) {
         return Err(io::Error::other("ancillary buffer too small"));
     }
-    let sent = loop {
-        match rustix::net::sendmsg(
-            sock,
-            &[IoSlice::new(&header), IoSlice::new(bytes)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        ) {
+    let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut done = loop {
+        match rustix::net::sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
             Ok(n) => break n,
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
     };
     // The descriptors went with the first write; the rest is plain bytes.
-    let mut done = sent;
-    let total = HEADER + bytes.len();
     while done < total {
-        let chunk: &[u8] = if done < HEADER { &header[done..] } else { &bytes[done - HEADER..] };
-        match rustix::net::send(sock, chunk, SendFlags::NOSIGNAL) {
+        let (part, offset) = locate(&parts, done);
+        match rustix::net::send(sock, &parts[part][offset..], SendFlags::NOSIGNAL) {
             Ok(n) => done += n,
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
     }
     Ok(())
+}
+
+/// Appends one frame (header and payload) to `out`, for [`send_some`].
+pub(crate) fn encode_into(out: &mut Vec<u8>, bytes: &[u8], nfds: usize) {
+    out.extend_from_slice(&header(bytes.len(), nfds));
+    out.extend_from_slice(bytes);
+}
+
+/// One non-blocking write of already-framed bytes, with `fds` attached to its
+/// first byte. Returns how many bytes went out: 0 when the socket is full (and
+/// then the descriptors did not go either).
+pub(crate) fn send_some(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("ancillary buffer too small"));
+    }
+    loop {
+        match rustix::net::sendmsg(
+            sock,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        ) {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn header(len: usize, nfds: usize) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(&(len as u64).to_le_bytes());
+    h[8..].copy_from_slice(&(nfds as u32).to_le_bytes());
+    h
+}
+
+/// Which part, and where in it, the byte at `at` of the concatenation is.
+fn locate(parts: &[&[u8]], mut at: usize) -> (usize, usize) {
+    for (i, p) in parts.iter().enumerate() {
+        if at < p.len() {
+            return (i, at);
+        }
+        at -= p.len();
+    }
+    (parts.len() - 1, parts[parts.len() - 1].len())
 }
 
 /// What one read step produced.
@@ -84,57 +139,35 @@ pub(crate) enum Progress {
     Eof,
 }
 
-/// Reassembles frames from a stream socket, blocking or not.
+/// Reassembles frames from a stream socket, blocking or not. Reads in large
+/// chunks, so many small frames cost one system call.
 #[derive(Debug, Default)]
 pub(crate) struct Reader {
-    header: [u8; HEADER],
-    have_header: usize,
-    body: Vec<u8>,
-    want: usize,
-    nfds: usize,
-    fds: Vec<OwnedFd>,
+    buf: Vec<u8>,
+    start: usize,
+    fds: VecDeque<OwnedFd>,
+    eof: bool,
 }
+
+/// How much a read asks for when no large frame is pending.
+const READ_CHUNK: usize = 64 << 10;
 
 impl Reader {
     pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    /// Reads until a whole frame is in, or (when `block` is false) until no
-    /// more data is available.
+    /// The next frame: from what is buffered, else from the socket (blocking
+    /// only when `block` is true).
     pub(crate) fn read(&mut self, sock: BorrowedFd<'_>, block: bool) -> io::Result<Progress> {
         let flags = if block { RecvFlags::CMSG_CLOEXEC } else { RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT };
         loop {
-            let n = if self.have_header < HEADER {
-                let at = self.have_header;
-                match self.recv(sock, flags, Target::Header(at))? {
-                    Some(n) => n,
-                    None => return Ok(Progress::Pending),
-                }
-            } else {
-                if self.body.len() == self.want {
-                    return self.finish().map(Progress::Frame);
-                }
-                let at = self.body.len();
-                let step = (self.want - at).min(READ_STEP);
-                self.body.resize(at + step, 0);
-                let got = self.recv(sock, flags, Target::Body(at));
-                let n = match got {
-                    Ok(Some(n)) => n,
-                    Ok(None) => {
-                        self.body.truncate(at);
-                        return Ok(Progress::Pending);
-                    }
-                    Err(e) => {
-                        self.body.truncate(at);
-                        return Err(e);
-                    }
-                };
-                self.body.truncate(at + n);
-                n
+            let need = match self.parse()? {
+                Parsed::Frame(f) => return Ok(Progress::Frame(f)),
+                Parsed::Need(n) => n,
             };
-            if n == 0 {
-                if self.have_header == 0 {
+            if self.eof {
+                if self.buf.len() == self.start {
                     return Ok(Progress::Eof);
                 }
                 return Err(io::Error::new(
@@ -142,35 +175,66 @@ impl Reader {
                     "connection closed in the middle of a message",
                 ));
             }
-            if self.have_header < HEADER {
-                self.have_header += n;
-                if self.have_header == HEADER {
-                    let len = u64::from_le_bytes(self.header[..8].try_into().expect("8 bytes"));
-                    let nfds = u32::from_le_bytes(self.header[8..].try_into().expect("4 bytes"));
-                    self.want = usize::try_from(len)
-                        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "message length overflows usize"))?;
-                    self.nfds = nfds as usize;
-                    if self.nfds > MAX_FDS {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("message claims {} descriptors", self.nfds),
-                        ));
-                    }
-                    self.body = Vec::with_capacity(self.want.min(READ_STEP));
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let have = self.buf.len();
+            let step = need.saturating_sub(have).clamp(READ_CHUNK, READ_STEP.max(READ_CHUNK));
+            self.buf.resize(have + step, 0);
+            let got = self.recv(sock, flags, have);
+            match got {
+                Ok(Some(0)) => {
+                    self.buf.truncate(have);
+                    self.eof = true;
+                }
+                Ok(Some(n)) => self.buf.truncate(have + n),
+                Ok(None) => {
+                    self.buf.truncate(have);
+                    return Ok(Progress::Pending);
+                }
+                Err(e) => {
+                    self.buf.truncate(have);
+                    return Err(e);
                 }
             }
         }
     }
 
-    fn recv(&mut self, sock: BorrowedFd<'_>, flags: RecvFlags, target: Target) -> io::Result<Option<usize>> {
+    fn parse(&mut self) -> io::Result<Parsed> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < HEADER {
+            return Ok(Parsed::Need(HEADER));
+        }
+        let len = u64::from_le_bytes(avail[..8].try_into().expect("8 bytes"));
+        let nfds = u32::from_le_bytes(avail[8..HEADER].try_into().expect("4 bytes")) as usize;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| l.checked_add(HEADER).is_some())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "message length overflows usize"))?;
+        if nfds > MAX_FDS {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("message claims {nfds} descriptors")));
+        }
+        if avail.len() - HEADER < len {
+            return Ok(Parsed::Need(HEADER + len));
+        }
+        if self.fds.len() < nfds {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("message announced {nfds} descriptors but carried {}", self.fds.len()),
+            ));
+        }
+        let bytes = avail[HEADER..HEADER + len].to_vec();
+        self.start += HEADER + len;
+        let fds = self.fds.drain(..nfds).collect();
+        Ok(Parsed::Frame(Frame { bytes, fds }))
+    }
+
+    fn recv(&mut self, sock: BorrowedFd<'_>, flags: RecvFlags, at: usize) -> io::Result<Option<usize>> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        let buf: &mut [u8] = match target {
-            Target::Header(at) => &mut self.header[at..],
-            Target::Body(at) => &mut self.body[at..],
-        };
         let result = loop {
-            match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, flags) {
+            match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(&mut self.buf[at..])], &mut control, flags) {
                 Err(Errno::INTR) => continue,
                 other => break other,
             }
@@ -186,27 +250,12 @@ impl Reader {
             Err(e) => Err(e.into()),
         }
     }
-
-    fn finish(&mut self) -> io::Result<Frame> {
-        let bytes = std::mem::take(&mut self.body);
-        let fds = std::mem::take(&mut self.fds);
-        let nfds = self.nfds;
-        self.have_header = 0;
-        self.want = 0;
-        self.nfds = 0;
-        if fds.len() != nfds {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("message announced {nfds} descriptors but carried {}", fds.len()),
-            ));
-        }
-        Ok(Frame { bytes, fds })
-    }
 }
 
-enum Target {
-    Header(usize),
-    Body(usize),
+enum Parsed {
+    Frame(Frame),
+    /// Bytes the buffer must hold before the next frame can be parsed.
+    Need(usize),
 }
 
 /// Blocks for the next frame; `None` on a clean end of stream.

@@ -25,10 +25,23 @@ pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?)
 }
 
-/// Waits until one of `fds` is readable (or hung up), or `timeout` passes.
-/// Returns one flag per descriptor; all false means the time ran out.
-pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    let mut pollfds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+/// What to wait for on a descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interest {
+    Read,
+    ReadWrite,
+}
+
+/// Waits until one of `fds` is ready for what was asked (a hang-up or error
+/// counts as ready), or `timeout` passes. Returns `(readable, writable)` per
+/// descriptor.
+pub(crate) fn poll(fds: &[(BorrowedFd<'_>, Interest)], timeout: Option<Duration>) -> io::Result<Vec<(bool, bool)>> {
+    let mut pollfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|(fd, i)| {
+            PollFd::new(fd, if *i == Interest::Read { PollFlags::IN } else { PollFlags::IN | PollFlags::OUT })
+        })
+        .collect();
     let timeout = timeout
         .map(|d| Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as i64, tv_nsec: i64::from(d.subsec_nanos()) });
     loop {
@@ -38,7 +51,37 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(pollfds.iter().map(|p| !p.revents().is_empty()).collect())
+    Ok(pollfds
+        .iter()
+        .map(|p| {
+            let r = p.revents();
+            let trouble = r.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL);
+            (trouble || r.contains(PollFlags::IN), trouble || r.contains(PollFlags::OUT))
+        })
+        .collect())
+}
+
+/// An eventfd: a counter other threads bump to wake a thread in `poll`.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    Ok(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)?)
+}
+
+/// Wakes the thread polling `fd` (an eventfd).
+pub(crate) fn eventfd_bump(fd: BorrowedFd<'_>) {
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+/// Resets an eventfd after a wake-up.
+pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut buf);
+}
+
+/// Waits until one of `fds` is readable (or hung up), or `timeout` passes.
+/// Returns one flag per descriptor; all false means the time ran out.
+pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let fds: Vec<_> = fds.iter().map(|fd| (*fd, Interest::Read)).collect();
+    Ok(poll(&fds, timeout)?.into_iter().map(|(r, _)| r).collect())
 }
 
 /// The poll timeout left until `deadline`: `Some(None)` to wait without

@@ -1,0 +1,658 @@
+//! `Pool`: Python's process pool (`multiprocessing.Pool`), which never hangs
+//! when a worker dies.
+//!
+//! Workers are [`Process`](crate::Process)es running a task loop; a
+//! supervisor thread in the parent feeds them (see `supervisor.rs`). Tasks
+//! are functions as for `Process` (`fn` items, non-capturing closures) with
+//! serde arguments; [`Handle`](crate::Handle)s travel in them too, even to
+//! workers that are already running (Python refuses that).
+
+mod result;
+mod supervisor;
+mod worker;
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bootstrap::entry_ref;
+use crate::error::{Payload, Side};
+use crate::process::{Target, entry_of};
+use crate::reduction;
+use crate::wire::EntryRef;
+use crate::{Error, Handle, Result, StartMethod};
+
+pub use result::AsyncResult;
+use result::{ChannelSink, MapSink, RawItem, Reorder, Sink, Slot};
+use supervisor::{Config, PackedItem, Shared, Status, Task};
+use worker::Init;
+
+/// A pool of worker processes (Python's `multiprocessing.Pool`).
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::Pool;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = Pool::new(4).unwrap();
+/// assert_eq!(pool.map(square, 1..=5).unwrap(), [1, 4, 9, 16, 25]);
+/// assert_eq!(pool.apply(square, (12,)).unwrap(), 144);
+/// let mut r = pool.apply_async(square, (3,));
+/// assert_eq!(r.get().unwrap(), 9);
+/// let sum: u64 = pool.imap_unordered(square, 0..100).map(Result::unwrap).sum();
+/// assert_eq!(sum, 328350);
+/// pool.close();
+/// pool.join().unwrap();
+/// # }
+/// ```
+///
+/// A worker that dies in the middle of a task (killed, segfault, abort,
+/// `exit`) fails that task with [`Error::WorkerDied`] naming its pid and the
+/// signal or exit code; the pool starts a replacement and the other tasks
+/// go on. (Python's pool waits forever for such a task;
+/// `ProcessPoolExecutor` breaks the whole pool.) A task that panics fails
+/// with [`Error::Panicked`]; one whose arguments or result cannot be
+/// (de)serialized fails alone.
+///
+/// Dropping a pool terminates it, as leaving Python's `with Pool() as p:`
+/// block does: unfinished tasks fail with [`Error::PoolTerminated`]. To let
+/// them finish, [`close`](Self::close) and [`join`](Self::join) first.
+pub struct Pool {
+    shared: Arc<Shared>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+    processes: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("processes", &self.processes).finish()
+    }
+}
+
+/// Options for a [`Pool`] (Python's `Pool(processes, initializer,
+/// initargs, maxtasksperchild, context)`), plus a per-task timeout.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use std::time::Duration;
+/// use multiproc::{Pool, StartMethod};
+///
+/// fn setup(greeting: String) { println!("{greeting} from {}", multiproc::os::getpid()); }
+/// fn double(x: i32) -> i32 { x * 2 }
+///
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .initializer(setup, ("hello".to_string(),))
+///     .maxtasksperchild(100)
+///     .start_method(StartMethod::Forkserver)
+///     .task_timeout(Duration::from_secs(60))
+///     .build()
+///     .unwrap();
+/// assert_eq!(pool.map(double, [1, 2, 3]).unwrap(), [2, 4, 6]);
+/// # }
+/// ```
+#[derive(Default)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    init: Option<std::result::Result<Init, String>>,
+    maxtasks: Option<u64>,
+    method: Option<StartMethod>,
+    task_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("maxtasks", &self.maxtasks)
+            .field("method", &self.method)
+            .field("task_timeout", &self.task_timeout)
+            .finish()
+    }
+}
+
+impl PoolBuilder {
+    /// The number of workers (default: [`os::process_cpu_count`](crate::os::process_cpu_count)).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A function each worker runs once before its first task. If it fails,
+    /// no task can run: every task fails with [`Error::InitializerFailed`]
+    /// (Python restarts such workers forever).
+    pub fn initializer<F, A>(mut self, _f: F, args: A) -> Self
+    where
+        F: Target<A, Output = ()>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let entry = entry_ref(entry_of::<F, A>());
+        self.init = Some(reduction::encode(&args).map(|(payload, fds)| Init {
+            entry,
+            payload,
+            fds: fds.into_iter().map(Handle::new).collect(),
+        }));
+        self
+    }
+
+    /// Replace each worker after it has run this many tasks (chunks).
+    pub fn maxtasksperchild(mut self, n: u64) -> Self {
+        self.maxtasks = Some(n.max(1));
+        self
+    }
+
+    /// How the workers are started (default: the global start method).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Kill a worker whose task runs longer than this; the task fails with
+    /// [`Error::TaskTimeout`] and the worker is replaced.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Starts the pool.
+    pub fn build(self) -> Result<Pool> {
+        let processes = self.processes.unwrap_or_else(crate::os::process_cpu_count).max(1);
+        let init = match self.init {
+            None => None,
+            Some(Ok(init)) => Some(init),
+            Some(Err(message)) => return Err(Error::Encode { what: Payload::Arguments, side: Side::Parent, message }),
+        };
+        let config = Config {
+            processes,
+            method: self.method.unwrap_or_else(crate::get_start_method),
+            init,
+            maxtasks: self.maxtasks,
+            task_timeout: self.task_timeout,
+        };
+        let shared = Shared::new().map_err(|source| Error::Io { context: "eventfd for a pool", source })?;
+        let thread_shared = shared.clone();
+        let supervisor = std::thread::Builder::new()
+            .name("multiproc-pool".into())
+            .spawn(move || supervisor::run(thread_shared, config))
+            .map_err(|source| Error::Io { context: "starting the pool's supervisor thread", source })?;
+        Ok(Pool { shared, supervisor: Mutex::new(Some(supervisor)), processes })
+    }
+}
+
+/// Packs one call's arguments; an error is that call's result.
+fn pack<T: Serialize>(args: &T) -> std::result::Result<PackedItem, Error> {
+    reduction::encode(args).map(|(bytes, fds)| PackedItem { bytes, fds }).map_err(|message| Error::Encode {
+        what: Payload::Arguments,
+        side: Side::Parent,
+        message,
+    })
+}
+
+/// Python's default map chunk size: ⌈items / (4 × workers)⌉.
+fn default_chunksize(items: usize, workers: usize) -> usize {
+    items.div_ceil(4 * workers).max(1)
+}
+
+impl Pool {
+    /// A pool of `processes` workers with the default options.
+    ///
+    /// See [`Pool`] for an example.
+    pub fn new(processes: usize) -> Result<Pool> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// Options for a new pool.
+    ///
+    /// See [`PoolBuilder`] for an example.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The number of workers.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// assert_eq!(multiproc::Pool::new(3).unwrap().processes(), 3);
+    /// # }
+    /// ```
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// Splits calls into tasks of `chunksize` and queues them; calls whose
+    /// arguments cannot be encoded fail at once.
+    fn submit_calls<T: Serialize>(&self, entry: EntryRef, calls: Vec<T>, chunksize: usize, sink: Arc<dyn Sink>) {
+        let mut tasks = Vec::new();
+        let mut base = 0;
+        for chunk in calls.chunks(chunksize.max(1)) {
+            let mut items = Vec::with_capacity(chunk.len());
+            for call in chunk {
+                match pack(call) {
+                    Ok(item) => items.push(item),
+                    Err(e) => {
+                        // Flush what we have, fail this call alone.
+                        if !items.is_empty() {
+                            let n = items.len();
+                            tasks.push(Task { entry, items: std::mem::take(&mut items), base, sink: sink.clone() });
+                            base += n;
+                        }
+                        sink.deliver(base, RawItem::Failed(e));
+                        base += 1;
+                    }
+                }
+            }
+            if !items.is_empty() {
+                let n = items.len();
+                tasks.push(Task { entry, items, base, sink: sink.clone() });
+                base += n;
+            }
+        }
+        self.shared.submit(tasks);
+    }
+
+    /// Runs `f(args…)` in a worker and waits for its value (Python's `apply`).
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn add(a: i32, b: i32) -> i32 { a + b }
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// assert_eq!(pool.apply(add, (2, 3)).unwrap(), 5);
+    /// # }
+    /// ```
+    pub fn apply<F, A, R>(&self, f: F, args: A) -> Result<R>
+    where
+        F: Target<A, Output = R>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(f, args).get()
+    }
+
+    /// Queues `f(args…)` and returns at once (Python's `apply_async`).
+    /// Failures, including a closed pool, arrive through the result.
+    ///
+    /// See [`AsyncResult`] for an example.
+    pub fn apply_async<F, A, R>(&self, _f: F, args: A) -> AsyncResult<R>
+    where
+        F: Target<A, Output = R>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let slot = Slot::<R>::new();
+        let entry = entry_ref(entry_of::<F, A>());
+        match pack(&args) {
+            Ok(item) => self.shared.submit([Task { entry, items: vec![item], base: 0, sink: slot.clone() }]),
+            Err(e) => slot.complete(Err(e)),
+        }
+        AsyncResult::new(slot)
+    }
+
+    /// `f(x)` for every `x`, in input order (Python's `map`), with Python's
+    /// default chunk size. The first failure is returned as soon as it
+    /// happens.
+    ///
+    /// See [`Pool`] for an example.
+    pub fn map<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
+    where
+        F: Target<(A,), Output = R>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_async(f, items).get()
+    }
+
+    /// [`map`](Self::map) with tasks of `chunksize` items.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn inc(x: u32) -> u32 { x + 1 }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// assert_eq!(pool.map_chunksize(inc, 0..6, 4).unwrap(), [1, 2, 3, 4, 5, 6]);
+    /// # }
+    /// ```
+    pub fn map_chunksize<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>, chunksize: usize) -> Result<Vec<R>>
+    where
+        F: Target<(A,), Output = R>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.starmap_async_chunksize(f, items.into_iter().map(|a| (a,)), Some(chunksize)).get()
+    }
+
+    /// [`map`](Self::map) without waiting (Python's `map_async`): the result
+    /// is the whole list.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn inc(x: u32) -> u32 { x + 1 }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// let mut all = pool.map_async(inc, [1, 2, 3]).callback(|v| println!("got {v:?}"));
+    /// assert_eq!(all.get().unwrap(), [2, 3, 4]);
+    /// # }
+    /// ```
+    pub fn map_async<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> AsyncResult<Vec<R>>
+    where
+        F: Target<(A,), Output = R>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.starmap_async_chunksize(f, items.into_iter().map(|a| (a,)), None)
+    }
+
+    /// `f(a, b, …)` for every tuple of arguments, in input order (Python's
+    /// `starmap`).
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn pow(base: u64, exp: u32) -> u64 { base.pow(exp) }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// assert_eq!(pool.starmap(pow, [(2, 10), (3, 3)]).unwrap(), [1024, 27]);
+    /// # }
+    /// ```
+    pub fn starmap<F, T, R>(&self, f: F, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
+    where
+        F: Target<T, Output = R>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.starmap_async_chunksize(f, items, None).get()
+    }
+
+    /// [`starmap`](Self::starmap) without waiting (Python's `starmap_async`).
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn add(a: i32, b: i32) -> i32 { a + b }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// assert_eq!(pool.starmap_async(add, [(1, 2), (3, 4)]).get().unwrap(), [3, 7]);
+    /// # }
+    /// ```
+    pub fn starmap_async<F, T, R>(&self, f: F, items: impl IntoIterator<Item = T>) -> AsyncResult<Vec<R>>
+    where
+        F: Target<T, Output = R>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.starmap_async_chunksize(f, items, None)
+    }
+
+    /// [`starmap_async`](Self::starmap_async) with tasks of `chunksize`
+    /// items (`None`: Python's default).
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn add(a: i32, b: i32) -> i32 { a + b }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// let mut r = pool.starmap_async_chunksize(add, [(1, 2), (3, 4), (5, 6)], Some(2));
+    /// assert_eq!(r.get().unwrap(), [3, 7, 11]);
+    /// # }
+    /// ```
+    pub fn starmap_async_chunksize<F, T, R>(
+        &self,
+        _f: F,
+        items: impl IntoIterator<Item = T>,
+        chunksize: Option<usize>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        F: Target<T, Output = R>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let calls: Vec<T> = items.into_iter().collect();
+        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(calls.len(), self.processes));
+        let slot = Slot::<Vec<R>>::new();
+        let sink = MapSink::<R>::new(calls.len(), slot.clone());
+        if !calls.is_empty() {
+            self.submit_calls(entry_ref(entry_of::<F, T>()), calls, chunksize, sink);
+        }
+        AsyncResult::new(slot)
+    }
+
+    /// A lazy iterator of `f(x)` in input order (Python's `imap`, chunk size
+    /// 1). The input is read only as fast as results are consumed, so an
+    /// endless input works in bounded memory.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// let first: Vec<u64> = pool.imap(square, 1..).take(4).map(Result::unwrap).collect();
+    /// assert_eq!(first, [1, 4, 9, 16]);
+    /// # }
+    /// ```
+    pub fn imap<F, A, R, I>(&self, f: F, items: I) -> IMap<'_, I::IntoIter, R>
+    where
+        F: Target<(A,), Output = R>,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.imap_chunksize(f, items, 1)
+    }
+
+    /// [`imap`](Self::imap) with tasks of `chunksize` items.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn neg(x: i64) -> i64 { -x }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// let v: Vec<i64> = pool.imap_chunksize(neg, 0..10, 3).map(Result::unwrap).collect();
+    /// assert_eq!(v, (0..10).map(|x| -x).collect::<Vec<_>>());
+    /// # }
+    /// ```
+    pub fn imap_chunksize<F, A, R, I>(&self, _f: F, items: I, chunksize: usize) -> IMap<'_, I::IntoIter, R>
+    where
+        F: Target<(A,), Output = R>,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        IMap::new(self, entry_ref(entry_of::<F, (A,)>()), items.into_iter(), chunksize, true)
+    }
+
+    /// Like [`imap`](Self::imap), but results come in the order they finish
+    /// (Python's `imap_unordered`).
+    ///
+    /// See [`Pool`] for an example.
+    pub fn imap_unordered<F, A, R, I>(&self, f: F, items: I) -> IMap<'_, I::IntoIter, R>
+    where
+        F: Target<(A,), Output = R>,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.imap_unordered_chunksize(f, items, 1)
+    }
+
+    /// [`imap_unordered`](Self::imap_unordered) with tasks of `chunksize` items.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn neg(x: i64) -> i64 { -x }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// let mut v: Vec<i64> = pool.imap_unordered_chunksize(neg, 0..10, 3).map(Result::unwrap).collect();
+    /// v.sort();
+    /// assert_eq!(v, (-9..=0).collect::<Vec<_>>());
+    /// # }
+    /// ```
+    pub fn imap_unordered_chunksize<F, A, R, I>(&self, _f: F, items: I, chunksize: usize) -> IMap<'_, I::IntoIter, R>
+    where
+        F: Target<(A,), Output = R>,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        IMap::new(self, entry_ref(entry_of::<F, (A,)>()), items.into_iter(), chunksize, false)
+    }
+
+    /// No more tasks will be submitted; the workers leave once the queued
+    /// ones are done (Python's `close`).
+    ///
+    /// See [`Pool`] for an example.
+    pub fn close(&self) {
+        self.shared.set_status(Status::Closed);
+    }
+
+    /// Stops the workers now; unfinished tasks fail with
+    /// [`Error::PoolTerminated`] (Python's `terminate`).
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn nap() { std::thread::sleep(std::time::Duration::from_secs(60)) }
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let mut r = pool.apply_async(nap, ());
+    /// pool.terminate();
+    /// assert!(matches!(r.get(), Err(multiproc::Error::PoolTerminated)));
+    /// pool.join().unwrap();
+    /// # }
+    /// ```
+    pub fn terminate(&self) {
+        self.shared.set_status(Status::Terminating);
+        self.wait_supervisor();
+    }
+
+    /// Waits for the workers to leave, after [`close`](Self::close) or
+    /// [`terminate`](Self::terminate). Before either it is an error, as in
+    /// Python ([`Error::PoolStillRunning`]).
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// assert!(matches!(pool.join(), Err(multiproc::Error::PoolStillRunning)));
+    /// pool.close();
+    /// pool.join().unwrap();
+    /// # }
+    /// ```
+    pub fn join(&self) -> Result<()> {
+        if self.shared.lock().status == Status::Running {
+            return Err(Error::PoolStillRunning);
+        }
+        self.wait_supervisor();
+        Ok(())
+    }
+
+    fn wait_supervisor(&self) {
+        let handle = self.supervisor.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match handle {
+            Some(h) => {
+                let _ = h.join();
+            }
+            None => self.shared.wait_stopped(),
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: yields one
+/// `Result` per input item, reading the input lazily.
+pub struct IMap<'p, I, R> {
+    pool: &'p Pool,
+    entry: EntryRef,
+    input: Option<I>,
+    chunksize: usize,
+    submitted: usize,
+    yielded: usize,
+    limit: usize,
+    tx: mpsc::Sender<(usize, RawItem)>,
+    rx: mpsc::Receiver<(usize, RawItem)>,
+    results: Reorder,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<I, R> std::fmt::Debug for IMap<'_, I, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IMap").field("submitted", &self.submitted).field("yielded", &self.yielded).finish()
+    }
+}
+
+impl<'p, I, A, R> IMap<'p, I, R>
+where
+    I: Iterator<Item = A>,
+    A: Serialize,
+{
+    fn new(pool: &'p Pool, entry: EntryRef, input: I, chunksize: usize, ordered: bool) -> Self {
+        let chunksize = chunksize.max(1);
+        let (tx, rx) = mpsc::channel();
+        // Enough in flight to keep every worker's pipeline full, no more.
+        let limit = (pool.processes * 64).max(pool.processes * chunksize * 2);
+        IMap {
+            pool,
+            entry,
+            input: Some(input),
+            chunksize,
+            submitted: 0,
+            yielded: 0,
+            limit,
+            tx,
+            rx,
+            results: Reorder::new(ordered),
+            _result: PhantomData,
+        }
+    }
+
+    fn fill(&mut self) {
+        while self.submitted - self.yielded < self.limit {
+            let Some(input) = self.input.as_mut() else { return };
+            let calls: Vec<(A,)> = input.by_ref().take(self.chunksize).map(|a| (a,)).collect();
+            if calls.len() < self.chunksize {
+                self.input = None;
+            }
+            if calls.is_empty() {
+                return;
+            }
+            let sink = Arc::new(ChannelSink(Mutex::new(self.tx.clone())));
+            let n = calls.len();
+            let base = self.submitted;
+            self.pool.submit_calls(self.entry, calls, self.chunksize, Arc::new(Offset { base, inner: sink }));
+            self.submitted += n;
+        }
+    }
+}
+
+/// Shifts a submission's indices to the iterator's running count.
+struct Offset {
+    base: usize,
+    inner: Arc<ChannelSink>,
+}
+
+impl Sink for Offset {
+    fn deliver(&self, index: usize, item: RawItem) {
+        self.inner.deliver(self.base + index, item);
+    }
+}
+
+impl<I, A, R> Iterator for IMap<'_, I, R>
+where
+    I: Iterator<Item = A>,
+    A: Serialize,
+    R: DeserializeOwned,
+{
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        loop {
+            self.fill();
+            if let Some(item) = self.results.pop() {
+                self.yielded += 1;
+                return Some(item.into_result());
+            }
+            if self.yielded == self.submitted && self.input.is_none() {
+                return None;
+            }
+            match self.rx.recv() {
+                Ok((index, item)) => self.results.push(index, item),
+                Err(_) => return Some(Err(Error::PoolTerminated)),
+            }
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Where a pool's results go: [`AsyncResult`] for one value, the map and
+//! imap collectors for many.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::popen::outcome_into_result;
+use crate::wire::Outcome;
+use crate::{Error, Result};
+
+/// One call's result as it comes from a worker, before it is decoded.
+pub(crate) enum RawItem {
+    Outcome { outcome: Outcome, fds: Vec<OwnedFd>, worker: String, pid: i32 },
+    Failed(Error),
+}
+
+impl RawItem {
+    pub(crate) fn into_result<R: DeserializeOwned>(self) -> Result<R> {
+        match self {
+            RawItem::Outcome { outcome, fds, worker, pid } => outcome_into_result(outcome, fds, worker, pid),
+            RawItem::Failed(e) => Err(e),
+        }
+    }
+}
+
+/// Receives the results of one submission, call by call.
+pub(crate) trait Sink: Send + Sync {
+    /// The result of call `index` of the submission.
+    fn deliver(&self, index: usize, item: RawItem);
+}
+
+type Callback<R> = Box<dyn FnOnce(&R) + Send>;
+type ErrorCallback = Box<dyn FnOnce(&Error) + Send>;
+
+struct SlotState<R> {
+    result: Option<Result<R>>,
+    done: bool,
+    taken: bool,
+    callback: Option<Callback<R>>,
+    error_callback: Option<ErrorCallback>,
+    wakers: Vec<Waker>,
+}
+
+/// A value that arrives later, once.
+pub(crate) struct Slot<R> {
+    state: Mutex<SlotState<R>>,
+    ready: Condvar,
+}
+
+impl<R> Slot<R> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Slot {
+            state: Mutex::new(SlotState {
+                result: None,
+                done: false,
+                taken: false,
+                callback: None,
+                error_callback: None,
+                wakers: Vec::new(),
+            }),
+            ready: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState<R>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Completes the slot; later completions are ignored. The callback runs
+    /// before waiters wake, as in Python.
+    pub(crate) fn complete(&self, result: Result<R>) {
+        let (callback, error_callback) = {
+            let mut st = self.lock();
+            if st.done {
+                return;
+            }
+            st.done = true;
+            (st.callback.take(), st.error_callback.take())
+        };
+        // A panicking callback must not take the pool's supervisor down.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match (&result, callback, error_callback) {
+            (Ok(v), Some(cb), _) => cb(v),
+            (Err(e), _, Some(cb)) => cb(e),
+            _ => {}
+        }));
+        let wakers = {
+            let mut st = self.lock();
+            st.result = Some(result);
+            std::mem::take(&mut st.wakers)
+        };
+        self.ready.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+impl<R: DeserializeOwned + Send> Sink for Slot<R> {
+    fn deliver(&self, _index: usize, item: RawItem) {
+        self.complete(item.into_result());
+    }
+}
+
+/// The result of [`Pool::apply_async`](crate::Pool::apply_async) and the
+/// other `_async` calls (Python's `AsyncResult`): wait for it, poll it,
+/// attach callbacks, or `.await` it.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// fn square(x: u64) -> u64 { x * x }
+/// let pool = multiproc::Pool::new(2).unwrap();
+/// let mut r = pool.apply_async(square, (9,));
+/// r.wait();
+/// assert!(r.ready());
+/// assert!(r.successful().unwrap());
+/// assert_eq!(r.get().unwrap(), 81);
+/// # }
+/// ```
+pub struct AsyncResult<R> {
+    slot: Arc<Slot<R>>,
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult").field("ready", &self.ready()).finish()
+    }
+}
+
+impl<R> AsyncResult<R> {
+    pub(crate) fn new(slot: Arc<Slot<R>>) -> Self {
+        AsyncResult { slot }
+    }
+
+    /// Whether the call has finished.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn one() -> u8 { 1 }
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let r = pool.apply_async(one, ());
+    /// r.wait();
+    /// assert!(r.ready());
+    /// # }
+    /// ```
+    pub fn ready(&self) -> bool {
+        self.slot.lock().result.is_some()
+    }
+
+    /// Whether the call succeeded; [`Error::NotReady`] before it finished.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn boom() -> u8 { panic!("no") }
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let r = pool.apply_async(boom, ());
+    /// r.wait();
+    /// assert!(!r.successful().unwrap());
+    /// # }
+    /// ```
+    pub fn successful(&self) -> Result<bool> {
+        match &self.slot.lock().result {
+            None => Err(Error::NotReady),
+            Some(r) => Ok(r.is_ok()),
+        }
+    }
+
+    /// Blocks until the call has finished.
+    ///
+    /// See [`AsyncResult`] for an example.
+    pub fn wait(&self) {
+        let mut st = self.slot.lock();
+        while st.result.is_none() {
+            st = self.slot.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Blocks until the call has finished or `timeout` passed; true when it
+    /// has finished.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// use std::time::Duration;
+    /// fn nap() { std::thread::sleep(Duration::from_secs(60)) }
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let r = pool.apply_async(nap, ());
+    /// assert!(!r.wait_timeout(Duration::from_millis(10)));
+    /// pool.terminate();
+    /// # }
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.slot.lock();
+        while st.result.is_none() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            st = self.slot.ready.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        true
+    }
+
+    /// Waits for the value. It is handed out once; a second `get` gives
+    /// [`Error::ResultTaken`].
+    ///
+    /// See [`AsyncResult`] for an example.
+    pub fn get(&mut self) -> Result<R> {
+        self.wait();
+        self.take()
+    }
+
+    /// Like [`get`](Self::get), but gives up after `timeout` with `Ok(None)`
+    /// (the call goes on; ask again later).
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// use std::time::Duration;
+    /// fn nap() { std::thread::sleep(Duration::from_secs(60)) }
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let mut r = pool.apply_async(nap, ());
+    /// assert!(r.get_timeout(Duration::from_millis(10)).unwrap().is_none());
+    /// pool.terminate();
+    /// # }
+    /// ```
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<Option<R>> {
+        if !self.wait_timeout(timeout) {
+            return Ok(None);
+        }
+        self.take().map(Some)
+    }
+
+    fn take(&mut self) -> Result<R> {
+        let mut st = self.slot.lock();
+        if st.taken {
+            return Err(Error::ResultTaken("a pool task".into()));
+        }
+        st.taken = true;
+        st.result.take().expect("waited for the result")
+    }
+
+    /// Runs `callback` with the value when the call succeeds: in the pool's
+    /// result thread, before waiters wake (Python's `callback`), or right
+    /// here if it already has.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// use std::sync::mpsc;
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let (tx, rx) = mpsc::channel();
+    /// let mut r = pool.apply_async(square, (7,)).callback(move |v| tx.send(*v).unwrap());
+    /// assert_eq!(r.get().unwrap(), 49);
+    /// assert_eq!(rx.recv().unwrap(), 49);
+    /// # }
+    /// ```
+    pub fn callback(self, callback: impl FnOnce(&R) + Send + 'static) -> Self {
+        let mut st = self.slot.lock();
+        if st.done {
+            if let Some(Ok(v)) = &st.result {
+                callback(v);
+            }
+        } else {
+            st.callback = Some(Box::new(callback));
+        }
+        drop(st);
+        self
+    }
+
+    /// Runs `callback` with the error when the call fails (Python's
+    /// `error_callback`); see [`callback`](Self::callback) for when.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// use std::sync::mpsc;
+    /// fn boom() -> u8 { panic!("bad input") }
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let (tx, rx) = mpsc::channel();
+    /// let r = pool.apply_async(boom, ()).error_callback(move |e| tx.send(e.to_string()).unwrap());
+    /// r.wait();
+    /// assert!(rx.recv().unwrap().contains("bad input"));
+    /// # }
+    /// ```
+    pub fn error_callback(self, callback: impl FnOnce(&Error) + Send + 'static) -> Self {
+        let mut st = self.slot.lock();
+        if st.done {
+            if let Some(Err(e)) = &st.result {
+                callback(e);
+            }
+        } else {
+            st.error_callback = Some(Box::new(callback));
+        }
+        drop(st);
+        self
+    }
+}
+
+/// `.await` the value from async code.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// fn square(x: u64) -> u64 { x * x }
+/// let pool = multiproc::Pool::new(1).unwrap();
+/// let r = pool.apply_async(square, (5,));
+/// let v = futures_lite::future::block_on(async { r.await });
+/// assert_eq!(v.unwrap(), 25);
+/// # }
+/// ```
+impl<R> Future for AsyncResult<R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        let mut st = self.slot.lock();
+        if st.taken {
+            return Poll::Ready(Err(Error::ResultTaken("a pool task".into())));
+        }
+        match st.result.take() {
+            Some(r) => {
+                st.taken = true;
+                Poll::Ready(r)
+            }
+            None => {
+                if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    st.wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<R> Unpin for AsyncResult<R> {}
+
+/// Collects the results of a `map`: in input order, failing at the first
+/// error (Python's `MapResult`).
+pub(crate) struct MapSink<R> {
+    slot: Arc<Slot<Vec<R>>>,
+    values: Mutex<(Vec<Option<R>>, usize)>,
+}
+
+impl<R> MapSink<R> {
+    pub(crate) fn new(len: usize, slot: Arc<Slot<Vec<R>>>) -> Arc<Self> {
+        let sink = Arc::new(MapSink { slot, values: Mutex::new(((0..len).map(|_| None).collect(), len)) });
+        if len == 0 {
+            sink.slot.complete(Ok(Vec::new()));
+        }
+        sink
+    }
+}
+
+impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
+    fn deliver(&self, index: usize, item: RawItem) {
+        match item.into_result::<R>() {
+            Err(e) => self.slot.complete(Err(e)),
+            Ok(v) => {
+                let mut values = self.values.lock().unwrap_or_else(PoisonError::into_inner);
+                let (list, remaining) = &mut *values;
+                if list[index].is_none() {
+                    list[index] = Some(v);
+                    *remaining -= 1;
+                }
+                if *remaining == 0 {
+                    let all = std::mem::take(list).into_iter().map(|v| v.expect("every value arrived")).collect();
+                    drop(values);
+                    self.slot.complete(Ok(all));
+                }
+            }
+        }
+    }
+}
+
+/// Forwards an imap's results to its iterator.
+pub(crate) struct ChannelSink(pub Mutex<mpsc::Sender<(usize, RawItem)>>);
+
+impl Sink for ChannelSink {
+    fn deliver(&self, index: usize, item: RawItem) {
+        let _ = self.0.lock().unwrap_or_else(PoisonError::into_inner).send((index, item));
+    }
+}
+
+/// Results waiting to be handed out by an imap iterator.
+pub(crate) struct Reorder {
+    ordered: bool,
+    next: usize,
+    waiting: BTreeMap<usize, RawItem>,
+    unordered: VecDeque<RawItem>,
+}
+
+impl Reorder {
+    pub(crate) fn new(ordered: bool) -> Self {
+        Reorder { ordered, next: 0, waiting: BTreeMap::new(), unordered: VecDeque::new() }
+    }
+
+    pub(crate) fn push(&mut self, index: usize, item: RawItem) {
+        if self.ordered {
+            self.waiting.insert(index, item);
+        } else {
+            self.unordered.push_back(item);
+        }
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<RawItem> {
+        if self.ordered {
+            let item = self.waiting.remove(&self.next)?;
+            self.next += 1;
+            Some(item)
+        } else {
+            self.unordered.pop_front()
+        }
+    }
+}

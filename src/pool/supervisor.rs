@@ -1,0 +1,537 @@
+//! The pool's supervisor thread: hands tasks to workers, collects results,
+//! notices dead and overdue workers, replaces them.
+//!
+//! It never blocks on a worker: tasks wait in a per-worker outbox that is
+//! flushed as the socket takes them, and replies are read as they come, so a
+//! large task going one way and a large result coming the other cannot
+//! deadlock.
+//!
+//! Each worker gets a few tasks ahead (more when tasks are short, so tiny
+//! tasks stream; one when they are long, so no task waits behind a long one
+//! while another worker idles). A worker runs its tasks in order, so when it
+//! dies, the oldest unanswered task is the one it was running: that task
+//! fails with the worker's pid and signal, the others go back to the queue.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::pool::result::{RawItem, Sink};
+use crate::pool::worker::{Init, Worker};
+use crate::popen::describe_exit;
+use crate::reduction;
+use crate::sys::frame::{self, MAX_FDS, Progress, Reader};
+use crate::sys::{self, Interest};
+use crate::wire::{EntryRef, FromWorker, Packed, ToWorker};
+use crate::{Error, Handle, Process, StartMethod};
+
+/// One call's encoded arguments.
+pub(crate) struct PackedItem {
+    pub bytes: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// A chunk of calls of one function, and where their results go.
+pub(crate) struct Task {
+    pub entry: EntryRef,
+    pub items: Vec<PackedItem>,
+    /// Index of the first call within its submission.
+    pub base: usize,
+    pub sink: Arc<dyn Sink>,
+}
+
+impl Task {
+    fn fail(self, mut error: impl FnMut() -> Error) {
+        for i in 0..self.items.len() {
+            self.sink.deliver(self.base + i, RawItem::Failed(error()));
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Running,
+    Closed,
+    Terminating,
+    Stopped,
+}
+
+pub(crate) struct State {
+    pub pending: VecDeque<Task>,
+    pub status: Status,
+    /// Set when the initializer failed: no task can run.
+    pub broken: Option<String>,
+}
+
+/// What the pool's handle and the supervisor share.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    stopped: Condvar,
+    wake: OwnedFd,
+}
+
+impl Shared {
+    pub(crate) fn new() -> std::io::Result<Arc<Shared>> {
+        Ok(Arc::new(Shared {
+            state: Mutex::new(State { pending: VecDeque::new(), status: Status::Running, broken: None }),
+            stopped: Condvar::new(),
+            wake: sys::eventfd()?,
+        }))
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells the supervisor that something changed.
+    pub(crate) fn wake(&self) {
+        sys::eventfd_bump(self.wake.as_fd());
+    }
+
+    /// Queues tasks, or fails them if the pool cannot run them.
+    pub(crate) fn submit(&self, tasks: impl IntoIterator<Item = Task>) {
+        let mut st = self.lock();
+        let refusal = if st.status != Status::Running { Some(None) } else { st.broken.clone().map(Some) };
+        match refusal {
+            None => {
+                st.pending.extend(tasks);
+                drop(st);
+                self.wake();
+            }
+            Some(broken) => {
+                drop(st);
+                for t in tasks {
+                    t.fail(|| match &broken {
+                        Some(msg) => Error::InitializerFailed(msg.clone()),
+                        None => Error::PoolNotRunning,
+                    });
+                }
+            }
+        }
+    }
+
+    pub(crate) fn set_status(&self, status: Status) {
+        let mut st = self.lock();
+        if st.status == Status::Running || (st.status == Status::Closed && status == Status::Terminating) {
+            st.status = status;
+        }
+        drop(st);
+        self.wake();
+    }
+
+    /// Blocks until the supervisor has stopped.
+    pub(crate) fn wait_stopped(&self) {
+        let mut st = self.lock();
+        while st.status != Status::Stopped {
+            st = self.stopped.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// How the pool's workers are made.
+pub(crate) struct Config {
+    pub processes: usize,
+    pub method: StartMethod,
+    pub init: Option<Init>,
+    pub maxtasks: Option<u64>,
+    pub task_timeout: Option<Duration>,
+}
+
+struct Slot {
+    process: Process<()>,
+    name: String,
+    pid: i32,
+    conn: OwnedFd,
+    reader: Reader,
+    ready: bool,
+    /// Sent, not yet answered; the front one is running.
+    inflight: VecDeque<(u64, Task)>,
+    running_since: Option<Instant>,
+    /// Framed bytes not yet written, and descriptors to attach to the next write.
+    outbox: Vec<u8>,
+    out_fds: Vec<OwnedFd>,
+    sent: u64,
+    timed_out: bool,
+    exited: bool,
+}
+
+struct Supervisor {
+    shared: Arc<Shared>,
+    config: Config,
+    workers: Vec<Slot>,
+    next_id: u64,
+    /// Smoothed time a task takes in a worker.
+    service: Duration,
+}
+
+/// The supervisor thread's body.
+pub(crate) fn run(shared: Arc<Shared>, config: Config) {
+    let mut sup = Supervisor { shared, config, workers: Vec::new(), next_id: 0, service: Duration::from_micros(100) };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sup.main_loop()));
+    // Whatever happened, nobody may wait forever for a task.
+    let message = match outcome {
+        Ok(()) => None,
+        Err(p) => {
+            Some(p.downcast_ref::<&str>().map(|s| (*s).to_owned()).unwrap_or_else(|| "supervisor panicked".into()))
+        }
+    };
+    for w in sup.workers.drain(..) {
+        let _ = w.process.kill();
+        for (_, t) in w.inflight {
+            t.fail(|| message.clone().map_or(Error::PoolTerminated, Error::Protocol));
+        }
+    }
+    let pending = std::mem::take(&mut sup.shared.lock().pending);
+    for t in pending {
+        t.fail(|| message.clone().map_or(Error::PoolTerminated, Error::Protocol));
+    }
+    sup.shared.lock().status = Status::Stopped;
+    sup.shared.stopped.notify_all();
+}
+
+impl Supervisor {
+    fn main_loop(&mut self) {
+        for _ in 0..self.config.processes {
+            if let Err(e) = self.spawn_worker() {
+                self.shared.lock().broken = Some(format!("could not start a worker: {e}"));
+                break;
+            }
+        }
+        loop {
+            let (status, idle) = {
+                let st = self.shared.lock();
+                (st.status, st.pending.is_empty())
+            };
+            match status {
+                Status::Terminating | Status::Stopped => return self.terminate_workers(),
+                Status::Closed if idle && self.workers.iter().all(|w| w.inflight.is_empty()) => {
+                    return self.stop_workers();
+                }
+                _ => {}
+            }
+            self.dispatch();
+            self.flush_all();
+            self.wait_for_events();
+        }
+    }
+
+    fn spawn_worker(&mut self) -> crate::Result<()> {
+        let (conn, theirs) =
+            sys::stream_pair().map_err(|source| Error::Io { context: "socketpair for a worker", source })?;
+        let init = match &self.config.init {
+            Some(i) => {
+                Some(i.try_clone().map_err(|source| Error::Io { context: "dup of initializer handles", source })?)
+            }
+            None => None,
+        };
+        let worker = Worker { conn: Handle::new(theirs), init, maxtasks: self.config.maxtasks };
+        let mut process = Process::from_run(worker).with_start_method(self.config.method).with_daemon(true);
+        let name = format!("PoolWorker-{}", process.name().trim_start_matches("Process-"));
+        process.set_name(name.clone());
+        process.start()?;
+        let pid = process.pid().expect("started");
+        self.workers.push(Slot {
+            process,
+            name,
+            pid,
+            conn,
+            reader: Reader::new(),
+            ready: false,
+            inflight: VecDeque::new(),
+            running_since: None,
+            outbox: Vec::new(),
+            out_fds: Vec::new(),
+            sent: 0,
+            timed_out: false,
+            exited: false,
+        });
+        Ok(())
+    }
+
+    /// How many tasks a worker may hold: enough to hide the round trip when
+    /// tasks are short, one when they are long.
+    fn depth(&self) -> usize {
+        let target = Duration::from_micros(500).as_nanos();
+        let each = self.service.as_nanos().max(1);
+        (target / each).clamp(1, 64) as usize
+    }
+
+    fn dispatch(&mut self) {
+        let depth = self.depth();
+        let mut st = self.shared.lock();
+        if let Some(msg) = st.broken.clone() {
+            let pending = std::mem::take(&mut st.pending);
+            drop(st);
+            for t in pending {
+                t.fail(|| Error::InitializerFailed(msg.clone()));
+            }
+            return;
+        }
+        let room = |w: &Slot, maxtasks: Option<u64>| -> usize {
+            if !w.ready || w.exited || w.timed_out {
+                return 0;
+            }
+            let quota = maxtasks.map_or(usize::MAX, |m| m.saturating_sub(w.sent) as usize);
+            depth.saturating_sub(w.inflight.len()).min(quota)
+        };
+        let mut plan: Vec<Vec<Task>> = self.workers.iter().map(|_| Vec::new()).collect();
+        // Idle workers first, so that no task waits behind another while a
+        // worker has nothing to do; then top up in turn.
+        for (i, w) in self.workers.iter().enumerate() {
+            if w.inflight.is_empty() && room(w, self.config.maxtasks) > 0 {
+                match st.pending.pop_front() {
+                    Some(t) => plan[i].push(t),
+                    None => break,
+                }
+            }
+        }
+        let mut progress = true;
+        while progress && !st.pending.is_empty() {
+            progress = false;
+            for (i, w) in self.workers.iter().enumerate() {
+                if room(w, self.config.maxtasks) > plan[i].len() {
+                    match st.pending.pop_front() {
+                        Some(t) => {
+                            plan[i].push(t);
+                            progress = true;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        drop(st);
+        for (i, tasks) in plan.into_iter().enumerate() {
+            for t in tasks {
+                self.enqueue(i, t);
+            }
+        }
+    }
+
+    /// Frames a task into a worker's outbox.
+    fn enqueue(&mut self, i: usize, task: Task) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let w = &mut self.workers[i];
+        let nfds: usize = task.items.iter().map(|it| it.fds.len()).sum();
+        let msg = ToWorker::Task {
+            id,
+            entry: task.entry,
+            items: task.items.iter().map(|it| Packed { bytes: it.bytes.clone(), nfds: it.fds.len() as u32 }).collect(),
+        };
+        let bytes = reduction::encode_plain(&msg);
+        // Descriptors ride on the next write; keep each write under the limit.
+        if w.out_fds.len() + nfds > MAX_FDS && !w.outbox.is_empty() {
+            flush(w);
+        }
+        frame::encode_into(&mut w.outbox, &bytes, nfds);
+        for it in &task.items {
+            for fd in &it.fds {
+                match fd.try_clone() {
+                    Ok(fd) => w.out_fds.push(fd),
+                    Err(_) => w.exited = true,
+                }
+            }
+        }
+        if w.inflight.is_empty() {
+            w.running_since = Some(Instant::now());
+        }
+        w.inflight.push_back((id, task));
+        w.sent += 1;
+    }
+
+    fn flush_all(&mut self) {
+        for w in &mut self.workers {
+            flush(w);
+        }
+    }
+
+    fn wait_for_events(&mut self) {
+        let now = Instant::now();
+        let timeout = self.config.task_timeout.and_then(|limit| {
+            self.workers
+                .iter()
+                .filter(|w| !w.timed_out)
+                .filter_map(|w| w.running_since)
+                .map(|since| (since + limit).saturating_duration_since(now))
+                .min()
+        });
+        let ready = {
+            let mut fds: Vec<(BorrowedFd<'_>, Interest)> = vec![(self.shared.wake.as_fd(), Interest::Read)];
+            for w in &self.workers {
+                let interest = if w.outbox.is_empty() { Interest::Read } else { Interest::ReadWrite };
+                fds.push((w.conn.as_fd(), interest));
+                fds.push((w.process.exit_fd().expect("started"), Interest::Read));
+            }
+            match sys::poll(&fds, timeout) {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        };
+        if ready[0].0 {
+            sys::eventfd_drain(self.shared.wake.as_fd());
+        }
+        let mut dead = Vec::new();
+        for i in 0..self.workers.len() {
+            let (readable, writable) = ready[1 + 2 * i];
+            if writable {
+                flush(&mut self.workers[i]);
+            }
+            if readable {
+                self.read_replies(i);
+            }
+            if ready[2 + 2 * i].0 {
+                dead.push(i);
+            }
+        }
+        if let Some(limit) = self.config.task_timeout {
+            let now = Instant::now();
+            for w in &mut self.workers {
+                if !w.timed_out && w.running_since.is_some_and(|s| now.duration_since(s) >= limit) {
+                    w.timed_out = true;
+                    let _ = w.process.kill();
+                }
+            }
+        }
+        for i in dead.into_iter().rev() {
+            self.reap(i);
+        }
+    }
+
+    fn read_replies(&mut self, i: usize) {
+        loop {
+            let w = &mut self.workers[i];
+            let frame = match w.reader.read(w.conn.as_fd(), false) {
+                Ok(Progress::Frame(f)) => f,
+                // Pending, end of stream or a broken stream: the exit (if any)
+                // is noticed through the process itself.
+                _ => return,
+            };
+            let Ok(msg) = reduction::decode_plain::<FromWorker>(&frame.bytes) else { return };
+            match msg {
+                FromWorker::Ready => w.ready = true,
+                FromWorker::InitFailed(outcome) => {
+                    let why = match outcome {
+                        crate::wire::Outcome::Panicked { message, location } => {
+                            format!("panicked at {}: {message}", location.unwrap_or_default())
+                        }
+                        other => format!("{other:?}"),
+                    };
+                    self.shared.lock().broken = Some(why);
+                }
+                FromWorker::Done { id, items } => {
+                    let Some(pos) = w.inflight.iter().position(|(tid, _)| *tid == id) else { continue };
+                    let (_, task) = w.inflight.remove(pos).expect("found");
+                    let now = Instant::now();
+                    if let Some(since) = w.running_since {
+                        let took = now.duration_since(since);
+                        self.service = (self.service * 7 + took) / 8;
+                    }
+                    let w = &mut self.workers[i];
+                    w.running_since = if w.inflight.is_empty() { None } else { Some(now) };
+                    let (name, pid) = (w.name.clone(), w.pid);
+                    let mut fds = frame.fds.into_iter();
+                    for (k, (outcome, nfds)) in items.into_iter().enumerate() {
+                        let fds: Vec<OwnedFd> = fds.by_ref().take(nfds as usize).collect();
+                        let item = RawItem::Outcome { outcome, fds, worker: name.clone(), pid };
+                        task.sink.deliver(task.base + k, item);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A worker has ended: settle its tasks and replace it.
+    fn reap(&mut self, i: usize) {
+        self.read_replies(i);
+        let mut w = self.workers.remove(i);
+        let code = match w.process.join_timeout(Duration::from_secs(5)) {
+            Ok(Some(())) => 0,
+            _ => w.process.exitcode().unwrap_or(-libc::SIGKILL),
+        };
+        let finished_quota = self.config.maxtasks.is_some_and(|m| w.sent >= m && w.inflight.is_empty());
+        let mut inflight = std::mem::take(&mut w.inflight);
+        // The oldest unanswered task was running, unless the worker left on
+        // its own after its quota (then nothing was).
+        let clean = code == 0 && finished_quota;
+        if !clean && let Some((_, running)) = inflight.pop_front() {
+            let (name, pid, timeout) = (w.name.clone(), w.pid, self.config.task_timeout);
+            if w.timed_out {
+                running.fail(|| Error::TaskTimeout { name: name.clone(), pid, timeout: timeout.unwrap_or_default() });
+            } else {
+                running.fail(|| Error::WorkerDied {
+                    name: name.clone(),
+                    pid,
+                    exitcode: code,
+                    how: describe_exit(code),
+                });
+            }
+        }
+        let requeue: Vec<Task> = inflight.into_iter().map(|(_, t)| t).collect();
+        let more_work = {
+            let mut st = self.shared.lock();
+            for t in requeue.into_iter().rev() {
+                st.pending.push_front(t);
+            }
+            let busy = !st.pending.is_empty() || self.workers.iter().any(|w| !w.inflight.is_empty());
+            let wanted = matches!(st.status, Status::Running) || (st.status == Status::Closed && busy);
+            wanted && st.broken.is_none()
+        };
+        if more_work
+            && let Err(e) = self.spawn_worker()
+            && self.workers.is_empty()
+        {
+            self.shared.lock().broken = Some(format!("could not replace a worker: {e}"));
+        }
+    }
+
+    /// Close: every task is done; tell the workers to leave and wait for them.
+    fn stop_workers(&mut self) {
+        for w in self.workers.drain(..) {
+            let Slot { process: mut p, conn, .. } = w;
+            // Exit is a few bytes into an idle socket; closing our end right
+            // after also tells a worker that somehow missed it to leave.
+            let _ = frame::send(conn.as_fd(), &reduction::encode_plain(&ToWorker::Exit), &[]);
+            drop(conn);
+            let _ = p.join();
+        }
+    }
+
+    /// Terminate: stop the workers now (SIGTERM, as Python does).
+    fn terminate_workers(&mut self) {
+        for w in &self.workers {
+            let _ = w.process.terminate();
+        }
+        for mut w in self.workers.drain(..) {
+            if let Ok(None) = w.process.join_timeout(Duration::from_secs(5)) {
+                let _ = w.process.kill();
+                let _ = w.process.join();
+            }
+            for (_, t) in w.inflight {
+                t.fail(|| Error::PoolTerminated);
+            }
+        }
+    }
+}
+
+/// Writes as much of a worker's outbox as its socket takes now.
+fn flush(w: &mut Slot) {
+    if w.outbox.is_empty() {
+        return;
+    }
+    let fds: Vec<BorrowedFd<'_>> = w.out_fds.iter().map(|f| f.as_fd()).collect();
+    match frame::send_some(w.conn.as_fd(), &w.outbox, &fds) {
+        Ok(0) => {}
+        Ok(n) => {
+            w.outbox.drain(..n);
+            w.out_fds.clear();
+        }
+        // The worker is gone; its exit settles its tasks.
+        Err(_) => {
+            w.outbox.clear();
+            w.out_fds.clear();
+            w.exited = true;
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The worker process: runs tasks from its pool until told to stop.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Handle;
+use crate::bootstrap::{resolve, run_target};
+use crate::process::{Reply, Run};
+use crate::reduction;
+use crate::sys::frame::{self, MAX_FDS, Progress, Reader};
+use crate::wire::{EntryRef, FromWorker, Outcome, ToWorker};
+
+/// The initializer a worker runs once before its first task.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Init {
+    pub entry: EntryRef,
+    pub payload: Vec<u8>,
+    pub fds: Vec<Handle>,
+}
+
+impl Init {
+    pub fn try_clone(&self) -> std::io::Result<Init> {
+        Ok(Init {
+            entry: self.entry,
+            payload: self.payload.clone(),
+            fds: self.fds.iter().map(Handle::try_clone).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// A pool worker: the `Run` object each worker process is started with.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Worker {
+    pub conn: Handle,
+    pub init: Option<Init>,
+    pub maxtasks: Option<u64>,
+}
+
+impl Run for Worker {
+    type Output = ();
+
+    fn run(self) {
+        let conn = self.conn.into_owned_fd();
+        if let Some(init) = self.init {
+            let fds = init.fds.into_iter().map(OwnedFd::from).collect();
+            let reply = match resolve(init.entry) {
+                Ok(entry) => run_target(|| entry(&init.payload, fds)),
+                Err(e) => Reply::plain(Outcome::Bootstrap(e.to_string())),
+            };
+            if !matches!(reply.outcome, Outcome::Returned(_)) {
+                send(conn.as_fd(), &FromWorker::InitFailed(reply.outcome), &[]);
+                return;
+            }
+        }
+        if !send(conn.as_fd(), &FromWorker::Ready, &[]) {
+            return;
+        }
+        let mut reader = Reader::new();
+        let mut done = 0u64;
+        loop {
+            let frame = match reader.read(conn.as_fd(), true) {
+                Ok(Progress::Frame(f)) => f,
+                // The pool is gone or closed our connection: leave.
+                _ => return,
+            };
+            let Ok(msg) = reduction::decode_plain::<ToWorker>(&frame.bytes) else { return };
+            let (id, entry, items) = match msg {
+                ToWorker::Exit => return,
+                ToWorker::Task { id, entry, items } => (id, entry, items),
+            };
+            let entry = resolve(entry);
+            let mut fds = frame.fds.into_iter();
+            let mut outcomes = Vec::with_capacity(items.len());
+            let mut out_fds: Vec<OwnedFd> = Vec::new();
+            for item in items {
+                let item_fds: Vec<OwnedFd> = fds.by_ref().take(item.nfds as usize).collect();
+                let reply = match &entry {
+                    Ok(entry) => run_target(|| entry(&item.bytes, item_fds)),
+                    Err(e) => Reply::plain(Outcome::Bootstrap(e.to_string())),
+                };
+                if out_fds.len() + reply.fds.len() > MAX_FDS {
+                    let message = format!("the results of one task carry more than {MAX_FDS} handles");
+                    outcomes.push((Outcome::Codec { what: crate::Payload::Result, decode: false, message }, 0));
+                    continue;
+                }
+                outcomes.push((reply.outcome, reply.fds.len() as u32));
+                out_fds.extend(reply.fds);
+            }
+            let borrowed: Vec<BorrowedFd<'_>> = out_fds.iter().map(|f| f.as_fd()).collect();
+            if !send(conn.as_fd(), &FromWorker::Done { id, items: outcomes }, &borrowed) {
+                return;
+            }
+            done += 1;
+            if self.maxtasks.is_some_and(|max| done >= max) {
+                return;
+            }
+        }
+    }
+}
+
+fn send(conn: BorrowedFd<'_>, msg: &FromWorker, fds: &[BorrowedFd<'_>]) -> bool {
+    frame::send(conn, &reduction::encode_plain(msg), fds).is_ok()
+}
