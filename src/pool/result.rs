@@ -41,6 +41,8 @@ type ErrorCallback = Box<dyn FnOnce(&Error) + Send>;
 
 struct SlotState<R> {
     result: Option<Result<R>>,
+    /// Set once the outcome is known: `Some(true)` for a value.
+    succeeded: Option<bool>,
     done: bool,
     taken: bool,
     callback: Option<Callback<R>>,
@@ -59,6 +61,7 @@ impl<R> Slot<R> {
         Arc::new(Slot {
             state: Mutex::new(SlotState {
                 result: None,
+                succeeded: None,
                 done: false,
                 taken: false,
                 callback: None,
@@ -92,6 +95,7 @@ impl<R> Slot<R> {
         }));
         let wakers = {
             let mut st = self.lock();
+            st.succeeded = Some(result.is_ok());
             st.result = Some(result);
             std::mem::take(&mut st.wakers)
         };
@@ -150,7 +154,7 @@ impl<R> AsyncResult<R> {
     /// # }
     /// ```
     pub fn ready(&self) -> bool {
-        self.slot.lock().result.is_some()
+        self.slot.lock().succeeded.is_some()
     }
 
     /// Whether the call succeeded; [`Error::NotReady`] before it finished.
@@ -165,10 +169,7 @@ impl<R> AsyncResult<R> {
     /// # }
     /// ```
     pub fn successful(&self) -> Result<bool> {
-        match &self.slot.lock().result {
-            None => Err(Error::NotReady),
-            Some(r) => Ok(r.is_ok()),
-        }
+        self.slot.lock().succeeded.ok_or(Error::NotReady)
     }
 
     /// Blocks until the call has finished.
@@ -176,7 +177,7 @@ impl<R> AsyncResult<R> {
     /// See [`AsyncResult`] for an example.
     pub fn wait(&self) {
         let mut st = self.slot.lock();
-        while st.result.is_none() {
+        while st.succeeded.is_none() {
             st = self.slot.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
     }
@@ -197,7 +198,7 @@ impl<R> AsyncResult<R> {
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut st = self.slot.lock();
-        while st.result.is_none() {
+        while st.succeeded.is_none() {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
             st = self.slot.ready.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0;
         }

@@ -167,7 +167,7 @@ struct Supervisor {
 
 /// The supervisor thread's body.
 pub(crate) fn run(shared: Arc<Shared>, config: Config) {
-    let mut sup = Supervisor { shared, config, workers: Vec::new(), next_id: 0, service: Duration::from_micros(100) };
+    let mut sup = Supervisor { shared, config, workers: Vec::new(), next_id: 0, service: Duration::from_millis(1) };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sup.main_loop()));
     // Whatever happened, nobody may wait forever for a task.
     let message = match outcome {
@@ -286,7 +286,12 @@ impl Supervisor {
                 }
             }
         }
-        let mut progress = true;
+        // Top up only when every worker is up and busy and the queue is long:
+        // a task sent ahead waits behind its worker's current one, which is
+        // only harmless when no other worker could have taken it.
+        let saturated = self.workers.iter().all(|w| w.ready && !w.inflight.is_empty())
+            || plan.iter().zip(&self.workers).all(|(p, w)| w.ready && (!p.is_empty() || !w.inflight.is_empty()));
+        let mut progress = saturated && st.pending.len() > self.workers.len();
         while progress && !st.pending.is_empty() {
             progress = false;
             for (i, w) in self.workers.iter().enumerate() {

@@ -1,0 +1,449 @@
+//! The Pool: every call, every failure, no leaks.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{GUARD, exits_within, isolated, pidfd, sleep_forever};
+use multiproc::{Error, Handle, Pool, Process, StartMethod, os};
+
+fn inc(x: u64) -> u64 {
+    x + 1
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+fn pid_of(_: u64) -> i32 {
+    os::getpid()
+}
+
+fn pool(n: usize, m: StartMethod) -> Pool {
+    Pool::builder().processes(n).start_method(m).build().unwrap()
+}
+
+#[test]
+fn every_call_gives_python_results() {
+    for m in StartMethod::ALL {
+        let p = pool(2, m);
+        assert_eq!(p.apply(add, (2, 3)).unwrap(), 5, "{m}");
+        let mut r = p.apply_async(inc, (41,));
+        assert_eq!(r.get().unwrap(), 42);
+        assert!(r.ready() && r.successful().unwrap());
+        assert!(matches!(r.get(), Err(Error::ResultTaken(_))));
+        assert_eq!(p.map(inc, 0..100).unwrap(), (1..=100).collect::<Vec<_>>());
+        assert_eq!(p.map_chunksize(inc, 0..10, 3).unwrap(), (1..=10).collect::<Vec<_>>());
+        assert_eq!(p.map_async(inc, [7, 8]).get().unwrap(), [8, 9]);
+        assert_eq!(p.starmap(add, [(1, 2), (3, 4)]).unwrap(), [3, 7]);
+        assert_eq!(p.starmap_async(add, [(5, 6)]).get().unwrap(), [11]);
+        let ordered: Vec<u64> = p.imap(inc, 0..50).map(Result::unwrap).collect();
+        assert_eq!(ordered, (1..=50).collect::<Vec<_>>());
+        let ordered: Vec<u64> = p.imap_chunksize(inc, 0..50, 7).map(Result::unwrap).collect();
+        assert_eq!(ordered, (1..=50).collect::<Vec<_>>());
+        let mut unordered: Vec<u64> = p.imap_unordered(inc, 0..50).map(Result::unwrap).collect();
+        unordered.sort();
+        assert_eq!(unordered, (1..=50).collect::<Vec<_>>());
+        assert!(p.map(inc, Vec::<u64>::new()).unwrap().is_empty());
+        assert_eq!(p.imap(inc, Vec::<u64>::new()).count(), 0);
+        p.close();
+        p.join().unwrap();
+    }
+}
+
+/// Returns `i`, after waiting for a byte on `gate` when there is one.
+fn gated(i: u32, gate: Option<Handle>) -> u32 {
+    if let Some(g) = gate {
+        let mut b = [0u8; 1];
+        g.into_file().read_exact(&mut b).unwrap();
+    }
+    i
+}
+
+#[test]
+fn imap_unordered_yields_in_completion_order() {
+    let p = pool(2, StartMethod::Forkserver);
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let items = vec![(0, Some(Handle::from(reader))), (1, None)];
+    let mut it = p.imap_unordered(|(i, g): (u32, Option<Handle>)| gated(i, g), items);
+    // Item 0 cannot finish before we open its gate, so item 1 comes first.
+    assert_eq!(it.next().unwrap().unwrap(), 1);
+    writer.write_all(&[1]).unwrap();
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    assert!(it.next().is_none());
+}
+
+#[test]
+fn async_results_wait_poll_and_time_out() {
+    let p = pool(1, StartMethod::Forkserver);
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let mut r = p.apply_async(gated, (9, Some(Handle::from(reader))));
+    assert!(!r.ready());
+    assert!(matches!(r.successful(), Err(Error::NotReady)));
+    assert!(!r.wait_timeout(Duration::from_millis(20)));
+    assert_eq!(r.get_timeout(Duration::from_millis(20)).unwrap(), None);
+    writer.write_all(&[1]).unwrap();
+    assert_eq!(r.get_timeout(GUARD).unwrap(), Some(9));
+}
+
+#[test]
+fn callbacks_run_in_the_parent() {
+    let p = pool(2, StartMethod::Forkserver);
+    let me = os::getpid();
+    let (tx, rx) = mpsc::channel();
+    let tx2 = tx.clone();
+    let mut ok = p.apply_async(inc, (1,)).callback(move |v| tx.send((os::getpid(), format!("ok {v}"))).unwrap());
+    let failed = p
+        .apply_async(|_: u8| -> u8 { panic!("nope") }, (0,))
+        .error_callback(move |e| tx2.send((os::getpid(), format!("err {e}"))).unwrap());
+    assert_eq!(ok.get().unwrap(), 2);
+    failed.wait();
+    let mut got: Vec<(i32, String)> = rx.iter().take(2).collect();
+    got.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(got[1], (me, "ok 2".to_string()));
+    assert_eq!(got[0].0, me);
+    assert!(got[0].1.starts_with("err ") && got[0].1.contains("nope"), "{got:?}");
+    // Registered after the fact: runs at once.
+    let (tx, rx) = mpsc::channel();
+    let all = p.map_async(inc, [1, 2]);
+    all.wait();
+    let _all = all.callback(move |v| tx.send(v.clone()).unwrap());
+    assert_eq!(rx.recv().unwrap(), [2, 3]);
+}
+
+static GREETING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn set_greeting(g: String) {
+    GREETING.set(g).unwrap();
+}
+
+fn greeting(_: u8) -> String {
+    GREETING.get().cloned().unwrap_or_default()
+}
+
+fn failing_init() {
+    panic!("cannot initialize");
+}
+
+#[test]
+fn initializer_runs_once_per_worker() {
+    for m in StartMethod::ALL {
+        let p = Pool::builder()
+            .processes(2)
+            .start_method(m)
+            .initializer(set_greeting, (format!("hi from {m}"),))
+            .build()
+            .unwrap();
+        assert!(p.map(greeting, 0..8).unwrap().iter().all(|g| *g == format!("hi from {m}")));
+    }
+}
+
+#[test]
+fn a_failing_initializer_fails_tasks_instead_of_respawning_forever() {
+    let p = Pool::builder().processes(2).initializer(failing_init, ()).build().unwrap();
+    match p.apply(inc, (1,)) {
+        Err(Error::InitializerFailed(msg)) => assert!(msg.contains("cannot initialize"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(p.map(inc, 0..3), Err(Error::InitializerFailed(_))));
+}
+
+#[test]
+fn maxtasksperchild_replaces_workers() {
+    let p = Pool::builder().processes(1).maxtasksperchild(2).build().unwrap();
+    let pids = p.map_chunksize(pid_of, 0..6, 1).unwrap();
+    let mut distinct = pids.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{pids:?}");
+}
+
+#[test]
+fn close_join_terminate_follow_python() {
+    let p = pool(1, StartMethod::Forkserver);
+    assert!(matches!(p.join(), Err(Error::PoolStillRunning)));
+    let mut queued = p.apply_async(inc, (1,));
+    p.close();
+    assert!(matches!(p.apply(inc, (1,)), Err(Error::PoolNotRunning)));
+    p.join().unwrap();
+    // Queued before close: it still ran.
+    assert_eq!(queued.get().unwrap(), 2);
+
+    let p = pool(1, StartMethod::Forkserver);
+    let mut running = p.apply_async(|_: u8| sleep_forever(), (0,));
+    let mut waiting = p.apply_async(inc, (1,));
+    p.terminate();
+    assert!(matches!(running.get(), Err(Error::PoolTerminated)));
+    assert!(matches!(waiting.get(), Err(Error::PoolTerminated)));
+    p.join().unwrap();
+}
+
+#[test]
+fn workers_are_gone_after_terminate_drop_and_close() {
+    for how in ["terminate", "drop", "close"] {
+        let p = pool(2, StartMethod::Forkserver);
+        let pids = p.map_chunksize(pid_of, 0..20, 1).unwrap();
+        let fds: Vec<_> = pids.iter().map(|&pid| pidfd(pid)).collect();
+        match how {
+            "terminate" => p.terminate(),
+            "drop" => drop(p),
+            _ => {
+                p.close();
+                p.join().unwrap();
+            }
+        }
+        for fd in &fds {
+            assert!(exits_within(fd, Duration::ZERO), "{how}: a worker outlived its pool");
+        }
+    }
+}
+
+fn pool_then_wait(out: Handle) {
+    let p = Pool::new(2).unwrap();
+    let pids = p.map_chunksize(pid_of, 0..20, 1).unwrap();
+    let mut out = out.into_file();
+    let mut distinct = pids;
+    distinct.sort();
+    distinct.dedup();
+    writeln!(out, "{}", distinct.iter().map(i32::to_string).collect::<Vec<_>>().join(" ")).unwrap();
+    drop(out);
+    sleep_forever();
+}
+
+#[test]
+fn workers_die_when_the_parent_is_sigkilled() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut parent = Process::new(pool_then_wait, (Handle::from(writer),)).with_start_method(StartMethod::Spawn);
+    parent.start().unwrap();
+    let mut line = String::new();
+    BufReader::new(reader).read_line(&mut line).unwrap();
+    let fds: Vec<_> = line.split_whitespace().map(|p| pidfd(p.parse().unwrap())).collect();
+    assert!(!fds.is_empty());
+    parent.kill().unwrap();
+    assert!(parent.join().is_err());
+    for fd in &fds {
+        assert!(exits_within(fd, Duration::from_secs(5)), "a worker outlived its SIGKILLed parent");
+    }
+}
+
+fn panics_on(x: u64) -> u64 {
+    if x % 3 == 0 {
+        panic!("no multiples of three: {x}");
+    }
+    x
+}
+
+#[test]
+fn a_panicking_task_fails_alone_every_time() {
+    let p = pool(2, StartMethod::Forkserver);
+    let results: Vec<_> = p.imap(panics_on, 0..30).collect();
+    for (x, r) in results.into_iter().enumerate() {
+        if x % 3 == 0 {
+            match r {
+                Err(Error::Panicked { message, location, .. }) => {
+                    assert_eq!(message, format!("no multiples of three: {x}"));
+                    assert!(location.unwrap().starts_with("tests/pool.rs:"));
+                }
+                other => panic!("{x}: {other:?}"),
+            }
+        } else {
+            assert_eq!(r.unwrap(), x as u64);
+        }
+    }
+    assert!(matches!(p.map(panics_on, [1, 2, 3]), Err(Error::Panicked { .. })));
+}
+
+fn dies(how: String) -> u64 {
+    // SAFETY: each branch ends the process on purpose.
+    unsafe {
+        match how.as_str() {
+            "segfault" => {
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                libc::raise(libc::SIGSEGV);
+            }
+            "abort" => libc::abort(),
+            "exit" => libc::_exit(7),
+            "sigkill" => {
+                libc::raise(libc::SIGKILL);
+            }
+            _ => {}
+        }
+    }
+    1
+}
+
+#[test]
+fn a_worker_that_dies_fails_its_task_and_is_replaced() {
+    for m in StartMethod::ALL {
+        let p = pool(2, m);
+        for (how, expect) in [
+            ("segfault", "killed by SIGSEGV"),
+            ("abort", "killed by SIGABRT"),
+            ("exit", "exited with code 7"),
+            ("sigkill", "killed by SIGKILL"),
+        ] {
+            match p.apply(dies, (how.to_string(),)) {
+                Err(Error::WorkerDied { how: said, pid, name, .. }) => {
+                    assert_eq!(said, expect, "{m} {how}");
+                    assert!(pid > 0 && name.starts_with("PoolWorker-"));
+                }
+                other => panic!("{m} {how}: {other:?}"),
+            }
+            // The pool goes on.
+            assert_eq!(p.map(inc, 0..20).unwrap().len(), 20, "{m} after {how}");
+        }
+    }
+}
+
+fn report_and_sleep(out: Handle) -> u64 {
+    writeln!(out.into_file(), "{}", os::getpid()).unwrap();
+    sleep_forever();
+    0
+}
+
+#[test]
+fn a_worker_killed_from_outside_fails_only_its_task() {
+    let p = pool(2, StartMethod::Forkserver);
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut victim = p.apply_async(report_and_sleep, (Handle::from(writer),));
+    let others: Vec<_> = (0..50).map(|i| p.apply_async(inc, (i,))).collect();
+    let mut line = String::new();
+    BufReader::new(reader).read_line(&mut line).unwrap();
+    let pid: i32 = line.trim().parse().unwrap();
+    // SAFETY: signalling a worker we own.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    match victim.get() {
+        Err(Error::WorkerDied { pid: got, exitcode: -9, .. }) => assert_eq!(got, pid),
+        other => panic!("{other:?}"),
+    }
+    for (i, mut r) in others.into_iter().enumerate() {
+        assert_eq!(r.get().unwrap(), i as u64 + 1);
+    }
+}
+
+#[test]
+fn map_returns_a_dead_worker_promptly() {
+    let p = pool(2, StartMethod::Forkserver);
+    let started = Instant::now();
+    let r = p.map_chunksize(|x: u64| if x == 0 { dies("sigkill".into()) } else { sleep_forever_u64() }, 0..4, 1);
+    assert!(matches!(r, Err(Error::WorkerDied { .. })), "{r:?}");
+    // Not after the other (endless) tasks: the error came by itself.
+    assert!(started.elapsed() < GUARD);
+}
+
+fn sleep_forever_u64() -> u64 {
+    sleep_forever();
+    0
+}
+
+#[test]
+fn an_overdue_task_kills_its_worker_and_fails() {
+    let p = Pool::builder().processes(1).task_timeout(Duration::from_millis(200)).build().unwrap();
+    let mut r = p.apply_async(|_: u8| sleep_forever_u64(), (0,));
+    match r.get() {
+        Err(Error::TaskTimeout { timeout, .. }) => assert_eq!(timeout, Duration::from_millis(200)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.apply(inc, (1,)).unwrap(), 2);
+}
+
+/// Serializes or deserializes only when told to.
+#[derive(Debug)]
+struct Picky {
+    fail_ser: bool,
+    fail_de: bool,
+}
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.fail_ser {
+            return Err(serde::ser::Error::custom("refuses to serialize"));
+        }
+        (self.fail_ser, self.fail_de).serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Picky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (fail_ser, fail_de) = <(bool, bool)>::deserialize(d)?;
+        if fail_de {
+            return Err(serde::de::Error::custom("refuses to deserialize"));
+        }
+        Ok(Picky { fail_ser, fail_de })
+    }
+}
+
+fn echo(p: Picky) -> Picky {
+    p
+}
+
+fn make(fail_ser: bool, fail_de: bool) -> Picky {
+    Picky { fail_ser, fail_de }
+}
+
+#[test]
+fn a_value_that_cannot_cross_fails_its_task_only() {
+    use multiproc::{Payload, Side};
+    let p = pool(2, StartMethod::Forkserver);
+    let args = vec![
+        Picky { fail_ser: false, fail_de: false },
+        Picky { fail_ser: true, fail_de: false },
+        Picky { fail_ser: false, fail_de: true },
+        Picky { fail_ser: false, fail_de: false },
+    ];
+    let results: Vec<_> = p.imap(echo, args).collect();
+    assert!(results[0].is_ok() && results[3].is_ok(), "{results:?}");
+    assert!(matches!(results[1], Err(Error::Encode { what: Payload::Arguments, side: Side::Parent, .. })));
+    assert!(matches!(results[2], Err(Error::Decode { what: Payload::Arguments, side: Side::Child, .. })));
+    let outs: Vec<_> = [(false, false), (true, false), (false, true)].into_iter().map(|a| p.apply(make, a)).collect();
+    assert!(outs[0].is_ok());
+    assert!(matches!(outs[1], Err(Error::Encode { what: Payload::Result, side: Side::Child, .. })));
+    assert!(matches!(outs[2], Err(Error::Decode { what: Payload::Result, side: Side::Parent, .. })));
+}
+
+fn write_to(out: Handle, text: String) {
+    out.into_file().write_all(text.as_bytes()).unwrap();
+}
+
+#[test]
+fn handles_reach_workers_that_are_already_running() {
+    for m in StartMethod::ALL {
+        let p = pool(2, m);
+        p.map(inc, 0..4).unwrap(); // the workers are up
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        p.apply(write_to, (Handle::from(writer), format!("hello over {m}"))).unwrap();
+        let mut text = String::new();
+        reader.read_to_string(&mut text).unwrap();
+        assert_eq!(text, format!("hello over {m}"));
+    }
+}
+
+#[test]
+fn imap_reads_an_endless_input_lazily() {
+    let p = pool(2, StartMethod::Forkserver);
+    let first: Vec<u64> = p.imap(inc, 0..).take(5000).map(Result::unwrap).collect();
+    assert_eq!(first.len(), 5000);
+    assert_eq!(first[4999], 5000);
+}
+
+#[test]
+fn a_million_queued_tasks_and_no_descriptor_per_task() {
+    isolated("a_million_queued_tasks_and_no_descriptor_per_task", || {
+        let p = pool(2, StartMethod::Forkserver);
+        p.map(inc, 0..10).unwrap();
+        let before = multiproc::__private::open_fd_count().unwrap();
+        let n = 1_000_000u64;
+        let results = p.map_chunksize(inc, 0..n, 1).unwrap();
+        assert_eq!(results.len() as u64, n);
+        assert_eq!(results[n as usize - 1], n);
+        assert_eq!(multiproc::__private::open_fd_count().unwrap(), before);
+    });
+}
+
+#[test]
+fn awaiting_an_async_result() {
+    let p = pool(1, StartMethod::Forkserver);
+    let r = p.apply_async(add, (20, 22));
+    assert_eq!(futures_lite::future::block_on(r).unwrap(), 42);
+}
