@@ -228,7 +228,7 @@ fn workers_die_when_the_parent_is_sigkilled() {
 }
 
 fn panics_on(x: u64) -> u64 {
-    if x % 3 == 0 {
+    if x.is_multiple_of(3) {
         panic!("no multiples of three: {x}");
     }
     x
@@ -239,7 +239,7 @@ fn a_panicking_task_fails_alone_every_time() {
     let p = pool(2, StartMethod::Forkserver);
     let results: Vec<_> = p.imap(panics_on, 0..30).collect();
     for (x, r) in results.into_iter().enumerate() {
-        if x % 3 == 0 {
+        if x.is_multiple_of(3) {
             match r {
                 Err(Error::Panicked { message, location, .. }) => {
                     assert_eq!(message, format!("no multiples of three: {x}"));
