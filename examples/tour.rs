@@ -10,6 +10,16 @@ mod daemon;
 mod fork;
 #[path = "nested.rs"]
 mod nested;
+#[path = "pool.rs"]
+mod pool;
+#[path = "pool_apply_async.rs"]
+mod pool_apply_async;
+#[path = "pool_async.rs"]
+mod pool_async;
+#[path = "pool_imap.rs"]
+mod pool_imap;
+#[path = "pool_map.rs"]
+mod pool_map;
 #[path = "process.rs"]
 mod process;
 #[path = "run_method.rs"]
@@ -23,6 +33,11 @@ const PROGRAMS: &[(&str, &str, fn())] = &[
     ("nested", "a child starting a grandchild", nested::main),
     ("daemon", "daemon flag, is_alive, exitcode", daemon::main),
     ("run_method", "the subclass-with-run form", run_method::main),
+    ("pool", "Pool(4) with imap_unordered: theoretical vs actual time", pool::main),
+    ("pool_apply_async", "apply_async on Pool(4) and Pool(35), close, join", pool_apply_async::main),
+    ("pool_map", "map, map_async, starmap, chunksize, callback, maxtasksperchild", pool_map::main),
+    ("pool_imap", "imap against imap_unordered", pool_imap::main),
+    ("pool_async", "async tasks inside worker processes", pool_async::main),
 ];
 
 /// Runs one program as if it were `main` of its own process.

@@ -46,7 +46,9 @@ pub use bootstrap::init;
 pub use context::{Context, StartMethod, get_context, get_start_method, set_start_method};
 pub use error::{Error, Payload, Result, Side};
 pub use pool::{AsyncResult, IMap, Pool, PoolBuilder};
-pub use process::{ParentProcess, Process, ProcessInfo, Run, Target, active_children, current_process, parent_process};
+pub use process::{
+    Async, ParentProcess, Process, ProcessInfo, Run, Target, active_children, current_process, parent_process,
+};
 pub use reduction::Handle;
 
 /// Marks a program's `main` as the parent's entry point: the Rust

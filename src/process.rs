@@ -61,6 +61,65 @@ impl_target!(A1, A2, A3, A4, A5, A6);
 impl_target!(A1, A2, A3, A4, A5, A6, A7);
 impl_target!(A1, A2, A3, A4, A5, A6, A7, A8);
 
+/// An async function as a target: the child (or pool worker) runs the
+/// future it returns to completion on its own single-threaded tokio
+/// runtime, one per process, kept between tasks. Tokio's timers work there
+/// (`tokio::time::sleep`, `tokio::time::timeout`), and so does `join!`: the
+/// "coroutine inside a subprocess" pattern.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use std::time::Duration;
+/// use multiproc::{Async, Pool};
+///
+/// async fn fetch(id: u32) -> String {
+///     tokio::time::sleep(Duration::from_millis(10)).await;
+///     format!("page {id}")
+/// }
+///
+/// let pool = Pool::new(2).unwrap();
+/// assert_eq!(pool.map(Async(fetch), [1, 2]).unwrap(), ["page 1", "page 2"]);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Async<F>(pub F);
+
+macro_rules! impl_async_target {
+    ($($arg:ident),*) => {
+        impl<Func, Fut, $($arg,)*> Target<($($arg,)*)> for Async<Func>
+        where
+            Func: Fn($($arg),*) -> Fut + Copy + Send + 'static,
+            Fut: std::future::Future,
+        {
+            type Output = Fut::Output;
+            #[allow(non_snake_case)]
+            fn call(self, ($($arg,)*): ($($arg,)*)) -> Fut::Output {
+                block_on((self.0)($($arg),*))
+            }
+        }
+    };
+}
+impl_async_target!();
+impl_async_target!(A1);
+impl_async_target!(A1, A2);
+impl_async_target!(A1, A2, A3);
+impl_async_target!(A1, A2, A3, A4);
+impl_async_target!(A1, A2, A3, A4, A5);
+impl_async_target!(A1, A2, A3, A4, A5, A6);
+impl_async_target!(A1, A2, A3, A4, A5, A6, A7);
+impl_async_target!(A1, A2, A3, A4, A5, A6, A7, A8);
+
+/// Runs a future on this thread's tokio runtime (made on first use).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    std::thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread tokio runtime");
+    }
+    RUNTIME.with(|rt| rt.block_on(future))
+}
+
 /// The stateful form of a process target: Python's "subclass `Process` and
 /// override `run`". The object itself travels to the child (serialized under
 /// spawn and forkserver) and `run` consumes it there.

@@ -209,8 +209,116 @@ fn run_method_pid_before_and_after_start() {
 #[test]
 fn tour_runs_every_program() {
     let lines = run("tour");
-    for name in ["fork", "process", "nested", "daemon", "run_method"] {
+    for name in [
+        "fork",
+        "process",
+        "nested",
+        "daemon",
+        "run_method",
+        "pool",
+        "pool_apply_async",
+        "pool_map",
+        "pool_imap",
+        "pool_async",
+    ] {
         assert!(lines.iter().any(|l| l.starts_with(&format!("=== examples/{name}.rs"))), "{name} missing");
     }
-    assert_eq!(lines.last().unwrap(), "all 5 programs ran");
+    assert_eq!(lines.last().unwrap(), "all 10 programs ran");
+}
+
+/// The seconds in `prefix<x.xx> seconds.`
+fn seconds(line: &str, prefix: &str) -> f64 {
+    line.strip_prefix(prefix)
+        .and_then(|l| l.strip_suffix(" seconds."))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?} is not {prefix}<seconds> seconds."))
+}
+
+#[test]
+fn pool_imap_unordered_runs_tasks_in_parallel() {
+    let lines = run("pool");
+    let parent = number(&lines[0], "Parent process ", "");
+    let mut workers = std::collections::HashSet::new();
+    for task in 0..5 {
+        let running = find(&lines, &format!("Running task 'Task-{task}' ("));
+        let pid = number(running, &format!("Running task 'Task-{task}' ("), ")...");
+        assert_ne!(pid, parent);
+        workers.insert(pid);
+        find(&lines, &format!("Task 'Task-{task}' runs "));
+    }
+    assert!((1..=4).contains(&workers.len()), "{workers:?}");
+    let n = lines.len();
+    let theoretical = seconds(&lines[n - 3], "Theoretical total running time: ");
+    let actual = seconds(&lines[n - 2], "Actual running time: ");
+    assert!(theoretical > 0.0 && actual > 0.0);
+    assert_eq!(lines[n - 1], "All subprocesses done.");
+}
+
+#[test]
+fn pool_apply_async_close_join() {
+    let lines = run("pool_apply_async");
+    for (workers, tasks) in [(4, 5), (35, 35)] {
+        let _ = workers;
+        assert!(
+            lines.iter().any(|l| l == &format!("All subprocesses done ({tasks} of {tasks} tasks succeeded).")),
+            "{lines:#?}"
+        );
+        for t in 0..tasks {
+            assert!(lines.iter().any(|l| l.starts_with(&format!("Run task {t} ("))), "task {t}");
+            assert!(lines.iter().any(|l| l.starts_with(&format!("Task {t} runs "))), "task {t}");
+        }
+    }
+    assert_eq!(lines.iter().filter(|l| *l == "join before close: the pool is still running").count(), 2);
+    assert_eq!(lines.iter().filter(|l| *l == "Waiting for all subprocesses done...").count(), 2);
+}
+
+#[test]
+fn pool_map_family() {
+    let lines = run("pool_map");
+    let tasks: Vec<&String> = lines.iter().filter(|l| l.starts_with("task: running")).collect();
+    assert_eq!(tasks.len(), 6, "{lines:#?}");
+    let sync = lines.iter().position(|l| l == "finished sync task").unwrap();
+    let asynced = lines.iter().position(|l| l == "finished async task").unwrap();
+    // The three map tasks ran before map returned; all six before the end.
+    assert!(lines[..sync].iter().filter(|l| l.starts_with("task: running")).count() >= 3);
+    assert!(lines[..asynced].iter().filter(|l| l.starts_with("task: running")).count() == 6);
+    assert!(lines.contains(&"map: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]".to_string()));
+    let callback = lines.iter().position(|l| l == "callback [0, 1, 4, 9, 16]").unwrap();
+    let got = lines.iter().position(|l| l == "map_async get: [0, 1, 4, 9, 16]").unwrap();
+    assert!(callback < got, "the callback runs before get returns");
+    assert!(lines.contains(&"starmap: [1024, 81, 1000]".to_string()));
+    assert!(lines.contains(&"chunksize=10: 100 results".to_string()));
+    let workers =
+        number(find(&lines, "maxtasksperchild=5: "), "maxtasksperchild=5: 20 tasks ran in ", " worker processes");
+    assert!(workers >= 4, "20 tasks at 5 per worker need at least 4 workers, got {workers}");
+}
+
+#[test]
+fn pool_imap_orders() {
+    let lines = run("pool_imap");
+    let results: Vec<&str> = lines.iter().filter(|l| !l.starts_with("do something")).map(String::as_str).collect();
+    assert_eq!(
+        results,
+        [
+            "apply_async: 3",
+            "imap [1, 3, 5]: [1, 3, 5]",
+            "imap_unordered [1, 3, 5]: [1, 3, 5]",
+            "imap [5, 3, 1]: [5, 3, 1]",
+            "imap_unordered [5, 3, 1]: [1, 3, 5]",
+        ]
+    );
+    assert_eq!(lines.iter().filter(|l| *l == "do something in sub_progress").count(), 13);
+}
+
+#[test]
+fn pool_async_coroutines_overlap_in_workers() {
+    let lines = run("pool_async");
+    let batches: Vec<&String> = lines.iter().filter(|l| l.starts_with("worker ")).collect();
+    assert_eq!(batches.len(), 4, "{lines:#?}");
+    for b in &batches {
+        assert!(b.ends_with(": 3 pages concurrently in one wait"), "{b}");
+    }
+    let workers = number(find(&lines, "4 batches"), "4 batches of 3 coroutines ran in ", " worker processes");
+    assert!((1..=4).contains(&workers));
+    assert_eq!(lines.last().unwrap(), "total well under the sequential 1.2 s");
 }
