@@ -26,14 +26,17 @@ use std::time::{Duration, Instant};
 
 use multiproc::{Error, Pool, os};
 
-#[path = "pool.rs"]
-#[allow(dead_code)]
-mod pool_example;
+/// Python's `random.random()`, near enough: a fraction in [0, 1) that
+/// differs from task to task and run to run.
+fn random(salt: u32) -> f64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    (u64::from(nanos ^ salt.wrapping_mul(2_654_435_761)) % 1000) as f64 / 1000.0
+}
 
 fn long_time_task(name: u32) {
     println!("Run task {name} ({})...", os::getpid());
     let start = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(pool_example::random() * 0.3));
+    std::thread::sleep(Duration::from_secs_f64(random(name) * 0.3));
     println!("Task {name} runs {:.2} seconds.", start.elapsed().as_secs_f64());
 }
 
