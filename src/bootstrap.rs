@@ -274,6 +274,12 @@ static HOOK: Once = Once::new();
 /// previous panic hook still runs, so the child prints the panic on its
 /// stderr as any Rust program does.
 pub(crate) fn run_target(f: impl FnOnce() -> Reply) -> Reply {
+    catch_panic(f).unwrap_or_else(Reply::plain)
+}
+
+/// Runs `f`; a panic becomes `Outcome::Panicked` with its message and
+/// location.
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, Outcome> {
     HOOK.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
@@ -285,24 +291,20 @@ pub(crate) fn run_target(f: impl FnOnce() -> Reply) -> Reply {
             previous(info);
         }));
     });
-    IN_TARGET.with(|t| t.set(true));
+    let outer = IN_TARGET.with(|t| t.replace(true));
     let result = panic::catch_unwind(AssertUnwindSafe(f));
-    IN_TARGET.with(|t| t.set(false));
-    match result {
-        Ok(reply) => reply,
-        Err(payload) => {
-            let (message, location) =
-                PANIC.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_else(|| {
-                    let text = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "Box<dyn Any>".into());
-                    (text, None)
-                });
-            Reply::plain(Outcome::Panicked { message, location })
-        }
-    }
+    IN_TARGET.with(|t| t.set(outer));
+    result.map_err(|payload| {
+        let (message, location) = PANIC.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_else(|| {
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "Box<dyn Any>".into());
+            (text, None)
+        });
+        Outcome::Panicked { message, location }
+    })
 }
 
 /// Keeps the load hook linked in: referenced from the code that starts

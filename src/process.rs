@@ -162,7 +162,7 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn codec(what: Payload, decode: bool, message: String) -> Self {
+    pub(crate) fn codec(what: Payload, decode: bool, message: String) -> Self {
         Reply { outcome: Outcome::Codec { what, decode, message }, fds: Vec::new() }
     }
 
@@ -242,7 +242,7 @@ where
 
 /// Makes a value of a zero-sized target type in the child, where the parent's
 /// value cannot be sent (it has no bytes; its identity *is* its type).
-fn conjure<F: Copy + 'static>() -> F {
+pub(crate) fn conjure<F: Copy + 'static>() -> F {
     const { assert!(size_of::<F>() == 0, "a process target must not capture anything") };
     // SAFETY: F is zero-sized (checked at compile time), so there are no bytes
     // to initialize; the parent owned a value of F, so F is inhabited; and F is

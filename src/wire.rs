@@ -39,7 +39,7 @@ pub(crate) struct Bootstrap {
 }
 
 /// The child's answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Outcome {
     /// The target returned; this is its encoded value.
     Returned(Vec<u8>),
@@ -89,4 +89,11 @@ pub(crate) enum FromWorker {
     /// Task `id` ran: one outcome per item, with the number of the frame's
     /// descriptors that belong to it.
     Done { id: u64, items: Vec<(Outcome, u32)> },
+}
+
+/// One call's result inside the answer to a chunk of calls.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ItemResult<R> {
+    Ok(R),
+    Err(Outcome),
 }

@@ -12,6 +12,7 @@
 //! drift between machines and runs; the ratios, taken in the same run, are
 //! the claim.
 
+mod pool;
 mod python;
 mod spawn;
 
@@ -29,6 +30,9 @@ enum Command {
     /// Start+join of a process that returns a small value, per start method,
     /// against Python 3.11 (fork, forkserver, spawn) and procspawn.
     Spawn(spawn::Args),
+    /// Pool throughput and latency on tiny tasks against Python 3.11's Pool,
+    /// CPU-bound tasks against rayon, and worker memory.
+    Pool(pool::Args),
 }
 
 /// Prints one result row.
@@ -54,6 +58,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Spawn(args) => spawn::run(&args),
+        Command::Pool(args) => pool::run(&args),
     };
     if let Err(e) = result {
         eprintln!("multiproc-bench: {e}");

@@ -7,11 +7,11 @@
 //! serde arguments; [`Handle`](crate::Handle)s travel in them too, even to
 //! workers that are already running (Python refuses that).
 
+mod chunk;
 mod result;
 mod supervisor;
 mod worker;
 
-use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -185,12 +185,30 @@ impl PoolBuilder {
 }
 
 /// Packs one call's arguments; an error is that call's result.
-fn pack<T: Serialize>(args: &T) -> std::result::Result<PackedItem, Error> {
+fn pack<T: Serialize + ?Sized>(args: &T) -> std::result::Result<PackedItem, Error> {
     reduction::encode(args).map(|(bytes, fds)| PackedItem { bytes, fds }).map_err(|message| Error::Encode {
         what: Payload::Arguments,
         side: Side::Parent,
         message,
     })
+}
+
+/// Where a worker finds the code for one call of `F`, and for a chunk.
+#[derive(Clone, Copy)]
+struct Entries {
+    single: EntryRef,
+    chunk: EntryRef,
+}
+
+impl Entries {
+    fn of<F, T>() -> Entries
+    where
+        F: Target<T>,
+        F::Output: Serialize,
+        T: DeserializeOwned,
+    {
+        Entries { single: entry_ref(entry_of::<F, T>()), chunk: entry_ref(chunk::chunk_entry_of::<F, T>()) }
+    }
 }
 
 /// Python's default map chunk size: ⌈items / (4 × workers)⌉.
@@ -224,32 +242,41 @@ impl Pool {
         self.processes
     }
 
-    /// Splits calls into tasks of `chunksize` and queues them; calls whose
-    /// arguments cannot be encoded fail at once.
-    fn submit_calls<T: Serialize>(&self, entry: EntryRef, calls: Vec<T>, chunksize: usize, sink: Arc<dyn Sink>) {
+    /// Splits calls into tasks of `chunksize` and queues them. A chunk
+    /// travels as one value; if that cannot be encoded, its calls travel one
+    /// by one and those that cannot be encoded fail at once.
+    fn submit_calls<T: Serialize>(&self, entries: Entries, calls: Vec<T>, chunksize: usize, sink: Arc<dyn Sink>) {
         let mut tasks = Vec::new();
         let mut base = 0;
         for chunk in calls.chunks(chunksize.max(1)) {
-            let mut items = Vec::with_capacity(chunk.len());
+            if chunk.len() > 1
+                && let Ok(item) = pack(chunk)
+            {
+                let calls = chunk.len();
+                tasks.push(Task {
+                    entry: entries.chunk,
+                    items: vec![item],
+                    base,
+                    batch: true,
+                    calls,
+                    sink: sink.clone(),
+                });
+                base += calls;
+                continue;
+            }
             for call in chunk {
                 match pack(call) {
-                    Ok(item) => items.push(item),
-                    Err(e) => {
-                        // Flush what we have, fail this call alone.
-                        if !items.is_empty() {
-                            let n = items.len();
-                            tasks.push(Task { entry, items: std::mem::take(&mut items), base, sink: sink.clone() });
-                            base += n;
-                        }
-                        sink.deliver(base, RawItem::Failed(e));
-                        base += 1;
-                    }
+                    Ok(item) => tasks.push(Task {
+                        entry: entries.single,
+                        items: vec![item],
+                        base,
+                        batch: false,
+                        calls: 1,
+                        sink: sink.clone(),
+                    }),
+                    Err(e) => sink.deliver(base, RawItem::Failed(e)),
                 }
-            }
-            if !items.is_empty() {
-                let n = items.len();
-                tasks.push(Task { entry, items, base, sink: sink.clone() });
-                base += n;
+                base += 1;
             }
         }
         self.shared.submit(tasks);
@@ -286,7 +313,14 @@ impl Pool {
         let slot = Slot::<R>::new();
         let entry = entry_ref(entry_of::<F, A>());
         match pack(&args) {
-            Ok(item) => self.shared.submit([Task { entry, items: vec![item], base: 0, sink: slot.clone() }]),
+            Ok(item) => self.shared.submit([Task {
+                entry,
+                items: vec![item],
+                base: 0,
+                batch: false,
+                calls: 1,
+                sink: slot.clone(),
+            }]),
             Err(e) => slot.complete(Err(e)),
         }
         AsyncResult::new(slot)
@@ -408,7 +442,7 @@ impl Pool {
         let slot = Slot::<Vec<R>>::new();
         let sink = MapSink::<R>::new(calls.len(), slot.clone());
         if !calls.is_empty() {
-            self.submit_calls(entry_ref(entry_of::<F, T>()), calls, chunksize, sink);
+            self.submit_calls(Entries::of::<F, T>(), calls, chunksize, sink);
         }
         AsyncResult::new(slot)
     }
@@ -452,7 +486,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        IMap::new(self, entry_ref(entry_of::<F, (A,)>()), items.into_iter(), chunksize, true)
+        IMap::new(self, Entries::of::<F, (A,)>(), items.into_iter(), chunksize, true)
     }
 
     /// Like [`imap`](Self::imap), but results come in the order they finish
@@ -487,7 +521,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        IMap::new(self, entry_ref(entry_of::<F, (A,)>()), items.into_iter(), chunksize, false)
+        IMap::new(self, Entries::of::<F, (A,)>(), items.into_iter(), chunksize, false)
     }
 
     /// No more tasks will be submitted; the workers leave once the queued
@@ -557,7 +591,7 @@ impl Drop for Pool {
 /// `Result` per input item, reading the input lazily.
 pub struct IMap<'p, I, R> {
     pool: &'p Pool,
-    entry: EntryRef,
+    entries: Entries,
     input: Option<I>,
     chunksize: usize,
     submitted: usize,
@@ -565,8 +599,7 @@ pub struct IMap<'p, I, R> {
     limit: usize,
     tx: mpsc::Sender<(usize, RawItem)>,
     rx: mpsc::Receiver<(usize, RawItem)>,
-    results: Reorder,
-    _result: PhantomData<fn() -> R>,
+    results: Reorder<Result<R>>,
 }
 
 impl<I, R> std::fmt::Debug for IMap<'_, I, R> {
@@ -580,14 +613,14 @@ where
     I: Iterator<Item = A>,
     A: Serialize,
 {
-    fn new(pool: &'p Pool, entry: EntryRef, input: I, chunksize: usize, ordered: bool) -> Self {
+    fn new(pool: &'p Pool, entries: Entries, input: I, chunksize: usize, ordered: bool) -> Self {
         let chunksize = chunksize.max(1);
         let (tx, rx) = mpsc::channel();
         // Enough in flight to keep every worker's pipeline full, no more.
         let limit = (pool.processes * 64).max(pool.processes * chunksize * 2);
         IMap {
             pool,
-            entry,
+            entries,
             input: Some(input),
             chunksize,
             submitted: 0,
@@ -596,7 +629,6 @@ where
             tx,
             rx,
             results: Reorder::new(ordered),
-            _result: PhantomData,
         }
     }
 
@@ -613,7 +645,7 @@ where
             let sink = Arc::new(ChannelSink(Mutex::new(self.tx.clone())));
             let n = calls.len();
             let base = self.submitted;
-            self.pool.submit_calls(self.entry, calls, self.chunksize, Arc::new(Offset { base, inner: sink }));
+            self.pool.submit_calls(self.entries, calls, self.chunksize, Arc::new(Offset { base, inner: sink }));
             self.submitted += n;
         }
     }
@@ -642,15 +674,19 @@ where
     fn next(&mut self) -> Option<Result<R>> {
         loop {
             self.fill();
-            if let Some(item) = self.results.pop() {
+            if let Some(result) = self.results.pop() {
                 self.yielded += 1;
-                return Some(item.into_result());
+                return Some(result);
             }
             if self.yielded == self.submitted && self.input.is_none() {
                 return None;
             }
             match self.rx.recv() {
-                Ok((index, item)) => self.results.push(index, item),
+                Ok((index, item)) => {
+                    for (k, result) in item.into_results::<R>().into_iter().enumerate() {
+                        self.results.push(index + k, result);
+                    }
+                }
                 Err(_) => return Some(Err(Error::PoolTerminated)),
             }
         }

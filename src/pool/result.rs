@@ -11,21 +11,54 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use crate::error::{Payload, Side};
 use crate::popen::outcome_into_result;
-use crate::wire::Outcome;
+use crate::reduction;
+use crate::wire::{ItemResult, Outcome};
 use crate::{Error, Result};
 
-/// One call's result as it comes from a worker, before it is decoded.
+/// Results as they come from a worker, before they are decoded: one call's,
+/// or a whole chunk's.
 pub(crate) enum RawItem {
     Outcome { outcome: Outcome, fds: Vec<OwnedFd>, worker: String, pid: i32 },
+    Batch { outcome: Outcome, fds: Vec<OwnedFd>, worker: String, pid: i32, count: usize },
     Failed(Error),
 }
 
 impl RawItem {
-    pub(crate) fn into_result<R: DeserializeOwned>(self) -> Result<R> {
+    /// The results this stands for, decoded: one, or a chunk's worth.
+    pub(crate) fn into_results<R: DeserializeOwned>(self) -> Vec<Result<R>> {
         match self {
-            RawItem::Outcome { outcome, fds, worker, pid } => outcome_into_result(outcome, fds, worker, pid),
-            RawItem::Failed(e) => Err(e),
+            RawItem::Outcome { outcome, fds, worker, pid } => vec![outcome_into_result(outcome, fds, worker, pid)],
+            RawItem::Failed(e) => vec![Err(e)],
+            RawItem::Batch { outcome: Outcome::Returned(bytes), fds, worker, pid, count } => {
+                match reduction::decode::<Vec<ItemResult<R>>>(&bytes, fds) {
+                    Ok(items) if items.len() == count => items
+                        .into_iter()
+                        .map(|item| match item {
+                            ItemResult::Ok(v) => Ok(v),
+                            ItemResult::Err(o) => outcome_into_result(o, Vec::new(), worker.clone(), pid),
+                        })
+                        .collect(),
+                    Ok(items) => (0..count)
+                        .map(|_| {
+                            Err(Error::Protocol(format!(
+                                "a chunk of {count} calls came back with {} results",
+                                items.len()
+                            )))
+                        })
+                        .collect(),
+                    Err(message) => (0..count)
+                        .map(|_| {
+                            Err(Error::Decode { what: Payload::Result, side: Side::Parent, message: message.clone() })
+                        })
+                        .collect(),
+                }
+            }
+            // The chunk as a whole failed (its arguments could not be decoded).
+            RawItem::Batch { outcome, worker, pid, count, .. } => {
+                (0..count).map(|_| outcome_into_result(outcome.clone(), Vec::new(), worker.clone(), pid)).collect()
+            }
         }
     }
 }
@@ -108,7 +141,8 @@ impl<R> Slot<R> {
 
 impl<R: DeserializeOwned + Send> Sink for Slot<R> {
     fn deliver(&self, _index: usize, item: RawItem) {
-        self.complete(item.into_result());
+        let result = item.into_results().into_iter().next();
+        self.complete(result.unwrap_or_else(|| Err(Error::Protocol("an empty answer".into()))));
     }
 }
 
@@ -354,19 +388,24 @@ impl<R> MapSink<R> {
 
 impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
     fn deliver(&self, index: usize, item: RawItem) {
-        match item.into_result::<R>() {
-            Err(e) => self.slot.complete(Err(e)),
-            Ok(v) => {
-                let mut values = self.values.lock().unwrap_or_else(PoisonError::into_inner);
-                let (list, remaining) = &mut *values;
-                if list[index].is_none() {
-                    list[index] = Some(v);
-                    *remaining -= 1;
+        for (k, result) in item.into_results::<R>().into_iter().enumerate() {
+            match result {
+                Err(e) => {
+                    self.slot.complete(Err(e));
+                    return;
                 }
-                if *remaining == 0 {
-                    let all = std::mem::take(list).into_iter().map(|v| v.expect("every value arrived")).collect();
-                    drop(values);
-                    self.slot.complete(Ok(all));
+                Ok(v) => {
+                    let mut values = self.values.lock().unwrap_or_else(PoisonError::into_inner);
+                    let (list, remaining) = &mut *values;
+                    if list.get(index + k).is_some_and(Option::is_none) {
+                        list[index + k] = Some(v);
+                        *remaining -= 1;
+                    }
+                    if *remaining == 0 {
+                        let all = std::mem::take(list).into_iter().map(|v| v.expect("every value arrived")).collect();
+                        drop(values);
+                        self.slot.complete(Ok(all));
+                    }
                 }
             }
         }
@@ -383,19 +422,19 @@ impl Sink for ChannelSink {
 }
 
 /// Results waiting to be handed out by an imap iterator.
-pub(crate) struct Reorder {
+pub(crate) struct Reorder<T> {
     ordered: bool,
     next: usize,
-    waiting: BTreeMap<usize, RawItem>,
-    unordered: VecDeque<RawItem>,
+    waiting: BTreeMap<usize, T>,
+    unordered: VecDeque<T>,
 }
 
-impl Reorder {
+impl<T> Reorder<T> {
     pub(crate) fn new(ordered: bool) -> Self {
         Reorder { ordered, next: 0, waiting: BTreeMap::new(), unordered: VecDeque::new() }
     }
 
-    pub(crate) fn push(&mut self, index: usize, item: RawItem) {
+    pub(crate) fn push(&mut self, index: usize, item: T) {
         if self.ordered {
             self.waiting.insert(index, item);
         } else {
@@ -403,7 +442,7 @@ impl Reorder {
         }
     }
 
-    pub(crate) fn pop(&mut self) -> Option<RawItem> {
+    pub(crate) fn pop(&mut self) -> Option<T> {
         if self.ordered {
             let item = self.waiting.remove(&self.next)?;
             self.next += 1;

@@ -38,12 +38,15 @@ pub(crate) struct Task {
     pub items: Vec<PackedItem>,
     /// Index of the first call within its submission.
     pub base: usize,
+    /// True when `items` is one chunk of `calls` calls encoded together.
+    pub batch: bool,
+    pub calls: usize,
     pub sink: Arc<dyn Sink>,
 }
 
 impl Task {
     fn fail(self, mut error: impl FnMut() -> Error) {
-        for i in 0..self.items.len() {
+        for i in 0..self.calls {
             self.sink.deliver(self.base + i, RawItem::Failed(error()));
         }
     }
@@ -439,7 +442,12 @@ impl Supervisor {
                     let mut fds = frame.fds.into_iter();
                     for (k, (outcome, nfds)) in items.into_iter().enumerate() {
                         let fds: Vec<OwnedFd> = fds.by_ref().take(nfds as usize).collect();
-                        let item = RawItem::Outcome { outcome, fds, worker: name.clone(), pid };
+                        let worker = name.clone();
+                        let item = if task.batch {
+                            RawItem::Batch { outcome, fds, worker, pid, count: task.calls }
+                        } else {
+                            RawItem::Outcome { outcome, fds, worker, pid }
+                        };
                         task.sink.deliver(task.base + k, item);
                     }
                 }

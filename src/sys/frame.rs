@@ -143,8 +143,12 @@ pub(crate) enum Progress {
 /// chunks, so many small frames cost one system call.
 #[derive(Debug, Default)]
 pub(crate) struct Reader {
+    /// Bytes `start..end` are received and not yet parsed; the rest of the
+    /// (initialised) buffer is room for the next read, reused, never
+    /// cleared again.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     fds: VecDeque<OwnedFd>,
     eof: bool,
 }
@@ -167,7 +171,7 @@ impl Reader {
                 Parsed::Need(n) => n,
             };
             if self.eof {
-                if self.buf.len() == self.start {
+                if self.end == self.start {
                     return Ok(Progress::Eof);
                 }
                 return Err(io::Error::new(
@@ -175,34 +179,34 @@ impl Reader {
                     "connection closed in the middle of a message",
                 ));
             }
-            if self.start > 0 {
-                self.buf.drain(..self.start);
-                self.start = 0;
-            }
-            let have = self.buf.len();
-            let step = need.saturating_sub(have).clamp(READ_CHUNK, READ_STEP.max(READ_CHUNK));
-            self.buf.resize(have + step, 0);
-            let got = self.recv(sock, flags, have);
-            match got {
-                Ok(Some(0)) => {
-                    self.buf.truncate(have);
-                    self.eof = true;
-                }
-                Ok(Some(n)) => self.buf.truncate(have + n),
-                Ok(None) => {
-                    self.buf.truncate(have);
-                    return Ok(Progress::Pending);
-                }
-                Err(e) => {
-                    self.buf.truncate(have);
-                    return Err(e);
-                }
+            self.make_room(need);
+            match self.recv(sock, flags)? {
+                Some(0) => self.eof = true,
+                Some(n) => self.end += n,
+                None => return Ok(Progress::Pending),
             }
         }
     }
 
+    /// Makes room for a read: moves unparsed bytes to the front and grows
+    /// the buffer only as far as a pending frame needs (at most a step at a
+    /// time, so a hostile length allocates nothing in advance).
+    fn make_room(&mut self, need: usize) {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let want = need.saturating_sub(self.end).clamp(READ_CHUNK, READ_STEP.max(READ_CHUNK));
+        if self.buf.len() - self.end < want.min(READ_CHUNK)
+            || (need > self.buf.len() && self.buf.len() - self.end < want)
+        {
+            self.buf.resize(self.end + want, 0);
+        }
+    }
+
     fn parse(&mut self) -> io::Result<Parsed> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < HEADER {
             return Ok(Parsed::Need(HEADER));
         }
@@ -226,15 +230,19 @@ impl Reader {
         }
         let bytes = avail[HEADER..HEADER + len].to_vec();
         self.start += HEADER + len;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
         let fds = self.fds.drain(..nfds).collect();
         Ok(Parsed::Frame(Frame { bytes, fds }))
     }
 
-    fn recv(&mut self, sock: BorrowedFd<'_>, flags: RecvFlags, at: usize) -> io::Result<Option<usize>> {
+    fn recv(&mut self, sock: BorrowedFd<'_>, flags: RecvFlags) -> io::Result<Option<usize>> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let result = loop {
-            match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(&mut self.buf[at..])], &mut control, flags) {
+            match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(&mut self.buf[self.end..])], &mut control, flags) {
                 Err(Errno::INTR) => continue,
                 other => break other,
             }
