@@ -632,22 +632,26 @@ where
         }
     }
 
+    /// Reads as much input as may be in flight and submits it in one go.
     fn fill(&mut self) {
-        while self.submitted - self.yielded < self.limit {
-            let Some(input) = self.input.as_mut() else { return };
-            let calls: Vec<(A,)> = input.by_ref().take(self.chunksize).map(|a| (a,)).collect();
-            if calls.len() < self.chunksize {
-                self.input = None;
-            }
-            if calls.is_empty() {
-                return;
-            }
-            let sink = Arc::new(ChannelSink(Mutex::new(self.tx.clone())));
-            let n = calls.len();
-            let base = self.submitted;
-            self.pool.submit_calls(self.entries, calls, self.chunksize, Arc::new(Offset { base, inner: sink }));
-            self.submitted += n;
+        let room = self.limit.saturating_sub(self.submitted - self.yielded);
+        if room < self.chunksize {
+            return;
         }
+        let Some(input) = self.input.as_mut() else { return };
+        let want = room - room % self.chunksize;
+        let calls: Vec<(A,)> = input.by_ref().take(want).map(|a| (a,)).collect();
+        if calls.len() < want {
+            self.input = None;
+        }
+        if calls.is_empty() {
+            return;
+        }
+        let sink = Arc::new(ChannelSink(Mutex::new(self.tx.clone())));
+        let n = calls.len();
+        let base = self.submitted;
+        self.pool.submit_calls(self.entries, calls, self.chunksize, Arc::new(Offset { base, inner: sink }));
+        self.submitted += n;
     }
 }
 

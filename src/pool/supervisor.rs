@@ -62,6 +62,9 @@ pub(crate) enum Status {
 
 pub(crate) struct State {
     pub pending: VecDeque<Task>,
+    /// The supervisor is about to wait (or waiting) for events: a new task
+    /// must wake it. While it is busy it will see the queue by itself.
+    pub sleeping: bool,
     pub status: Status,
     /// Set when the initializer failed: no task can run.
     pub broken: Option<String>,
@@ -77,7 +80,12 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new() -> std::io::Result<Arc<Shared>> {
         Ok(Arc::new(Shared {
-            state: Mutex::new(State { pending: VecDeque::new(), status: Status::Running, broken: None }),
+            state: Mutex::new(State {
+                pending: VecDeque::new(),
+                sleeping: false,
+                status: Status::Running,
+                broken: None,
+            }),
             stopped: Condvar::new(),
             wake: sys::eventfd()?,
         }))
@@ -99,8 +107,11 @@ impl Shared {
         match refusal {
             None => {
                 st.pending.extend(tasks);
+                let sleeping = st.sleeping;
                 drop(st);
-                self.wake();
+                if sleeping {
+                    self.wake();
+                }
             }
             Some(broken) => {
                 drop(st);
@@ -309,6 +320,8 @@ impl Supervisor {
                 }
             }
         }
+        // From here until the next dispatch, new tasks must wake us.
+        st.sleeping = true;
         drop(st);
         for (i, tasks) in plan.into_iter().enumerate() {
             for t in tasks {
@@ -377,6 +390,7 @@ impl Supervisor {
                 Err(_) => return,
             }
         };
+        self.shared.lock().sleeping = false;
         if ready[0].0 {
             sys::eventfd_drain(self.shared.wake.as_fd());
         }
