@@ -447,3 +447,52 @@ fn awaiting_an_async_result() {
     let r = p.apply_async(add, (20, 22));
     assert_eq!(futures_lite::future::block_on(r).unwrap(), 42);
 }
+
+#[test]
+fn imap_pulls_its_input_only_as_results_are_consumed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let p = pool(2, StartMethod::Forkserver);
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let endless = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    let mut it = p.imap(inc, endless);
+    for expected in 1..=10 {
+        assert_eq!(it.next().unwrap().unwrap(), expected);
+    }
+    let after_ten = pulled.load(Ordering::Relaxed);
+    // Bounded read-ahead: a window of in-flight calls, not the whole input.
+    assert!(after_ten <= 2 * 64 + 10, "read {after_ten} items to yield 10");
+    for _ in 0..1000 {
+        it.next().unwrap().unwrap();
+    }
+    assert!(pulled.load(Ordering::Relaxed) <= 1010 + 2 * 64);
+}
+
+async fn slow_double(x: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    x * 2
+}
+
+async fn gather(n: u64) -> (u64, u128) {
+    let start = Instant::now();
+    let (a, b, c) = tokio::join!(slow_double(n), slow_double(n + 1), slow_double(n + 2));
+    (a + b + c, start.elapsed().as_millis())
+}
+
+#[test]
+fn async_tasks_run_on_the_workers_runtime() {
+    use multiproc::Async;
+    let p = pool(2, StartMethod::Forkserver);
+    assert_eq!(p.map(Async(slow_double), 0..10).unwrap(), (0..10).map(|x| x * 2).collect::<Vec<_>>());
+    let (sum, _) = p.apply(Async(gather), (1,)).unwrap();
+    assert_eq!(sum, 2 + 4 + 6);
+    // And as a plain process target, under every start method.
+    for m in StartMethod::ALL {
+        let mut proc = Process::new(Async(slow_double), (21,)).with_start_method(m);
+        proc.start().unwrap();
+        assert_eq!(proc.join().unwrap(), 42, "{m}");
+    }
+}

@@ -696,3 +696,19 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::default_chunksize;
+
+    #[test]
+    fn default_chunksize_is_pythons_rule() {
+        // Python: chunksize, extra = divmod(len, 4 * workers); if extra: chunksize += 1
+        assert_eq!(default_chunksize(0, 4), 1);
+        assert_eq!(default_chunksize(1, 4), 1);
+        assert_eq!(default_chunksize(16, 4), 1);
+        assert_eq!(default_chunksize(17, 4), 2);
+        assert_eq!(default_chunksize(1_000_000, 2), 125_000);
+        assert_eq!(default_chunksize(1_000_001, 2), 125_001);
+    }
+}
