@@ -2,9 +2,8 @@
 
 mod common;
 
-use common::{each_method, join};
+use common::{Picky, each_method, join};
 use multiproc::{Error, Payload, Process, Side};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 fn panics(n: i32) -> i32 {
     if n > 0 {
@@ -91,32 +90,6 @@ fn an_early_exit_gives_its_code() {
         assert!(matches!(join(&mut p), Err(Error::Exited { exitcode: 3, .. })), "{m}");
         assert_eq!(p.exitcode(), Some(3));
     });
-}
-
-/// Serializes or deserializes only when told to.
-#[derive(Debug)]
-struct Picky {
-    fail_ser: bool,
-    fail_de: bool,
-}
-
-impl Serialize for Picky {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.fail_ser {
-            return Err(serde::ser::Error::custom("refuses to serialize"));
-        }
-        (self.fail_ser, self.fail_de).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Picky {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (fail_ser, fail_de) = <(bool, bool)>::deserialize(d)?;
-        if fail_de {
-            return Err(serde::de::Error::custom("refuses to deserialize"));
-        }
-        Ok(Picky { fail_ser, fail_de })
-    }
 }
 
 fn take_picky(_p: Picky) -> u8 {

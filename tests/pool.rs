@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{GUARD, exits_within, isolated, pidfd, sleep_forever};
+use common::{GUARD, Picky, exits_within, isolated, pidfd, sleep_forever};
 use multiproc::{Error, Handle, Pool, Process, StartMethod, os};
 
 fn inc(x: u64) -> u64 {
@@ -346,32 +346,6 @@ fn an_overdue_task_kills_its_worker_and_fails() {
         other => panic!("{other:?}"),
     }
     assert_eq!(p.apply(inc, (1,)).unwrap(), 2);
-}
-
-/// Serializes or deserializes only when told to.
-#[derive(Debug)]
-struct Picky {
-    fail_ser: bool,
-    fail_de: bool,
-}
-
-impl serde::Serialize for Picky {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.fail_ser {
-            return Err(serde::ser::Error::custom("refuses to serialize"));
-        }
-        (self.fail_ser, self.fail_de).serialize(s)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Picky {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (fail_ser, fail_de) = <(bool, bool)>::deserialize(d)?;
-        if fail_de {
-            return Err(serde::de::Error::custom("refuses to deserialize"));
-        }
-        Ok(Picky { fail_ser, fail_de })
-    }
 }
 
 fn echo(p: Picky) -> Picky {

@@ -1,7 +1,6 @@
 //! `multiproc-bench pool`: the same work on our Pool and Python's, same
 //! worker count; CPU-bound tasks against rayon.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -87,18 +86,13 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     );
     println!("# {:<26} {:>12} {:>12} {:<18} {:>8}", "figure", "ours", "peer", "peer_name", "ratio");
 
-    let out = python::run_script(
+    let peer = python::Figures::of_script(
         &python,
         "pool.py",
         include_str!("../peers/pool.py"),
         &[workers.to_string(), args.tasks.to_string(), args.map_items.to_string(), args.roundtrips.to_string()],
     )?;
-    let peer: HashMap<String, f64> = out
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter_map(|(k, v)| Some((k.to_owned(), v.trim().parse().ok()?)))
-        .collect();
-    let py = |k: &str| peer.get(k).copied().ok_or_else(|| format!("python printed no {k}: {out}"));
+    let py = |k: &str| peer.get(k);
 
     let err = |e: multiproc::Error| e.to_string();
     let pool = Pool::new(workers).map_err(err)?;

@@ -1,5 +1,6 @@
 //! Finding and running the Python peer.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -66,4 +67,28 @@ pub(crate) fn version(python: &Path) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The `<figure> <value>` lines a peer script printed.
+pub(crate) struct Figures {
+    values: HashMap<String, f64>,
+    printed: String,
+}
+
+impl Figures {
+    /// Runs a peer script and reads its figures.
+    pub(crate) fn of_script(python: &Path, name: &str, source: &str, args: &[String]) -> Result<Figures, String> {
+        let printed = run_script(python, name, source, args)?;
+        let values = printed
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.trim().parse().ok()?)))
+            .collect();
+        Ok(Figures { values, printed })
+    }
+
+    /// One figure, or an error that shows what the script printed.
+    pub(crate) fn get(&self, name: &str) -> Result<f64, String> {
+        self.values.get(name).copied().ok_or_else(|| format!("the peer printed no {name}: {}", self.printed))
+    }
 }

@@ -1,7 +1,6 @@
 //! `multiproc-bench spawn`: start+join of a process that returns a small
 //! value.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -63,7 +62,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     println!("# iterations: {} (python spawn: {})", args.iterations, args.python_spawn_iterations);
     println!("# {:<26} {:>12} {:>12} {:<18} {:>8}", "figure", "ours", "peer", "peer_name", "ratio");
 
-    let peer_out = python::run_script(
+    let peer = python::Figures::of_script(
         &python,
         "spawn.py",
         include_str!("../peers/spawn.py"),
@@ -73,12 +72,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             format!("spawn={}", args.python_spawn_iterations),
         ],
     )?;
-    let peer: HashMap<String, f64> = peer_out
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter_map(|(m, v)| Some((m.to_owned(), v.trim().parse().ok()?)))
-        .collect();
-    let py = |m: &str| peer.get(m).copied().ok_or_else(|| format!("python printed no figure for {m}: {peer_out}"));
+    let py = |m: &str| peer.get(m);
 
     let fork = ours(StartMethod::Fork, args.iterations)?;
     let forkserver = ours(StartMethod::Forkserver, args.iterations)?;

@@ -100,3 +100,29 @@ pub fn isolated(name: &str, body: impl FnOnce()) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Serializes or deserializes only when told to: a value that cannot cross.
+#[derive(Debug)]
+pub struct Picky {
+    pub fail_ser: bool,
+    pub fail_de: bool,
+}
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if self.fail_ser {
+            return Err(serde::ser::Error::custom("refuses to serialize"));
+        }
+        (self.fail_ser, self.fail_de).serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Picky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (fail_ser, fail_de) = <(bool, bool)>::deserialize(d)?;
+        if fail_de {
+            return Err(serde::de::Error::custom("refuses to deserialize"));
+        }
+        Ok(Picky { fail_ser, fail_de })
+    }
+}
