@@ -10,6 +10,8 @@ mod daemon;
 mod fork;
 #[path = "nested.rs"]
 mod nested;
+#[path = "pipe.rs"]
+mod pipe;
 #[path = "pool.rs"]
 mod pool;
 #[path = "pool_apply_async.rs"]
@@ -38,6 +40,7 @@ const PROGRAMS: &[(&str, &str, fn())] = &[
     ("pool_map", "map, map_async, starmap, chunksize, callback, maxtasksperchild", pool_map::main),
     ("pool_imap", "imap against imap_unordered", pool_imap::main),
     ("pool_async", "async tasks inside worker processes", pool_async::main),
+    ("pipe", "Pipe: a child writes, the parent reads; both directions", pipe::main),
 ];
 
 /// Runs one program as if it were `main` of its own process.

@@ -228,6 +228,29 @@ pub enum Error {
     /// The asynchronous result is not ready yet.
     #[error("the result is not ready yet")]
     NotReady,
+    /// The other end of a connection was closed (Python's `EOFError`).
+    #[error("the other end of the connection was closed")]
+    Eof,
+    /// A received message was larger than the connection accepts. The
+    /// message was not read; the connection cannot be used any more.
+    #[error("a message of {size} bytes is over this connection's limit of {limit} bytes")]
+    MessageTooLarge {
+        /// The message's size.
+        size: usize,
+        /// The connection's limit.
+        limit: usize,
+    },
+    /// A buffer given to `recv_bytes_into` was too short; the message is
+    /// in the error (Python's `BufferTooShort`).
+    #[error("the buffer is too short for a message of {} bytes", message.len())]
+    BufferTooShort {
+        /// The message that did not fit.
+        message: Vec<u8>,
+    },
+    /// The connection was closed on this side, or its direction does not
+    /// allow the operation (a one-way pipe).
+    #[error("connection: {0}")]
+    Connection(&'static str),
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {

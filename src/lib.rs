@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 mod bootstrap;
+mod connection;
 mod context;
 mod error;
 pub mod os;
@@ -43,6 +44,7 @@ mod sys;
 mod wire;
 
 pub use bootstrap::init;
+pub use connection::{Connection, Pipe};
 pub use context::{Context, StartMethod, get_context, get_start_method, set_start_method};
 pub use error::{Error, Payload, Result, Side};
 pub use pool::{AsyncResult, IMap, Pool, PoolBuilder};

@@ -223,7 +223,7 @@ fn tour_runs_every_program() {
     ] {
         assert!(lines.iter().any(|l| l.starts_with(&format!("=== examples/{name}.rs"))), "{name} missing");
     }
-    assert_eq!(lines.last().unwrap(), "all 10 programs ran");
+    assert_eq!(lines.last().unwrap(), "all 11 programs ran");
 }
 
 /// The seconds in `prefix<x.xx> seconds.`
@@ -321,4 +321,19 @@ fn pool_async_coroutines_overlap_in_workers() {
     let workers = number(find(&lines, "4 batches"), "4 batches of 3 coroutines ran in ", " worker processes");
     assert!((1..=4).contains(&workers));
     assert_eq!(lines.last().unwrap(), "total well under the sequential 1.2 s");
+}
+
+#[test]
+fn pipe_between_processes() {
+    let lines = run("pipe");
+    assert_eq!(
+        lines,
+        [
+            "Child process writing to the pipe...",
+            "Parent process reading from pipe... (42, None, \"Hello\")",
+            "pipe: [message] from conn_1",
+            "pipe: [message] from conn_2",
+            "scott",
+        ]
+    );
 }

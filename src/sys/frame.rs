@@ -151,7 +151,24 @@ pub(crate) struct Reader {
     end: usize,
     fds: VecDeque<OwnedFd>,
     eof: bool,
+    /// Largest payload accepted; `None` for no limit.
+    limit: Option<usize>,
 }
+
+/// A frame larger than the reader accepts (it was not read).
+#[derive(Debug)]
+pub(crate) struct Oversize {
+    pub size: usize,
+    pub limit: usize,
+}
+
+impl std::fmt::Display for Oversize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a message of {} bytes is over the limit of {} bytes", self.size, self.limit)
+    }
+}
+
+impl std::error::Error for Oversize {}
 
 /// How much a read asks for when no large frame is pending.
 const READ_CHUNK: usize = 64 << 10;
@@ -159,6 +176,24 @@ const READ_CHUNK: usize = 64 << 10;
 impl Reader {
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// Refuses frames whose payload is larger than `limit`, before reading
+    /// (or allocating for) them.
+    pub(crate) fn set_limit(&mut self, limit: Option<usize>) {
+        self.limit = limit;
+    }
+
+    /// Whether bytes are buffered that no frame has taken yet.
+    pub(crate) fn has_buffered(&self) -> bool {
+        self.end > self.start || !self.fds.is_empty()
+    }
+
+    /// Whether a whole frame is buffered.
+    pub(crate) fn has_frame(&self) -> bool {
+        let avail = &self.buf[self.start..self.end];
+        avail.len() >= HEADER
+            && (avail.len() - HEADER) as u64 >= u64::from_le_bytes(avail[..8].try_into().expect("8 bytes"))
     }
 
     /// The next frame: from what is buffered, else from the socket (blocking
@@ -218,6 +253,11 @@ impl Reader {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "message length overflows usize"))?;
         if nfds > MAX_FDS {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("message claims {nfds} descriptors")));
+        }
+        if let Some(limit) = self.limit
+            && len > limit
+        {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, Oversize { size: len, limit }));
         }
         if avail.len() - HEADER < len {
             return Ok(Parsed::Need(HEADER + len));

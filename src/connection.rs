@@ -1,0 +1,293 @@
+//! `Pipe` and `Connection`: two connected ends that send serde values or raw
+//! bytes between processes (Python's `multiprocessing.connection`).
+//!
+//! Messages are framed (length and descriptor count, then the bytes) over a
+//! Unix socket. A `Connection` travels to children and to running pool
+//! workers as an argument, and can even be sent over another connection:
+//! its socket goes as a [`Handle`].
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Payload, Side};
+use crate::reduction;
+use crate::sys::frame::{self, Oversize, Progress, Reader};
+use crate::{Error, Handle, Result};
+
+/// One end of a [`Pipe`].
+///
+/// The other end reports [`Error::Eof`] once every copy of this end is
+/// closed. A child started with the fork method holds copies of all the
+/// parent's descriptors, including ends it was not given, so (as in Python)
+/// end a conversation with a forked child by a message, not by closing.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::{Connection, Pipe, Process};
+///
+/// fn write_process(mut conn: Connection) {
+///     conn.send(&(42, None::<u8>, "Hello".to_string())).unwrap();
+/// }
+///
+/// let (mut parent_conn, child_conn) = Pipe(true).unwrap();
+/// let mut p = Process::new(write_process, (child_conn,));
+/// p.start().unwrap();
+/// let got: (i32, Option<u8>, String) = parent_conn.recv().unwrap();
+/// assert_eq!(got, (42, None, "Hello".to_string()));
+/// p.join().unwrap();
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Connection {
+    sock: Option<OwnedFd>,
+    reader: Reader,
+    readable: bool,
+    writable: bool,
+    limit: Option<usize>,
+    broken: Option<(usize, usize)>,
+}
+
+/// Two connected [`Connection`]s (Python's `Pipe(duplex)`). With `duplex`
+/// false, the first can only receive and the second only send.
+///
+/// ```
+/// use multiproc::Pipe;
+/// let (mut a, mut b) = Pipe(true).unwrap();
+/// a.send(&"pipe: [message] from conn_1").unwrap();
+/// assert_eq!(b.recv::<String>().unwrap(), "pipe: [message] from conn_1");
+/// b.send(&"pipe: [message] from conn_2").unwrap();
+/// assert_eq!(a.recv::<String>().unwrap(), "pipe: [message] from conn_2");
+/// ```
+#[allow(non_snake_case)]
+pub fn Pipe(duplex: bool) -> Result<(Connection, Connection)> {
+    let (a, b) = crate::sys::stream_pair().map_err(|source| Error::Io { context: "socketpair for a pipe", source })?;
+    let (ra, wa, rb, wb) = if duplex { (true, true, true, true) } else { (true, false, false, true) };
+    Ok((Connection::new(a, ra, wa), Connection::new(b, rb, wb)))
+}
+
+impl Connection {
+    fn new(sock: OwnedFd, readable: bool, writable: bool) -> Self {
+        Connection { sock: Some(sock), reader: Reader::new(), readable, writable, limit: None, broken: None }
+    }
+
+    fn socket(&self) -> Result<BorrowedFd<'_>> {
+        self.sock.as_ref().map(|s| s.as_fd()).ok_or(Error::Connection("it was closed"))
+    }
+
+    /// Whether this end can receive.
+    ///
+    /// ```
+    /// let (r, w) = multiproc::Pipe(false).unwrap();
+    /// assert!(r.readable() && !r.writable());
+    /// assert!(w.writable() && !w.readable());
+    /// ```
+    pub fn readable(&self) -> bool {
+        self.readable
+    }
+
+    /// Whether this end can send (see [`readable`](Self::readable)).
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Refuses received messages larger than `limit` bytes (`None`: no
+    /// limit, the default) with [`Error::MessageTooLarge`], before reading
+    /// or allocating them.
+    ///
+    /// ```
+    /// let (mut a, mut b) = multiproc::Pipe(true).unwrap();
+    /// b.set_max_message_size(Some(16));
+    /// a.send_bytes(&[0; 1000]).unwrap();
+    /// assert!(matches!(b.recv_bytes(), Err(multiproc::Error::MessageTooLarge { size: 1000, limit: 16 })));
+    /// ```
+    pub fn set_max_message_size(&mut self, limit: Option<usize>) {
+        self.limit = limit;
+        self.reader.set_limit(limit);
+    }
+
+    /// Sends a serde value (and any [`Handle`]s inside it).
+    ///
+    /// See [`Pipe`] for an example.
+    pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        let (bytes, fds) = reduction::encode(value).map_err(|message| Error::Encode {
+            what: Payload::Arguments,
+            side: Side::Parent,
+            message,
+        })?;
+        let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        self.send_frame(&bytes, &fds)
+    }
+
+    /// Sends raw bytes as one message.
+    ///
+    /// ```
+    /// let (mut a, mut b) = multiproc::Pipe(true).unwrap();
+    /// a.send_bytes(b"raw").unwrap();
+    /// assert_eq!(b.recv_bytes().unwrap(), b"raw");
+    /// ```
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        self.send_frame(bytes, &[])
+    }
+
+    /// Sends `bytes[offset..offset + size]` (Python's `send_bytes(buf,
+    /// offset, size)`); out-of-range values are an error.
+    ///
+    /// ```
+    /// let (mut a, mut b) = multiproc::Pipe(true).unwrap();
+    /// a.send_bytes_range(b"0123456789", 2, 3).unwrap();
+    /// assert_eq!(b.recv_bytes().unwrap(), b"234");
+    /// assert!(a.send_bytes_range(b"0123", 3, 2).is_err());
+    /// ```
+    pub fn send_bytes_range(&self, bytes: &[u8], offset: usize, size: usize) -> Result<()> {
+        let end = offset
+            .checked_add(size)
+            .filter(|e| *e <= bytes.len())
+            .ok_or(Error::Connection("offset and size reach past the end of the buffer"))?;
+        self.send_frame(&bytes[offset..end], &[])
+    }
+
+    fn send_frame(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        if !self.writable {
+            return Err(Error::Connection("this end is read-only"));
+        }
+        match frame::send(self.socket()?, bytes, fds) {
+            Ok(()) => Ok(()),
+            Err(e) if crate::popen::is_disconnect(&e) => Err(Error::Eof),
+            Err(source) => Err(Error::Io { context: "sending on a connection", source }),
+        }
+    }
+
+    /// Receives a serde value; [`Error::Eof`] once the other end is closed
+    /// and everything it sent has been read.
+    ///
+    /// See [`Pipe`] for an example.
+    pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
+        let frame = self.next_frame(true)?.expect("a blocking read returns a frame");
+        reduction::decode(&frame.bytes, frame.fds).map_err(|message| Error::Decode {
+            what: Payload::Arguments,
+            side: Side::Child,
+            message,
+        })
+    }
+
+    /// Receives one message as bytes.
+    ///
+    /// See [`send_bytes`](Self::send_bytes) for an example.
+    pub fn recv_bytes(&mut self) -> Result<Vec<u8>> {
+        Ok(self.next_frame(true)?.expect("a blocking read returns a frame").bytes)
+    }
+
+    /// Receives one message into `buf[offset..]` and returns its length;
+    /// [`Error::BufferTooShort`] (carrying the message) if it does not fit.
+    ///
+    /// ```
+    /// let (mut a, mut b) = multiproc::Pipe(true).unwrap();
+    /// a.send_bytes(b"hello").unwrap();
+    /// let mut buf = [0u8; 8];
+    /// assert_eq!(b.recv_bytes_into(&mut buf, 2).unwrap(), 5);
+    /// assert_eq!(&buf[2..7], b"hello");
+    /// ```
+    pub fn recv_bytes_into(&mut self, buf: &mut [u8], offset: usize) -> Result<usize> {
+        let message = self.recv_bytes()?;
+        match buf.get_mut(offset..offset.saturating_add(message.len())) {
+            Some(dst) => {
+                dst.copy_from_slice(&message);
+                Ok(message.len())
+            }
+            _ => Err(Error::BufferTooShort { message }),
+        }
+    }
+
+    /// Whether a message (or the end of the stream) can be received now,
+    /// waiting up to `timeout` (`None`: as long as it takes).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (mut a, mut b) = multiproc::Pipe(true).unwrap();
+    /// assert!(!b.poll(Some(Duration::ZERO)).unwrap());
+    /// a.send(&1).unwrap();
+    /// assert!(b.poll(Some(Duration::from_secs(5))).unwrap());
+    /// ```
+    pub fn poll(&mut self, timeout: Option<Duration>) -> Result<bool> {
+        if !self.readable {
+            return Err(Error::Connection("this end is write-only"));
+        }
+        if self.reader.has_frame() {
+            return Ok(true);
+        }
+        let ready = crate::sys::poll_readable(&[self.socket()?], timeout)
+            .map_err(|source| Error::Io { context: "poll on a connection", source })?;
+        Ok(ready[0])
+    }
+
+    /// Closes this end; the other end then receives [`Error::Eof`].
+    /// Dropping it does the same.
+    ///
+    /// ```
+    /// let (mut a, b) = multiproc::Pipe(true).unwrap();
+    /// b.close();
+    /// assert!(matches!(a.recv::<u8>(), Err(multiproc::Error::Eof)));
+    /// ```
+    pub fn close(mut self) {
+        self.sock = None;
+    }
+
+    fn next_frame(&mut self, block: bool) -> Result<Option<frame::Frame>> {
+        if !self.readable {
+            return Err(Error::Connection("this end is write-only"));
+        }
+        if let Some((size, limit)) = self.broken {
+            return Err(Error::MessageTooLarge { size, limit });
+        }
+        let sock = self.sock.as_ref().ok_or(Error::Connection("it was closed"))?;
+        match self.reader.read(sock.as_fd(), block) {
+            Ok(Progress::Frame(f)) => Ok(Some(f)),
+            Ok(Progress::Pending) => Ok(None),
+            Ok(Progress::Eof) => Err(Error::Eof),
+            Err(e) => {
+                if let Some(o) = e.get_ref().and_then(|i| i.downcast_ref::<Oversize>()) {
+                    self.broken = Some((o.size, o.limit));
+                    return Err(Error::MessageTooLarge { size: o.size, limit: o.limit });
+                }
+                if e.kind() == std::io::ErrorKind::UnexpectedEof || crate::popen::is_disconnect(&e) {
+                    return Err(Error::Eof);
+                }
+                Err(Error::Io { context: "receiving on a connection", source: e })
+            }
+        }
+    }
+}
+
+/// How a connection travels: its socket as a handle, and its settings.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    sock: Handle,
+    readable: bool,
+    writable: bool,
+    limit: Option<usize>,
+}
+
+impl Serialize for Connection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        if self.reader.has_buffered() {
+            // Those bytes would be lost on the way.
+            return Err(S::Error::custom("a Connection with received but unread data cannot be sent"));
+        }
+        let sock = self.sock.as_ref().ok_or_else(|| S::Error::custom("a closed Connection cannot be sent"))?;
+        let sock = Handle::new(sock.try_clone().map_err(S::Error::custom)?);
+        Wire { sock, readable: self.readable, writable: self.writable, limit: self.limit }.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Connection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let w = Wire::deserialize(d)?;
+        let mut c = Connection::new(w.sock.into_owned_fd(), w.readable, w.writable);
+        c.set_max_message_size(w.limit);
+        Ok(c)
+    }
+}
