@@ -8,6 +8,8 @@
 mod daemon;
 #[path = "fork.rs"]
 mod fork;
+#[path = "lock.rs"]
+mod lock;
 #[path = "nested.rs"]
 mod nested;
 #[path = "pipe.rs"]
@@ -41,6 +43,7 @@ const PROGRAMS: &[(&str, &str, fn())] = &[
     ("pool_imap", "imap against imap_unordered", pool_imap::main),
     ("pool_async", "async tasks inside worker processes", pool_async::main),
     ("pipe", "Pipe: a child writes, the parent reads; both directions", pipe::main),
+    ("lock", "processes taking turns under a Lock", lock::main),
 ];
 
 /// Runs one program as if it were `main` of its own process.

@@ -251,6 +251,13 @@ pub enum Error {
     /// allow the operation (a one-way pipe).
     #[error("connection: {0}")]
     Connection(&'static str),
+    /// A thread asked to wait for a non-re-entrant lock it already holds; it
+    /// would wait forever (Python's `Lock` does).
+    #[error("this thread already holds this lock, which is not re-entrant")]
+    AlreadyHeld,
+    /// A lock was released by a thread that does not hold it.
+    #[error("release of a lock that this thread does not hold")]
+    NotOwner,
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {

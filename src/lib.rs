@@ -40,6 +40,7 @@ mod popen;
 mod process;
 mod reduction;
 mod runtime;
+mod synchronize;
 mod sys;
 mod wire;
 
@@ -52,6 +53,7 @@ pub use process::{
     Async, ParentProcess, Process, ProcessInfo, Run, Target, active_children, current_process, parent_process,
 };
 pub use reduction::Handle;
+pub use synchronize::{Acquired, Lock, LockGuard, RLock};
 
 /// Marks a program's `main` as the parent's entry point: the Rust
 /// counterpart of Python's `if __name__ == '__main__':`. It calls

@@ -223,7 +223,7 @@ fn tour_runs_every_program() {
     ] {
         assert!(lines.iter().any(|l| l.starts_with(&format!("=== examples/{name}.rs"))), "{name} missing");
     }
-    assert_eq!(lines.last().unwrap(), "all 11 programs ran");
+    assert_eq!(lines.last().unwrap(), "all 12 programs ran");
 }
 
 /// The seconds in `prefix<x.xx> seconds.`
@@ -336,4 +336,18 @@ fn pipe_between_processes() {
             "scott",
         ]
     );
+}
+
+#[test]
+fn lock_keeps_turns_together() {
+    let lines = run("lock");
+    assert_eq!(lines[0], "results using lock.");
+    assert_eq!(&lines[1..6], ["process: 0", "process: 1", "process: 2", "process: 3", "process: 4"]);
+    let turns = &lines[6..16];
+    for pair in turns.chunks(2) {
+        let n = pair[0].strip_prefix("process ").and_then(|r| r.strip_suffix(" starts its turn")).expect("a start");
+        assert_eq!(pair[1], format!("process {n} ends its turn"), "{turns:#?}");
+    }
+    assert_eq!(lines[16], "parent process exits");
+    assert_eq!(lines.len(), 17);
 }

@@ -5,7 +5,9 @@
 //! `PR_SET_PDEATHSIG`, `/proc/self/exe`).
 
 pub(crate) mod frame;
+pub(crate) mod mutex;
 pub(crate) mod proc;
+pub(crate) mod shm;
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
