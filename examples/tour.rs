@@ -28,6 +28,8 @@ mod pool_map;
 mod process;
 #[path = "run_method.rs"]
 mod run_method;
+#[path = "shared_value.rs"]
+mod shared_value;
 
 use multiproc::{Process, StartMethod};
 
@@ -44,6 +46,7 @@ const PROGRAMS: &[(&str, &str, fn())] = &[
     ("pool_async", "async tasks inside worker processes", pool_async::main),
     ("pipe", "Pipe: a child writes, the parent reads; both directions", pipe::main),
     ("lock", "processes taking turns under a Lock", lock::main),
+    ("shared_value", "Value, Array, and two processes adding under a lock to 40", shared_value::main),
 ];
 
 /// Runs one program as if it were `main` of its own process.

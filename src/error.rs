@@ -251,6 +251,14 @@ pub enum Error {
     /// allow the operation (a one-way pipe).
     #[error("connection: {0}")]
     Connection(&'static str),
+    /// An index past the end of a shared array.
+    #[error("index {index} is out of range for an array of {len}")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// The array's length.
+        len: usize,
+    },
     /// A thread asked to wait for a non-re-entrant lock it already holds; it
     /// would wait forever (Python's `Lock` does).
     #[error("this thread already holds this lock, which is not re-entrant")]

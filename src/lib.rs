@@ -40,6 +40,7 @@ mod popen;
 mod process;
 mod reduction;
 mod runtime;
+mod sharedctypes;
 mod synchronize;
 mod sys;
 mod wire;
@@ -53,6 +54,7 @@ pub use process::{
     Async, ParentProcess, Process, ProcessInfo, Run, Target, active_children, current_process, parent_process,
 };
 pub use reduction::Handle;
+pub use sharedctypes::{Array, RawArray, RawValue, Shareable, Value};
 pub use synchronize::{Acquired, Lock, LockGuard, RLock};
 
 /// Marks a program's `main` as the parent's entry point: the Rust

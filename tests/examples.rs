@@ -223,7 +223,7 @@ fn tour_runs_every_program() {
     ] {
         assert!(lines.iter().any(|l| l.starts_with(&format!("=== examples/{name}.rs"))), "{name} missing");
     }
-    assert_eq!(lines.last().unwrap(), "all 12 programs ran");
+    assert_eq!(lines.last().unwrap(), "all 13 programs ran");
 }
 
 /// The seconds in `prefix<x.xx> seconds.`
@@ -350,4 +350,22 @@ fn lock_keeps_turns_together() {
     }
     assert_eq!(lines[16], "parent process exits");
     assert_eq!(lines.len(), 17);
+}
+
+#[test]
+fn shared_value_reaches_40() {
+    let lines = run("shared_value");
+    assert_eq!(lines[0], "value1 = 0 ('i'), value2 = 3.14 ('d'), array = [1, 2, 3, 4]");
+    let numbers: Vec<i32> = lines[1..21].iter().map(|l| l.parse().unwrap()).collect();
+    // One process runs its ten steps, then the other: 1..=10 then 13..=40,
+    // or 3..=30 then 31..=40.
+    let (first, second) = numbers.split_at(10);
+    let steps =
+        |xs: &[i32], start: i32, step: i32| xs.iter().enumerate().all(|(i, x)| *x == start + step * (i as i32 + 1));
+    assert!(
+        (steps(first, 0, 1) && steps(second, 10, 3)) || (steps(first, 0, 3) && steps(second, 30, 1)),
+        "{numbers:?}"
+    );
+    assert_eq!(*numbers.last().unwrap(), 40);
+    assert_eq!(lines[21], "End");
 }
