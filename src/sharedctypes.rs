@@ -92,7 +92,7 @@ impl<T> Clone for Cells<T> {
 
 impl<T: Shareable> Cells<T> {
     fn new(values: &[T]) -> Result<Self> {
-        let bytes = (values.len() * size_of::<T>()).max(1);
+        let bytes = std::mem::size_of_val(values).max(1);
         let map = Mapping::new("multiproc-array", bytes)
             .map_err(|source| Error::Io { context: "shared memory for a value", source })?;
         let cells = Cells { map: Arc::new(map), len: values.len(), _t: PhantomData };
