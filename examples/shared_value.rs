@@ -43,6 +43,8 @@ fn job(v: Value<i32>, num: i32, lock: Lock) {
 #[multiproc::main]
 pub fn main() {
     let value1 = Value::new(0i32).expect("value");
+    // The seed's own number, not an approximation of π.
+    #[allow(clippy::approx_constant)]
     let value2 = Value::new(3.14f64).expect("value");
     let array = Array::new(&[1i32, 2, 3, 4]).expect("array");
     println!(
