@@ -251,6 +251,12 @@ pub enum Error {
     /// allow the operation (a one-way pipe).
     #[error("connection: {0}")]
     Connection(&'static str),
+    /// A shared memory name that POSIX does not accept.
+    #[error("invalid shared memory name {0:?}: one component, no '/' inside, at most 250 bytes")]
+    InvalidName(String),
+    /// A shared memory block of zero bytes.
+    #[error("a shared memory block needs a size above zero")]
+    InvalidSize,
     /// An index past the end of a shared array.
     #[error("index {index} is out of range for an array of {len}")]
     IndexOutOfRange {

@@ -40,6 +40,7 @@ mod popen;
 mod process;
 mod reduction;
 mod runtime;
+mod shared_memory;
 mod sharedctypes;
 mod synchronize;
 mod sys;
@@ -54,6 +55,7 @@ pub use process::{
     Async, ParentProcess, Process, ProcessInfo, Run, Target, active_children, current_process, parent_process,
 };
 pub use reduction::Handle;
+pub use shared_memory::SharedMemory;
 pub use sharedctypes::{Array, RawArray, RawValue, Shareable, Value};
 pub use synchronize::{Acquired, Lock, LockGuard, RLock};
 

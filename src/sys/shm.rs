@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
-use rustix::fs::MemfdFlags;
+use rustix::fs::{MemfdFlags, Mode};
 use rustix::mm::{MapFlags, ProtFlags};
 
 /// A shared mapping of a memory file.
@@ -29,6 +29,32 @@ impl Mapping {
         let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&fd, len as u64)?;
         Mapping::map(fd, len)
+    }
+
+    /// A new zero-filled mapping of `len` bytes with a name others can open
+    /// (`shm_open`); fails if the name exists.
+    pub(crate) fn create_named(name: &str, len: usize) -> io::Result<Mapping> {
+        use rustix::shm::OFlags;
+        let fd = rustix::shm::open(name, OFlags::CREATE | OFlags::EXCL | OFlags::RDWR, Mode::from_raw_mode(0o600))?;
+        if let Err(e) = rustix::fs::ftruncate(&fd, len as u64) {
+            let _ = rustix::shm::unlink(name);
+            return Err(e.into());
+        }
+        Mapping::map(fd, len).inspect_err(|_| {
+            let _ = rustix::shm::unlink(name);
+        })
+    }
+
+    /// Maps the named memory another process created.
+    pub(crate) fn open_named(name: &str) -> io::Result<Mapping> {
+        let fd = rustix::shm::open(name, rustix::shm::OFlags::RDWR, Mode::empty())?;
+        Mapping::open(fd)
+    }
+
+    /// Removes a name made by [`create_named`](Self::create_named); the
+    /// memory lives on while anyone maps it.
+    pub(crate) fn unlink_named(name: &str) -> io::Result<()> {
+        Ok(rustix::shm::unlink(name)?)
     }
 
     /// Maps a memory file received from another process.
