@@ -269,6 +269,17 @@ pub enum Error {
     /// would wait forever (Python's `Lock` does).
     #[error("this thread already holds this lock, which is not re-entrant")]
     AlreadyHeld,
+    /// A `BoundedSemaphore` was released more often than acquired (Python's
+    /// `ValueError: Semaphore released too many times`).
+    #[error("the semaphore was released too many times (its bound is {bound})")]
+    SemaphoreOverflow {
+        /// The semaphore's initial value.
+        bound: u32,
+    },
+    /// A barrier was aborted, or a wait on it timed out (Python's
+    /// `BrokenBarrierError`).
+    #[error("the barrier is broken")]
+    BrokenBarrier,
     /// A lock was released by a thread that does not hold it.
     #[error("release of a lock that this thread does not hold")]
     NotOwner,

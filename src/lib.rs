@@ -57,7 +57,7 @@ pub use process::{
 pub use reduction::Handle;
 pub use shared_memory::SharedMemory;
 pub use sharedctypes::{Array, RawArray, RawValue, Shareable, Value};
-pub use synchronize::{Acquired, Lock, LockGuard, RLock};
+pub use synchronize::{Acquired, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore};
 
 /// Marks a program's `main` as the parent's entry point: the Rust
 /// counterpart of Python's `if __name__ == '__main__':`. It calls

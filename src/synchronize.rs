@@ -14,10 +14,11 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::sys::monitor::Monitor;
 use crate::sys::mutex::{self, Got};
 use crate::sys::shm::Mapping;
 use crate::{Error, Handle, Result};
@@ -240,5 +241,462 @@ impl LockGuard<'_> {
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
         let _ = self.core.unlock();
+    }
+}
+
+/// How the monitor-based primitives travel: their shared memory.
+#[derive(Serialize, Deserialize)]
+struct MonitorWire {
+    memory: Handle,
+    kind: char,
+}
+
+fn monitor_to_wire<S: serde::Serializer>(m: &Monitor, kind: char, s: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::Error as _;
+    let fd = std::os::fd::AsFd::as_fd(m).try_clone_to_owned().map_err(S::Error::custom)?;
+    MonitorWire { memory: Handle::new(fd), kind }.serialize(s)
+}
+
+fn monitor_from_wire<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    kind: char,
+) -> std::result::Result<Arc<Monitor>, D::Error> {
+    use serde::de::Error as _;
+    let w = MonitorWire::deserialize(d)?;
+    if w.kind != kind {
+        return Err(D::Error::custom("a synchronisation object arrived as another kind"));
+    }
+    Monitor::open(w.memory.into_owned_fd()).map(Arc::new).map_err(D::Error::custom)
+}
+
+fn monitor_error(source: std::io::Error) -> Error {
+    Error::Io { context: "a shared monitor", source }
+}
+
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 32)))
+}
+
+macro_rules! travels {
+    ($name:ident, $kind:expr) => {
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                monitor_to_wire(&self.monitor, $kind, s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                Ok($name { monitor: monitor_from_wire(d, $kind)? })
+            }
+        }
+    };
+}
+
+// Semaphore words: [value, bound (u64::MAX when unbounded), -, -].
+fn sem_new(value: u32, bound: u64) -> Result<Arc<Monitor>> {
+    Monitor::new([u64::from(value), bound, 0, 0]).map(Arc::new).map_err(monitor_error)
+}
+
+fn sem_acquire(m: &Monitor, timeout: Option<Duration>) -> Result<bool> {
+    let got = m
+        .wait_until(deadline(timeout), |w| {
+            (w[0] > 0).then(|| {
+                w[0] -= 1;
+            })
+        })
+        .map_err(monitor_error)?;
+    Ok(got.is_some())
+}
+
+fn sem_release(m: &Monitor) -> Result<()> {
+    let ok = m
+        .with(|w| {
+            if w[0] >= w[1] {
+                return Err(w[1]);
+            }
+            w[0] += 1;
+            Ok(())
+        })
+        .map_err(monitor_error)?;
+    m.notify(false);
+    ok.map_err(|bound| Error::SemaphoreOverflow { bound: bound as u32 })
+}
+
+macro_rules! semaphore {
+    ($(#[$doc:meta])* $name:ident, $kind:expr, $bounded:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            monitor: Arc<Monitor>,
+        }
+
+        impl $name {
+            /// A semaphore with `value` permits.
+            pub fn new(value: u32) -> Result<Self> {
+                Ok($name { monitor: sem_new(value, if $bounded { u64::from(value) } else { u64::MAX })? })
+            }
+
+            /// Takes a permit, waiting for one.
+            pub fn acquire(&self) -> Result<()> {
+                sem_acquire(&self.monitor, None).map(|_| ())
+            }
+
+            /// Takes a permit, waiting at most `timeout`; false if none came.
+            pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+                sem_acquire(&self.monitor, Some(timeout))
+            }
+
+            /// Takes a permit only if one is free now.
+            pub fn try_acquire(&self) -> Result<bool> {
+                sem_acquire(&self.monitor, Some(Duration::ZERO))
+            }
+
+            /// Returns a permit.
+            pub fn release(&self) -> Result<()> {
+                sem_release(&self.monitor)
+            }
+
+            /// The number of free permits (Python's `get_value`).
+            pub fn get_value(&self) -> Result<u32> {
+                self.monitor.with(|w| w[0] as u32).map_err(monitor_error)
+            }
+        }
+
+        travels!($name, $kind);
+    };
+}
+
+semaphore!(
+    /// A counter of permits shared between processes (Python's
+    /// `multiprocessing.Semaphore`).
+    ///
+    /// ```
+    /// let s = multiproc::Semaphore::new(2).unwrap();
+    /// s.acquire().unwrap();
+    /// assert!(s.try_acquire().unwrap());
+    /// assert!(!s.try_acquire().unwrap());
+    /// s.release().unwrap();
+    /// s.release().unwrap();
+    /// s.release().unwrap(); // unbounded: more than it started with is fine
+    /// assert_eq!(s.get_value().unwrap(), 3);
+    /// ```
+    Semaphore,
+    's',
+    false
+);
+
+semaphore!(
+    /// A [`Semaphore`] that may not be released past its initial value
+    /// (Python's `BoundedSemaphore`): that is [`Error::SemaphoreOverflow`].
+    ///
+    /// ```
+    /// let s = multiproc::BoundedSemaphore::new(1).unwrap();
+    /// s.acquire().unwrap();
+    /// s.release().unwrap();
+    /// assert!(matches!(s.release(), Err(multiproc::Error::SemaphoreOverflow { bound: 1 })));
+    /// ```
+    BoundedSemaphore,
+    'b',
+    true
+);
+
+/// A flag processes can wait for (Python's `multiprocessing.Event`).
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::{Event, Process};
+/// fn wait_for_it(e: Event) -> bool { e.wait(None).unwrap() }
+/// let e = Event::new().unwrap();
+/// let mut p = Process::new(wait_for_it, (e.clone(),));
+/// p.start().unwrap();
+/// assert!(!e.is_set().unwrap());
+/// e.set().unwrap();
+/// assert!(p.join().unwrap());
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Event {
+    monitor: Arc<Monitor>,
+}
+
+impl Event {
+    /// A new, clear event.
+    pub fn new() -> Result<Self> {
+        Ok(Event { monitor: Monitor::new([0; 4]).map(Arc::new).map_err(monitor_error)? })
+    }
+
+    /// Whether it is set.
+    pub fn is_set(&self) -> Result<bool> {
+        self.monitor.with(|w| w[0] != 0).map_err(monitor_error)
+    }
+
+    /// Sets it and wakes every waiter.
+    pub fn set(&self) -> Result<()> {
+        self.monitor.with(|w| w[0] = 1).map_err(monitor_error)?;
+        self.monitor.notify(true);
+        Ok(())
+    }
+
+    /// Clears it.
+    pub fn clear(&self) -> Result<()> {
+        self.monitor.with(|w| w[0] = 0).map_err(monitor_error)
+    }
+
+    /// Waits until it is set, at most `timeout` (`None`: forever); returns
+    /// whether it is set.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
+        let set = self.monitor.wait_until(deadline(timeout), |w| (w[0] != 0).then_some(())).map_err(monitor_error)?;
+        Ok(set.is_some())
+    }
+}
+
+travels!(Event, 'e');
+
+/// A meeting point for a fixed number of processes (Python's
+/// `multiprocessing.Barrier`): each `wait` returns once `parties` have
+/// arrived.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::{Barrier, Process};
+/// fn meet(b: Barrier) -> usize { b.wait(None).unwrap() }
+/// let b = Barrier::new(2).unwrap();
+/// let mut p = Process::new(meet, (b.clone(),));
+/// p.start().unwrap();
+/// let mine = b.wait(None).unwrap();
+/// let theirs = p.join().unwrap();
+/// assert_eq!(mine + theirs, 1); // indexes 0 and 1
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Barrier {
+    monitor: Arc<Monitor>,
+}
+
+// Barrier words: [parties, arrived, generation, broken].
+impl Barrier {
+    /// A barrier for `parties` processes (or threads).
+    pub fn new(parties: u32) -> Result<Self> {
+        if parties == 0 {
+            return Err(Error::InvalidSize);
+        }
+        Ok(Barrier { monitor: Monitor::new([u64::from(parties), 0, 0, 0]).map(Arc::new).map_err(monitor_error)? })
+    }
+
+    /// Waits for the others; returns this caller's arrival index
+    /// (`0..parties`). A timeout breaks the barrier for everyone
+    /// ([`Error::BrokenBarrier`]), as in Python.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<usize> {
+        let mut arrived: Option<(u64, usize)> = None;
+        let mut released_all = false;
+        let outcome = self
+            .monitor
+            .wait_until(deadline(timeout), |w| {
+                if w[3] != 0 {
+                    return Some(Err(Error::BrokenBarrier));
+                }
+                match arrived {
+                    None => {
+                        let index = w[1] as usize;
+                        w[1] += 1;
+                        if w[1] == w[0] {
+                            w[1] = 0;
+                            w[2] += 1;
+                            released_all = true;
+                            return Some(Ok(index));
+                        }
+                        arrived = Some((w[2], index));
+                        None
+                    }
+                    Some((generation, index)) => (w[2] != generation).then_some(Ok(index)),
+                }
+            })
+            .map_err(monitor_error)?;
+        if released_all {
+            self.monitor.notify(true);
+        }
+        match outcome {
+            Some(result) => result,
+            None => {
+                // Timed out: unless the barrier just filled up, break it.
+                let (generation, index) = arrived.expect("timed out while waiting");
+                let result = self
+                    .monitor
+                    .with(|w| {
+                        if w[2] != generation {
+                            Ok(index)
+                        } else {
+                            w[3] = 1;
+                            Err(Error::BrokenBarrier)
+                        }
+                    })
+                    .map_err(monitor_error)?;
+                self.monitor.notify(true);
+                result
+            }
+        }
+    }
+
+    /// Breaks the barrier: current and future waiters get
+    /// [`Error::BrokenBarrier`].
+    ///
+    /// ```
+    /// let b = multiproc::Barrier::new(3).unwrap();
+    /// b.abort().unwrap();
+    /// assert!(b.broken().unwrap());
+    /// assert!(matches!(b.wait(None), Err(multiproc::Error::BrokenBarrier)));
+    /// ```
+    pub fn abort(&self) -> Result<()> {
+        self.monitor.with(|w| w[3] = 1).map_err(monitor_error)?;
+        self.monitor.notify(true);
+        Ok(())
+    }
+
+    /// The number of parties.
+    pub fn parties(&self) -> Result<u32> {
+        self.monitor.with(|w| w[0] as u32).map_err(monitor_error)
+    }
+
+    /// How many are waiting now.
+    pub fn n_waiting(&self) -> Result<u32> {
+        self.monitor.with(|w| w[1] as u32).map_err(monitor_error)
+    }
+
+    /// Whether it is broken.
+    pub fn broken(&self) -> Result<bool> {
+        self.monitor.with(|w| w[3] != 0).map_err(monitor_error)
+    }
+}
+
+travels!(Barrier, 'r');
+
+/// A condition variable shared between processes, with its [`Lock`]
+/// (Python's `multiprocessing.Condition`).
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::{Condition, Process, Value};
+///
+/// fn produce(cond: Condition, ready: Value<bool>) {
+///     let _held = cond.lock().unwrap();
+///     ready.set(true);
+///     cond.notify_all().unwrap();
+/// }
+///
+/// let cond = Condition::new().unwrap();
+/// let ready = Value::new(false).unwrap();
+/// let guard = cond.lock().unwrap();
+/// let mut p = Process::new(produce, (cond.clone(), ready.clone()));
+/// p.start().unwrap();
+/// assert!(cond.wait_for(|| ready.get(), None).unwrap());
+/// drop(guard);
+/// p.join().unwrap();
+/// # }
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Condition {
+    lock: Lock,
+    cond: Arc<CondMemory>,
+}
+
+#[derive(Debug)]
+struct CondMemory {
+    map: Mapping,
+}
+
+impl CondMemory {
+    fn ptr(&self) -> *mut libc::pthread_cond_t {
+        self.map.as_ptr().cast()
+    }
+}
+
+impl Serialize for CondMemory {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        Handle::new(std::os::fd::AsFd::as_fd(&self.map).try_clone_to_owned().map_err(S::Error::custom)?).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for CondMemory {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let map = Mapping::open(Handle::deserialize(d)?.into_owned_fd()).map_err(D::Error::custom)?;
+        if map.len() < size_of::<libc::pthread_cond_t>() {
+            return Err(D::Error::custom("shared memory too small for a condition"));
+        }
+        Ok(CondMemory { map })
+    }
+}
+
+impl Condition {
+    /// A condition with a lock of its own.
+    pub fn new() -> Result<Self> {
+        Condition::with_lock(Lock::new()?)
+    }
+
+    /// A condition over an existing lock.
+    pub fn with_lock(lock: Lock) -> Result<Self> {
+        let map = Mapping::new("multiproc-cond", size_of::<libc::pthread_cond_t>())
+            .map_err(|source| Error::Io { context: "shared memory for a condition", source })?;
+        // SAFETY: fresh, aligned, large enough, not yet shared.
+        unsafe { mutex::init_cond(map.as_ptr().cast()) }
+            .map_err(|source| Error::Io { context: "pthread_cond_init", source })?;
+        Ok(Condition { lock, cond: Arc::new(CondMemory { map }) })
+    }
+
+    /// Takes the lock until the guard is dropped.
+    pub fn lock(&self) -> Result<LockGuard<'_>> {
+        self.lock.lock()
+    }
+
+    /// The lock (for `acquire`/`release`).
+    pub fn get_lock(&self) -> &Lock {
+        &self.lock
+    }
+
+    /// Releases the lock, waits for a notification (or `timeout`), takes
+    /// the lock again; false on timeout. The caller must hold the lock
+    /// ([`Error::NotOwner`] otherwise).
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
+        // SAFETY: both live in mappings kept by `self`.
+        match unsafe { mutex::wait(self.cond.ptr(), self.lock.core.ptr(), deadline(timeout)) } {
+            Ok(notified) => Ok(notified),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(Error::NotOwner),
+            Err(source) => Err(Error::Io { context: "pthread_cond_wait", source }),
+        }
+    }
+
+    /// Waits until `predicate` holds (checked with the lock held), at most
+    /// `timeout`; returns its last value.
+    pub fn wait_for(&self, mut predicate: impl FnMut() -> bool, timeout: Option<Duration>) -> Result<bool> {
+        let end = deadline(timeout);
+        loop {
+            if predicate() {
+                return Ok(true);
+            }
+            let left = match end {
+                None => None,
+                Some(e) => match e.checked_duration_since(Instant::now()) {
+                    Some(l) if !l.is_zero() => Some(l),
+                    _ => return Ok(predicate()),
+                },
+            };
+            self.wait(left)?;
+        }
+    }
+
+    /// Wakes one waiter.
+    pub fn notify(&self) -> Result<()> {
+        // SAFETY: the condvar lives in a mapping kept by `self`.
+        unsafe { mutex::notify(self.cond.ptr(), false) };
+        Ok(())
+    }
+
+    /// Wakes every waiter.
+    pub fn notify_all(&self) -> Result<()> {
+        // SAFETY: as in `notify`.
+        unsafe { mutex::notify(self.cond.ptr(), true) };
+        Ok(())
     }
 }

@@ -164,3 +164,102 @@ fn a_lock_and_an_rlock_are_not_interchangeable() {
     b.send(&Lock::new().unwrap()).unwrap();
     assert!(a.recv::<RLock>().is_err());
 }
+
+fn limited(sem: multiproc::Semaphore, inside: multiproc::Value<i32>, most: multiproc::Value<i32>) {
+    for _ in 0..20 {
+        sem.acquire().unwrap();
+        let now = inside.update(|x| x + 1).unwrap();
+        most.update(|m| m.max(now)).unwrap();
+        std::thread::yield_now();
+        inside.update(|x| x - 1).unwrap();
+        sem.release().unwrap();
+    }
+}
+
+#[test]
+fn a_semaphore_bounds_how_many_are_inside() {
+    each_method(|m| {
+        let sem = multiproc::Semaphore::new(2).unwrap();
+        let inside = multiproc::Value::new(0i32).unwrap();
+        let most = multiproc::Value::new(0i32).unwrap();
+        let mut ps: Vec<_> = (0..4)
+            .map(|_| Process::new(limited, (sem.clone(), inside.clone(), most.clone())).with_start_method(m))
+            .collect();
+        for p in &mut ps {
+            p.start().unwrap();
+        }
+        for p in &mut ps {
+            join(p).unwrap();
+        }
+        assert!(most.get() <= 2 && most.get() >= 1, "{m}: {} inside at once", most.get());
+        assert_eq!(sem.get_value().unwrap(), 2);
+    });
+}
+
+#[test]
+fn semaphores_time_out_and_bounded_ones_refuse_extra_releases() {
+    let sem = multiproc::Semaphore::new(0).unwrap();
+    assert!(!sem.acquire_timeout(Duration::from_millis(20)).unwrap());
+    let b = multiproc::BoundedSemaphore::new(2).unwrap();
+    assert!(matches!(b.release(), Err(Error::SemaphoreOverflow { bound: 2 })));
+    b.acquire().unwrap();
+    b.release().unwrap();
+    assert_eq!(b.get_value().unwrap(), 2);
+}
+
+fn wait_event(e: multiproc::Event, timeout_ms: u64) -> bool {
+    e.wait(Some(Duration::from_millis(timeout_ms))).unwrap()
+}
+
+#[test]
+fn events_wake_other_processes() {
+    each_method(|m| {
+        let e = multiproc::Event::new().unwrap();
+        let mut p = Process::new(wait_event, (e.clone(), 120_000)).with_start_method(m);
+        p.start().unwrap();
+        e.set().unwrap();
+        assert!(join(&mut p).unwrap(), "{m}");
+        e.clear().unwrap();
+        let mut p = Process::new(wait_event, (e.clone(), 30)).with_start_method(m);
+        p.start().unwrap();
+        assert!(!join(&mut p).unwrap(), "{m}: a clear event times out");
+    });
+}
+
+fn meet(b: multiproc::Barrier) -> usize {
+    b.wait(Some(GUARD)).unwrap()
+}
+
+#[test]
+fn a_barrier_releases_all_parties_together() {
+    each_method(|m| {
+        let b = multiproc::Barrier::new(3).unwrap();
+        let mut ps: Vec<_> = (0..2).map(|_| Process::new(meet, (b.clone(),)).with_start_method(m)).collect();
+        for p in &mut ps {
+            p.start().unwrap();
+        }
+        let mut indexes = vec![b.wait(Some(GUARD)).unwrap()];
+        for p in &mut ps {
+            indexes.push(join(p).unwrap());
+        }
+        indexes.sort();
+        assert_eq!(indexes, [0, 1, 2], "{m}");
+        // It can be used again.
+        assert_eq!(b.parties().unwrap(), 3);
+        assert_eq!(b.n_waiting().unwrap(), 0);
+    });
+    let b = multiproc::Barrier::new(2).unwrap();
+    assert!(matches!(b.wait(Some(Duration::from_millis(20))), Err(Error::BrokenBarrier)));
+    assert!(b.broken().unwrap());
+    assert!(matches!(multiproc::Barrier::new(0), Err(Error::InvalidSize)));
+}
+
+#[test]
+fn a_condition_needs_its_lock_and_times_out() {
+    let c = multiproc::Condition::new().unwrap();
+    assert!(matches!(c.wait(Some(Duration::from_millis(10))), Err(Error::NotOwner)));
+    let _held = c.lock().unwrap();
+    assert!(!c.wait(Some(Duration::from_millis(20))).unwrap());
+    assert!(!c.wait_for(|| false, Some(Duration::from_millis(20))).unwrap());
+    assert!(c.wait_for(|| true, None).unwrap());
+}

@@ -5,6 +5,7 @@
 //! `PR_SET_PDEATHSIG`, `/proc/self/exe`).
 
 pub(crate) mod frame;
+pub(crate) mod monitor;
 pub(crate) mod mutex;
 pub(crate) mod proc;
 pub(crate) mod shm;

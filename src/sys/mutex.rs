@@ -83,3 +83,81 @@ pub(crate) unsafe fn unlock(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
     // SAFETY: `m` is a valid initialised mutex per the caller.
     check(unsafe { libc::pthread_mutex_unlock(m) })
 }
+
+/// Initialises a process-shared condition variable on the monotonic clock.
+///
+/// # Safety
+/// `c` points to writable, aligned shared memory not yet used as a condvar.
+pub(crate) unsafe fn init_cond(c: *mut libc::pthread_cond_t) -> io::Result<()> {
+    // SAFETY: attr is initialised before use and destroyed after; `c` is
+    // valid per the caller.
+    unsafe {
+        let mut attr: libc::pthread_condattr_t = std::mem::zeroed();
+        check(libc::pthread_condattr_init(&mut attr))?;
+        let result = (|| {
+            check(libc::pthread_condattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED))?;
+            check(libc::pthread_condattr_setclock(&mut attr, libc::CLOCK_MONOTONIC))?;
+            check(libc::pthread_cond_init(c, &attr))
+        })();
+        libc::pthread_condattr_destroy(&mut attr);
+        result
+    }
+}
+
+/// Waits on `c`, releasing `m` meanwhile, until notified or `deadline`
+/// (monotonic) passes. Returns false on timeout. `m` is held again on
+/// return either way.
+///
+/// # Safety
+/// `c` and `m` are initialised and mapped; the calling thread holds `m`.
+pub(crate) unsafe fn wait(
+    c: *mut libc::pthread_cond_t,
+    m: *mut libc::pthread_mutex_t,
+    deadline: Option<std::time::Instant>,
+) -> io::Result<bool> {
+    // SAFETY: per the caller.
+    let rc = unsafe {
+        match deadline {
+            None => libc::pthread_cond_wait(c, m),
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                let mut now: libc::timespec = std::mem::zeroed();
+                libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+                let mut ts = libc::timespec {
+                    tv_sec: now.tv_sec + left.as_secs() as libc::time_t,
+                    tv_nsec: now.tv_nsec + left.subsec_nanos() as libc::c_long,
+                };
+                if ts.tv_nsec >= 1_000_000_000 {
+                    ts.tv_sec += 1;
+                    ts.tv_nsec -= 1_000_000_000;
+                }
+                libc::pthread_cond_timedwait(c, m, &ts)
+            }
+        }
+    };
+    match rc {
+        0 => Ok(true),
+        libc::ETIMEDOUT => Ok(false),
+        libc::EOWNERDEAD => {
+            // SAFETY: we hold the mutex now, as EOWNERDEAD says.
+            check(unsafe { libc::pthread_mutex_consistent(m) })?;
+            Ok(true)
+        }
+        other => Err(io::Error::from_raw_os_error(other)),
+    }
+}
+
+/// Wakes every waiter of `c`.
+///
+/// # Safety
+/// `c` is initialised and mapped.
+pub(crate) unsafe fn notify(c: *mut libc::pthread_cond_t, all: bool) {
+    // SAFETY: per the caller.
+    unsafe {
+        if all {
+            libc::pthread_cond_broadcast(c);
+        } else {
+            libc::pthread_cond_signal(c);
+        }
+    }
+}
