@@ -66,7 +66,7 @@ impl Monitor {
             let m = &raw mut (*l).mutex;
             mutex::lock(m, None)?;
             let result = loop {
-                if let Some(t) = step(&mut *(&raw mut (*l).words)) {
+                if let Some(t) = step(&mut (*l).words) {
                     break Ok(Some(t));
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
