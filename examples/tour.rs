@@ -26,6 +26,10 @@ mod pool_imap;
 mod pool_map;
 #[path = "process.rs"]
 mod process;
+#[path = "queue.rs"]
+mod queue;
+#[path = "queue_read_write.rs"]
+mod queue_read_write;
 #[path = "run_method.rs"]
 mod run_method;
 #[path = "shared_value.rs"]
@@ -47,6 +51,8 @@ const PROGRAMS: &[(&str, &str, fn())] = &[
     ("pipe", "Pipe: a child writes, the parent reads; both directions", pipe::main),
     ("lock", "processes taking turns under a Lock", lock::main),
     ("shared_value", "Value, Array, and two processes adding under a lock to 40", shared_value::main),
+    ("queue", "two producers, one consumer, consumer terminated", queue::main),
+    ("queue_read_write", "a writer and a reader process on a Queue", queue_read_write::main),
 ];
 
 /// Runs one program as if it were `main` of its own process.

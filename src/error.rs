@@ -228,6 +228,16 @@ pub enum Error {
     /// The asynchronous result is not ready yet.
     #[error("the result is not ready yet")]
     NotReady,
+    /// A queue had nothing to get in time (Python's `queue.Empty`).
+    #[error("the queue is empty")]
+    Empty,
+    /// A bounded queue had no room in time (Python's `queue.Full`).
+    #[error("the queue is full")]
+    Full,
+    /// `task_done` was called more often than items were put (Python's
+    /// `ValueError: task_done() called too many times`).
+    #[error("task_done() called more times than items were put")]
+    TaskDoneTooOften,
     /// The other end of a connection was closed (Python's `EOFError`).
     #[error("the other end of the connection was closed")]
     Eof,

@@ -38,6 +38,7 @@ pub mod os;
 mod pool;
 mod popen;
 mod process;
+mod queues;
 mod reduction;
 mod runtime;
 mod shared_memory;
@@ -54,6 +55,7 @@ pub use pool::{AsyncResult, IMap, Pool, PoolBuilder};
 pub use process::{
     Async, ParentProcess, Process, ProcessInfo, Run, Target, active_children, current_process, parent_process,
 };
+pub use queues::{JoinableQueue, Queue, SimpleQueue};
 pub use reduction::Handle;
 pub use shared_memory::SharedMemory;
 pub use sharedctypes::{Array, RawArray, RawValue, Shareable, Value};

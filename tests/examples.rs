@@ -223,7 +223,7 @@ fn tour_runs_every_program() {
     ] {
         assert!(lines.iter().any(|l| l.starts_with(&format!("=== examples/{name}.rs"))), "{name} missing");
     }
-    assert_eq!(lines.last().unwrap(), "all 13 programs ran");
+    assert_eq!(lines.last().unwrap(), "all 15 programs ran");
 }
 
 /// The seconds in `prefix<x.xx> seconds.`
@@ -368,4 +368,32 @@ fn shared_value_reaches_40() {
     );
     assert_eq!(*numbers.last().unwrap(), 40);
     assert_eq!(lines[21], "End");
+}
+
+#[test]
+fn queue_two_producers_one_consumer() {
+    let lines = run("queue");
+    assert_eq!(lines.iter().filter(|l| *l == "Producer process starts writing...").count(), 2);
+    assert_eq!(lines.iter().filter(|l| *l == "Consumer process starts reading...").count(), 1);
+    for url in ["url1", "url2", "url3", "url4", "url5"] {
+        let put = lines.iter().position(|l| *l == format!("[Producer Process] Put {url} to the queue")).expect(url);
+        let got = lines.iter().position(|l| *l == format!("[Consumer Process] Get {url} from the queue")).expect(url);
+        let _ = (put, got); // printed by different processes: no order between them
+    }
+    // Each producer's urls come out in the order it put them.
+    let got: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("[Consumer Process] Get ")).collect();
+    let pos = |u: &str| got.iter().position(|g| g.starts_with(&format!("{u} "))).unwrap();
+    assert!(pos("url1") < pos("url2") && pos("url2") < pos("url3") && pos("url4") < pos("url5"), "{got:?}");
+    assert_eq!(lines.last().unwrap(), "consumer terminated: exitcode Some(-15)");
+}
+
+#[test]
+fn queue_writer_and_reader() {
+    let lines = run("queue_read_write");
+    let (puts, gets): (Vec<&String>, Vec<&String>) =
+        lines.iter().filter(|l| l.starts_with("Put ") || l.starts_with("Get ")).partition(|l| l.starts_with("Put "));
+    assert_eq!(puts, ["Put A to queue...", "Put B to queue...", "Put C to queue..."]);
+    assert_eq!(gets, ["Get A from queue.", "Get B from queue.", "Get C from queue."]);
+    assert!(lines.iter().any(|l| l.starts_with("Process to write: ")));
+    assert!(lines.iter().any(|l| l.starts_with("Process to read: ")));
 }

@@ -1,0 +1,564 @@
+//! `Queue`, `SimpleQueue` and `JoinableQueue`: many producers and many
+//! consumers in any number of processes (Python's `multiprocessing.queues`).
+//!
+//! Messages travel as sequenced packets over one Unix socket pair shared by
+//! every user of the queue. A packet is delivered whole or not at all, so a
+//! process killed in the middle of a `put` never leaves half a packet
+//! behind. Messages larger than one packet go as a run of chunks under a
+//! robust writer lock; a consumer assembles them under a robust reader lock
+//! and drops a partial message as soon as it can tell that its producer is
+//! gone (the next message starts, or the writer lock is free or was left
+//! by a dead holder). A consumer killed in the middle of a `get` loses at
+//! most the message it was taking: the next consumer skips its leftover
+//! chunks. (Python's queue is left locked for good by a producer killed
+//! mid-`put`.)
+//!
+//! Bounded queues count free slots with a shared [`Semaphore`]; `qsize` and
+//! `JoinableQueue`'s unfinished-task count live in a shared monitor.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Payload, Side};
+use crate::sys::frame::recv_packet;
+use crate::sys::monitor::Monitor;
+use crate::{Acquired, Error, Handle, Lock, Result, Semaphore};
+
+/// Payload bytes per packet; well under the socket's send buffer.
+const CHUNK: usize = 48 << 10;
+const HEAD: usize = 1 + 8 + 8 + 4;
+
+const WHOLE: u8 = 0;
+const FIRST: u8 = 1;
+const MORE: u8 = 2;
+const LAST: u8 = 3;
+
+fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { context, source }
+}
+
+/// What every queue kind shares; it travels as its descriptors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Core {
+    writer: Arc<Handle>,
+    reader: Arc<Handle>,
+    write_lock: Lock,
+    read_lock: Lock,
+    slots: Option<Semaphore>,
+    maxsize: usize,
+    /// [items in the queue, unfinished tasks, -, -]
+    counts: Arc<MonitorHandle>,
+}
+
+/// A monitor that travels as its memory.
+#[derive(Debug)]
+struct MonitorHandle(Monitor);
+
+impl Serialize for MonitorHandle {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        Handle::new(self.0.as_fd().try_clone_to_owned().map_err(S::Error::custom)?).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for MonitorHandle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        Monitor::open(Handle::deserialize(d)?.into_owned_fd()).map(MonitorHandle).map_err(D::Error::custom)
+    }
+}
+
+impl Core {
+    fn new(maxsize: usize) -> Result<Core> {
+        let (reader, writer) = crate::sys::packet_pair().map_err(io("socketpair for a queue"))?;
+        let slots = match maxsize {
+            0 => None,
+            n => Some(Semaphore::new(u32::try_from(n).unwrap_or(u32::MAX))?),
+        };
+        Ok(Core {
+            writer: Arc::new(Handle::new(writer)),
+            reader: Arc::new(Handle::new(reader)),
+            write_lock: Lock::new()?,
+            read_lock: Lock::new()?,
+            slots,
+            maxsize,
+            counts: Arc::new(MonitorHandle(Monitor::new([0; 4]).map_err(io("a queue's counters"))?)),
+        })
+    }
+
+    fn put<T: Serialize + ?Sized>(&self, item: &T, timeout: Option<Duration>) -> Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let (bytes, fds) = reduction_encode(item)?;
+        if let Some(slots) = &self.slots {
+            let got = match deadline {
+                None => slots.acquire().map(|_| true)?,
+                Some(d) => slots.acquire_timeout(d.saturating_duration_since(Instant::now()))?,
+            };
+            if !got {
+                return Err(Error::Full);
+            }
+        }
+        let locked = match deadline {
+            None => Some(self.write_lock.acquire()?),
+            Some(d) => self.write_lock.acquire_timeout(d.saturating_duration_since(Instant::now()))?,
+        };
+        if locked.is_none() {
+            if let Some(slots) = &self.slots {
+                let _ = slots.release();
+            }
+            return Err(Error::Full);
+        }
+        // Counted before it is sent, so that a consumer (who can only see it
+        // after the send) never counts it out first.
+        self.count(1)?;
+        let sent = self.send_message(&bytes, &fds, deadline);
+        self.write_lock.release()?;
+        match sent {
+            Ok(true) => Ok(()),
+            not_sent => {
+                self.count(-1)?;
+                if let Some(slots) = &self.slots {
+                    let _ = slots.release();
+                }
+                not_sent.and(Err(Error::Full))
+            }
+        }
+    }
+
+    /// Sends one message as packets; false if the first packet could not go
+    /// out before `deadline` (then nothing was sent). Once a message has
+    /// begun, it is finished whatever the deadline.
+    fn send_message(&self, bytes: &[u8], fds: &[OwnedFd], deadline: Option<Instant>) -> Result<bool> {
+        let sock = self.writer.as_fd();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        let id = next_message_id();
+        if bytes.len() <= CHUNK {
+            let packet = packet(WHOLE, id, bytes.len(), fds.len(), bytes);
+            return send_when_writable(sock, &packet, &borrowed, deadline);
+        }
+        let mut chunks = bytes.chunks(CHUNK).peekable();
+        let first = chunks.next().expect("a large message has chunks");
+        if !send_when_writable(sock, &packet(FIRST, id, bytes.len(), fds.len(), first), &borrowed, deadline)? {
+            return Ok(false);
+        }
+        while let Some(chunk) = chunks.next() {
+            let kind = if chunks.peek().is_some() { MORE } else { LAST };
+            send_when_writable(sock, &packet(kind, id, 0, 0, chunk), &[], None)?;
+        }
+        Ok(true)
+    }
+
+    fn get<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let (bytes, fds) = self.receive(deadline)?;
+        self.counts.0.with(|w| w[0] = w[0].saturating_sub(1)).map_err(io("a queue's counters"))?;
+        if let Some(slots) = &self.slots {
+            let _ = slots.release();
+        }
+        crate::reduction::decode(&bytes, fds).map_err(|message| Error::Decode {
+            what: Payload::Arguments,
+            side: Side::Child,
+            message,
+        })
+    }
+
+    /// Takes one whole message, skipping pieces of messages whose producer
+    /// or consumer died.
+    fn receive(&self, deadline: Option<Instant>) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let sock = self.reader.as_fd();
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let ready = crate::sys::poll_readable(&[sock], left).map_err(io("poll on a queue"))?;
+            if !ready[0] {
+                return Err(Error::Empty);
+            }
+            let got = match left {
+                None => Some(self.read_lock.acquire()?),
+                Some(_) => self.read_lock.acquire_timeout(
+                    deadline
+                        .map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now()))
+                        .max(Duration::from_millis(1)),
+                )?,
+            };
+            if got.is_none() {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Error::Empty);
+                }
+                continue;
+            }
+            let message = self.assemble(sock);
+            self.read_lock.release()?;
+            match message? {
+                Some(m) => return Ok(m),
+                // Someone else took it, or only leftovers were there.
+                None => continue,
+            }
+        }
+    }
+
+    /// With the reader lock held: reads packets until a whole message is in
+    /// (`Some`) or nothing is waiting (`None`).
+    fn assemble(&self, sock: BorrowedFd<'_>) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+        let mut buf = vec![0u8; HEAD + CHUNK];
+        let mut partial: Option<(u64, usize, Vec<u8>, Vec<OwnedFd>)> = None;
+        loop {
+            let received = recv_packet(sock, &mut buf, false).map_err(io("recv on a queue"))?;
+            let Some((n, fds)) = received else {
+                if partial.is_none() {
+                    return Ok(None);
+                }
+                // In the middle of a message: wait for the rest while its
+                // producer is alive and writing.
+                if self.producer_gone()? {
+                    return Ok(None);
+                }
+                crate::sys::poll_readable(&[sock], Some(Duration::from_millis(50))).map_err(io("poll on a queue"))?;
+                continue;
+            };
+            if n < HEAD {
+                continue;
+            }
+            let kind = buf[0];
+            let id = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
+            let total = u64::from_le_bytes(buf[9..17].try_into().expect("8 bytes")) as usize;
+            let data = &buf[HEAD..n];
+            match kind {
+                WHOLE => return Ok(Some((data.to_vec(), fds))),
+                FIRST => {
+                    let mut bytes = Vec::with_capacity(total.min(64 << 20));
+                    bytes.extend_from_slice(data);
+                    partial = Some((id, total, bytes, fds));
+                }
+                MORE | LAST => match partial.as_mut() {
+                    Some((pid, total, bytes, _)) if *pid == id => {
+                        bytes.extend_from_slice(data);
+                        if kind == LAST {
+                            let complete = bytes.len() == *total;
+                            let (_, _, bytes, fds) = partial.take().expect("just matched");
+                            if complete {
+                                return Ok(Some((bytes, fds)));
+                            }
+                        }
+                    }
+                    // A piece of a message whose start went to a consumer
+                    // that died: skip it.
+                    _ => continue,
+                },
+                _ => continue,
+            }
+        }
+    }
+
+    /// True when no producer is in the middle of a message: the writer lock
+    /// is free, or was left by a holder that died.
+    fn producer_gone(&self) -> Result<bool> {
+        match self.write_lock.try_acquire()? {
+            None => Ok(false),
+            Some(Acquired::Normally | Acquired::AfterOwnerDied) => {
+                self.write_lock.release()?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Adds `delta` to the item count and the unfinished-task count.
+    fn count(&self, delta: i64) -> Result<()> {
+        self.counts
+            .0
+            .with(|w| {
+                w[0] = w[0].saturating_add_signed(delta);
+                w[1] = w[1].saturating_add_signed(delta);
+            })
+            .map_err(io("a queue's counters"))?;
+        self.counts.0.notify(true);
+        Ok(())
+    }
+
+    fn qsize(&self) -> Result<usize> {
+        self.counts.0.with(|w| w[0] as usize).map_err(io("a queue's counters"))
+    }
+}
+
+fn reduction_encode<T: Serialize + ?Sized>(item: &T) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+    crate::reduction::encode(item).map_err(|message| Error::Encode {
+        what: Payload::Arguments,
+        side: Side::Parent,
+        message,
+    })
+}
+
+fn packet(kind: u8, id: u64, total: usize, nfds: usize, data: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(HEAD + data.len());
+    p.push(kind);
+    p.extend_from_slice(&id.to_le_bytes());
+    p.extend_from_slice(&(total as u64).to_le_bytes());
+    p.extend_from_slice(&(nfds as u32).to_le_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+fn next_message_id() -> u64 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    (u64::from(crate::os::getpid() as u32) << 32) | u64::from(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Sends one packet, waiting for room until `deadline`; false if there was
+/// none in time.
+fn send_when_writable(
+    sock: BorrowedFd<'_>,
+    packet: &[u8],
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+) -> Result<bool> {
+    loop {
+        match send_packet_nonblocking(sock, packet, fds) {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(source) => return Err(Error::Io { context: "send on a queue", source }),
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Ok(false);
+        }
+        crate::sys::poll(&[(sock, crate::sys::Interest::ReadWrite)], left.or(Some(Duration::from_millis(100))))
+            .map_err(io("poll on a queue"))?;
+    }
+}
+
+fn send_packet_nonblocking(sock: BorrowedFd<'_>, packet: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<bool> {
+    // A packet socket takes a packet whole or not at all: 0 means no room.
+    match crate::sys::frame::send_some(sock, packet, fds) {
+        Ok(0) if !packet.is_empty() => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+macro_rules! queue_common {
+    () => {
+        /// Puts an item, waiting for room in a bounded queue.
+        pub fn put(&self, item: &T) -> Result<()> {
+            self.core.put(item, None)
+        }
+
+        /// Puts an item, waiting at most `timeout` for room; [`Error::Full`]
+        /// if there was none.
+        pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<()> {
+            self.core.put(item, Some(timeout))
+        }
+
+        /// Puts an item only if there is room now; [`Error::Full`] if not.
+        pub fn put_nowait(&self, item: &T) -> Result<()> {
+            self.core.put(item, Some(Duration::ZERO))
+        }
+
+        /// Takes the next item, waiting for one.
+        pub fn get(&self) -> Result<T> {
+            self.core.get(None)
+        }
+
+        /// Takes the next item, waiting at most `timeout`; [`Error::Empty`]
+        /// if none came.
+        pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+            self.core.get(Some(timeout))
+        }
+
+        /// Takes the next item only if one is waiting; [`Error::Empty`] if not.
+        pub fn get_nowait(&self) -> Result<T> {
+            self.core.get(Some(Duration::ZERO))
+        }
+
+        /// The number of items in the queue (exact once puts and gets in
+        /// flight have finished; Python's is approximate too).
+        pub fn qsize(&self) -> Result<usize> {
+            self.core.qsize()
+        }
+
+        /// Whether the queue is empty (see [`qsize`](Self::qsize)).
+        pub fn empty(&self) -> Result<bool> {
+            Ok(self.core.qsize()? == 0)
+        }
+
+        /// Whether a bounded queue is full (see [`qsize`](Self::qsize)).
+        pub fn full(&self) -> Result<bool> {
+            Ok(self.core.maxsize > 0 && self.core.qsize()? >= self.core.maxsize)
+        }
+
+        /// Closes this process's handle on the queue (dropping it does the
+        /// same); others keep theirs.
+        pub fn close(self) {}
+    };
+}
+
+/// A multi-producer, multi-consumer queue between processes (Python's
+/// `multiprocessing.Queue`), optionally bounded. Messages of any size
+/// cross it; a process killed in the middle of a `put` or `get` never
+/// leaves the queue unusable.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::{Process, Queue};
+///
+/// fn producer(q: Queue<String>) {
+///     for url in ["url1", "url2", "url3"] {
+///         q.put(&url.to_string()).unwrap();
+///     }
+/// }
+///
+/// let q = Queue::new(10).unwrap();
+/// let mut p = Process::new(producer, (q.clone(),));
+/// p.start().unwrap();
+/// let got: Vec<String> = (0..3).map(|_| q.get().unwrap()).collect();
+/// assert_eq!(got, ["url1", "url2", "url3"]);
+/// p.join().unwrap();
+/// assert!(q.empty().unwrap());
+/// assert!(matches!(q.get_nowait(), Err(multiproc::Error::Empty)));
+/// # }
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Queue<T> {
+    core: Core,
+    #[serde(skip)]
+    _t: std::marker::PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue { core: self.core.clone(), _t: std::marker::PhantomData }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// A queue holding at most `maxsize` items (0: unbounded).
+    pub fn new(maxsize: usize) -> Result<Self> {
+        Ok(Queue { core: Core::new(maxsize)?, _t: std::marker::PhantomData })
+    }
+
+    queue_common!();
+}
+
+/// An unbounded queue with only the basics (Python's `SimpleQueue`).
+///
+/// ```
+/// let q = multiproc::SimpleQueue::<String>::new().unwrap();
+/// q.put(&"queue: [message] (1)".to_string()).unwrap();
+/// q.put(&"queue: [message] (2)".to_string()).unwrap();
+/// assert_eq!(q.get().unwrap(), "queue: [message] (1)");
+/// assert!(!q.empty().unwrap());
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct SimpleQueue<T> {
+    core: Core,
+    #[serde(skip)]
+    _t: std::marker::PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for SimpleQueue<T> {
+    fn clone(&self) -> Self {
+        SimpleQueue { core: self.core.clone(), _t: std::marker::PhantomData }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
+    /// A new, empty queue.
+    pub fn new() -> Result<Self> {
+        Ok(SimpleQueue { core: Core::new(0)?, _t: std::marker::PhantomData })
+    }
+
+    /// Puts an item.
+    pub fn put(&self, item: &T) -> Result<()> {
+        self.core.put(item, None)
+    }
+
+    /// Takes the next item, waiting for one.
+    pub fn get(&self) -> Result<T> {
+        self.core.get(None)
+    }
+
+    /// Whether the queue is empty.
+    pub fn empty(&self) -> Result<bool> {
+        Ok(self.core.qsize()? == 0)
+    }
+
+    /// Closes this process's handle (dropping it does the same).
+    pub fn close(self) {}
+}
+
+/// A [`Queue`] that also counts unfinished tasks (Python's
+/// `JoinableQueue`): every `put` adds one, every `task_done` removes one,
+/// and `join` waits until none is left.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::{JoinableQueue, Process};
+///
+/// fn worker(q: JoinableQueue<u32>) {
+///     while let Ok(n) = q.get() {
+///         if n == 0 { q.task_done().unwrap(); break; }
+///         q.task_done().unwrap();
+///     }
+/// }
+///
+/// let q = JoinableQueue::new(0).unwrap();
+/// let mut p = Process::new(worker, (q.clone(),));
+/// p.start().unwrap();
+/// for n in [3, 2, 1, 0] { q.put(&n).unwrap(); }
+/// q.join().unwrap();
+/// p.join().unwrap();
+/// assert!(matches!(q.task_done(), Err(multiproc::Error::TaskDoneTooOften)));
+/// # }
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct JoinableQueue<T> {
+    core: Core,
+    #[serde(skip)]
+    _t: std::marker::PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue { core: self.core.clone(), _t: std::marker::PhantomData }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// A queue holding at most `maxsize` items (0: unbounded).
+    pub fn new(maxsize: usize) -> Result<Self> {
+        Ok(JoinableQueue { core: Core::new(maxsize)?, _t: std::marker::PhantomData })
+    }
+
+    queue_common!();
+
+    /// Marks one task as done; [`Error::TaskDoneTooOften`] past the number
+    /// of items put.
+    pub fn task_done(&self) -> Result<()> {
+        let ok = self
+            .core
+            .counts
+            .0
+            .with(|w| {
+                if w[1] == 0 {
+                    return false;
+                }
+                w[1] -= 1;
+                true
+            })
+            .map_err(io("a queue's counters"))?;
+        self.core.counts.0.notify(true);
+        if ok { Ok(()) } else { Err(Error::TaskDoneTooOften) }
+    }
+
+    /// Waits until every item put has been marked done.
+    pub fn join(&self) -> Result<()> {
+        self.core.counts.0.wait_until(None, |w| (w[1] == 0).then_some(())).map_err(io("a queue's counters"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! Queues across processes, and processes dying in the middle of them.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::time::{Duration, Instant};
+
+use common::{GUARD, each_method, join};
+use multiproc::{Error, Handle, JoinableQueue, Pool, Process, Queue, SimpleQueue, StartMethod};
+
+fn produce(q: Queue<(u32, u32)>, who: u32, n: u32) {
+    for i in 0..n {
+        q.put(&(who, i)).unwrap();
+    }
+}
+
+fn consume(q: Queue<(u32, u32)>, n: u32) -> Vec<(u32, u32)> {
+    (0..n).map(|_| q.get_timeout(GUARD).unwrap()).collect()
+}
+
+#[test]
+fn many_producers_and_consumers_lose_and_duplicate_nothing() {
+    each_method(|m| {
+        let q = Queue::new(0).unwrap();
+        let mut producers: Vec<_> =
+            (0..3).map(|who| Process::new(produce, (q.clone(), who, 200)).with_start_method(m)).collect();
+        let mut consumers: Vec<_> =
+            (0..2).map(|_| Process::new(consume, (q.clone(), 300)).with_start_method(m)).collect();
+        for p in &mut producers {
+            p.start().unwrap();
+        }
+        for c in &mut consumers {
+            c.start().unwrap();
+        }
+        for p in &mut producers {
+            join(p).unwrap();
+        }
+        let mut all: Vec<(u32, u32)> = consumers.iter_mut().flat_map(|c| join(c).unwrap()).collect();
+        all.sort();
+        let expected: Vec<(u32, u32)> = (0..3).flat_map(|who| (0..200).map(move |i| (who, i))).collect();
+        assert_eq!(all, expected, "{m}");
+        assert!(q.empty().unwrap());
+    });
+}
+
+#[test]
+fn per_producer_order_is_kept() {
+    let q = Queue::new(0).unwrap();
+    let mut p = Process::new(produce, (q.clone(), 7, 500));
+    p.start().unwrap();
+    let got: Vec<u32> = (0..500).map(|_| q.get().unwrap().1).collect();
+    join(&mut p).unwrap();
+    assert_eq!(got, (0..500).collect::<Vec<_>>());
+}
+
+#[test]
+fn full_and_empty_are_typed() {
+    let q: Queue<u8> = Queue::new(2).unwrap();
+    assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+    let started = Instant::now();
+    assert!(matches!(q.get_timeout(Duration::from_millis(30)), Err(Error::Empty)));
+    assert!(started.elapsed() >= Duration::from_millis(30));
+    q.put(&1).unwrap();
+    q.put_nowait(&2).unwrap();
+    assert!(q.full().unwrap());
+    assert_eq!(q.qsize().unwrap(), 2);
+    assert!(matches!(q.put_nowait(&3), Err(Error::Full)));
+    assert!(matches!(q.put_timeout(&3, Duration::from_millis(20)), Err(Error::Full)));
+    assert_eq!(q.get().unwrap(), 1);
+    q.put_nowait(&3).unwrap();
+    assert_eq!((q.get().unwrap(), q.get().unwrap()), (2, 3));
+    assert!(q.empty().unwrap());
+}
+
+fn sum(q: Queue<Vec<u8>>) -> u64 {
+    q.get().unwrap().iter().map(|b| *b as u64).sum()
+}
+
+#[test]
+fn a_64_mib_message_crosses() {
+    each_method(|m| {
+        let q = Queue::new(0).unwrap();
+        let mut p = Process::new(sum, (q.clone(),)).with_start_method(m);
+        p.start().unwrap();
+        q.put(&vec![1u8; 64 << 20]).unwrap();
+        assert_eq!(join(&mut p).unwrap(), 64 << 20, "{m}");
+    });
+}
+
+fn put_forever(q: Queue<Vec<u8>>, out: Handle) {
+    writeln!(out.into_file(), "{}", multiproc::os::getpid()).unwrap();
+    // Blocks once the socket buffer is full, in the middle of the message.
+    q.put(&vec![9u8; 256 << 20]).unwrap();
+}
+
+#[test]
+fn a_producer_killed_mid_put_leaves_the_queue_usable() {
+    each_method(|m| {
+        let q: Queue<Vec<u8>> = Queue::new(0).unwrap();
+        let (reader, writer) = std::io::pipe().unwrap();
+        let mut producer = Process::new(put_forever, (q.clone(), Handle::from(writer))).with_start_method(m);
+        producer.start().unwrap();
+        let mut line = String::new();
+        BufReader::new(reader).read_line(&mut line).unwrap();
+        // Wait until it holds the writer lock (our puts cannot get in), bounded.
+        let until = Instant::now() + GUARD;
+        while q.put_timeout(&vec![1], Duration::from_millis(10)).is_ok() {
+            assert!(Instant::now() < until, "{m}: the producer never started its put");
+        }
+        producer.kill().unwrap();
+        assert!(join(&mut producer).is_err());
+        // The queue goes on: others put and get, nothing partial comes out.
+        // (The put runs beside the gets: the dead producer's partial message
+        // fills the socket until a consumer drains it.)
+        let putter = {
+            let q = q.clone();
+            std::thread::spawn(move || q.put(&vec![2]))
+        };
+        let mut seen = Vec::new();
+        loop {
+            let started = Instant::now();
+            let item = q.get_timeout(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{m}: {e} after {seen:?}"));
+            assert!(started.elapsed() < Duration::from_secs(10));
+            assert!(item.len() <= 1, "{m}: a partial message of {} bytes came out", item.len());
+            seen.push(item[0]);
+            if item == [2] {
+                break;
+            }
+        }
+        assert!(seen.iter().all(|b| *b == 1 || *b == 2));
+        putter.join().unwrap().unwrap();
+        // And a get with a timeout returns on time once it is empty.
+        let started = Instant::now();
+        assert!(matches!(q.get_timeout(Duration::from_millis(100)), Err(Error::Empty)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    });
+}
+
+fn worker(q: JoinableQueue<u32>, results: Queue<u32>) {
+    loop {
+        let n = q.get().unwrap();
+        if n == 0 {
+            q.task_done().unwrap();
+            return;
+        }
+        results.put(&(n * n)).unwrap();
+        q.task_done().unwrap();
+    }
+}
+
+#[test]
+fn joinable_queues_wait_for_every_task() {
+    let tasks = JoinableQueue::new(0).unwrap();
+    let results = Queue::new(0).unwrap();
+    let mut ps: Vec<_> = (0..2).map(|_| Process::new(worker, (tasks.clone(), results.clone()))).collect();
+    for p in &mut ps {
+        p.start().unwrap();
+    }
+    for n in 1..=20 {
+        tasks.put(&n).unwrap();
+    }
+    tasks.put(&0).unwrap();
+    tasks.put(&0).unwrap();
+    tasks.join().unwrap();
+    for p in &mut ps {
+        join(p).unwrap();
+    }
+    let mut squares: Vec<u32> = (0..20).map(|_| results.get().unwrap()).collect();
+    squares.sort();
+    assert_eq!(squares, (1..=20).map(|n| n * n).collect::<Vec<_>>());
+    assert!(matches!(tasks.task_done(), Err(Error::TaskDoneTooOften)));
+}
+
+fn via_queue(q: SimpleQueue<Handle>, text: String) {
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    writer.write_all(text.as_bytes()).unwrap();
+    drop(writer);
+    q.put(&Handle::from(reader)).unwrap();
+}
+
+#[test]
+fn handles_travel_through_queues_and_queues_reach_pool_workers() {
+    let q = SimpleQueue::new().unwrap();
+    let pool = Pool::builder().processes(2).start_method(StartMethod::Forkserver).build().unwrap();
+    pool.map(|x: u8| x, 0..4).unwrap();
+    pool.apply(via_queue, (q.clone(), "through a queue".to_string())).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut q.get().unwrap().into_file(), &mut text).unwrap();
+    assert_eq!(text, "through a queue");
+}
