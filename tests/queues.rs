@@ -188,3 +188,61 @@ fn handles_travel_through_queues_and_queues_reach_pool_workers() {
     std::io::Read::read_to_string(&mut q.get().unwrap().into_file(), &mut text).unwrap();
     assert_eq!(text, "through a queue");
 }
+
+fn stream(q: Queue<(u32, Vec<u8>)>, n: u32) {
+    for i in 0..n {
+        q.put(&(i, vec![(i % 251) as u8; 200 << 10])).unwrap();
+    }
+}
+
+fn take_and_report(q: Queue<(u32, Vec<u8>)>, out: Handle) {
+    let mut out = out.into_file();
+    loop {
+        let (i, body) = q.get().unwrap();
+        assert!(body.len() == 200 << 10 && body.iter().all(|b| *b == (i % 251) as u8));
+        writeln!(out, "{i}").unwrap();
+    }
+}
+
+#[test]
+fn a_consumer_killed_mid_get_loses_at_most_that_message() {
+    let n = 120;
+    let q: Queue<(u32, Vec<u8>)> = Queue::new(0).unwrap();
+    let mut producer = Process::new(stream, (q.clone(), n));
+    producer.start().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut first = Process::new(take_and_report, (q.clone(), Handle::from(writer)));
+    first.start().unwrap();
+    let mut reported = BufReader::new(reader);
+    let mut taken = Vec::new();
+    for _ in 0..20 {
+        let mut line = String::new();
+        reported.read_line(&mut line).unwrap();
+        taken.push(line.trim().parse::<u32>().unwrap());
+    }
+    // Wherever it is now (most likely in the middle of a 200 KiB get):
+    first.kill().unwrap();
+    assert!(join(&mut first).is_err());
+    let mut line = String::new();
+    while reported.read_line(&mut line).unwrap() > 0 {
+        taken.push(line.trim().parse().unwrap());
+        line.clear();
+    }
+    // A second consumer takes the rest; everything it gets is whole.
+    loop {
+        match q.get_timeout(Duration::from_secs(5)) {
+            Ok((i, body)) => {
+                assert!(body.len() == 200 << 10 && body.iter().all(|b| *b == (i % 251) as u8), "message {i} is broken");
+                taken.push(i);
+            }
+            Err(Error::Empty) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    join(&mut producer).unwrap();
+    let mut sorted = taken.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), taken.len(), "a message came out twice");
+    assert!(taken.len() as u32 >= n - 1, "lost {} messages, at most 1 may be", n - taken.len() as u32);
+}
