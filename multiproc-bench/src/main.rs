@@ -12,6 +12,7 @@
 //! drift between machines and runs; the ratios, taken in the same run, are
 //! the claim.
 
+mod ipc;
 mod pool;
 mod python;
 mod spawn;
@@ -33,6 +34,9 @@ enum Command {
     /// Pool throughput and latency on tiny tasks against Python 3.11's Pool,
     /// CPU-bound tasks against rayon, and worker memory.
     Pool(pool::Args),
+    /// Queues, pipes, locks and shared values against Python's and against
+    /// the raw floors (futex, pipe, socketpair).
+    Ipc(ipc::Args),
 }
 
 /// Prints one result row.
@@ -59,6 +63,7 @@ fn main() {
     let result = match cli.command {
         Command::Spawn(args) => spawn::run(&args),
         Command::Pool(args) => pool::run(&args),
+        Command::Ipc(args) => ipc::run(&args),
     };
     if let Err(e) = result {
         eprintln!("multiproc-bench: {e}");
