@@ -59,7 +59,9 @@ pub use queues::{JoinableQueue, Queue, SimpleQueue};
 pub use reduction::Handle;
 pub use shared_memory::SharedMemory;
 pub use sharedctypes::{Array, RawArray, RawValue, Shareable, Value};
-pub use synchronize::{Acquired, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore};
+pub use synchronize::{
+    Acquired, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore, SemaphoreGuard,
+};
 
 /// Marks a program's `main` as the parent's entry point: the Rust
 /// counterpart of Python's `if __name__ == '__main__':`. It calls

@@ -361,6 +361,12 @@ macro_rules! semaphore {
             pub fn get_value(&self) -> Result<u32> {
                 self.monitor.with(|w| w[0] as u32).map_err(monitor_error)
             }
+
+            /// Takes a permit until the guard is dropped.
+            pub fn guard(&self) -> Result<SemaphoreGuard<'_>> {
+                self.acquire()?;
+                Ok(SemaphoreGuard { monitor: &self.monitor })
+            }
         }
 
         travels!($name, $kind);
@@ -400,6 +406,27 @@ semaphore!(
     'b',
     true
 );
+
+/// Holds a permit of a [`Semaphore`] or [`BoundedSemaphore`] until dropped.
+///
+/// ```
+/// let s = multiproc::Semaphore::new(1).unwrap();
+/// {
+///     let _permit = s.guard().unwrap();
+///     assert!(!s.try_acquire().unwrap());
+/// }
+/// assert!(s.try_acquire().unwrap());
+/// ```
+#[derive(Debug)]
+pub struct SemaphoreGuard<'a> {
+    monitor: &'a Monitor,
+}
+
+impl Drop for SemaphoreGuard<'_> {
+    fn drop(&mut self) {
+        let _ = sem_release(self.monitor);
+    }
+}
 
 /// A flag processes can wait for (Python's `multiprocessing.Event`).
 ///
