@@ -116,6 +116,18 @@ impl<T: Shareable> Cells<T> {
         unsafe { T::store(self.map.as_ptr().add(i * size_of::<T>()), v) };
         true
     }
+
+    fn out_of_range(&self, index: usize) -> Error {
+        Error::IndexOutOfRange { index, len: self.len }
+    }
+
+    fn set_checked(&self, i: usize, v: T) -> Result<()> {
+        if self.set(i, v) { Ok(()) } else { Err(self.out_of_range(i)) }
+    }
+
+    fn to_vec(&self) -> Vec<T> {
+        (0..self.len).filter_map(|i| self.get(i)).collect()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -292,14 +304,14 @@ impl<T: Shareable> Array<T> {
 
     /// Writes element `i`; [`Error::IndexOutOfRange`] past the end.
     pub fn set(&self, i: usize, v: T) -> Result<()> {
-        if self.cells.set(i, v) { Ok(()) } else { Err(Error::IndexOutOfRange { index: i, len: self.cells.len }) }
+        self.cells.set_checked(i, v)
     }
 
     /// A copy of all elements (taken under the lock, so it is consistent
     /// with `update`s).
     pub fn to_vec(&self) -> Vec<T> {
         let _held = self.lock.lock();
-        (0..self.cells.len).filter_map(|i| self.cells.get(i)).collect()
+        self.cells.to_vec()
     }
 
     /// Its lock (Python's `get_lock()`).
@@ -310,7 +322,7 @@ impl<T: Shareable> Array<T> {
     /// Replaces element `i` with `f(element)` under the lock.
     pub fn update(&self, i: usize, f: impl FnOnce(T) -> T) -> Result<T> {
         let _held = self.lock.lock()?;
-        let old = self.get(i).ok_or(Error::IndexOutOfRange { index: i, len: self.cells.len })?;
+        let old = self.get(i).ok_or_else(|| self.cells.out_of_range(i))?;
         let new = f(old);
         self.set(i, new)?;
         Ok(new)
@@ -354,11 +366,11 @@ impl<T: Shareable> RawArray<T> {
 
     /// Writes element `i`; [`Error::IndexOutOfRange`] past the end.
     pub fn set(&self, i: usize, v: T) -> Result<()> {
-        if self.cells.set(i, v) { Ok(()) } else { Err(Error::IndexOutOfRange { index: i, len: self.cells.len }) }
+        self.cells.set_checked(i, v)
     }
 
     /// A copy of all elements.
     pub fn to_vec(&self) -> Vec<T> {
-        (0..self.cells.len).filter_map(|i| self.cells.get(i)).collect()
+        self.cells.to_vec()
     }
 }
