@@ -165,7 +165,7 @@ impl Connection {
     ///
     /// See [`Pipe`] for an example.
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
-        let frame = self.next_frame(true)?.expect("a blocking read returns a frame");
+        let frame = self.next_frame()?;
         reduction::decode(&frame.bytes, frame.fds).map_err(|message| Error::Decode {
             what: Payload::Arguments,
             side: Side::Child,
@@ -177,7 +177,7 @@ impl Connection {
     ///
     /// See [`send_bytes`](Self::send_bytes) for an example.
     pub fn recv_bytes(&mut self) -> Result<Vec<u8>> {
-        Ok(self.next_frame(true)?.expect("a blocking read returns a frame").bytes)
+        Ok(self.next_frame()?.bytes)
     }
 
     /// Receives one message into `buf[offset..]` and returns its length;
@@ -235,7 +235,7 @@ impl Connection {
         self.sock = None;
     }
 
-    fn next_frame(&mut self, block: bool) -> Result<Option<frame::Frame>> {
+    fn next_frame(&mut self) -> Result<frame::Frame> {
         if !self.readable {
             return Err(Error::Connection("this end is write-only"));
         }
@@ -243,10 +243,10 @@ impl Connection {
             return Err(Error::MessageTooLarge { size, limit });
         }
         let sock = self.sock.as_ref().ok_or(Error::Connection("it was closed"))?;
-        match self.reader.read(sock.as_fd(), block) {
-            Ok(Progress::Frame(f)) => Ok(Some(f)),
-            Ok(Progress::Pending) => Ok(None),
+        match self.reader.read(sock.as_fd(), true) {
+            Ok(Progress::Frame(f)) => Ok(f),
             Ok(Progress::Eof) => Err(Error::Eof),
+            Ok(Progress::Pending) => Err(Error::Protocol("a blocking read returned without data".into())),
             Err(e) => {
                 if let Some(o) = e.get_ref().and_then(|i| i.downcast_ref::<Oversize>()) {
                     self.broken = Some((o.size, o.limit));

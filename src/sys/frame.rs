@@ -306,7 +306,9 @@ enum Parsed {
     Need(usize),
 }
 
-/// Blocks for the next frame; `None` on a clean end of stream.
+/// Blocks for the next frame; `None` on a clean end of stream. It may read
+/// past the frame and drop what follows: only for a connection that
+/// carries this one frame in that direction (a child's bootstrap).
 pub(crate) fn recv_blocking(sock: impl AsFd) -> io::Result<Option<Frame>> {
     match Reader::new().read(sock.as_fd(), true)? {
         Progress::Frame(f) => Ok(Some(f)),
