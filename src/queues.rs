@@ -32,6 +32,11 @@ use crate::{Acquired, Error, Handle, Lock, Result, Semaphore};
 const CHUNK: usize = 48 << 10;
 const HEAD: usize = 1 + 8 + 8 + 4;
 
+std::thread_local! {
+    /// One packet's worth of room, reused by every get on this thread.
+    static RECEIVE_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 const WHOLE: u8 = 0;
 const FIRST: u8 = 1;
 const MORE: u8 = 2;
@@ -170,12 +175,17 @@ impl Core {
     /// or consumer died.
     fn receive(&self, deadline: Option<Instant>) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
         let sock = self.reader.as_fd();
+        let mut first = true;
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let ready = crate::sys::poll_readable(&[sock], left).map_err(io("poll on a queue"))?;
-            if !ready[0] {
-                return Err(Error::Empty);
+            // On a busy queue a packet is usually waiting: try before polling.
+            if !first {
+                let ready = crate::sys::poll_readable(&[sock], left).map_err(io("poll on a queue"))?;
+                if !ready[0] {
+                    return Err(Error::Empty);
+                }
             }
+            first = false;
             let got = match left {
                 None => Some(self.read_lock.acquire()?),
                 Some(_) => self.read_lock.acquire_timeout(
@@ -190,7 +200,7 @@ impl Core {
                 }
                 continue;
             }
-            let message = self.assemble(sock);
+            let message = RECEIVE_BUFFER.with(|buf| self.assemble(sock, &mut buf.borrow_mut()));
             self.read_lock.release()?;
             match message? {
                 Some(m) => return Ok(m),
@@ -202,11 +212,11 @@ impl Core {
 
     /// With the reader lock held: reads packets until a whole message is in
     /// (`Some`) or nothing is waiting (`None`).
-    fn assemble(&self, sock: BorrowedFd<'_>) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-        let mut buf = vec![0u8; HEAD + CHUNK];
+    fn assemble(&self, sock: BorrowedFd<'_>, buf: &mut Vec<u8>) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+        buf.resize(HEAD + CHUNK, 0);
         let mut partial: Option<(u64, usize, Vec<u8>, Vec<OwnedFd>)> = None;
         loop {
-            let received = recv_packet(sock, &mut buf, false).map_err(io("recv on a queue"))?;
+            let received = recv_packet(sock, buf, false).map_err(io("recv on a queue"))?;
             let Some((n, fds)) = received else {
                 if partial.is_none() {
                     return Ok(None);
