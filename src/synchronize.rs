@@ -501,7 +501,9 @@ pub struct Barrier {
     monitor: Arc<Monitor>,
 }
 
-// Barrier words: [parties, arrived, generation, broken].
+// Barrier words: [parties, arrived, generation, state], where state is
+// `(generation of the last reset) << 1 | broken`. A waiter whose generation
+// has passed was released, unless a reset happened after its round began.
 impl Barrier {
     /// A barrier for `parties` processes (or threads).
     pub fn new(parties: u32) -> Result<Self> {
@@ -520,7 +522,7 @@ impl Barrier {
         let outcome = self
             .monitor
             .wait_until(deadline(timeout), |w| {
-                if w[3] != 0 {
+                if w[3] & 1 != 0 {
                     return Some(Err(Error::BrokenBarrier));
                 }
                 match arrived {
@@ -536,7 +538,10 @@ impl Barrier {
                         arrived = Some((w[2], index));
                         None
                     }
-                    Some((generation, index)) => (w[2] != generation).then_some(Ok(index)),
+                    Some((generation, index)) if w[2] != generation => {
+                        Some(if w[3] >> 1 > generation { Err(Error::BrokenBarrier) } else { Ok(index) })
+                    }
+                    Some(_) => None,
                 }
             })
             .map_err(monitor_error)?;
@@ -551,10 +556,10 @@ impl Barrier {
                 let result = self
                     .monitor
                     .with(|w| {
-                        if w[2] != generation {
+                        if w[2] != generation && w[3] >> 1 <= generation {
                             Ok(index)
                         } else {
-                            w[3] = 1;
+                            w[3] |= 1;
                             Err(Error::BrokenBarrier)
                         }
                     })
@@ -575,7 +580,29 @@ impl Barrier {
     /// assert!(matches!(b.wait(None), Err(multiproc::Error::BrokenBarrier)));
     /// ```
     pub fn abort(&self) -> Result<()> {
-        self.monitor.with(|w| w[3] = 1).map_err(monitor_error)?;
+        self.monitor.with(|w| w[3] |= 1).map_err(monitor_error)?;
+        self.monitor.notify(true);
+        Ok(())
+    }
+
+    /// Returns the barrier to its empty state (Python's `reset`): whoever
+    /// is waiting now gets [`Error::BrokenBarrier`]; later waits work again,
+    /// also after an [`abort`](Self::abort).
+    ///
+    /// ```
+    /// let b = multiproc::Barrier::new(2).unwrap();
+    /// b.abort().unwrap();
+    /// b.reset().unwrap();
+    /// assert!(!b.broken().unwrap());
+    /// ```
+    pub fn reset(&self) -> Result<()> {
+        self.monitor
+            .with(|w| {
+                w[1] = 0;
+                w[2] += 1;
+                w[3] = w[2] << 1;
+            })
+            .map_err(monitor_error)?;
         self.monitor.notify(true);
         Ok(())
     }
@@ -592,7 +619,7 @@ impl Barrier {
 
     /// Whether it is broken.
     pub fn broken(&self) -> Result<bool> {
-        self.monitor.with(|w| w[3] != 0).map_err(monitor_error)
+        self.monitor.with(|w| w[3] & 1 != 0).map_err(monitor_error)
     }
 }
 

@@ -263,3 +263,30 @@ fn a_condition_needs_its_lock_and_times_out() {
     assert!(!c.wait_for(|| false, Some(Duration::from_millis(20))).unwrap());
     assert!(c.wait_for(|| true, None).unwrap());
 }
+
+fn wait_on(b: multiproc::Barrier) -> Result<usize, String> {
+    b.wait(Some(GUARD)).map_err(|e| e.to_string())
+}
+
+#[test]
+fn reset_breaks_current_waiters_and_reopens_the_barrier() {
+    each_method(|m| {
+        let b = multiproc::Barrier::new(2).unwrap();
+        let mut waiter = Process::new(wait_on, (b.clone(),)).with_start_method(m);
+        waiter.start().unwrap();
+        // Wait (bounded) until it is waiting, then reset under it.
+        let until = std::time::Instant::now() + GUARD;
+        while b.n_waiting().unwrap() == 0 {
+            assert!(std::time::Instant::now() < until, "{m}: the waiter never arrived");
+            std::thread::yield_now();
+        }
+        b.reset().unwrap();
+        assert_eq!(join(&mut waiter).unwrap(), Err("the barrier is broken".to_string()), "{m}");
+        assert!(!b.broken().unwrap());
+        // It works again.
+        let mut waiter = Process::new(wait_on, (b.clone(),)).with_start_method(m);
+        waiter.start().unwrap();
+        let mine = b.wait(Some(GUARD)).unwrap();
+        assert_eq!(mine + join(&mut waiter).unwrap().unwrap(), 1, "{m}");
+    });
+}
