@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Payload, Side};
 use crate::sys::frame::recv_packet;
-use crate::sys::monitor::Monitor;
+use crate::sys::ring::{Record, Ring};
 use crate::{Acquired, Error, Handle, Lock, Result, Semaphore};
 
 /// Payload bytes per packet; well under the socket's send buffer.
@@ -55,27 +55,30 @@ struct Core {
     read_lock: Lock,
     slots: Option<Semaphore>,
     maxsize: usize,
-    /// [items in the queue, unfinished tasks, -, -]
-    counts: Arc<MonitorHandle>,
+    /// Small messages, markers for the others, and the counters.
+    ring: Arc<RingHandle>,
 }
 
-/// A monitor that travels as its memory.
+/// A ring that travels as its memory.
 #[derive(Debug)]
-struct MonitorHandle(Monitor);
+struct RingHandle(Ring);
 
-impl Serialize for MonitorHandle {
+impl Serialize for RingHandle {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::Error as _;
         Handle::new(self.0.as_fd().try_clone_to_owned().map_err(S::Error::custom)?).serialize(s)
     }
 }
 
-impl<'de> Deserialize<'de> for MonitorHandle {
+impl<'de> Deserialize<'de> for RingHandle {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
-        Monitor::open(Handle::deserialize(d)?.into_owned_fd()).map(MonitorHandle).map_err(D::Error::custom)
+        Ring::open(Handle::deserialize(d)?.into_owned_fd()).map(RingHandle).map_err(D::Error::custom)
     }
 }
+
+/// Bytes of shared ring per queue (pages are only used as they are touched).
+const RING_BYTES: usize = 256 << 10;
 
 impl Core {
     fn new(maxsize: usize) -> Result<Core> {
@@ -91,7 +94,7 @@ impl Core {
             read_lock: Lock::new()?,
             slots,
             maxsize,
-            counts: Arc::new(MonitorHandle(Monitor::new([0; 4]).map_err(io("a queue's counters"))?)),
+            ring: Arc::new(RingHandle(Ring::new(RING_BYTES).map_err(io("a queue's shared ring"))?)),
         })
     }
 
@@ -107,31 +110,43 @@ impl Core {
                 return Err(Error::Full);
             }
         }
-        let locked = match deadline {
-            None => Some(self.write_lock.acquire()?),
-            Some(d) => self.write_lock.acquire_timeout(d.saturating_duration_since(Instant::now()))?,
+        let sent = if fds.is_empty() && bytes.len() <= self.ring.0.max_record() {
+            // The fast way: one copy into shared memory.
+            self.ring.0.push(Some(&bytes), deadline).map_err(io("a queue's shared ring"))
+        } else {
+            self.put_around(&bytes, &fds, deadline)
         };
-        if locked.is_none() {
-            if let Some(slots) = &self.slots {
-                let _ = slots.release();
-            }
-            return Err(Error::Full);
-        }
-        // Counted before it is sent, so that a consumer (who can only see it
-        // after the send) never counts it out first.
-        self.count(1)?;
-        let sent = self.send_message(&bytes, &fds, deadline);
-        self.write_lock.release()?;
         match sent {
             Ok(true) => Ok(()),
             not_sent => {
-                self.count(-1)?;
                 if let Some(slots) = &self.slots {
                     let _ = slots.release();
                 }
                 not_sent.and(Err(Error::Full))
             }
         }
+    }
+
+    /// A message too large for the ring, or carrying handles: its place in
+    /// the order goes into the ring as a marker, the message itself over
+    /// the packet socket, both under the writer lock so that markers and
+    /// messages keep the same order.
+    fn put_around(&self, bytes: &[u8], fds: &[OwnedFd], deadline: Option<Instant>) -> Result<bool> {
+        let locked = match deadline {
+            None => Some(self.write_lock.acquire()?),
+            Some(d) => self.write_lock.acquire_timeout(d.saturating_duration_since(Instant::now()))?,
+        };
+        if locked.is_none() {
+            return Ok(false);
+        }
+        let placed = self.ring.0.push(None, deadline).map_err(io("a queue's shared ring"));
+        // Once its place is taken, the message goes out whatever the deadline.
+        let sent = match placed {
+            Ok(true) => self.send_message(bytes, fds, None),
+            other => other,
+        };
+        self.write_lock.release()?;
+        sent
     }
 
     /// Sends one message as packets; false if the first packet could not go
@@ -159,8 +174,17 @@ impl Core {
 
     fn get<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let (bytes, fds) = self.receive(deadline)?;
-        self.counts.0.with(|w| w[0] = w[0].saturating_sub(1)).map_err(io("a queue's counters"))?;
+        let (bytes, fds) = loop {
+            match self.ring.0.pop(deadline).map_err(io("a queue's shared ring"))? {
+                None => return Err(Error::Empty),
+                Some(Record::Bytes(bytes)) => break (bytes, Vec::new()),
+                Some(Record::Marker) => match self.receive_marked()? {
+                    Some(message) => break message,
+                    // Its producer died before sending it: skip its place.
+                    None => continue,
+                },
+            }
+        };
         if let Some(slots) = &self.slots {
             let _ = slots.release();
         }
@@ -171,41 +195,27 @@ impl Core {
         })
     }
 
-    /// Takes one whole message, skipping pieces of messages whose producer
-    /// or consumer died.
-    fn receive(&self, deadline: Option<Instant>) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+    /// The message a marker stands for: it is on the socket, or on its way
+    /// while its producer holds the writer lock; `None` if that producer
+    /// died first.
+    fn receive_marked(&self) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
         let sock = self.reader.as_fd();
-        let mut first = true;
         loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            // On a busy queue a packet is usually waiting: try before polling.
-            if !first {
-                let ready = crate::sys::poll_readable(&[sock], left).map_err(io("poll on a queue"))?;
+            let ready =
+                crate::sys::poll_readable(&[sock], Some(Duration::from_millis(50))).map_err(io("poll on a queue"))?;
+            if ready[0] {
+                self.read_lock.acquire()?;
+                let message = RECEIVE_BUFFER.with(|buf| self.assemble(sock, &mut buf.borrow_mut()));
+                self.read_lock.release()?;
+                if let Some(m) = message? {
+                    return Ok(Some(m));
+                }
+            } else if self.producer_gone()? {
+                // Nothing came and nobody is writing: re-check once, then skip.
+                let ready = crate::sys::poll_readable(&[sock], Some(Duration::ZERO)).map_err(io("poll on a queue"))?;
                 if !ready[0] {
-                    return Err(Error::Empty);
+                    return Ok(None);
                 }
-            }
-            first = false;
-            let got = match left {
-                None => Some(self.read_lock.acquire()?),
-                Some(_) => self.read_lock.acquire_timeout(
-                    deadline
-                        .map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now()))
-                        .max(Duration::from_millis(1)),
-                )?,
-            };
-            if got.is_none() {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(Error::Empty);
-                }
-                continue;
-            }
-            let message = RECEIVE_BUFFER.with(|buf| self.assemble(sock, &mut buf.borrow_mut()));
-            self.read_lock.release()?;
-            match message? {
-                Some(m) => return Ok(m),
-                // Someone else took it, or only leftovers were there.
-                None => continue,
             }
         }
     }
@@ -275,21 +285,8 @@ impl Core {
         }
     }
 
-    /// Adds `delta` to the item count and the unfinished-task count.
-    fn count(&self, delta: i64) -> Result<()> {
-        self.counts
-            .0
-            .with(|w| {
-                w[0] = w[0].saturating_add_signed(delta);
-                w[1] = w[1].saturating_add_signed(delta);
-            })
-            .map_err(io("a queue's counters"))?;
-        self.counts.0.notify(true);
-        Ok(())
-    }
-
     fn qsize(&self) -> Result<usize> {
-        self.counts.0.with(|w| w[0] as usize).map_err(io("a queue's counters"))
+        self.ring.0.items().map_err(io("a queue's shared ring"))
     }
 }
 
@@ -550,25 +547,15 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// Marks one task as done; [`Error::TaskDoneTooOften`] past the number
     /// of items put.
     pub fn task_done(&self) -> Result<()> {
-        let ok = self
-            .core
-            .counts
-            .0
-            .with(|w| {
-                if w[1] == 0 {
-                    return false;
-                }
-                w[1] -= 1;
-                true
-            })
-            .map_err(io("a queue's counters"))?;
-        self.core.counts.0.notify(true);
-        if ok { Ok(()) } else { Err(Error::TaskDoneTooOften) }
+        if self.core.ring.0.task_done().map_err(io("a queue's shared ring"))? {
+            Ok(())
+        } else {
+            Err(Error::TaskDoneTooOften)
+        }
     }
 
     /// Waits until every item put has been marked done.
     pub fn join(&self) -> Result<()> {
-        self.core.counts.0.wait_until(None, |w| (w[1] == 0).then_some(())).map_err(io("a queue's counters"))?;
-        Ok(())
+        self.core.ring.0.join().map_err(io("a queue's shared ring"))
     }
 }

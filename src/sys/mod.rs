@@ -8,6 +8,7 @@ pub(crate) mod frame;
 pub(crate) mod monitor;
 pub(crate) mod mutex;
 pub(crate) mod proc;
+pub(crate) mod ring;
 pub(crate) mod shm;
 
 use std::io;
