@@ -190,8 +190,19 @@ impl<'de, T: Shareable> Deserialize<'de> for Cells<T> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct Value<T: Shareable> {
+    #[serde(deserialize_with = "one_cell")]
     cells: Cells<T>,
     lock: RLock,
+}
+
+/// A value's memory must hold exactly one element.
+fn one_cell<'de, D: serde::Deserializer<'de>, T: Shareable>(d: D) -> std::result::Result<Cells<T>, D::Error> {
+    use serde::de::Error as _;
+    let cells = Cells::<T>::deserialize(d)?;
+    if cells.len != 1 {
+        return Err(D::Error::custom(format!("a shared value arrived with {} elements", cells.len)));
+    }
+    Ok(cells)
 }
 
 impl<T: Shareable> Value<T> {
@@ -242,6 +253,7 @@ impl<T: Shareable> Value<T> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct RawValue<T: Shareable> {
+    #[serde(deserialize_with = "one_cell")]
     cells: Cells<T>,
 }
 

@@ -94,3 +94,12 @@ fn the_memory_outlives_its_creator_while_others_hold_it() {
     let v: Value<i32> = a.recv().unwrap();
     assert_eq!(v.get(), 7);
 }
+
+#[test]
+fn an_array_cannot_arrive_as_a_value() {
+    let (mut a, b) = Pipe(true).unwrap();
+    b.send(&RawArray::new(&[1i32, 2, 3]).unwrap()).unwrap();
+    assert!(a.recv::<RawValue<i32>>().is_err());
+    b.send(&RawArray::<i32>::new(&[]).unwrap()).unwrap();
+    assert!(a.recv::<RawValue<i32>>().is_err());
+}
