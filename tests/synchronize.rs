@@ -290,3 +290,24 @@ fn reset_breaks_current_waiters_and_reopens_the_barrier() {
         assert_eq!(mine + join(&mut waiter).unwrap().unwrap(), 1, "{m}");
     });
 }
+
+fn signal_when_set(cond: multiproc::Condition, flag: multiproc::Value<bool>) {
+    let _held = cond.lock().unwrap();
+    flag.set(true);
+    cond.notify_all().unwrap();
+}
+
+#[test]
+fn a_condition_wakes_a_waiter_in_another_process() {
+    each_method(|m| {
+        let cond = multiproc::Condition::new().unwrap();
+        let flag = multiproc::Value::new(false).unwrap();
+        let held = cond.lock().unwrap();
+        let mut p = Process::new(signal_when_set, (cond.clone(), flag.clone())).with_start_method(m);
+        p.start().unwrap();
+        // wait_for releases the lock while waiting, so the child can set the flag.
+        assert!(cond.wait_for(|| flag.get(), Some(GUARD)).unwrap(), "{m}");
+        drop(held);
+        join(&mut p).unwrap();
+    });
+}
