@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Payload, Side};
-use crate::sys::frame::recv_packet;
+use crate::sys::frame::{recv_packet, send_packet};
 use crate::sys::ring::{Record, Ring};
 use crate::{Acquired, Error, Handle, Lock, Result, Semaphore};
 
@@ -142,34 +142,31 @@ impl Core {
         let placed = self.ring.0.push(None, deadline).map_err(io("a queue's shared ring"));
         // Once its place is taken, the message goes out whatever the deadline.
         let sent = match placed {
-            Ok(true) => self.send_message(bytes, fds, None),
+            Ok(true) => self.send_message(bytes, fds).map(|()| true),
             other => other,
         };
         self.write_lock.release()?;
         sent
     }
 
-    /// Sends one message as packets; false if the first packet could not go
-    /// out before `deadline` (then nothing was sent). Once a message has
-    /// begun, it is finished whatever the deadline.
-    fn send_message(&self, bytes: &[u8], fds: &[OwnedFd], deadline: Option<Instant>) -> Result<bool> {
+    /// Sends one message as packets, waiting for room as long as it takes.
+    fn send_message(&self, bytes: &[u8], fds: &[OwnedFd]) -> Result<()> {
         let sock = self.writer.as_fd();
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         let id = next_message_id();
+        let send =
+            |packet: Vec<u8>, fds: &[BorrowedFd<'_>]| send_packet(sock, &packet, fds).map_err(io("send on a queue"));
         if bytes.len() <= CHUNK {
-            let packet = packet(WHOLE, id, bytes.len(), fds.len(), bytes);
-            return send_when_writable(sock, &packet, &borrowed, deadline);
+            return send(packet(WHOLE, id, bytes.len(), fds.len(), bytes), &borrowed);
         }
         let mut chunks = bytes.chunks(CHUNK).peekable();
         let first = chunks.next().expect("a large message has chunks");
-        if !send_when_writable(sock, &packet(FIRST, id, bytes.len(), fds.len(), first), &borrowed, deadline)? {
-            return Ok(false);
-        }
+        send(packet(FIRST, id, bytes.len(), fds.len(), first), &borrowed)?;
         while let Some(chunk) = chunks.next() {
             let kind = if chunks.peek().is_some() { MORE } else { LAST };
-            send_when_writable(sock, &packet(kind, id, 0, 0, chunk), &[], None)?;
+            send(packet(kind, id, 0, 0, chunk), &[])?;
         }
-        Ok(true)
+        Ok(())
     }
 
     fn get<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
@@ -312,38 +309,6 @@ fn next_message_id() -> u64 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     (u64::from(crate::os::getpid() as u32) << 32) | u64::from(COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Sends one packet, waiting for room until `deadline`; false if there was
-/// none in time.
-fn send_when_writable(
-    sock: BorrowedFd<'_>,
-    packet: &[u8],
-    fds: &[BorrowedFd<'_>],
-    deadline: Option<Instant>,
-) -> Result<bool> {
-    loop {
-        match send_packet_nonblocking(sock, packet, fds) {
-            Ok(true) => return Ok(true),
-            Ok(false) => {}
-            Err(source) => return Err(Error::Io { context: "send on a queue", source }),
-        }
-        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if left.is_some_and(|l| l.is_zero()) {
-            return Ok(false);
-        }
-        crate::sys::poll(&[(sock, crate::sys::Interest::ReadWrite)], left.or(Some(Duration::from_millis(100))))
-            .map_err(io("poll on a queue"))?;
-    }
-}
-
-fn send_packet_nonblocking(sock: BorrowedFd<'_>, packet: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<bool> {
-    // A packet socket takes a packet whole or not at all: 0 means no room.
-    match crate::sys::frame::send_some(sock, packet, fds) {
-        Ok(0) if !packet.is_empty() => Ok(false),
-        Ok(_) => Ok(true),
-        Err(e) => Err(e),
-    }
 }
 
 macro_rules! queue_common {
