@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Handle;
 use crate::bootstrap::{resolve, run_target};
-use crate::process::{Reply, Run};
+use crate::process::{EntryFn, Reply, Run};
 use crate::reduction;
 use crate::sys::frame::{self, MAX_FDS, Progress, Reader};
 use crate::wire::{EntryRef, FromWorker, Outcome, ToWorker};
@@ -44,10 +44,7 @@ impl Run for Worker {
         let conn = self.conn.into_owned_fd();
         if let Some(init) = self.init {
             let fds = init.fds.into_iter().map(OwnedFd::from).collect();
-            let reply = match resolve(init.entry) {
-                Ok(entry) => run_target(|| entry(&init.payload, fds)),
-                Err(e) => Reply::plain(Outcome::Bootstrap(e.to_string())),
-            };
+            let reply = call(&resolve(init.entry), &init.payload, fds);
             if !matches!(reply.outcome, Outcome::Returned(_)) {
                 send(conn.as_fd(), &FromWorker::InitFailed(reply.outcome), &[]);
                 return;
@@ -75,10 +72,7 @@ impl Run for Worker {
             let mut out_fds: Vec<OwnedFd> = Vec::new();
             for item in items {
                 let item_fds: Vec<OwnedFd> = fds.by_ref().take(item.nfds as usize).collect();
-                let reply = match &entry {
-                    Ok(entry) => run_target(|| entry(&item.bytes, item_fds)),
-                    Err(e) => Reply::plain(Outcome::Bootstrap(e.to_string())),
-                };
+                let reply = call(&entry, &item.bytes, item_fds);
                 if out_fds.len() + reply.fds.len() > MAX_FDS {
                     let message = format!("the results of one task carry more than {MAX_FDS} handles");
                     outcomes.push((Outcome::Codec { what: crate::Payload::Result, decode: false, message }, 0));
@@ -96,6 +90,15 @@ impl Run for Worker {
                 return;
             }
         }
+    }
+}
+
+/// Runs one call of a resolved entry, panics captured; an entry that could
+/// not be found answers every call with that.
+fn call(entry: &Result<EntryFn, crate::Error>, bytes: &[u8], fds: Vec<OwnedFd>) -> Reply {
+    match entry {
+        Ok(entry) => run_target(|| entry(bytes, fds)),
+        Err(e) => Reply::plain(Outcome::Bootstrap(e.to_string())),
     }
 }
 
