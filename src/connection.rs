@@ -278,7 +278,7 @@ impl Serialize for Connection {
             return Err(S::Error::custom("a Connection with received but unread data cannot be sent"));
         }
         let sock = self.sock.as_ref().ok_or_else(|| S::Error::custom("a closed Connection cannot be sent"))?;
-        let sock = Handle::new(sock.try_clone().map_err(S::Error::custom)?);
+        let sock = crate::reduction::share(sock)?;
         Wire { sock, readable: self.readable, writable: self.writable, limit: self.limit }.serialize(s)
     }
 }

@@ -65,8 +65,7 @@ struct RingHandle(Ring);
 
 impl Serialize for RingHandle {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::Error as _;
-        Handle::new(self.0.as_fd().try_clone_to_owned().map_err(S::Error::custom)?).serialize(s)
+        crate::reduction::share::<S::Error>(&self.0)?.serialize(s)
     }
 }
 

@@ -211,6 +211,12 @@ impl<'de> Deserialize<'de> for Handle {
     }
 }
 
+/// A [`Handle`] on a duplicate of `fd`: how a type that keeps its own
+/// descriptor (a socket, a shared mapping) puts it into a message.
+pub(crate) fn share<E: serde::ser::Error>(fd: impl AsFd) -> Result<Handle, E> {
+    fd.as_fd().try_clone_to_owned().map(Handle::new).map_err(E::custom)
+}
+
 /// Encodes `value`, collecting the descriptors of its handles.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
     HANDLE_ERROR.with(|h| h.borrow_mut().take());

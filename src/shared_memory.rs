@@ -174,9 +174,7 @@ struct Wire {
 /// It travels as its memory (and name); the receiver is never the owner.
 impl Serialize for SharedMemory {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::Error as _;
-        let fd = std::os::fd::AsFd::as_fd(&self.map).try_clone_to_owned().map_err(S::Error::custom)?;
-        Wire { name: self.name.clone(), memory: Handle::new(fd) }.serialize(s)
+        Wire { name: self.name.clone(), memory: crate::reduction::share(&self.map)? }.serialize(s)
     }
 }
 

@@ -139,9 +139,7 @@ struct CellsWire {
 
 impl<T: Shareable> Serialize for Cells<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::Error as _;
-        let fd = std::os::fd::AsFd::as_fd(&*self.map).try_clone_to_owned().map_err(S::Error::custom)?;
-        CellsWire { memory: Handle::new(fd), len: self.len, typecode: T::TYPECODE }.serialize(s)
+        CellsWire { memory: crate::reduction::share(&*self.map)?, len: self.len, typecode: T::TYPECODE }.serialize(s)
     }
 }
 

@@ -92,9 +92,7 @@ struct Wire {
 }
 
 fn serialize_core<S: serde::Serializer>(core: &Core, s: S) -> std::result::Result<S::Ok, S::Error> {
-    use serde::ser::Error as _;
-    let memory = std::os::fd::AsFd::as_fd(&core.map).try_clone_to_owned().map_err(S::Error::custom)?;
-    Wire { memory: Handle::new(memory), recursive: core.recursive }.serialize(s)
+    Wire { memory: crate::reduction::share(&core.map)?, recursive: core.recursive }.serialize(s)
 }
 
 fn deserialize_core<'de, D: serde::Deserializer<'de>>(
@@ -252,9 +250,7 @@ struct MonitorWire {
 }
 
 fn monitor_to_wire<S: serde::Serializer>(m: &Monitor, kind: char, s: S) -> std::result::Result<S::Ok, S::Error> {
-    use serde::ser::Error as _;
-    let fd = std::os::fd::AsFd::as_fd(m).try_clone_to_owned().map_err(S::Error::custom)?;
-    MonitorWire { memory: Handle::new(fd), kind }.serialize(s)
+    MonitorWire { memory: crate::reduction::share(m)?, kind }.serialize(s)
 }
 
 fn monitor_from_wire<'de, D: serde::Deserializer<'de>>(
@@ -667,8 +663,7 @@ impl CondMemory {
 
 impl Serialize for CondMemory {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::Error as _;
-        Handle::new(std::os::fd::AsFd::as_fd(&self.map).try_clone_to_owned().map_err(S::Error::custom)?).serialize(s)
+        crate::reduction::share::<S::Error>(&self.map)?.serialize(s)
     }
 }
 
