@@ -20,8 +20,15 @@ def drain(q, n):
         q.get()
 
 
-def median_us(samples):
-    return statistics.median(samples) * 1e6
+def roundtrip_us(send, recv, rounds):
+    """Median microseconds of `rounds` send-then-receive round trips."""
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        send()
+        recv()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e6
 
 
 if __name__ == "__main__":
@@ -30,14 +37,9 @@ if __name__ == "__main__":
     qa, qb = mp.Queue(), mp.Queue()
     p = mp.Process(target=echo_queue, args=(qa, qb, rounds))
     p.start()
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        qa.put(b"x")
-        qb.get()
-        times.append(time.perf_counter() - t)
+    rt = roundtrip_us(lambda: qa.put(b"x"), qb.get, rounds)
     p.join()
-    print("queue_roundtrip_us", median_us(times), flush=True)
+    print("queue_roundtrip_us", rt, flush=True)
 
     for name, payload in (("queue_8b_per_s", b"x" * 8), ("queue_1k_per_s", b"x" * 1024)):
         q = mp.Queue()
@@ -52,14 +54,9 @@ if __name__ == "__main__":
     a, b = mp.Pipe()
     p = mp.Process(target=echo_pipe, args=(b, rounds))
     p.start()
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        a.send_bytes(b"x")
-        a.recv_bytes()
-        times.append(time.perf_counter() - t)
+    rt = roundtrip_us(lambda: a.send_bytes(b"x"), a.recv_bytes, rounds)
     p.join()
-    print("pipe_roundtrip_us", median_us(times), flush=True)
+    print("pipe_roundtrip_us", rt, flush=True)
 
     lock = mp.Lock()
     n = 200000
