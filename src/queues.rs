@@ -76,8 +76,15 @@ impl<'de> Deserialize<'de> for RingHandle {
     }
 }
 
-/// Bytes of shared ring per queue (pages are only used as they are touched).
-const RING_BYTES: usize = 256 << 10;
+/// Bytes of shared ring per queue. Python's unbounded queue never blocks a
+/// put (its feeder thread buffers without limit), so ours must hold a
+/// large backlog too: pages cost only once written, and consumers give
+/// them back behind them, so this is address space, not memory.
+const RING_BYTES: usize = 1 << 30;
+
+/// Messages above this size stream through the queue's socket instead,
+/// as its consumer reads them, rather than sit whole in shared memory.
+const RING_RECORD_MAX: usize = 16 << 20;
 
 impl Core {
     fn new(maxsize: usize) -> Result<Core> {
@@ -99,7 +106,15 @@ impl Core {
 
     fn put<T: Serialize + ?Sized>(&self, item: &T, timeout: Option<Duration>) -> Result<()> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let (bytes, fds) = reduction_encode(item)?;
+        let (bytes, fds) = reduction_encode(item, SCRATCH.take())?;
+        let sent = self.put_encoded(&bytes, &fds, deadline);
+        if bytes.capacity() <= SCRATCH_KEPT {
+            SCRATCH.set(bytes);
+        }
+        sent
+    }
+
+    fn put_encoded(&self, bytes: &[u8], fds: &[OwnedFd], deadline: Option<Instant>) -> Result<()> {
         if let Some(slots) = &self.slots {
             let got = match deadline {
                 None => slots.acquire().map(|_| true)?,
@@ -109,11 +124,11 @@ impl Core {
                 return Err(Error::Full);
             }
         }
-        let sent = if fds.is_empty() && bytes.len() <= self.ring.0.max_record() {
+        let sent = if fds.is_empty() && bytes.len() <= self.ring.0.max_record().min(RING_RECORD_MAX) {
             // The fast way: one copy into shared memory.
-            self.ring.0.push(Some(&bytes), deadline).map_err(io("a queue's shared ring"))
+            self.ring.0.push(Some(bytes), deadline).map_err(io("a queue's shared ring"))
         } else {
-            self.put_around(&bytes, &fds, deadline)
+            self.put_around(bytes, fds, deadline)
         };
         match sent {
             Ok(true) => Ok(()),
@@ -286,8 +301,17 @@ impl Core {
     }
 }
 
-fn reduction_encode<T: Serialize + ?Sized>(item: &T) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
-    crate::reduction::encode(item).map_err(|message| Error::Encode {
+thread_local! {
+    /// The buffer puts encode into, kept between puts while it is small.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest scratch buffer a thread keeps for its next put.
+const SCRATCH_KEPT: usize = 64 << 10;
+
+fn reduction_encode<T: Serialize + ?Sized>(item: &T, mut buf: Vec<u8>) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+    buf.clear();
+    crate::reduction::encode_into(item, buf).map_err(|message| Error::Encode {
         what: Payload::Arguments,
         side: Side::Parent,
         message,
@@ -370,6 +394,16 @@ macro_rules! queue_common {
 /// `multiprocessing.Queue`), optionally bounded. Messages of any size
 /// cross it; a process killed in the middle of a `put` or `get` never
 /// leaves the queue unusable.
+///
+/// Messages up to 16 MiB travel through a ring in shared memory, which
+/// holds up to 1 GiB of backlog: like Python's, an unbounded queue does not
+/// block a `put` for want of a consumer (within that). Larger messages, and
+/// those carrying handles, stream through a socket as a consumer reads
+/// them, keeping their place in the order.
+///
+/// Byte payloads: serde sends a `Vec<u8>` as a sequence, one element at a
+/// time; `serde_bytes::ByteBuf` (the counterpart of Python's `bytes`) goes
+/// as one block, several times faster.
 ///
 /// ```
 /// # #[multiproc::main] fn main() {

@@ -219,9 +219,15 @@ pub(crate) fn share<E: serde::ser::Error>(fd: impl AsFd) -> Result<Handle, E> {
 
 /// Encodes `value`, collecting the descriptors of its handles.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
+    encode_into(value, Vec::new())
+}
+
+/// [`encode`], appending to `buf`: a caller that encodes many messages
+/// reuses one buffer instead of growing a new one each time.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, buf: Vec<u8>) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
     HANDLE_ERROR.with(|h| h.borrow_mut().take());
     let previous = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
-    let bytes = postcard::to_stdvec(value);
+    let bytes = postcard::to_extend(value, buf);
     let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), previous)).unwrap_or_default();
     let bytes = bytes.map_err(explain)?;
     Ok((bytes, fds))

@@ -87,6 +87,26 @@ fn a_64_mib_message_crosses() {
     });
 }
 
+fn count_and_sum(q: Queue<Vec<u8>>, n: usize) -> (usize, u64) {
+    (0..n).map(|_| q.get_timeout(GUARD).unwrap()).fold((0, 0), |(c, s), m| (c + 1, s + m[0] as u64 + m.len() as u64))
+}
+
+#[test]
+fn an_unbounded_queue_takes_a_large_backlog_without_a_consumer() {
+    // Python's unbounded put never blocks; 48 MiB with nobody reading.
+    let q = Queue::new(0).unwrap();
+    let n = 12_000;
+    for i in 0..n {
+        q.put_nowait(&vec![(i % 251) as u8; 4096]).unwrap_or_else(|e| panic!("put {i}: {e}"));
+    }
+    assert_eq!(q.qsize().unwrap(), n);
+    let mut p = Process::new(count_and_sum, (q.clone(), n));
+    p.start().unwrap();
+    let expected: u64 = (0..n).map(|i| (i % 251) as u64 + 4096).sum();
+    assert_eq!(join(&mut p).unwrap(), (n, expected));
+    assert!(q.empty().unwrap());
+}
+
 type Item = (Vec<u8>, Option<Handle>);
 
 fn put_forever(q: Queue<Item>, out: Handle) {

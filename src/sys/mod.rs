@@ -4,6 +4,7 @@
 //! exit codes; nothing above it names a syscall. Linux only for now (pidfds,
 //! `PR_SET_PDEATHSIG`, `/proc/self/exe`).
 
+pub(crate) mod barrier;
 pub(crate) mod frame;
 pub(crate) mod monitor;
 pub(crate) mod mutex;

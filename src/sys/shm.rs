@@ -77,6 +77,14 @@ impl Mapping {
         Ok(Mapping { fd, ptr, len })
     }
 
+    /// Gives the memory of `len` bytes at `offset` back to the system: they
+    /// read as zeros afterwards, and cost nothing until written again.
+    pub(crate) fn release(&self, offset: usize, len: usize) -> io::Result<()> {
+        use rustix::fs::FallocateFlags;
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        Ok(rustix::fs::fallocate(&self.fd, flags, offset as u64, len as u64)?)
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
