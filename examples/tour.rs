@@ -34,6 +34,12 @@ mod queue_read_write;
 mod run_method;
 #[path = "shared_value.rs"]
 mod shared_value;
+#[path = "subprocess_call.rs"]
+mod subprocess_call;
+#[path = "subprocess_communicate.rs"]
+mod subprocess_communicate;
+#[path = "subprocess_run.rs"]
+mod subprocess_run;
 
 use multiproc::{Process, StartMethod};
 
@@ -53,6 +59,9 @@ const PROGRAMS: &[(&str, &str, fn())] = &[
     ("shared_value", "Value, Array, and two processes adding under a lock to 40", shared_value::main),
     ("queue", "two producers, one consumer, consumer terminated", queue::main),
     ("queue_read_write", "a writer and a reader process on a Queue", queue_read_write::main),
+    ("subprocess_call", "subprocess.call and exit codes", subprocess_call::main),
+    ("subprocess_communicate", "Popen and communicate, feeding bc several lines", subprocess_communicate::main),
+    ("subprocess_run", "run into a file, run with a pipe, check_output", subprocess_run::main),
 ];
 
 /// Runs one program as if it were `main` of its own process.

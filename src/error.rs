@@ -293,6 +293,64 @@ pub enum Error {
     /// A lock was released by a thread that does not hold it.
     #[error("release of a lock that this thread does not hold")]
     NotOwner,
+    /// A command run with `check` ended badly (Python's
+    /// `CalledProcessError`). Output is raw bytes, even in text mode.
+    #[error("{}", called_process_message(cmd, *returncode))]
+    CalledProcess {
+        /// The command, as a shell would read it.
+        cmd: String,
+        /// Its exit status, or minus the signal that killed it.
+        returncode: i32,
+        /// Its stdout, if piped.
+        stdout: Option<Vec<u8>>,
+        /// Its stderr, if piped.
+        stderr: Option<Vec<u8>>,
+    },
+    /// A command ran out of time (Python's `TimeoutExpired`), with the
+    /// output it had produced by then.
+    #[error("command `{cmd}` timed out after {timeout:?}")]
+    TimeoutExpired {
+        /// The command, as a shell would read it.
+        cmd: String,
+        /// The time it had.
+        timeout: std::time::Duration,
+        /// Its stdout so far, if piped.
+        stdout: Option<Vec<u8>>,
+        /// Its stderr so far, if piped.
+        stderr: Option<Vec<u8>>,
+    },
+    /// The program to run does not exist (not on `PATH`, or no such file).
+    #[error("no program named `{program}` was found")]
+    ProgramNotFound {
+        /// The program as given.
+        program: String,
+    },
+    /// A program could not be started for another reason.
+    #[error("could not start `{program}`: {source}")]
+    Spawn {
+        /// The program as given.
+        program: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A command's output was not UTF-8 in text mode.
+    #[error("the {stream} of `{cmd}` is not UTF-8: {source}")]
+    InvalidUtf8 {
+        /// The command.
+        cmd: String,
+        /// `"stdout"` or `"stderr"`.
+        stream: &'static str,
+        /// Where decoding failed; it holds the bytes.
+        #[source]
+        source: std::string::FromUtf8Error,
+    },
+    /// A command with no program.
+    #[error("an empty command: nothing to run")]
+    EmptyCommand,
+    /// Options that do not go together (Python's `ValueError` for them).
+    #[error("invalid options: {0}")]
+    InvalidOption(&'static str),
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {
@@ -327,5 +385,13 @@ pub(crate) trait Context<T> {
 impl<T, E: Into<io::Error>> Context<T> for std::result::Result<T, E> {
     fn context(self, context: &'static str) -> Result<T> {
         self.map_err(|e| Error::Io { context, source: e.into() })
+    }
+}
+
+fn called_process_message(cmd: &str, returncode: i32) -> String {
+    if returncode < 0 {
+        format!("command `{cmd}` died with {}", crate::sys::proc::signal_name(-returncode))
+    } else {
+        format!("command `{cmd}` returned non-zero exit status {returncode}")
     }
 }

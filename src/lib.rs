@@ -27,6 +27,9 @@
 //!   SIGKILLed; every child is reaped; non-daemonic children are joined when
 //!   the program ends.
 //!
+//! * [`subprocess`] brings Python's `subprocess`: other programs with
+//!   input, captured output and timeouts that kill the whole tree.
+//!
 //! Linux only.
 #![deny(missing_docs)]
 
@@ -43,6 +46,7 @@ mod reduction;
 mod runtime;
 mod shared_memory;
 mod sharedctypes;
+pub mod subprocess;
 mod synchronize;
 mod sys;
 mod wire;

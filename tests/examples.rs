@@ -220,10 +220,18 @@ fn tour_runs_every_program() {
         "pool_map",
         "pool_imap",
         "pool_async",
+        "pipe",
+        "lock",
+        "shared_value",
+        "queue",
+        "queue_read_write",
+        "subprocess_call",
+        "subprocess_communicate",
+        "subprocess_run",
     ] {
         assert!(lines.iter().any(|l| l.starts_with(&format!("=== examples/{name}.rs"))), "{name} missing");
     }
-    assert_eq!(lines.last().unwrap(), "all 15 programs ran");
+    assert_eq!(lines.last().unwrap(), "all 18 programs ran");
 }
 
 /// The seconds in `prefix<x.xx> seconds.`
@@ -396,4 +404,48 @@ fn queue_writer_and_reader() {
     assert_eq!(gets, ["Get A from queue.", "Get B from queue.", "Get C from queue."]);
     assert!(lines.iter().any(|l| l.starts_with("Process to write: ")));
     assert!(lines.iter().any(|l| l.starts_with("Process to read: ")));
+}
+
+/// `date -R`'s shape: `Sun, 22 Nov 2026 09:29:14 +0000`.
+fn is_rfc2822_date(line: &str) -> bool {
+    let parts: Vec<&str> = line.split(' ').collect();
+    parts.len() == 6
+        && parts[0].len() == 4
+        && parts[0].ends_with(',')
+        && parts[3].len() == 4
+        && parts[4].len() == 8
+        && (parts[5].starts_with('+') || parts[5].starts_with('-'))
+}
+
+#[test]
+fn subprocess_call_prints_exit_codes() {
+    let lines = run("subprocess_call");
+    assert_eq!(lines, ["$ uname -s", "Linux", "Exit code: 0", "$ ls /no/such/place", "Exit code: 2"]);
+}
+
+#[test]
+fn subprocess_communicate_collects_and_feeds_lines() {
+    let lines = run("subprocess_communicate");
+    assert_eq!(lines[0], "$ date -R");
+    let date = lines[2].as_str();
+    assert!(is_rfc2822_date(date), "{date:?}");
+    assert_eq!(lines[1], format!("b\"{date}\\n\""));
+    assert_eq!(lines[3..], ["Exit code: 0", "$ bc", "2.500", "1024", "Exit code: 0"]);
+}
+
+#[test]
+fn subprocess_run_writes_a_file_pipes_and_checks_output() {
+    let lines = run("subprocess_run");
+    let date = lines[0].strip_prefix("output.txt: ").expect("the file's line");
+    assert!(is_rfc2822_date(date), "{date:?}");
+    let repr = lines[1].as_str();
+    assert!(repr.starts_with("CompletedProcess(args=['date', '-R'], returncode=0, stdout=b'"), "{repr}");
+    assert!(repr.ends_with("\\n')"), "{repr}");
+    assert_eq!((lines[2].as_str(), lines[4].as_str()), ("------", "------"));
+    // Three runs, each printing its date as bytes and as text.
+    for (bytes, text) in [(3, 5), (6, 7)] {
+        assert!(is_rfc2822_date(&lines[text]), "{}", lines[text]);
+        assert_eq!(lines[bytes], format!("b\"{}\\n\"", lines[text]));
+    }
+    assert_eq!(lines.len(), 8);
 }

@@ -16,6 +16,7 @@ mod ipc;
 mod pool;
 mod python;
 mod spawn;
+mod subprocess;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,9 @@ enum Command {
     /// Queues, pipes, locks and shared values against Python's and against
     /// the raw floors (futex, pipe, socketpair).
     Ipc(ipc::Args),
+    /// Running `true` with its output captured, against Python's
+    /// `subprocess.run` and `std::process::Command::output`.
+    Subprocess(subprocess::Args),
 }
 
 /// Prints one result row.
@@ -64,6 +68,7 @@ fn main() {
         Command::Spawn(args) => spawn::run(&args),
         Command::Pool(args) => pool::run(&args),
         Command::Ipc(args) => ipc::run(&args),
+        Command::Subprocess(args) => subprocess::run(&args),
     };
     if let Err(e) = result {
         eprintln!("multiproc-bench: {e}");

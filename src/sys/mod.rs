@@ -66,6 +66,37 @@ pub(crate) fn poll(fds: &[(BorrowedFd<'_>, Interest)], timeout: Option<Duration>
         .collect())
 }
 
+/// Makes `fd` non-blocking.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::io::ioctl_fionbio(fd, true)?)
+}
+
+/// Reads what a non-blocking `fd` has: `Some(0)` at its end, `None` when
+/// nothing is there yet.
+pub(crate) fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Ok(n) => return Ok(Some(n)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes what a non-blocking `fd` takes now: `None` when it takes nothing
+/// yet. A reader that has gone is `ErrorKind::BrokenPipe`.
+pub(crate) fn write_some(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<Option<usize>> {
+    loop {
+        match rustix::io::write(fd, buf) {
+            Ok(n) => return Ok(Some(n)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// An eventfd: a counter other threads bump to wake a thread in `poll`.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     Ok(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)?)

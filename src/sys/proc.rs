@@ -57,6 +57,18 @@ pub(crate) fn signal_pid(pid: i32, signal: i32) -> io::Result<()> {
     if err.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(err) }
 }
 
+/// Sends `signal` to every process in group `pgid`; a group that is gone
+/// (`ESRCH`) is not an error.
+pub(crate) fn signal_group(pgid: i32, signal: i32) -> io::Result<()> {
+    signal_pid(-pgid, signal)
+}
+
+/// Makes the calling process the leader of a new session (and process
+/// group). Async-signal-safe: fit for between fork and exec.
+pub(crate) fn new_session() -> io::Result<()> {
+    rustix::process::setsid().map(drop).map_err(io::Error::from)
+}
+
 /// The name of a signal, such as `SIGKILL`.
 pub(crate) fn signal_name(signal: i32) -> String {
     nix::sys::signal::Signal::try_from(signal)
