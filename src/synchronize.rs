@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::sys::futex;
 use crate::sys::monitor::Monitor;
 use crate::sys::mutex::{self, Got};
 use crate::sys::shm::Mapping;
@@ -656,8 +657,12 @@ struct CondMemory {
 }
 
 impl CondMemory {
-    fn ptr(&self) -> *mut libc::pthread_cond_t {
-        self.map.as_ptr().cast()
+    /// The futex word notifications bump (see `sys::futex`: a pthread
+    /// condvar would let a waiter that died jam every later notify).
+    fn word(&self) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: the mapping is at least a word long, page-aligned, and
+        // lives as long as `self`; the word is only used atomically.
+        unsafe { &*self.map.as_ptr().cast::<std::sync::atomic::AtomicU32>() }
     }
 }
 
@@ -671,7 +676,7 @@ impl<'de> Deserialize<'de> for CondMemory {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
         let map = Mapping::open(Handle::deserialize(d)?.into_owned_fd()).map_err(D::Error::custom)?;
-        if map.len() < size_of::<libc::pthread_cond_t>() {
+        if map.len() < size_of::<std::sync::atomic::AtomicU32>() {
             return Err(D::Error::custom("shared memory too small for a condition"));
         }
         Ok(CondMemory { map })
@@ -686,11 +691,9 @@ impl Condition {
 
     /// A condition over an existing lock.
     pub fn with_lock(lock: Lock) -> Result<Self> {
-        let map = Mapping::new("multiproc-cond", size_of::<libc::pthread_cond_t>())
+        // Fresh shared memory is zeroed: the word starts at 0.
+        let map = Mapping::new("multiproc-cond", size_of::<std::sync::atomic::AtomicU32>())
             .map_err(|source| Error::Io { context: "shared memory for a condition", source })?;
-        // SAFETY: fresh, aligned, large enough, not yet shared.
-        unsafe { mutex::init_cond(map.as_ptr().cast()) }
-            .map_err(|source| Error::Io { context: "pthread_cond_init", source })?;
         Ok(Condition { lock, cond: Arc::new(CondMemory { map }) })
     }
 
@@ -708,12 +711,22 @@ impl Condition {
     /// the lock again; false on timeout. The caller must hold the lock
     /// ([`Error::NotOwner`] otherwise).
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        // SAFETY: both live in mappings kept by `self`.
-        match unsafe { mutex::wait(self.cond.ptr(), self.lock.core.ptr(), deadline(timeout)) } {
-            Ok(notified) => Ok(notified),
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(Error::NotOwner),
-            Err(source) => Err(Error::Io { context: "pthread_cond_wait", source }),
+        let word = self.cond.word();
+        // Read with the lock held: a notify after the caller's last look at
+        // the shared state changes the word, and the sleep does not miss it.
+        let seen = futex::current(word);
+        // SAFETY: the mutex lives in a mapping kept by `self`.
+        match unsafe { mutex::unlock(self.lock.core.ptr()) } {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => return Err(Error::NotOwner),
+            Err(source) => return Err(Error::Io { context: "release a condition's lock", source }),
         }
+        let slept = futex::wait(word, seen, deadline(timeout));
+        // Taken again whatever happened, as Python does.
+        // SAFETY: as above.
+        unsafe { mutex::lock(self.lock.core.ptr(), None) }
+            .map_err(|source| Error::Io { context: "take a condition's lock again", source })?;
+        slept.map_err(|source| Error::Io { context: "wait on a condition", source })
     }
 
     /// Waits until `predicate` holds (checked with the lock held), at most
@@ -737,15 +750,13 @@ impl Condition {
 
     /// Wakes one waiter.
     pub fn notify(&self) -> Result<()> {
-        // SAFETY: the condvar lives in a mapping kept by `self`.
-        unsafe { mutex::notify(self.cond.ptr(), false) };
+        futex::wake(self.cond.word(), false);
         Ok(())
     }
 
     /// Wakes every waiter.
     pub fn notify_all(&self) -> Result<()> {
-        // SAFETY: as in `notify`.
-        unsafe { mutex::notify(self.cond.ptr(), true) };
+        futex::wake(self.cond.word(), true);
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 
 pub(crate) mod barrier;
 pub(crate) mod frame;
+pub(crate) mod futex;
 pub(crate) mod monitor;
 pub(crate) mod mutex;
 pub(crate) mod proc;

@@ -1,13 +1,16 @@
-//! A monitor in shared memory: a robust process-shared mutex, a condition
-//! variable, and a few words of state that are only touched with the mutex
-//! held. Semaphores, events and barriers are small state machines on it.
+//! A monitor in shared memory: a robust process-shared mutex, a futex word
+//! to sleep on (a condition variable that a dead waiter cannot jam, see
+//! `sys::futex`), and a few words of state that are only touched with the
+//! mutex held. Semaphores, events and barriers are small state machines on
+//! it.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
-use super::mutex;
 use super::shm::Mapping;
+use super::{futex, mutex};
 
 /// The state a monitor guards.
 pub(crate) type Words = [u64; 4];
@@ -15,7 +18,7 @@ pub(crate) type Words = [u64; 4];
 #[repr(C)]
 struct Layout {
     mutex: libc::pthread_mutex_t,
-    cond: libc::pthread_cond_t,
+    changed: AtomicU32,
     words: Words,
 }
 
@@ -32,7 +35,6 @@ impl Monitor {
         // SAFETY: fresh, page-aligned, large enough, not yet shared.
         unsafe {
             mutex::init(&raw mut (*l).mutex, false)?;
-            mutex::init_cond(&raw mut (*l).cond)?;
             (&raw mut (*l).words).write(words);
         }
         Ok(m)
@@ -72,9 +74,16 @@ impl Monitor {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break Ok(None);
                 }
-                match mutex::wait(&raw mut (*l).cond, m, deadline) {
-                    Ok(_) => {}
-                    Err(e) => break Err(e),
+                // Read under the lock, after the state: a notify for any
+                // change made after this read changes the word, so the
+                // sleep below cannot miss it.
+                let changed = &(*l).changed;
+                let seen = futex::current(changed);
+                mutex::unlock(m)?;
+                let slept = futex::wait(changed, seen, deadline);
+                mutex::lock(m, None)?;
+                if let Err(e) = slept {
+                    break Err(e);
                 }
             };
             mutex::unlock(m)?;
@@ -88,10 +97,10 @@ impl Monitor {
         Ok(self.wait_until(None, |w| Some((f.take().expect("runs once"))(w)))?.expect("never waits"))
     }
 
-    /// Wakes waiters.
+    /// Wakes waiters (call it after changing the state).
     pub(crate) fn notify(&self, all: bool) {
-        // SAFETY: as in `wait_until`.
-        unsafe { mutex::notify(&raw mut (*self.layout()).cond, all) }
+        // SAFETY: as in `wait_until`; the word is an atomic.
+        futex::wake(unsafe { &(*self.layout()).changed }, all)
     }
 }
 

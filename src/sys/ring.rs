@@ -2,8 +2,8 @@
 //! under one robust mutex and consumers under another, so between the two
 //! it is a single-producer single-consumer ring: a put and a get touch
 //! different cache lines and never wait for each other. Waiting for room or
-//! for a record spins briefly, then sleeps on a condition variable that the
-//! other side signals only when it knows someone sleeps.
+//! for a record spins briefly, then sleeps on a futex word that the other
+//! side bumps only when it knows someone sleeps.
 //!
 //! A record is an 8-byte length followed by its bytes; it becomes visible
 //! only when `tail` moves past it, after it is written, so a writer killed
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::shm::Mapping;
-use super::{barrier, mutex};
+use super::{barrier, futex, mutex};
 
 /// What the producers share: they take turns under `lock`. Its own cache
 /// lines, so that producing never touches the lines consumers write.
@@ -40,16 +40,14 @@ struct GetSide {
     popped: AtomicU64,
 }
 
-/// Where processes sleep when spinning was not enough. Only sleepers and
-/// those who wake them come here.
+/// Where processes sleep when spinning was not enough: a futex word per
+/// condition (see `sys::futex` for why not pthread condvars), and counts of
+/// sleepers so that a waker makes no syscall when there are none.
 #[repr(C, align(128))]
 struct Sleep {
-    lock: libc::pthread_mutex_t,
-    not_empty: libc::pthread_cond_t,
-    not_full: libc::pthread_cond_t,
-    all_done: libc::pthread_cond_t,
-    /// Sleepers on each condition, so that a waker skips the lock when
-    /// there are none.
+    not_empty: AtomicU32,
+    not_full: AtomicU32,
+    all_done: AtomicU32,
     getters: AtomicU32,
     putters: AtomicU32,
     joiners: AtomicU32,
@@ -131,10 +129,6 @@ impl Ring {
         unsafe {
             mutex::init(&raw mut (*h).put.lock, false)?;
             mutex::init(&raw mut (*h).get.lock, false)?;
-            mutex::init(&raw mut (*h).sleep.lock, false)?;
-            mutex::init_cond(&raw mut (*h).sleep.not_empty)?;
-            mutex::init_cond(&raw mut (*h).sleep.not_full)?;
-            mutex::init_cond(&raw mut (*h).sleep.all_done)?;
             (*h).capacity = capacity as u64;
         }
         Ok(r)
@@ -223,7 +217,7 @@ impl Ring {
             h.put.tail.store(tail + need, Ordering::Release);
             h.put.pushed.store(h.put.pushed.load(Ordering::Relaxed) + 1, Ordering::Release);
             drop(_held);
-            self.wake(Until::NotEmpty)?;
+            self.wake(Until::NotEmpty);
             return Ok(true);
         }
     }
@@ -273,7 +267,7 @@ impl Ring {
             h.get.head.store(head + used, Ordering::Release);
             h.get.popped.store(h.get.popped.load(Ordering::Relaxed) + 1, Ordering::Release);
             drop(_held);
-            self.wake(Until::NotFull)?;
+            self.wake(Until::NotFull);
             if head != from {
                 // Skipped: the rest of the chunk it stood in is passed too.
                 self.release_behind(from, from / RELEASE_CHUNK * RELEASE_CHUNK + RELEASE_CHUNK)?;
@@ -337,7 +331,7 @@ impl Ring {
         if marked.is_err() {
             return Ok(false);
         }
-        self.wake(Until::AllDone)?;
+        self.wake(Until::AllDone);
         Ok(true)
     }
 
@@ -351,8 +345,10 @@ impl Ring {
     /// Waits until `ready` holds or `deadline` passes (false). It first
     /// watches the indices for a moment without sleeping: the other side
     /// usually acts within microseconds, and a sleep costs a futex wake-up
-    /// on both sides. Then it sleeps on the condition variable, counted
-    /// among its sleepers so that the other side knows to wake it.
+    /// on both sides. Then it sleeps on the condition's futex word, counted
+    /// among its sleepers so that the other side knows to wake it. (A
+    /// sleeper killed here stays counted: wakers then make a needless wake
+    /// call, nothing worse.)
     fn wait(&self, until: Until, ready: &dyn Fn() -> bool, deadline: Option<Instant>) -> io::Result<bool> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(ready());
@@ -363,34 +359,30 @@ impl Ring {
             }
             std::hint::spin_loop();
         }
-        let s = &self.header().sleep;
-        let (sleepers, cond) = self.sleepers(until);
-        let held = Held::lock(&s.lock)?;
+        let (sleepers, word) = self.sleepers(until);
         sleepers.fetch_add(1, Ordering::SeqCst);
         // Pairs with the fence in `wake`: either the waker sees us counted,
         // or we see what it did. If the kernel would not fence for us, a
         // waker may miss us: look again every so often.
         let sure = barrier::heavy();
-        let mut result = Ok(true);
-        while !ready() {
+        let result = loop {
+            let seen = futex::current(word);
+            if ready() {
+                break Ok(true);
+            }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                result = Ok(false);
-                break;
+                break Ok(false);
             }
             let until = match (sure, deadline) {
                 (true, deadline) => deadline,
                 (false, None) => Some(Instant::now() + UNSURE_LOOK),
                 (false, Some(d)) => Some(d.min(Instant::now() + UNSURE_LOOK)),
             };
-            // SAFETY: the condvar and mutex are initialised and mapped; the
-            // mutex is held (by `held`).
-            if let Err(e) = unsafe { mutex::wait(cond, held.0, until) } {
-                result = Err(e);
-                break;
+            if let Err(e) = futex::wait(word, seen, until) {
+                break Err(e);
             }
-        }
+        };
         sleepers.fetch_sub(1, Ordering::SeqCst);
-        drop(held);
         result
     }
 
@@ -398,29 +390,24 @@ impl Ring {
     /// they wait for before the look at the sleepers, against a sleeper's
     /// count and fence: either the sleeper is seen here, or it sees the
     /// change.
-    fn wake(&self, until: Until) -> io::Result<()> {
+    fn wake(&self, until: Until) {
         barrier::light();
-        let (sleepers, cond) = self.sleepers(until);
+        let (sleepers, word) = self.sleepers(until);
         if sleepers.load(Ordering::SeqCst) == 0 {
-            return Ok(());
+            return;
         }
-        // Under the lock, so that a sleeper between its last look and its
-        // sleep cannot miss this.
-        let _held = Held::lock(&self.header().sleep.lock)?;
         // Producers of different sizes wait for different room, and every
         // joiner waits for the same thing: wake them all. One new record
         // is for one consumer.
-        // SAFETY: the condvar is initialised and mapped.
-        unsafe { mutex::notify(cond, !matches!(until, Until::NotEmpty)) };
-        Ok(())
+        futex::wake(word, !matches!(until, Until::NotEmpty));
     }
 
-    fn sleepers(&self, until: Until) -> (&AtomicU32, *mut libc::pthread_cond_t) {
+    fn sleepers(&self, until: Until) -> (&AtomicU32, &AtomicU32) {
         let s = &self.header().sleep;
         match until {
-            Until::NotEmpty => (&s.getters, (&raw const s.not_empty).cast_mut()),
-            Until::NotFull => (&s.putters, (&raw const s.not_full).cast_mut()),
-            Until::AllDone => (&s.joiners, (&raw const s.all_done).cast_mut()),
+            Until::NotEmpty => (&s.getters, &s.not_empty),
+            Until::NotFull => (&s.putters, &s.not_full),
+            Until::AllDone => (&s.joiners, &s.all_done),
         }
     }
 }
