@@ -351,6 +351,27 @@ pub enum Error {
     /// Options that do not go together (Python's `ValueError` for them).
     #[error("invalid options: {0}")]
     InvalidOption(&'static str),
+    /// A manager address that is neither `host:port` nor a socket path.
+    #[error("not a manager address (host:port or /path): {0:?}")]
+    InvalidAddress(String),
+    /// A manager with an empty authkey on an address other machines can
+    /// reach, without explicit permission.
+    #[error("refusing an empty authkey on {0}, which is not loopback (allow it explicitly if you must)")]
+    InsecureManager(String),
+    /// The manager (or its client) did not accept our authkey.
+    #[error("manager authentication failed: the keys differ")]
+    AuthenticationFailed,
+    /// A manager answered with a traceback (Python's `RemoteError`).
+    #[error("the manager reported an error: {0}")]
+    Remote(String),
+    /// A manager method raised a Python exception (`module.name`, args).
+    #[error("the manager raised {class}{args}")]
+    RemoteException {
+        /// `module.name` of the exception class, such as `_queue.Empty`.
+        class: String,
+        /// Its arguments, as Python would print them.
+        args: String,
+    },
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {

@@ -37,6 +37,7 @@ mod bootstrap;
 mod connection;
 mod context;
 mod error;
+pub mod managers;
 pub mod os;
 mod pool;
 mod popen;

@@ -1,0 +1,217 @@
+//! The client side of the manager protocol: what Python's `BaseManager`
+//! does after `connect()`, and its proxies. Works against our server and
+//! against Python's.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::pickle::{self, PyValue};
+use super::server::{Address, Stream};
+use super::wire::{self, AuthError};
+use crate::{Error, Result};
+
+/// Replies are read up to this size (a client trusts its server more than
+/// the reverse, but not without limit).
+const REPLY_LIMIT: usize = 1 << 30;
+
+/// A connection to a manager (Python's `BaseManager(address, authkey)`
+/// after `connect()`).
+///
+/// ```
+/// use multiproc::managers::{Client, ServerBuilder};
+/// use multiproc::managers::pickle::PyValue;
+/// let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap()).authkey(b"k").sync_types().bind().unwrap().spawn().unwrap();
+/// let client = Client::connect(server.address(), b"k").unwrap();
+/// let d = client.create("dict", vec![]).unwrap();
+/// d.call("__setitem__", vec![PyValue::Str("a".into()), PyValue::Int(1)]).unwrap();
+/// assert_eq!(d.call("get", vec![PyValue::Str("a".into())]).unwrap(), PyValue::Int(1));
+/// assert!(Client::connect(server.address(), b"wrong").is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    address: Address,
+    authkey: Vec<u8>,
+}
+
+fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { context, source }
+}
+
+impl Client {
+    /// Connects (and checks the key with a `dummy` request, as Python's
+    /// `connect()` does).
+    pub fn connect(address: &Address, authkey: &[u8]) -> Result<Client> {
+        let client = Client { address: address.clone(), authkey: authkey.to_vec() };
+        client.manager_call("dummy", vec![])?;
+        Ok(client)
+    }
+
+    fn open(&self) -> Result<Stream> {
+        let mut s = Stream::connect(&self.address).map_err(io("connect to a manager"))?;
+        match wire::connect(&mut s, &self.authkey) {
+            Ok(()) => Ok(s),
+            Err(AuthError::WrongKey) => Err(Error::AuthenticationFailed),
+            Err(AuthError::Io(e)) => Err(io("a manager handshake")(e)),
+        }
+    }
+
+    /// One request on a fresh connection, as Python's `dispatch`.
+    fn manager_call(&self, method: &str, args: Vec<PyValue>) -> Result<PyValue> {
+        let mut s = self.open()?;
+        request(&mut s, PyValue::None, method, args, Vec::new())
+    }
+
+    /// Creates a shared object of type `typeid` with constructor `args`.
+    pub fn create(&self, typeid: &str, args: Vec<PyValue>) -> Result<Proxy> {
+        let mut all = vec![PyValue::Str(typeid.into())];
+        all.extend(args);
+        let reply = self.manager_call("create", all)?;
+        let (id, exposed) = match reply {
+            PyValue::Tuple(t) if t.len() == 2 => match (&t[0], &t[1]) {
+                (PyValue::Str(id), PyValue::Tuple(names) | PyValue::List(names)) => {
+                    (id.clone(), names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+                }
+                (PyValue::Str(id), PyValue::None) => (id.clone(), Vec::new()),
+                _ => return Err(Error::Protocol(format!("create answered {t:?}"))),
+            },
+            other => return Err(Error::Protocol(format!("create answered {other:?}"))),
+        };
+        Ok(Proxy { client: self.clone(), typeid: typeid.to_owned(), id, exposed, conn: Mutex::new(None) })
+    }
+
+    /// How many objects the manager holds.
+    pub fn number_of_objects(&self) -> Result<i64> {
+        match self.manager_call("number_of_objects", vec![])? {
+            PyValue::Int(n) => Ok(n),
+            other => Err(Error::Protocol(format!("number_of_objects answered {other:?}"))),
+        }
+    }
+
+    /// Asks the manager to shut down.
+    pub fn shutdown(&self) -> Result<()> {
+        self.manager_call("shutdown", vec![]).map(drop)
+    }
+}
+
+fn request(
+    s: &mut Stream,
+    id: PyValue,
+    method: &str,
+    args: Vec<PyValue>,
+    kwds: Vec<(PyValue, PyValue)>,
+) -> Result<PyValue> {
+    let msg = PyValue::Tuple(vec![id, PyValue::Str(method.into()), PyValue::Tuple(args), PyValue::Dict(kwds)]);
+    wire::write_frame(s, &pickle::dumps(&msg)).map_err(io("send to a manager"))?;
+    let frame = wire::read_frame(s, REPLY_LIMIT)
+        .map_err(io("read from a manager"))?
+        .ok_or_else(|| Error::Protocol("the manager closed the connection".into()))?;
+    let reply = pickle::loads(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+    let PyValue::Tuple(mut t) = reply else { return Err(Error::Protocol("a reply must be a 2-tuple".into())) };
+    if t.len() != 2 {
+        return Err(Error::Protocol("a reply must be a 2-tuple".into()));
+    }
+    let value = t.pop().expect("two");
+    match t[0].as_str() {
+        Some("#RETURN") => Ok(value),
+        Some("#ERROR") => Err(exception(&value)),
+        Some("#TRACEBACK") | Some("#UNSERIALIZABLE") => Err(Error::Remote(value.as_str().unwrap_or("").to_owned())),
+        Some("#PROXY") => Err(Error::Protocol("methods returning proxies are not supported".into())),
+        _ => Err(Error::Protocol(format!("an unknown reply kind {:?}", t[0]))),
+    }
+}
+
+fn exception(e: &PyValue) -> Error {
+    let class = e.class_name().map(|(m, n)| format!("{m}.{n}")).unwrap_or_else(|| "<unknown>".into());
+    let args = match e {
+        PyValue::Object { args, .. } => format!("{args:?}"),
+        other => format!("{other:?}"),
+    };
+    Error::RemoteException { class, args }
+}
+
+/// A shared object in a manager, used by method name (Python's proxies).
+/// Dropping it releases the manager's reference.
+#[derive(Debug)]
+pub struct Proxy {
+    client: Client,
+    typeid: String,
+    id: String,
+    exposed: Vec<String>,
+    /// The connection its calls use, opened on first use and kept
+    /// (Python's per-thread connection).
+    conn: Mutex<Option<Stream>>,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stream")
+    }
+}
+
+impl Proxy {
+    /// The object's id in the manager.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its type id.
+    pub fn typeid(&self) -> &str {
+        &self.typeid
+    }
+
+    /// The methods it exposes.
+    pub fn exposed(&self) -> &[String] {
+        &self.exposed
+    }
+
+    /// Calls `method` with positional arguments.
+    pub fn call(&self, method: &str, args: Vec<PyValue>) -> Result<PyValue> {
+        self.call_kw(method, args, Vec::new())
+    }
+
+    /// Calls `method` with positional and keyword arguments.
+    pub fn call_kw(&self, method: &str, args: Vec<PyValue>, kwds: Vec<(PyValue, PyValue)>) -> Result<PyValue> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if conn.is_none() {
+            let mut s = self.client.open()?;
+            request(&mut s, PyValue::None, "accept_connection", vec![PyValue::Str("RustProxy".into())], Vec::new())?;
+            *conn = Some(s);
+        }
+        let s = conn.as_mut().expect("opened");
+        let result = request(s, PyValue::Str(self.id.clone()), method, args, kwds);
+        if matches!(result, Err(Error::Io { .. } | Error::Protocol(_))) {
+            // A broken connection is not reused.
+            *conn = None;
+        }
+        result
+    }
+
+    /// `get(True, timeout)` on a queue proxy: `Ok(None)` when the queue
+    /// stayed empty (Python's `queue.Empty`).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Option<PyValue>> {
+        match self.call("get", vec![PyValue::Bool(true), PyValue::Float(timeout.as_secs_f64())]) {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::RemoteException { class, .. }) if class.ends_with(".Empty") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Clone for Proxy {
+    fn clone(&self) -> Proxy {
+        let _ = self.client.manager_call("incref", vec![PyValue::Str(self.id.clone())]);
+        Proxy {
+            client: self.client.clone(),
+            typeid: self.typeid.clone(),
+            id: self.id.clone(),
+            exposed: self.exposed.clone(),
+            conn: Mutex::new(None),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.client.manager_call("decref", vec![PyValue::Str(self.id.clone())]);
+    }
+}

@@ -1,0 +1,40 @@
+//! Python's `multiprocessing.managers`, wire-compatible: a server holding
+//! shared objects that Python and Rust clients use by name over TCP or a
+//! Unix socket, authenticated with an authkey.
+//!
+//! The server speaks Python's manager protocol (framing, both handshake
+//! forms, pickled requests and replies), so Python's own client code works
+//! against it unchanged — the seed's `QueueManager.register(...)`,
+//! `connect()`, `put`, `get(timeout=...)` with `queue.Empty` on timeout.
+//! Unlike Python's, it never executes anything from the wire: pickle
+//! globals are names, kept as data.
+//!
+//! ```
+//! use multiproc::managers::ServerBuilder;
+//! use multiproc::managers::pickle::PyValue;
+//!
+//! // A server on a free port with one shared queue, as the seed's master.
+//! let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
+//!     .authkey(b"abc")
+//!     .register_queue("get_task_queue")
+//!     .bind()
+//!     .unwrap()
+//!     .spawn()
+//!     .unwrap();
+//!
+//! // A client (this one in Rust) connects and uses it.
+//! let client = multiproc::managers::Client::connect(server.address(), b"abc").unwrap();
+//! let tasks = client.create("get_task_queue", vec![]).unwrap();
+//! tasks.call("put", vec![PyValue::Int(7)]).unwrap();
+//! assert_eq!(tasks.call("get", vec![]).unwrap(), PyValue::Int(7));
+//! server.stop().unwrap();
+//! ```
+
+mod client;
+pub mod objects;
+pub mod pickle;
+mod server;
+mod wire;
+
+pub use client::{Client, Proxy};
+pub use server::{Address, RunningServer, Server, ServerBuilder, Stopper};

@@ -1,0 +1,581 @@
+//! The shared objects a manager server holds, each with the methods its
+//! Python proxy calls by name: `Queue`, `dict`, `list`, `Value`,
+//! `Namespace`, `Lock`, `Event`. Arguments and results are [`PyValue`]s
+//! as they come off the wire.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use indexmap::IndexMap;
+
+use super::pickle::PyValue;
+
+/// What a method call can end in besides a value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Raise {
+    /// A Python exception instance to raise in the caller (sent as
+    /// `#ERROR`), such as `queue.Empty()`.
+    Exception(PyValue),
+    /// A failure the caller sees as `RemoteError` (sent as `#TRACEBACK`).
+    Traceback(String),
+}
+
+impl Raise {
+    /// The exception `module.name(message)`.
+    pub fn exception(module: &str, name: &str, message: Option<&str>) -> Raise {
+        let args = message.map(|m| vec![PyValue::Str(m.into())]).unwrap_or_default();
+        Raise::Exception(PyValue::reduce(module, name, args))
+    }
+
+    fn type_error(message: impl Into<String>) -> Raise {
+        Raise::exception("builtins", "TypeError", Some(&message.into()))
+    }
+}
+
+/// An object a manager shares: its methods are called by name from any
+/// connection, so it synchronises itself (`&self`).
+///
+/// Implement it to share a type of your own through
+/// [`ServerBuilder::register_type`](super::ServerBuilder::register_type).
+///
+/// ```
+/// use multiproc::managers::objects::{Raise, Shared};
+/// use multiproc::managers::pickle::PyValue;
+/// use std::sync::atomic::{AtomicI64, Ordering};
+///
+/// #[derive(Default)]
+/// struct Counter(AtomicI64);
+///
+/// impl Shared for Counter {
+///     fn exposed(&self) -> Vec<String> {
+///         vec!["add".into(), "get".into()]
+///     }
+///     fn call(&self, method: &str, args: &[PyValue], _kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+///         match (method, args) {
+///             ("add", [PyValue::Int(n)]) => Ok(PyValue::Int(self.0.fetch_add(*n, Ordering::SeqCst) + n)),
+///             ("get", []) => Ok(PyValue::Int(self.0.load(Ordering::SeqCst))),
+///             _ => Err(Raise::exception("builtins", "TypeError", Some("bad call"))),
+///         }
+///     }
+/// }
+/// let c = Counter::default();
+/// assert_eq!(c.call("add", &[PyValue::Int(2)], &[]), Ok(PyValue::Int(2)));
+/// ```
+pub trait Shared: Send + Sync {
+    /// The method names a proxy may call.
+    fn exposed(&self) -> Vec<String>;
+    /// Calls `method`. Unknown methods never reach here: the server checks
+    /// [`exposed`](Self::exposed) first.
+    fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise>;
+}
+
+/// Positional-or-keyword argument `name` at `index`.
+fn arg<'a>(args: &'a [PyValue], kwds: &'a [(PyValue, PyValue)], index: usize, name: &str) -> Option<&'a PyValue> {
+    args.get(index).or_else(|| kwds.iter().find(|(k, _)| k.as_str() == Some(name)).map(|(_, v)| v))
+}
+
+fn exposed(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another connection's call must not take the object down.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Python's `queue.Queue` (and the manager's `JoinableQueue`).
+pub struct Queue {
+    state: Mutex<QueueState>,
+    changed: Condvar,
+    maxsize: usize,
+}
+
+struct QueueState {
+    items: VecDeque<PyValue>,
+    unfinished: u64,
+}
+
+impl Queue {
+    /// A queue of at most `maxsize` items (0: unbounded).
+    pub fn new(maxsize: usize) -> Queue {
+        Queue {
+            state: Mutex::new(QueueState { items: VecDeque::new(), unfinished: 0 }),
+            changed: Condvar::new(),
+            maxsize,
+        }
+    }
+
+    /// From `Queue(maxsize=0)` arguments.
+    pub fn from_args(args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<Queue, Raise> {
+        match arg(args, kwds, 0, "maxsize") {
+            None => Ok(Queue::new(0)),
+            Some(PyValue::Int(n)) => Ok(Queue::new((*n).max(0) as usize)),
+            Some(_) => Err(Raise::type_error("maxsize must be an int")),
+        }
+    }
+
+    /// `block` and `timeout` of a put or get into a deadline: `None` to
+    /// wait forever, `Some(now)` not to wait.
+    fn deadline(block: bool, timeout: Option<&PyValue>) -> Result<Option<Instant>, Raise> {
+        if !block {
+            return Ok(Some(Instant::now()));
+        }
+        match timeout {
+            None | Some(PyValue::None) => Ok(None),
+            Some(t) => {
+                let secs = t.as_f64().ok_or_else(|| Raise::type_error("timeout must be a number"))?;
+                if secs < 0.0 {
+                    return Err(Raise::exception(
+                        "builtins",
+                        "ValueError",
+                        Some("'timeout' must be a non-negative number"),
+                    ));
+                }
+                Ok(Some(Instant::now() + Duration::from_secs_f64(secs.min(1e9))))
+            }
+        }
+    }
+
+    fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, QueueState>,
+        deadline: Option<Instant>,
+    ) -> (MutexGuard<'a, QueueState>, bool) {
+        match deadline {
+            None => (self.changed.wait(guard).unwrap_or_else(|e| e.into_inner()), true),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return (guard, false);
+                }
+                let (g, _) = self.changed.wait_timeout(guard, left).unwrap_or_else(|e| e.into_inner());
+                (g, true)
+            }
+        }
+    }
+
+    /// Puts `item`, waiting for room until `deadline`; `queue.Full` if none.
+    pub fn put(&self, item: PyValue, deadline: Option<Instant>) -> Result<(), Raise> {
+        let mut s = lock(&self.state);
+        while self.maxsize > 0 && s.items.len() >= self.maxsize {
+            let (g, more) = self.wait(s, deadline);
+            s = g;
+            if !more {
+                return Err(Raise::exception("queue", "Full", None));
+            }
+        }
+        s.items.push_back(item);
+        s.unfinished += 1;
+        drop(s);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Takes an item, waiting until `deadline`; `queue.Empty` if none came.
+    pub fn get(&self, deadline: Option<Instant>) -> Result<PyValue, Raise> {
+        let mut s = lock(&self.state);
+        loop {
+            if let Some(item) = s.items.pop_front() {
+                drop(s);
+                self.changed.notify_all();
+                return Ok(item);
+            }
+            let (g, more) = self.wait(s, deadline);
+            s = g;
+            if !more {
+                return Err(Raise::exception("_queue", "Empty", None));
+            }
+        }
+    }
+
+    /// Items in the queue.
+    pub fn qsize(&self) -> usize {
+        lock(&self.state).items.len()
+    }
+}
+
+impl Shared for Queue {
+    fn exposed(&self) -> Vec<String> {
+        exposed(&["empty", "full", "get", "get_nowait", "join", "put", "put_nowait", "qsize", "task_done"])
+    }
+
+    fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+        let block = |i| arg(args, kwds, i, "block").is_none_or(PyValue::truthy);
+        match method {
+            "put" => {
+                let item = arg(args, kwds, 0, "item").ok_or_else(|| Raise::type_error("put() needs an item"))?;
+                let deadline = Queue::deadline(block(1), arg(args, kwds, 2, "timeout"))?;
+                self.put(item.clone(), deadline).map(|()| PyValue::None)
+            }
+            "put_nowait" => {
+                let item = arg(args, kwds, 0, "item").ok_or_else(|| Raise::type_error("put_nowait() needs an item"))?;
+                self.put(item.clone(), Some(Instant::now())).map(|()| PyValue::None)
+            }
+            "get" => self.get(Queue::deadline(block(0), arg(args, kwds, 1, "timeout"))?),
+            "get_nowait" => self.get(Some(Instant::now())),
+            "qsize" => Ok(PyValue::Int(self.qsize() as i64)),
+            "empty" => Ok(PyValue::Bool(self.qsize() == 0)),
+            "full" => Ok(PyValue::Bool(self.maxsize > 0 && self.qsize() >= self.maxsize)),
+            "task_done" => {
+                let mut s = lock(&self.state);
+                if s.unfinished == 0 {
+                    return Err(Raise::exception("builtins", "ValueError", Some("task_done() called too many times")));
+                }
+                s.unfinished -= 1;
+                drop(s);
+                self.changed.notify_all();
+                Ok(PyValue::None)
+            }
+            "join" => {
+                let mut s = lock(&self.state);
+                while s.unfinished > 0 {
+                    s = self.wait(s, None).0;
+                }
+                Ok(PyValue::None)
+            }
+            other => Err(Raise::Traceback(format!("no method {other} on a Queue"))),
+        }
+    }
+}
+
+fn key_error(key: &PyValue) -> Raise {
+    Raise::Exception(PyValue::reduce("builtins", "KeyError", vec![key.clone()]))
+}
+
+/// Python's `dict`, in insertion order.
+#[derive(Default)]
+pub struct Dict(Mutex<IndexMap<PyValue, PyValue>>);
+
+impl Dict {
+    /// From `dict(mapping_or_pairs, **kwds)` arguments.
+    pub fn from_args(args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<Dict, Raise> {
+        let d = Dict::default();
+        d.update(args, kwds)?;
+        Ok(d)
+    }
+
+    fn update(&self, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<(), Raise> {
+        let mut m = lock(&self.0);
+        match args.first() {
+            None => {}
+            Some(PyValue::Dict(pairs)) => m.extend(pairs.iter().cloned()),
+            Some(PyValue::List(items) | PyValue::Tuple(items)) => {
+                for item in items {
+                    match item {
+                        PyValue::Tuple(kv) | PyValue::List(kv) if kv.len() == 2 => {
+                            m.insert(kv[0].clone(), kv[1].clone());
+                        }
+                        _ => return Err(Raise::type_error("dict update needs key/value pairs")),
+                    }
+                }
+            }
+            Some(_) => return Err(Raise::type_error("dict update needs a mapping or pairs")),
+        }
+        m.extend(kwds.iter().cloned());
+        Ok(())
+    }
+}
+
+impl Shared for Dict {
+    fn exposed(&self) -> Vec<String> {
+        exposed(&[
+            "__contains__",
+            "__delitem__",
+            "__getitem__",
+            "__len__",
+            "__setitem__",
+            "clear",
+            "copy",
+            "get",
+            "items",
+            "keys",
+            "pop",
+            "popitem",
+            "setdefault",
+            "update",
+            "values",
+        ])
+    }
+
+    fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+        let key = || args.first().ok_or_else(|| Raise::type_error(format!("{method}() needs a key")));
+        match method {
+            "update" => return self.update(args, kwds).map(|()| PyValue::None),
+            "__contains__" => return Ok(PyValue::Bool(lock(&self.0).contains_key(key()?))),
+            _ => {}
+        }
+        let mut m = lock(&self.0);
+        match method {
+            "__getitem__" => m.get(key()?).cloned().ok_or_else(|| key_error(key().expect("checked"))),
+            "__setitem__" => {
+                let value = args.get(1).ok_or_else(|| Raise::type_error("__setitem__ needs a value"))?;
+                m.insert(key()?.clone(), value.clone());
+                Ok(PyValue::None)
+            }
+            "__delitem__" => m.shift_remove(key()?).map(|_| PyValue::None).ok_or_else(|| key_error(&args[0])),
+            "__len__" => Ok(PyValue::Int(m.len() as i64)),
+            "clear" => {
+                m.clear();
+                Ok(PyValue::None)
+            }
+            "copy" => Ok(PyValue::Dict(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())),
+            "get" => Ok(m.get(key()?).cloned().unwrap_or_else(|| args.get(1).cloned().unwrap_or(PyValue::None))),
+            "items" => Ok(PyValue::List(m.iter().map(|(k, v)| PyValue::Tuple(vec![k.clone(), v.clone()])).collect())),
+            "keys" => Ok(PyValue::List(m.keys().cloned().collect())),
+            "values" => Ok(PyValue::List(m.values().cloned().collect())),
+            "pop" => match (m.shift_remove(key()?), args.get(1)) {
+                (Some(v), _) => Ok(v),
+                (None, Some(default)) => Ok(default.clone()),
+                (None, None) => Err(key_error(&args[0])),
+            },
+            "popitem" => m
+                .pop()
+                .map(|(k, v)| PyValue::Tuple(vec![k, v]))
+                .ok_or_else(|| Raise::exception("builtins", "KeyError", Some("popitem(): dictionary is empty"))),
+            "setdefault" => {
+                let default = args.get(1).cloned().unwrap_or(PyValue::None);
+                Ok(m.entry(key()?.clone()).or_insert(default).clone())
+            }
+            other => Err(Raise::Traceback(format!("no method {other} on a dict"))),
+        }
+    }
+}
+
+/// Python's `list`.
+#[derive(Default)]
+pub struct List(Mutex<Vec<PyValue>>);
+
+impl List {
+    /// From `list(sequence)` arguments.
+    pub fn from_args(args: &[PyValue]) -> Result<List, Raise> {
+        match args.first() {
+            None => Ok(List::default()),
+            Some(PyValue::List(v) | PyValue::Tuple(v) | PyValue::Set(v) | PyValue::FrozenSet(v)) => {
+                Ok(List(Mutex::new(v.clone())))
+            }
+            Some(_) => Err(Raise::type_error("list() needs a sequence")),
+        }
+    }
+}
+
+/// A Python index (negative from the end) into a sequence of `len`.
+fn index(i: &PyValue, len: usize) -> Result<usize, Raise> {
+    let PyValue::Int(i) = i else { return Err(Raise::type_error("list indices must be integers")) };
+    let i = if *i < 0 { *i + len as i64 } else { *i };
+    if i < 0 || i as usize >= len {
+        return Err(Raise::exception("builtins", "IndexError", Some("list index out of range")));
+    }
+    Ok(i as usize)
+}
+
+impl Shared for List {
+    fn exposed(&self) -> Vec<String> {
+        exposed(&[
+            "__contains__",
+            "__delitem__",
+            "__getitem__",
+            "__len__",
+            "__setitem__",
+            "append",
+            "count",
+            "extend",
+            "index",
+            "insert",
+            "pop",
+            "remove",
+            "reverse",
+        ])
+    }
+
+    fn call(&self, method: &str, args: &[PyValue], _kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+        let mut l = lock(&self.0);
+        let first = || args.first().ok_or_else(|| Raise::type_error(format!("{method}() needs an argument")));
+        match method {
+            "__len__" => Ok(PyValue::Int(l.len() as i64)),
+            "__contains__" => Ok(PyValue::Bool(l.contains(first()?))),
+            "__getitem__" => Ok(l[index(first()?, l.len())?].clone()),
+            "__setitem__" => {
+                let i = index(first()?, l.len())?;
+                l[i] = args.get(1).cloned().ok_or_else(|| Raise::type_error("__setitem__ needs a value"))?;
+                Ok(PyValue::None)
+            }
+            "__delitem__" => {
+                let i = index(first()?, l.len())?;
+                l.remove(i);
+                Ok(PyValue::None)
+            }
+            "append" => {
+                l.push(first()?.clone());
+                Ok(PyValue::None)
+            }
+            "extend" => match first()? {
+                PyValue::List(v) | PyValue::Tuple(v) => {
+                    l.extend(v.iter().cloned());
+                    Ok(PyValue::None)
+                }
+                _ => Err(Raise::type_error("extend() needs a sequence")),
+            },
+            "insert" => {
+                let PyValue::Int(i) = first()? else { return Err(Raise::type_error("insert() needs an index")) };
+                let len = l.len() as i64;
+                let at = if *i < 0 { (*i + len).max(0) } else { (*i).min(len) } as usize;
+                l.insert(at, args.get(1).cloned().ok_or_else(|| Raise::type_error("insert() needs a value"))?);
+                Ok(PyValue::None)
+            }
+            "pop" => {
+                if l.is_empty() {
+                    return Err(Raise::exception("builtins", "IndexError", Some("pop from empty list")));
+                }
+                let i = match args.first() {
+                    Some(i) => index(i, l.len())?,
+                    None => l.len() - 1,
+                };
+                Ok(l.remove(i))
+            }
+            "count" => Ok(PyValue::Int(l.iter().filter(|v| *v == first().expect("checked")).count() as i64)),
+            "index" => {
+                let x = first()?;
+                l.iter()
+                    .position(|v| v == x)
+                    .map(|i| PyValue::Int(i as i64))
+                    .ok_or_else(|| Raise::exception("builtins", "ValueError", Some("value is not in list")))
+            }
+            "remove" => {
+                let x = first()?;
+                let i = l
+                    .iter()
+                    .position(|v| v == x)
+                    .ok_or_else(|| Raise::exception("builtins", "ValueError", Some("list.remove(x): x not in list")))?;
+                l.remove(i);
+                Ok(PyValue::None)
+            }
+            "reverse" => {
+                l.reverse();
+                Ok(PyValue::None)
+            }
+            other => Err(Raise::Traceback(format!("no method {other} on a list"))),
+        }
+    }
+}
+
+/// The manager's `Value(typecode, value)`: a value with `get` and `set`.
+pub struct Value {
+    typecode: String,
+    value: Mutex<PyValue>,
+}
+
+impl Value {
+    /// From `Value(typecode, value)` arguments.
+    pub fn from_args(args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<Value, Raise> {
+        let typecode = arg(args, kwds, 0, "typecode").and_then(PyValue::as_str).unwrap_or("").to_owned();
+        let value = arg(args, kwds, 1, "value").cloned().unwrap_or(PyValue::None);
+        Ok(Value { typecode, value: Mutex::new(value) })
+    }
+
+    /// The typecode it was made with, such as `"i"`.
+    pub fn typecode(&self) -> &str {
+        &self.typecode
+    }
+}
+
+impl Shared for Value {
+    fn exposed(&self) -> Vec<String> {
+        exposed(&["get", "set"])
+    }
+
+    fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+        match method {
+            "get" => Ok(lock(&self.value).clone()),
+            "set" => {
+                let v = arg(args, kwds, 0, "value").ok_or_else(|| Raise::type_error("set() needs a value"))?;
+                *lock(&self.value) = v.clone();
+                Ok(PyValue::None)
+            }
+            other => Err(Raise::Traceback(format!("no method {other} on a Value"))),
+        }
+    }
+}
+
+/// The manager's `Namespace`: attributes by name.
+#[derive(Default)]
+pub struct Namespace(Mutex<IndexMap<String, PyValue>>);
+
+impl Namespace {
+    /// From `Namespace(**kwds)` arguments.
+    pub fn from_kwds(kwds: &[(PyValue, PyValue)]) -> Namespace {
+        let ns = Namespace::default();
+        lock(&ns.0).extend(kwds.iter().filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.clone()))));
+        ns
+    }
+}
+
+impl Shared for Namespace {
+    fn exposed(&self) -> Vec<String> {
+        exposed(&["__getattribute__", "__setattr__", "__delattr__"])
+    }
+
+    fn call(&self, method: &str, args: &[PyValue], _kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+        let name = args
+            .first()
+            .and_then(PyValue::as_str)
+            .ok_or_else(|| Raise::type_error("attribute name must be a string"))?;
+        let missing = || Raise::exception("builtins", "AttributeError", Some(name));
+        let mut m = lock(&self.0);
+        match method {
+            "__getattribute__" => m.get(name).cloned().ok_or_else(missing),
+            "__setattr__" => {
+                m.insert(name.to_owned(), args.get(1).cloned().unwrap_or(PyValue::None));
+                Ok(PyValue::None)
+            }
+            "__delattr__" => m.shift_remove(name).map(|_| PyValue::None).ok_or_else(missing),
+            other => Err(Raise::Traceback(format!("no method {other} on a Namespace"))),
+        }
+    }
+}
+
+/// The manager's `Event`.
+#[derive(Default)]
+pub struct Event {
+    set: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Shared for Event {
+    fn exposed(&self) -> Vec<String> {
+        exposed(&["is_set", "set", "clear", "wait"])
+    }
+
+    fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+        let mut s = lock(&self.set);
+        match method {
+            "is_set" => Ok(PyValue::Bool(*s)),
+            "set" => {
+                *s = true;
+                self.changed.notify_all();
+                Ok(PyValue::None)
+            }
+            "clear" => {
+                *s = false;
+                Ok(PyValue::None)
+            }
+            "wait" => {
+                let deadline = Queue::deadline(true, arg(args, kwds, 0, "timeout"))?;
+                while !*s {
+                    s = match deadline {
+                        None => self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
+                        Some(d) => {
+                            let left = d.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            self.changed.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0
+                        }
+                    };
+                }
+                Ok(PyValue::Bool(*s))
+            }
+            other => Err(Raise::Traceback(format!("no method {other} on an Event"))),
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Managers against real Python interpreters (pyenv's), both ways: Python's
+//! own client code against our server, and our client against Python's
+//! server.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use multiproc::Error;
+use multiproc::managers::objects::{Queue, Shared};
+use multiproc::managers::pickle::PyValue;
+use multiproc::managers::{Address, Client, ServerBuilder};
+
+/// pyenv's interpreter for `version` (such as "3.7"), which the project's
+/// machines have; a missing one fails the test rather than skip it.
+fn python(version: &str) -> PathBuf {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".pyenv"));
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
+        .unwrap_or_else(|e| panic!("no pyenv versions under {}: {e}", root.display()))
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{version}.")))
+        .map(|e| e.path().join("bin/python3"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| panic!("Python {version} is not installed with pyenv"))
+}
+
+const VERSIONS: [&str; 4] = ["3.7", "3.11", "3.12", "3.13"];
+
+/// The seed's distributed worker, unchanged in substance: register the two
+/// queues by name, connect, take tasks, put results, and see queue.Empty.
+const SEED_WORKER: &str = r#"
+import queue, sys
+from multiprocessing.managers import BaseManager
+
+class QueueManager(BaseManager):
+    pass
+
+QueueManager.register('get_task_queue')
+QueueManager.register('get_result_queue')
+host, port, key = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+m = QueueManager(address=(host, port), authkey=key)
+m.connect()
+task = m.get_task_queue()
+result = m.get_result_queue()
+for i in range(10):
+    n = task.get(timeout=10)
+    result.put('%d * %d = %d' % (n, n, n * n))
+try:
+    task.get(timeout=0.2)
+    print('not empty')
+except queue.Empty:
+    print('queue.Empty on timeout')
+try:
+    bad = QueueManager(address=(host, port), authkey=b'wrong')
+    bad.connect()
+    print('wrong key accepted')
+except Exception as e:
+    print('wrong key refused:', type(e).__name__)
+print('worker done')
+"#;
+
+#[test]
+fn pythons_seed_worker_runs_against_our_server() {
+    let tasks = Arc::new(Queue::new(0));
+    let results = Arc::new(Queue::new(0));
+    let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
+        .authkey(b"abc")
+        .register_shared("get_task_queue", tasks.clone())
+        .register_shared("get_result_queue", results.clone())
+        .bind()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let Address::Tcp(addr) = server.address().clone() else { unreachable!() };
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    for version in VERSIONS {
+        for n in 0..10 {
+            tasks.put(PyValue::Int(n), None).unwrap();
+        }
+        let out = Command::new(python(version)).args(["-c", SEED_WORKER, host, port, "abc"]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "Python {version}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            ["queue.Empty on timeout", "wrong key refused: AuthenticationError", "worker done"],
+            "Python {version}"
+        );
+        let got: Vec<PyValue> = (0..10).map(|_| results.get(Some(std::time::Instant::now())).unwrap()).collect();
+        let expected: Vec<PyValue> = (0..10).map(|n| PyValue::Str(format!("{n} * {n} = {}", n * n))).collect();
+        assert_eq!(got, expected, "Python {version}");
+        assert_eq!(results.qsize(), 0);
+    }
+    server.stop().unwrap();
+}
+
+const PYTHON_SERVER: &str = r#"
+import sys
+from multiprocessing.managers import SyncManager
+m = SyncManager(address=('127.0.0.1', 0), authkey=b'abc')
+s = m.get_server()
+print(s.address[1], flush=True)
+s.serve_forever()
+"#;
+
+struct PythonServer {
+    child: std::process::Child,
+    address: Address,
+}
+
+impl PythonServer {
+    fn start(version: &str) -> PythonServer {
+        let mut child = Command::new(python(version))
+            .args(["-c", PYTHON_SERVER])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("Python {version} printed {line:?}"));
+        PythonServer { child, address: Address::Tcp(format!("127.0.0.1:{port}")) }
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s(text: &str) -> PyValue {
+    PyValue::Str(text.into())
+}
+
+#[test]
+fn our_client_works_against_pythons_server() {
+    for version in VERSIONS {
+        let server = PythonServer::start(version);
+        let client = Client::connect(&server.address, b"abc").unwrap();
+        assert!(matches!(Client::connect(&server.address, b"wrong"), Err(Error::AuthenticationFailed)), "{version}");
+
+        let q = client.create("Queue", vec![]).unwrap();
+        q.call("put", vec![s("task")]).unwrap();
+        q.call("put", vec![PyValue::Tuple(vec![PyValue::Int(1), PyValue::Float(2.5), PyValue::Bytes(b"b".to_vec())])])
+            .unwrap();
+        assert_eq!(q.call("qsize", vec![]).unwrap(), PyValue::Int(2), "{version}");
+        assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), Some(s("task")));
+        assert_eq!(
+            q.call("get", vec![]).unwrap(),
+            PyValue::Tuple(vec![PyValue::Int(1), PyValue::Float(2.5), PyValue::Bytes(b"b".to_vec())])
+        );
+        assert_eq!(q.get_timeout(Duration::from_millis(100)).unwrap(), None, "{version}: queue.Empty");
+        let err = q.call("get_nowait", vec![]).unwrap_err();
+        assert!(matches!(&err, Error::RemoteException { class, .. } if class == "_queue.Empty"), "{version}: {err}");
+
+        let d = client.create("dict", vec![]).unwrap();
+        d.call("__setitem__", vec![s("k"), PyValue::List(vec![PyValue::Int(1), PyValue::None])]).unwrap();
+        assert_eq!(d.call("__getitem__", vec![s("k")]).unwrap(), PyValue::List(vec![PyValue::Int(1), PyValue::None]));
+        assert_eq!(d.call("get", vec![s("missing"), PyValue::Int(-1)]).unwrap(), PyValue::Int(-1));
+        let err = d.call("__getitem__", vec![s("missing")]).unwrap_err();
+        assert!(matches!(&err, Error::RemoteException { class, .. } if class == "builtins.KeyError"), "{err}");
+        assert_eq!(d.call("__len__", vec![]).unwrap(), PyValue::Int(1));
+
+        let l = client.create("list", vec![PyValue::List(vec![PyValue::Int(3)])]).unwrap();
+        l.call("append", vec![PyValue::Int(4)]).unwrap();
+        assert_eq!(l.call("__len__", vec![]).unwrap(), PyValue::Int(2));
+        assert_eq!(l.call("__getitem__", vec![PyValue::Int(-1)]).unwrap(), PyValue::Int(4));
+
+        let v = client.create("Value", vec![s("i"), PyValue::Int(5)]).unwrap();
+        assert_eq!(v.call("get", vec![]).unwrap(), PyValue::Int(5));
+        v.call("set", vec![PyValue::Int(6)]).unwrap();
+        assert_eq!(v.call("get", vec![]).unwrap(), PyValue::Int(6));
+
+        let ns = client.create("Namespace", vec![]).unwrap();
+        ns.call("__setattr__", vec![s("x"), PyValue::Int(10)]).unwrap();
+        assert_eq!(ns.call("__getattribute__", vec![s("x")]).unwrap(), PyValue::Int(10));
+
+        // An unknown method: a traceback, and the connection goes on.
+        assert!(matches!(q.call("nonexistent", vec![]), Err(Error::Remote(_))), "{version}");
+        assert_eq!(q.call("qsize", vec![]).unwrap(), PyValue::Int(0));
+        let before = client.number_of_objects().unwrap();
+        drop(ns);
+        assert_eq!(client.number_of_objects().unwrap(), before - 1, "{version}: decref frees");
+    }
+}
+
+/// Python's client for every SyncManager type we serve, against our server.
+const PYTHON_SYNC_CLIENT: &str = r#"
+import queue, sys
+from multiprocessing.managers import SyncManager
+m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+m.connect()
+q = m.Queue()
+q.put({'a': [1, 2.5, None, True, b'x', (3, 'y')]})
+print(q.get())
+try:
+    q.get(timeout=0.1)
+except queue.Empty:
+    print('Empty')
+d = m.dict()
+d['k'] = 1
+d.update({'j': 2})
+print(sorted(d.items()), d.get('zz', 'default'), len(d))
+l = m.list([1, 2])
+l.append(3)
+print(len(l), l[-1])
+v = m.Value('i', 7)
+v.value = v.value + 1
+print(v.value)
+ns = m.Namespace()
+ns.x = 'hello'
+print(ns.x)
+e = m.Event()
+e.set()
+print(e.is_set(), e.wait(1))
+try:
+    d['missing']
+except KeyError as err:
+    print('KeyError', err)
+"#;
+
+#[test]
+fn pythons_sync_manager_client_against_our_server() {
+    let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
+        .authkey(b"abc")
+        .sync_types()
+        .bind()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let Address::Tcp(addr) = server.address().clone() else { unreachable!() };
+    let port = addr.rsplit_once(':').unwrap().1;
+    for version in VERSIONS {
+        let out = Command::new(python(version)).args(["-c", PYTHON_SYNC_CLIENT, port]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "Python {version}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            [
+                "{'a': [1, 2.5, None, True, b'x', (3, 'y')]}",
+                "Empty",
+                "[('j', 2), ('k', 1)] default 2",
+                "3 3",
+                "8",
+                "hello",
+                "True True",
+                "KeyError 'missing'",
+            ],
+            "Python {version}"
+        );
+    }
+    // Every proxy Python made was released when it exited.
+    let client = Client::connect(server.address(), b"abc").unwrap();
+    assert_eq!(client.number_of_objects().unwrap(), 0);
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_queue_shared_by_the_server_and_used_in_process() {
+    let q = Arc::new(Queue::new(2));
+    assert_eq!(q.exposed().len(), 9);
+    q.put(PyValue::Int(1), None).unwrap();
+    q.put(PyValue::Int(2), None).unwrap();
+    assert!(q.put(PyValue::Int(3), Some(std::time::Instant::now())).is_err(), "full");
+}
