@@ -46,6 +46,11 @@ impl Client {
         Ok(client)
     }
 
+    /// The manager's address.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
     fn open(&self) -> Result<Stream> {
         let mut s = Stream::connect(&self.address).map_err(io("connect to a manager"))?;
         match wire::connect(&mut s, &self.authkey) {

@@ -175,7 +175,7 @@ const MAX_DEPTH: usize = 512;
 /// Reads one pickle. Never executes anything, never panics on bad input:
 /// malformed input is a [`PickleError`].
 pub fn loads(data: &[u8]) -> Result<PyValue, PickleError> {
-    Reader { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: Vec::new() }.run()
+    Reader { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: Vec::new(), popped: 0 }.run()
 }
 
 /// A stack entry: the value and the memo slot it was stored in, so that a
@@ -183,6 +183,10 @@ pub fn loads(data: &[u8]) -> Result<PyValue, PickleError> {
 struct Entry {
     value: PyValue,
     memo: Option<usize>,
+    /// How deeply its containers nest, kept as values are built so that
+    /// nesting is refused before it is deep enough to overflow a stack
+    /// (dropping, cloning and comparing values recurse).
+    depth: usize,
 }
 
 struct Reader<'a> {
@@ -190,7 +194,9 @@ struct Reader<'a> {
     pos: usize,
     stack: Vec<Entry>,
     marks: Vec<usize>,
-    memo: Vec<Option<PyValue>>,
+    memo: Vec<Option<(PyValue, usize)>>,
+    /// The deepest entry popped by the current opcode.
+    popped: usize,
 }
 
 impl Reader<'_> {
@@ -241,15 +247,39 @@ impl Reader<'_> {
         if self.stack.len() > self.data.len() + 16 {
             return bad("stack larger than the input");
         }
-        self.stack.push(Entry { value, memo: None });
+        self.stack.push(Entry { value, memo: None, depth: 0 });
         Ok(())
+    }
+
+    /// Pushes a container made of what this opcode popped.
+    fn push_built(&mut self, value: PyValue) -> Result<(), PickleError> {
+        let depth = self.popped + 1;
+        if depth > MAX_DEPTH {
+            return bad("nested too deeply");
+        }
+        self.push(value)?;
+        self.stack.last_mut().expect("just pushed").depth = depth;
+        Ok(())
+    }
+
+    /// After putting what this opcode popped into the top container.
+    fn deepen_top(&mut self) -> Result<(), PickleError> {
+        let depth = self.popped + 1;
+        let top = self.top()?;
+        top.depth = top.depth.max(depth);
+        if top.depth > MAX_DEPTH {
+            return bad("nested too deeply");
+        }
+        self.refresh_memo()
     }
 
     fn pop(&mut self) -> Result<PyValue, PickleError> {
         if self.marks.last().is_some_and(|m| *m >= self.stack.len()) {
             return bad("pop past a mark");
         }
-        self.stack.pop().map(|e| e.value).ok_or_else(|| PickleError("stack underflow".into()))
+        let e = self.stack.pop().ok_or_else(|| PickleError("stack underflow".into()))?;
+        self.popped = self.popped.max(e.depth);
+        Ok(e.value)
     }
 
     fn top(&mut self) -> Result<&mut Entry, PickleError> {
@@ -261,6 +291,8 @@ impl Reader<'_> {
         if mark > self.stack.len() {
             return bad("mark past the stack");
         }
+        let popped = self.stack[mark..].iter().map(|e| e.depth).max().unwrap_or(0);
+        self.popped = self.popped.max(popped);
         Ok(self.stack.drain(mark..).map(|e| e.value).collect())
     }
 
@@ -268,8 +300,7 @@ impl Reader<'_> {
     fn refresh_memo(&mut self) -> Result<(), PickleError> {
         let top = self.stack.last().ok_or_else(|| PickleError("stack underflow".into()))?;
         if let Some(slot) = top.memo {
-            let value = top.value.clone();
-            self.memo[slot] = Some(value);
+            self.memo[slot] = Some((top.value.clone(), top.depth));
         }
         Ok(())
     }
@@ -283,36 +314,21 @@ impl Reader<'_> {
         }
         let top = self.stack.last_mut().ok_or_else(|| PickleError("memoize on an empty stack".into()))?;
         top.memo = Some(index);
-        self.memo[index] = Some(top.value.clone());
+        self.memo[index] = Some((top.value.clone(), top.depth));
         Ok(())
     }
 
     fn memo_get(&mut self, index: usize) -> Result<(), PickleError> {
-        let v = self.memo.get(index).cloned().flatten().ok_or_else(|| PickleError(format!("no memo {index}")))?;
-        self.push(v)
-    }
-
-    fn depth_ok(&self, v: &PyValue) -> Result<(), PickleError> {
-        fn depth(v: &PyValue, d: usize) -> bool {
-            if d > MAX_DEPTH {
-                return false;
-            }
-            match v {
-                PyValue::Tuple(x) | PyValue::List(x) | PyValue::Set(x) | PyValue::FrozenSet(x) => {
-                    x.iter().all(|i| depth(i, d + 1))
-                }
-                PyValue::Dict(x) => x.iter().all(|(k, v)| depth(k, d + 1) && depth(v, d + 1)),
-                PyValue::Object { class, args, state, .. } => {
-                    depth(class, d + 1) && depth(args, d + 1) && state.as_deref().is_none_or(|s| depth(s, d + 1))
-                }
-                _ => true,
-            }
-        }
-        if depth(v, 0) { Ok(()) } else { bad("nested too deeply") }
+        let (v, depth) =
+            self.memo.get(index).cloned().flatten().ok_or_else(|| PickleError(format!("no memo {index}")))?;
+        self.push(v)?;
+        self.stack.last_mut().expect("just pushed").depth = depth;
+        Ok(())
     }
 
     fn run(mut self) -> Result<PyValue, PickleError> {
         loop {
+            self.popped = 0;
             let op = self.byte()?;
             match op {
                 0x80 => {
@@ -329,7 +345,6 @@ impl Reader<'_> {
                     if !self.stack.is_empty() || !self.marks.is_empty() {
                         return bad("values left after STOP");
                     }
-                    self.depth_ok(&v)?;
                     return Ok(v);
                 }
                 b'(' => {
@@ -445,27 +460,27 @@ impl Reader<'_> {
                 b')' => self.push(PyValue::Tuple(Vec::new()))?,
                 0x85 => {
                     let a = self.pop()?;
-                    self.push(PyValue::Tuple(vec![a]))?
+                    self.push_built(PyValue::Tuple(vec![a]))?
                 }
                 0x86 => {
                     let b = self.pop()?;
                     let a = self.pop()?;
-                    self.push(PyValue::Tuple(vec![a, b]))?
+                    self.push_built(PyValue::Tuple(vec![a, b]))?
                 }
                 0x87 => {
                     let c = self.pop()?;
                     let b = self.pop()?;
                     let a = self.pop()?;
-                    self.push(PyValue::Tuple(vec![a, b, c]))?
+                    self.push_built(PyValue::Tuple(vec![a, b, c]))?
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(PyValue::Tuple(items))?
+                    self.push_built(PyValue::Tuple(items))?
                 }
                 b']' => self.push(PyValue::List(Vec::new()))?,
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.push(PyValue::List(items))?
+                    self.push_built(PyValue::List(items))?
                 }
                 b'a' => {
                     let item = self.pop()?;
@@ -473,7 +488,7 @@ impl Reader<'_> {
                         PyValue::List(l) => l.push(item),
                         _ => return bad("APPEND to a non-list"),
                     }
-                    self.refresh_memo()?
+                    self.deepen_top()?
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
@@ -481,24 +496,24 @@ impl Reader<'_> {
                         PyValue::List(l) => l.extend(items),
                         _ => return bad("APPENDS to a non-list"),
                     }
-                    self.refresh_memo()?
+                    self.deepen_top()?
                 }
                 b'}' => self.push(PyValue::Dict(Vec::new()))?,
                 b'd' => {
                     let items = self.pop_mark()?;
-                    self.push(PyValue::Dict(pairs(items)?))?
+                    self.push_built(PyValue::Dict(pairs(items)?))?
                 }
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
                     set_items(&mut self.top()?.value, vec![(k, v)])?;
-                    self.refresh_memo()?
+                    self.deepen_top()?
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
                     let items = pairs(items)?;
                     set_items(&mut self.top()?.value, items)?;
-                    self.refresh_memo()?
+                    self.deepen_top()?
                 }
                 0x8f => self.push(PyValue::Set(Vec::new()))?,
                 0x90 => {
@@ -507,11 +522,11 @@ impl Reader<'_> {
                         PyValue::Set(s) => s.extend(items),
                         _ => return bad("ADDITEMS to a non-set"),
                     }
-                    self.refresh_memo()?
+                    self.deepen_top()?
                 }
                 0x91 => {
                     let items = self.pop_mark()?;
-                    self.push(PyValue::FrozenSet(items))?
+                    self.push_built(PyValue::FrozenSet(items))?
                 }
                 b'c' => {
                     let module = self.line()?;
@@ -529,18 +544,18 @@ impl Reader<'_> {
                 b'R' => {
                     let args = self.pop()?;
                     let class = self.pop()?;
-                    self.push(object(class, args, false))?
+                    self.push_built(object(class, args, false))?
                 }
                 0x81 => {
                     let args = self.pop()?;
                     let class = self.pop()?;
-                    self.push(object(class, args, true))?
+                    self.push_built(object(class, args, true))?
                 }
                 0x92 => {
                     let kwargs = self.pop()?;
                     let args = self.pop()?;
                     let class = self.pop()?;
-                    self.push(object(class, PyValue::Tuple(vec![args, kwargs]), true))?
+                    self.push_built(object(class, PyValue::Tuple(vec![args, kwargs]), true))?
                 }
                 b'b' => {
                     let state = self.pop()?;
@@ -558,7 +573,9 @@ impl Reader<'_> {
                             };
                         }
                     }
-                    self.refresh_memo()?
+                    // Wrapping adds a level too.
+                    self.popped = self.popped.max(self.top()?.depth);
+                    self.deepen_top()?
                 }
                 0x94 => {
                     let index = self.memo.len();
@@ -594,8 +611,12 @@ impl Reader<'_> {
                     self.pop()?;
                 }
                 b'2' => {
-                    let v = self.top()?.value.clone();
-                    self.push(v)?
+                    let (v, depth) = {
+                        let top = self.top()?;
+                        (top.value.clone(), top.depth)
+                    };
+                    self.push(v)?;
+                    self.stack.last_mut().expect("just pushed").depth = depth;
                 }
                 b'1' => {
                     self.pop_mark()?;
@@ -777,6 +798,64 @@ fn write(value: &PyValue, out: &mut Vec<u8>) {
             if let Some(state) = state {
                 write(state, out);
                 out.push(b'b');
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_nesting_is_refused_not_overflowed() {
+        // A million nested one-tuples: refused long before a recursive drop
+        // or clone could overflow the stack.
+        let mut p = vec![0x80, 3, b'N'];
+        p.extend(std::iter::repeat_n(0x85, 1_000_000));
+        p.push(b'.');
+        assert!(loads(&p).unwrap_err().0.contains("deeply"));
+        // Nested lists built by APPEND, and by memo copies.
+        let mut p = vec![0x80, 3, b']'];
+        for _ in 0..100_000 {
+            p.extend([b']', b'a']);
+        }
+        p.push(b'.');
+        assert!(loads(&p).is_ok(), "wide is fine");
+        let mut p = vec![0x80, 3];
+        p.extend(std::iter::repeat_n(b']', 100_000));
+        p.extend(std::iter::repeat_n(b'a', 99_999));
+        p.push(b'.');
+        assert!(loads(&p).unwrap_err().0.contains("deeply"));
+        let ok: Vec<u8> = [&[0x80, 3, b'N'][..], &[0x85; 100], b"."].concat();
+        assert!(loads(&ok).is_ok());
+    }
+
+    #[test]
+    fn numbers_and_text_round_trip() {
+        for v in [
+            PyValue::Int(0),
+            PyValue::Int(255),
+            PyValue::Int(65535),
+            PyValue::Int(-1),
+            PyValue::Int(i64::MAX),
+            PyValue::Int(i64::MIN),
+            PyValue::Int(1 << 40),
+            PyValue::BigInt(vec![1, 2, 3, 4, 5, 6, 7, 8, 9]),
+            PyValue::Float(-2.5),
+            PyValue::Str("h\u{e9}llo".into()),
+            PyValue::Bytes(vec![0; 300]),
+            PyValue::ByteArray(vec![1, 2]),
+            PyValue::Set(vec![PyValue::Int(1)]),
+            PyValue::FrozenSet(vec![]),
+            PyValue::Dict(vec![(PyValue::Str("k".into()), PyValue::List(vec![PyValue::None; 1500]))]),
+            PyValue::Tuple(vec![PyValue::Bool(true); 5]),
+        ] {
+            let back = loads(&dumps(&v)).unwrap();
+            // Protocol 3 writes sets and bytearrays as calls to build them.
+            match (&v, &back) {
+                (PyValue::Set(_) | PyValue::FrozenSet(_) | PyValue::ByteArray(_), PyValue::Object { .. }) => {}
+                _ => assert_eq!(back, v),
             }
         }
     }

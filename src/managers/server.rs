@@ -576,3 +576,322 @@ fn object_call(state: &State, id: &str, method: &str, args: &[PyValue], kwds: &[
         Err(_) => traceback(format!("the method {method:?} panicked")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::managers::Client;
+
+    fn serve(builder: ServerBuilder) -> RunningServer {
+        builder.bind().unwrap().spawn().unwrap()
+    }
+
+    fn local() -> ServerBuilder {
+        ServerBuilder::new("127.0.0.1:0".parse().unwrap()).authkey(b"key").sync_types()
+    }
+
+    /// An authenticated raw connection.
+    fn raw(address: &Address) -> Stream {
+        let mut s = Stream::connect(address).unwrap();
+        wire::connect(&mut s, b"key").unwrap();
+        s
+    }
+
+    fn ask(s: &mut Stream, request: &PyValue) -> PyValue {
+        wire::write_frame(s, &pickle::dumps(request)).unwrap();
+        pickle::loads(&wire::read_frame(s, 1 << 20).unwrap().expect("a reply")).unwrap()
+    }
+
+    fn req(id: PyValue, method: &str, args: Vec<PyValue>) -> PyValue {
+        PyValue::Tuple(vec![id, PyValue::Str(method.into()), PyValue::Tuple(args), PyValue::Dict(vec![])])
+    }
+
+    fn kind(reply: &PyValue) -> &str {
+        match reply {
+            PyValue::Tuple(t) => t[0].as_str().unwrap(),
+            _ => panic!("{reply:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wrong_key_is_rejected_before_any_request_is_read() {
+        let server = serve(local());
+        let mut s = Stream::connect(server.address()).unwrap();
+        assert!(matches!(wire::connect(&mut s, b"nope"), Err(AuthError::WrongKey)));
+        // Whatever we send now is never answered: the server has closed.
+        let _ =
+            wire::write_frame(&mut s, &pickle::dumps(&req(PyValue::None, "create", vec![PyValue::Str("dict".into())])));
+        // All that comes back is Python's traceback for the failure, then
+        // the end of the connection.
+        let frame = wire::read_frame(&mut s, 1 << 20).unwrap().expect("the failure's traceback");
+        let reply = pickle::loads(&frame).unwrap();
+        assert_eq!(kind(&reply), "#TRACEBACK");
+        assert!(matches!(wire::read_frame(&mut s, 1 << 20), Ok(None) | Err(_)), "a request was answered");
+        let client = Client::connect(server.address(), b"key").unwrap();
+        assert_eq!(client.number_of_objects().unwrap(), 0, "nothing was created by the unauthenticated peer");
+    }
+
+    #[test]
+    fn an_empty_key_off_loopback_is_refused_unless_allowed() {
+        let open = ServerBuilder::new("0.0.0.0:0".parse().unwrap());
+        assert!(matches!(open.bind(), Err(Error::InsecureManager(_))));
+        assert!(ServerBuilder::new("0.0.0.0:0".parse().unwrap()).allow_empty_key_remotely().bind().is_ok());
+        assert!(ServerBuilder::new("127.0.0.1:0".parse().unwrap()).bind().is_ok(), "loopback may have no key");
+    }
+
+    #[test]
+    fn globals_from_the_wire_are_data_never_code() {
+        let server = serve(local());
+        let client = Client::connect(server.address(), b"key").unwrap();
+        let q = client.create("Queue", vec![]).unwrap();
+        let marker = std::env::temp_dir().join(format!("multiproc-pwned-{}", std::process::id()));
+        // What Python's unpickler would run: os.system("touch <marker>").
+        let evil = PyValue::reduce("os", "system", vec![PyValue::Str(format!("touch {}", marker.display()))]);
+        q.call("put", vec![evil.clone()]).unwrap();
+        assert_eq!(q.call("get", vec![]).unwrap(), evil, "kept as data, returned as sent");
+        assert!(!marker.exists());
+    }
+
+    #[test]
+    fn unknown_ids_and_methods_get_a_traceback_and_the_connection_goes_on() {
+        let server = serve(local());
+        let mut s = raw(server.address());
+        assert_eq!(
+            kind(&ask(&mut s, &req(PyValue::None, "accept_connection", vec![PyValue::Str("t".into())]))),
+            "#RETURN"
+        );
+        assert_eq!(kind(&ask(&mut s, &req(PyValue::Str("nope".into()), "get", vec![]))), "#TRACEBACK");
+        let client = Client::connect(server.address(), b"key").unwrap();
+        let q = client.create("Queue", vec![]).unwrap();
+        assert_eq!(kind(&ask(&mut s, &req(PyValue::Str(q.id().into()), "__class__", vec![]))), "#TRACEBACK");
+        assert_eq!(kind(&ask(&mut s, &req(PyValue::Str(q.id().into()), "qsize", vec![]))), "#RETURN");
+        // Not even a tuple: a traceback, and still the connection goes on.
+        wire::write_frame(&mut s, &pickle::dumps(&PyValue::Int(3))).unwrap();
+        let reply = pickle::loads(&wire::read_frame(&mut s, 1 << 20).unwrap().unwrap()).unwrap();
+        assert_eq!(kind(&reply), "#TRACEBACK");
+        assert_eq!(kind(&ask(&mut s, &req(PyValue::Str(q.id().into()), "empty", vec![]))), "#RETURN");
+        let mut bad = raw(server.address());
+        assert_eq!(kind(&ask(&mut bad, &req(PyValue::None, "nosuchfunction", vec![]))), "#TRACEBACK");
+    }
+
+    #[test]
+    fn frames_above_the_limit_are_refused_without_allocating_and_others_go_on() {
+        let server = serve(local().max_frame(1024));
+        let mut s = raw(server.address());
+        // Announce 2 GiB (and 2^62 in the long form): the server must close
+        // rather than allocate.
+        s.write_all(&0x7fff_ffffi32.to_be_bytes()).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "no reply to an oversized frame");
+        let mut s = raw(server.address());
+        s.write_all(&[0xff, 0xff, 0xff, 0xff, 0x40, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+        let _ = s.read_to_end(&mut rest);
+        let client = Client::connect(server.address(), b"key").unwrap();
+        let q = client.create("Queue", vec![]).unwrap();
+        q.call("put", vec![PyValue::Int(1)]).unwrap();
+        assert_eq!(q.call("get", vec![]).unwrap(), PyValue::Int(1));
+    }
+
+    #[test]
+    fn a_client_gone_mid_request_leaves_the_server_and_others_working() {
+        let server = serve(local());
+        let client = Client::connect(server.address(), b"key").unwrap();
+        let q = client.create("Queue", vec![]).unwrap();
+        // Another client blocks in a get on its own connection meanwhile.
+        let blocked = {
+            let q2 = q.clone();
+            std::thread::spawn(move || q2.call("get", vec![]))
+        };
+        for cut in [2, 4, 10] {
+            let mut s = raw(server.address());
+            let frame = pickle::dumps(&req(PyValue::None, "create", vec![PyValue::Str("dict".into())]));
+            let mut bytes = (frame.len() as i32).to_be_bytes().to_vec();
+            bytes.extend(&frame);
+            s.write_all(&bytes[..cut]).unwrap();
+            drop(s); // as a killed process's socket closes
+        }
+        q.call("put", vec![PyValue::Str("after".into())]).unwrap();
+        assert_eq!(blocked.join().unwrap().unwrap(), PyValue::Str("after".into()));
+        assert_eq!(client.number_of_objects().unwrap(), 1, "half-sent creates created nothing");
+    }
+
+    #[test]
+    fn shutdown_stops_the_server() {
+        let server = serve(local());
+        let client = Client::connect(server.address(), b"key").unwrap();
+        client.shutdown().unwrap();
+        server.stop().unwrap();
+        assert!(Client::connect(client_address(&client), b"key").is_err());
+    }
+
+    fn client_address(c: &Client) -> &Address {
+        c.address()
+    }
+
+    #[test]
+    fn unix_socket_addresses() {
+        let path = std::env::temp_dir().join(format!("multiproc-manager-{}.sock", std::process::id()));
+        let server = serve(ServerBuilder::new(Address::Unix(path.clone())).authkey(b"key").sync_types());
+        let client = Client::connect(server.address(), b"key").unwrap();
+        let l = client.create("list", vec![]).unwrap();
+        l.call("append", vec![PyValue::Int(1)]).unwrap();
+        assert_eq!(l.call("__len__", vec![]).unwrap(), PyValue::Int(1));
+        drop(l);
+        server.stop().unwrap();
+        assert!(!path.exists(), "the socket file is removed");
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Mutation fuzzing of everything a peer's bytes reach: the frame
+    //! reader, the pickle reader, request dispatch and object methods.
+    //! `MULTIPROC_FUZZ_ITERS` sets the number of inputs (default 200,000;
+    //! the closing notes report a run of several million).
+    use super::*;
+    use crate::managers::objects;
+    use crate::managers::wire::captures;
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Bytes Python's pickles are made of, to splice in.
+    const OPCODES: &[u8] = b"\x80\x95.(N\x88\x89KMJ\x8a\x8bIL GF\x8cX\x8dCB\x8e\x96UTV)\x85\x86\x87t]lae}dsu\x8f\x90\x91c\x93R\x81\x92b\x94qrphjg021";
+
+    fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+        let mut v = seed.to_vec();
+        for _ in 0..=rng.below(4) {
+            match rng.below(7) {
+                0 if !v.is_empty() => {
+                    let i = rng.below(v.len());
+                    v[i] ^= 1 << rng.below(8);
+                }
+                1 if !v.is_empty() => {
+                    let i = rng.below(v.len());
+                    v[i] = rng.next() as u8;
+                }
+                2 => {
+                    let i = rng.below(v.len() + 1);
+                    v.insert(i, OPCODES[rng.below(OPCODES.len())]);
+                }
+                3 if !v.is_empty() => {
+                    let i = rng.below(v.len());
+                    v.truncate(i);
+                }
+                4 if !v.is_empty() => {
+                    let i = rng.below(v.len());
+                    v.remove(i);
+                }
+                5 => {
+                    // A huge length right after an opcode that takes one.
+                    let i = rng.below(v.len() + 1);
+                    v.splice(i..i, [0xff, 0xff, 0xff, 0x7f]);
+                }
+                _ => {
+                    let i = rng.below(v.len() + 1);
+                    let n = rng.below(16);
+                    let junk: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                    v.splice(i..i, junk);
+                }
+            }
+        }
+        v
+    }
+
+    fn state() -> State {
+        let b = ServerBuilder::new("127.0.0.1:0".parse().unwrap()).sync_types();
+        State {
+            address: b.address,
+            authkey: Vec::new(),
+            makers: b.makers,
+            objects: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            max_frame: 1 << 16,
+        }
+    }
+
+    #[test]
+    fn nothing_a_peer_sends_panics_the_server() {
+        let iters: usize = std::env::var("MULTIPROC_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+        let mut corpus: Vec<Vec<u8>> = captures::frames()
+            .into_iter()
+            .flat_map(|(_, frames)| frames.into_iter().map(|f| f.payload))
+            .filter(|p| p.first() == Some(&0x80))
+            .collect();
+        for typeid in ["Queue", "dict", "list", "Value", "Namespace", "Event"] {
+            corpus.push(pickle::dumps(&PyValue::Tuple(vec![
+                PyValue::None,
+                PyValue::Str("create".into()),
+                PyValue::Tuple(vec![PyValue::Str(typeid.into()), PyValue::Int(1)]),
+                PyValue::Dict(vec![]),
+            ])));
+        }
+        let state = state();
+        let shared: Vec<(Arc<dyn Shared>, Vec<String>)> = vec![
+            Arc::new(objects::Dict::default()) as Arc<dyn Shared>,
+            Arc::new(objects::List::default()),
+            Arc::new(objects::Namespace::default()),
+            Arc::new(objects::Value::from_args(&[], &[]).unwrap()),
+            Arc::new(objects::Queue::new(4)),
+        ]
+        .into_iter()
+        .map(|o| {
+            let exposed = o.exposed();
+            (o, exposed)
+        })
+        .collect();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut decoded, mut objects_called) = (0usize, 0usize);
+        for i in 0..iters {
+            let seed = &corpus[rng.below(corpus.len())];
+            let input = mutate(&mut rng, seed);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut framed = (input.len() as i32).to_be_bytes().to_vec();
+                if rng.below(8) == 0 {
+                    framed = mutate(&mut rng, &framed);
+                }
+                framed.extend(&input);
+                let _ = wire::read_frame(&mut &framed[..], 1 << 16);
+                let _ = answer(&state, &input, false);
+                if let Ok(value) = pickle::loads(&input) {
+                    decoded += 1;
+                    let _ = pickle::loads(&pickle::dumps(&value));
+                    let (object, exposed) = &shared[rng.below(shared.len())];
+                    let method = &exposed[rng.below(exposed.len())];
+                    // Blocking calls would only wait; the non-blocking
+                    // forms see the same arguments.
+                    let method = match method.as_str() {
+                        "get" | "join" => "get_nowait",
+                        "put" => "put_nowait",
+                        "wait" => "is_set",
+                        m => m,
+                    };
+                    let args = match value {
+                        PyValue::Tuple(v) | PyValue::List(v) => v,
+                        other => vec![other],
+                    };
+                    if object.exposed().iter().any(|m| m == method) {
+                        let _ = object.call(method, &args, &[]);
+                        objects_called += 1;
+                    }
+                }
+            }));
+            assert!(outcome.is_ok(), "input {i} panicked: {input:02x?}");
+        }
+        eprintln!("fuzz: {iters} inputs, {decoded} decoded as pickles, {objects_called} object calls");
+        assert!(decoded > iters / 20, "the mutations hardly ever make a readable pickle: {decoded}");
+    }
+}

@@ -214,7 +214,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod captures {
+pub(crate) mod captures {
     //! Real Python traffic (tests/data/python-wire, key `abc`): every MAC
     //! reproduced, every pickle read.
     use super::*;
