@@ -1,0 +1,113 @@
+//! `multiproc`: the command-line tool.
+//!
+//! `multiproc manager serve --address HOST:PORT --authkey-env VAR --queue NAME [--queue NAME ...]`
+//! serves queues that Python or Rust workers reach as a manager: each NAME
+//! is a type id whose every call returns the same queue (the seed's
+//! `register('get_task_queue', callable=lambda: task_queue)`). The first
+//! line on stdout is `listening on HOST:PORT` with the real port; SIGINT or
+//! SIGTERM stops it cleanly.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use multiproc::managers::{Address, ServerBuilder};
+use nix::sys::signal::{SigSet, Signal};
+
+#[derive(Parser)]
+#[command(name = "multiproc", version, about = "Python's multiprocessing, done properly in Rust: the tool")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Managers: servers of shared objects, wire-compatible with Python's.
+    Manager {
+        #[command(subcommand)]
+        command: ManagerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ManagerCommand {
+    /// Serve named queues to Python or Rust workers until SIGINT/SIGTERM.
+    Serve(Serve),
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("key").required(true).args(["authkey_env", "authkey_file"]))]
+struct Serve {
+    /// Where to listen: HOST:PORT (port 0 picks a free one) or a socket path.
+    #[arg(long)]
+    address: String,
+    /// The environment variable holding the authkey (never the key itself
+    /// on the command line, where other users can read it).
+    #[arg(long, value_name = "VAR")]
+    authkey_env: Option<String>,
+    /// A file holding the authkey (a trailing newline is not part of it).
+    #[arg(long, value_name = "PATH")]
+    authkey_file: Option<PathBuf>,
+    /// A type id whose every call returns the same queue; repeatable.
+    #[arg(long = "queue", value_name = "NAME", required = true)]
+    queues: Vec<String>,
+    /// Allow an empty authkey on an address other machines can reach.
+    #[arg(long)]
+    allow_empty_key_remotely: bool,
+}
+
+fn authkey(args: &Serve) -> Result<Vec<u8>, String> {
+    if let Some(var) = &args.authkey_env {
+        return std::env::var_os(var)
+            .map(|v| v.into_encoded_bytes())
+            .ok_or_else(|| format!("the environment variable {var} (--authkey-env) is not set"));
+    }
+    let path = args.authkey_file.as_ref().expect("clap requires one of the two");
+    let mut key = std::fs::read(path).map_err(|e| format!("cannot read the authkey file {}: {e}", path.display()))?;
+    if key.ends_with(b"\n") {
+        key.pop();
+    }
+    Ok(key)
+}
+
+fn serve(args: Serve) -> Result<(), String> {
+    let key = authkey(&args)?;
+    let address: Address = args.address.parse().map_err(|e: multiproc::Error| e.to_string())?;
+    // Block the stop signals in every thread (threads inherit the mask) so
+    // that one thread can wait for them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().map_err(|e| format!("blocking SIGINT/SIGTERM: {e}"))?;
+    let mut builder = ServerBuilder::new(address).authkey(&key);
+    if args.allow_empty_key_remotely {
+        builder = builder.allow_empty_key_remotely();
+    }
+    for name in &args.queues {
+        builder = builder.register_queue(name);
+    }
+    let server = builder.bind().map_err(|e| e.to_string())?;
+    println!("listening on {}", server.address());
+    let stopper = server.stopper();
+    std::thread::spawn(move || {
+        if signals.wait().is_ok() {
+            stopper.stop();
+        }
+    });
+    server.serve_forever().map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Manager { command: ManagerCommand::Serve(args) } => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("multiproc: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
