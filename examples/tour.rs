@@ -6,6 +6,12 @@
 
 #[path = "daemon.rs"]
 mod daemon;
+#[path = "distributed_master.rs"]
+#[allow(dead_code, reason = "the tour runs the pair on a free port, not through their main")]
+mod distributed_master;
+#[path = "distributed_worker.rs"]
+#[allow(dead_code, reason = "the tour runs the pair on a free port, not through their main")]
+mod distributed_worker;
 #[path = "fork.rs"]
 mod fork;
 #[path = "lock.rs"]
@@ -62,7 +68,25 @@ const PROGRAMS: &[(&str, &str, fn())] = &[
     ("subprocess_call", "subprocess.call and exit codes", subprocess_call::main),
     ("subprocess_communicate", "Popen and communicate, feeding bc several lines", subprocess_communicate::main),
     ("subprocess_run", "run into a file, run with a pipe, check_output", subprocess_run::main),
+    ("distributed_master", "a manager master and a worker process over TCP", distributed),
 ];
+
+/// The distributed pair: the master here, its worker in a child process
+/// that connects over loopback once the manager listens.
+fn distributed() {
+    fn worker(address: String) {
+        distributed_worker::run(address.parse().expect("the master's address"));
+    }
+    let mut started = None;
+    distributed_master::run("127.0.0.1:0".parse().expect("an address"), |address| {
+        let mut p = Process::new(worker, (address.to_string(),));
+        p.start().expect("start the worker");
+        started = Some(p);
+    });
+    if let Some(mut p) = started {
+        p.join().expect("the worker");
+    }
+}
 
 /// Runs one program as if it were `main` of its own process.
 fn run_program(index: usize) {

@@ -228,10 +228,11 @@ fn tour_runs_every_program() {
         "subprocess_call",
         "subprocess_communicate",
         "subprocess_run",
+        "distributed_master",
     ] {
         assert!(lines.iter().any(|l| l.starts_with(&format!("=== examples/{name}.rs"))), "{name} missing");
     }
-    assert_eq!(lines.last().unwrap(), "all 18 programs ran");
+    assert_eq!(lines.last().unwrap(), "all 19 programs ran");
 }
 
 /// The seconds in `prefix<x.xx> seconds.`
@@ -448,4 +449,39 @@ fn subprocess_run_writes_a_file_pipes_and_checks_output() {
         assert_eq!(lines[bytes], format!("b\"{}\\n\"", lines[text]));
     }
     assert_eq!(lines.len(), 8);
+}
+
+/// The master's lines after its address: puts, the results in any order.
+fn check_master(lines: &[String], worker_puts: &[i64]) {
+    let puts: Vec<i64> =
+        lines.iter().filter_map(|l| l.strip_prefix("Put task ")?.strip_suffix("...")?.parse().ok()).collect();
+    assert_eq!(puts.len(), 10, "{lines:#?}");
+    assert!(lines.iter().any(|l| l == "Try get result..."));
+    let mut results: Vec<String> = lines.iter().filter_map(|l| l.strip_prefix("Result: ").map(str::to_owned)).collect();
+    let mut expected: Vec<String> = puts.iter().map(|n| format!("{n} * {n} = {}", n * n)).collect();
+    results.sort();
+    expected.sort();
+    assert_eq!(results, expected);
+    assert_eq!(lines.last().unwrap(), "master exit");
+    assert_eq!(worker_puts, puts, "the worker took the tasks in order");
+}
+
+#[test]
+fn distributed_master_and_worker_as_separate_processes() {
+    let mut master =
+        Command::new(example("distributed_master")).arg("127.0.0.1:0").stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(master.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let address = first.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{first:?}")).to_owned();
+    let worker = Command::new(example("distributed_worker")).arg(&address).output().unwrap();
+    assert!(worker.status.success());
+    let worker_lines: Vec<String> = String::from_utf8(worker.stdout).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(worker_lines[0], format!("Connect to server {address}..."));
+    assert_eq!(worker_lines.last().unwrap(), "worker exit.");
+    let taken: Vec<i64> =
+        worker_lines.iter().filter_map(|l| l.strip_prefix("run task ")?.split(' ').next()?.parse().ok()).collect();
+    let master_lines: Vec<String> = out.lines().map(Result::unwrap).collect();
+    assert!(master.wait().unwrap().success());
+    check_master(&master_lines, &taken);
 }

@@ -37,4 +37,4 @@ mod server;
 mod wire;
 
 pub use client::{Client, Proxy};
-pub use server::{Address, RunningServer, Server, ServerBuilder, Stopper};
+pub use server::{Address, Manager, RunningServer, Server, ServerBuilder, Stopper};

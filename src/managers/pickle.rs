@@ -130,6 +130,105 @@ impl PyValue {
     }
 }
 
+/// Python's `str()` of the value: text as it is, everything else as
+/// Python's `repr()` would show it.
+///
+/// ```
+/// use multiproc::managers::pickle::PyValue;
+/// let v = PyValue::Tuple(vec![PyValue::Str("a'b".into()), PyValue::Float(1.0), PyValue::None, PyValue::Bytes(b"x\n".to_vec())]);
+/// assert_eq!(v.to_string(), r#"("a'b", 1.0, None, b'x\n')"#);
+/// assert_eq!(PyValue::Str("plain".into()).to_string(), "plain");
+/// ```
+impl fmt::Display for PyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PyValue::Str(s) => f.write_str(s),
+            other => other.repr(f),
+        }
+    }
+}
+
+impl PyValue {
+    fn repr(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seq = |f: &mut fmt::Formatter<'_>, open: &str, items: &[PyValue], close: &str| {
+            f.write_str(open)?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                item.repr(f)?;
+            }
+            f.write_str(close)
+        };
+        match self {
+            PyValue::None => f.write_str("None"),
+            PyValue::Bool(true) => f.write_str("True"),
+            PyValue::Bool(false) => f.write_str("False"),
+            PyValue::Int(i) => write!(f, "{i}"),
+            PyValue::BigInt(b) if b.len() <= 16 => {
+                let fill = if b.last().is_some_and(|x| x & 0x80 != 0) { 0xff } else { 0 };
+                let mut bytes = [fill; 16];
+                bytes[..b.len()].copy_from_slice(b);
+                write!(f, "{}", i128::from_le_bytes(bytes))
+            }
+            PyValue::BigInt(b) => write!(f, "<int of {} bytes>", b.len()),
+            PyValue::Float(x) if x.is_nan() => f.write_str("nan"),
+            PyValue::Float(x) if x.is_infinite() => f.write_str(if *x > 0.0 { "inf" } else { "-inf" }),
+            PyValue::Float(x) => write!(f, "{x:?}"),
+            PyValue::Str(s) => {
+                let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+                write!(f, "{quote}")?;
+                for c in s.chars() {
+                    match c {
+                        '\\' => f.write_str("\\\\")?,
+                        '\n' => f.write_str("\\n")?,
+                        '\t' => f.write_str("\\t")?,
+                        '\r' => f.write_str("\\r")?,
+                        c if c == quote => write!(f, "\\{c}")?,
+                        c => write!(f, "{c}")?,
+                    }
+                }
+                write!(f, "{quote}")
+            }
+            PyValue::Bytes(b) => write!(f, "b'{}'", b.escape_ascii()),
+            PyValue::ByteArray(b) => write!(f, "bytearray(b'{}')", b.escape_ascii()),
+            PyValue::Tuple(items) if items.len() == 1 => seq(f, "(", items, ",)"),
+            PyValue::Tuple(items) => seq(f, "(", items, ")"),
+            PyValue::List(items) => seq(f, "[", items, "]"),
+            PyValue::Set(items) if items.is_empty() => f.write_str("set()"),
+            PyValue::Set(items) => seq(f, "{", items, "}"),
+            PyValue::FrozenSet(items) => seq(f, "frozenset({", items, "})"),
+            PyValue::Dict(pairs) => {
+                f.write_str("{")?;
+                for (i, (k, v)) in pairs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    k.repr(f)?;
+                    f.write_str(": ")?;
+                    v.repr(f)?;
+                }
+                f.write_str("}")
+            }
+            PyValue::Global { module, name } => write!(f, "<{module}.{name}>"),
+            PyValue::Object { class, args, .. } => {
+                match class.class_name() {
+                    Some((m, n)) => write!(f, "{m}.{n}")?,
+                    None => class.repr(f)?,
+                }
+                match &**args {
+                    PyValue::Tuple(a) => seq(f, "(", a, ")"),
+                    other => {
+                        f.write_str("(")?;
+                        other.repr(f)?;
+                        f.write_str(")")
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Python's equality for the kinds that can be dict keys here: numbers
 /// compare by value across int, bool and float; floats by bits otherwise
 /// not needed.

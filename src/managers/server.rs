@@ -237,7 +237,7 @@ impl ServerBuilder {
             Address::Unix(p) => {
                 let l =
                     UnixListener::bind(p).map_err(|source| Error::Io { context: "bind a manager's socket", source })?;
-                (Listener::Unix(l, p.clone()), self.address.clone())
+                (Listener::Unix(l, p.clone(), std::process::id().into()), self.address.clone())
             }
         };
         Ok(Server {
@@ -257,12 +257,17 @@ impl ServerBuilder {
 
 enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    /// The socket file is removed when the listener is dropped in the
+    /// process that owns it (0: none, as in the parent of a started
+    /// manager, whose child serves).
+    Unix(UnixListener, PathBuf, std::sync::atomic::AtomicU32),
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
+        if let Listener::Unix(_, path, owner) = self
+            && owner.load(Ordering::SeqCst) == std::process::id()
+        {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -322,7 +327,7 @@ impl Server {
                     let _ = s.set_nodelay(true);
                     Stream::Tcp(s)
                 }),
-                Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+                Listener::Unix(l, _, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
             };
             if self.shared.stopping.load(Ordering::SeqCst) {
                 return Ok(());
@@ -348,6 +353,29 @@ impl Server {
         }
     }
 
+    /// Serves in a child process (Python's `BaseManager.start()`), forked
+    /// with the objects registered so far. The returned [`Manager`] stops
+    /// it with a `shutdown` request when dropped or shut down; the child is
+    /// a daemon, so it also dies if this process is killed.
+    pub fn start(self) -> Result<Manager> {
+        let address = self.address().clone();
+        let authkey = self.shared.authkey.clone();
+        if let Listener::Unix(_, _, owner) = &self.listener {
+            // The child removes the socket file when it is done, not us.
+            owner.store(0, Ordering::SeqCst);
+        }
+        let mut process = crate::Process::from_closure(move || {
+            if let Listener::Unix(_, _, owner) = &self.listener {
+                owner.store(std::process::id(), Ordering::SeqCst);
+            }
+            self.serve_forever().map_err(|e| e.to_string())
+        })
+        .with_name("manager")
+        .with_daemon(true);
+        process.start()?;
+        Ok(Manager { address, authkey, process: Some(process) })
+    }
+
     /// Serves on a background thread; the returned handle stops it (and
     /// waits for the accept loop) when dropped.
     pub fn spawn(self) -> Result<RunningServer> {
@@ -358,6 +386,78 @@ impl Server {
             .spawn(move || self.serve_forever())
             .map_err(|source| Error::Io { context: "start a manager thread", source })?;
         Ok(RunningServer { stopper, address, thread: Some(thread) })
+    }
+}
+
+/// A manager serving in a child process (see [`Server::start`];
+/// Python's started `BaseManager`).
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::managers::ServerBuilder;
+/// use multiproc::managers::pickle::PyValue;
+/// let manager = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
+///     .authkey(b"abc")
+///     .sync_types()
+///     .bind()
+///     .unwrap()
+///     .start()
+///     .unwrap();
+/// let d = manager.client().unwrap().create("dict", vec![]).unwrap();
+/// d.call("__setitem__", vec![PyValue::Int(1), PyValue::Int(2)]).unwrap();
+/// assert_eq!(d.call("__len__", vec![]).unwrap(), PyValue::Int(1));
+/// drop(d);
+/// manager.shutdown().unwrap();
+/// # }
+/// ```
+pub struct Manager {
+    address: Address,
+    authkey: Vec<u8>,
+    process: Option<crate::Process<std::result::Result<(), String>>>,
+}
+
+impl Manager {
+    /// Where it listens.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> Option<i32> {
+        self.process.as_ref().and_then(crate::Process::pid)
+    }
+
+    /// A client connected to it.
+    pub fn client(&self) -> Result<super::Client> {
+        super::Client::connect(&self.address, &self.authkey)
+    }
+
+    /// Stops the server (a `shutdown` request) and waits for its process.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let Some(mut process) = self.process.take() else { return Ok(()) };
+        let asked = self.client().and_then(|c| c.shutdown());
+        let joined = match asked {
+            Ok(()) => process.join_timeout(Duration::from_secs(10)),
+            Err(_) => Ok(None),
+        };
+        match joined {
+            Ok(Some(served)) => served.map_err(Error::Protocol),
+            // Not answering, or not stopping: it goes the hard way.
+            _ => {
+                let _ = process.kill();
+                process.join().map(drop).or(Ok(()))
+            }
+        }
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.stop();
     }
 }
 
