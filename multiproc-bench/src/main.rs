@@ -13,6 +13,7 @@
 //! the claim.
 
 mod ipc;
+mod managers;
 mod pool;
 mod python;
 mod spawn;
@@ -41,6 +42,9 @@ enum Command {
     /// Running `true` with its output captured, against Python's
     /// `subprocess.run` and `std::process::Command::output`.
     Subprocess(subprocess::Args),
+    /// A manager's queue (one client, then many) and dict against Python
+    /// 3.11's SyncManager.
+    Managers(managers::Args),
 }
 
 /// Prints one result row.
@@ -69,6 +73,7 @@ fn main() {
         Command::Pool(args) => pool::run(&args),
         Command::Ipc(args) => ipc::run(&args),
         Command::Subprocess(args) => subprocess::run(&args),
+        Command::Managers(args) => managers::run(&args),
     };
     if let Err(e) = result {
         eprintln!("multiproc-bench: {e}");

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -92,8 +93,20 @@ impl Stream {
     }
 }
 
+/// How long a read waits for an answer actively before it sleeps: a
+/// manager call is a round trip whose answer usually comes within tens of
+/// microseconds, and two thread wake-ups per call would cost more.
+const READ_SPIN: Duration = Duration::from_micros(50);
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let fd = match &*self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        };
+        if let Some(n) = crate::sys::recv_spinning(fd, buf, READ_SPIN)? {
+            return Ok(n);
+        }
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
