@@ -372,6 +372,10 @@ pub enum Error {
         /// Its arguments, as Python would print them.
         args: String,
     },
+    /// A value that has no Python form for a manager, or a manager's
+    /// answer that is not the Rust type expected.
+    #[error("a manager value: {0}")]
+    ManagerValue(String),
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {

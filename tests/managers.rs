@@ -270,3 +270,134 @@ fn a_queue_shared_by_the_server_and_used_in_process() {
     q.put(PyValue::Int(2), None).unwrap();
     assert!(q.put(PyValue::Int(3), Some(std::time::Instant::now())).is_err(), "full");
 }
+
+mod typed {
+    use super::*;
+    use multiproc::managers::{QueueProxy, SyncManager};
+    use multiproc::{Pool, Process, StartMethod};
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug, Clone)]
+    struct Job {
+        id: u32,
+        words: Vec<String>,
+    }
+
+    fn double(q: QueueProxy<Job>, out: QueueProxy<Job>) {
+        let mut job = q.get().unwrap();
+        job.id *= 2;
+        out.put(&job).unwrap();
+    }
+
+    #[test]
+    fn typed_proxies_travel_to_children_under_every_method_and_are_freed() {
+        let manager = SyncManager::start().unwrap();
+        let (q, out) = (manager.queue::<Job>(0).unwrap(), manager.queue::<Job>(0).unwrap());
+        for method in [StartMethod::Fork, StartMethod::Spawn, StartMethod::Forkserver] {
+            let job = Job { id: 21, words: vec!["a".into(), method.to_string()] };
+            q.put(&job).unwrap();
+            let mut p = Process::new(double, (q.clone(), out.clone())).with_start_method(method);
+            p.start().unwrap();
+            p.join().unwrap();
+            assert_eq!(out.get_timeout(Duration::from_secs(10)).unwrap(), Job { id: 42, ..job });
+        }
+        assert!(matches!(out.get_timeout(Duration::from_millis(50)), Err(Error::Empty)));
+        let d = manager.dict::<String, Vec<u8>>().unwrap();
+        d.insert(&"k".into(), &vec![1, 2]).unwrap();
+        assert_eq!(d.get(&"k".into()).unwrap(), Some(vec![1, 2]));
+        assert_eq!(d.remove(&"missing".into()).unwrap(), None);
+        let l = manager.list(&[1.5f64]).unwrap();
+        l.push(&2.5).unwrap();
+        assert_eq!(l.to_vec().unwrap(), [1.5, 2.5]);
+        let v = manager.value("i", &5i32).unwrap();
+        v.set(&(v.get().unwrap() + 1)).unwrap();
+        assert_eq!(v.get().unwrap(), 6);
+        let ns = manager.namespace().unwrap();
+        ns.set("name", "x").unwrap();
+        assert_eq!(ns.get::<String>("name").unwrap(), "x");
+        assert_eq!(manager.client().number_of_objects().unwrap(), 6);
+        drop((q, out, d, l, v, ns));
+        assert_eq!(manager.client().number_of_objects().unwrap(), 0, "the children's references were released too");
+        manager.shutdown().unwrap();
+    }
+
+    fn producer(q: QueueProxy<String>) {
+        q.put(&"a".to_string()).unwrap();
+    }
+
+    fn consumer(q: QueueProxy<String>) -> String {
+        q.get().unwrap()
+    }
+
+    #[test]
+    fn seed_004_pool_workers_talk_through_a_manager_queue() {
+        let manager = SyncManager::start().unwrap();
+        let queue = manager.queue::<String>(10).unwrap();
+        let pool = Pool::new(2).unwrap();
+        let mut got = pool.apply_async(consumer, (queue.clone(),));
+        let mut put = pool.apply_async(producer, (queue.clone(),));
+        assert_eq!(got.get().unwrap(), "a");
+        put.get().unwrap();
+        pool.close();
+        pool.join().unwrap();
+    }
+
+    /// Python reads what typed Rust proxies put, as plain Python data.
+    #[test]
+    fn python_reads_rust_values_as_python_data() {
+        let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
+            .authkey(b"abc")
+            .register_queue("jobs")
+            .bind()
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let client = Client::connect(server.address(), b"abc").unwrap();
+        let q = QueueProxy::<Job>::from_proxy(client.create("jobs", vec![]).unwrap());
+        q.put(&Job { id: 1, words: vec!["x".into()] }).unwrap();
+        let Address::Tcp(addr) = server.address().clone() else { unreachable!() };
+        let script = "import sys\nfrom multiprocessing.managers import BaseManager\nclass M(BaseManager): pass\nM.register('jobs')\nm = M(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')\nm.connect()\nj = m.jobs().get(timeout=5)\nprint(j['id'], j['words'])\nm.jobs().put({'id': 9, 'words': ['from', 'python']})\n";
+        let out = Command::new(python("3.11")).args(["-c", script, addr.rsplit_once(':').unwrap().1]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "1 ['x']\n");
+        assert_eq!(q.get().unwrap(), Job { id: 9, words: vec!["from".into(), "python".into()] });
+    }
+
+    /// A type of our own, registered by name, called by Python's AutoProxy.
+    #[derive(Default)]
+    struct Counter(std::sync::atomic::AtomicI64);
+
+    impl Shared for Counter {
+        fn exposed(&self) -> Vec<String> {
+            vec!["add".into(), "value".into()]
+        }
+        fn call(
+            &self,
+            method: &str,
+            args: &[PyValue],
+            _: &[(PyValue, PyValue)],
+        ) -> Result<PyValue, multiproc::managers::objects::Raise> {
+            use std::sync::atomic::Ordering::SeqCst;
+            match (method, args) {
+                ("add", [PyValue::Int(n)]) => Ok(PyValue::Int(self.0.fetch_add(*n, SeqCst) + n)),
+                ("value", []) => Ok(PyValue::Int(self.0.load(SeqCst))),
+                _ => Err(multiproc::managers::objects::Raise::exception("builtins", "TypeError", Some("add(int)"))),
+            }
+        }
+    }
+
+    #[test]
+    fn a_registered_rust_type_is_callable_from_python() {
+        let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
+            .authkey(b"abc")
+            .register_type("Counter", |_, _| Ok(Arc::new(Counter::default())))
+            .bind()
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let Address::Tcp(addr) = server.address().clone() else { unreachable!() };
+        let script = "import sys\nfrom multiprocessing.managers import BaseManager\nclass M(BaseManager): pass\nM.register('Counter')\nm = M(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')\nm.connect()\nc = m.Counter()\nc.add(2)\nprint(c.add(40), c.value())\ntry:\n    c.add('x')\nexcept TypeError as e:\n    print('TypeError', e)\n";
+        let out = Command::new(python("3.12")).args(["-c", script, addr.rsplit_once(':').unwrap().1]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "42 42\nTypeError add(int)\n");
+    }
+}

@@ -81,7 +81,14 @@ impl Client {
             },
             other => return Err(Error::Protocol(format!("create answered {other:?}"))),
         };
-        Ok(Proxy { client: self.clone(), typeid: typeid.to_owned(), id, exposed, conn: Mutex::new(None) })
+        Ok(Proxy {
+            client: self.clone(),
+            typeid: typeid.to_owned(),
+            id,
+            exposed,
+            conn: Mutex::new(None),
+            owner: std::process::id().into(),
+        })
     }
 
     /// How many objects the manager holds.
@@ -145,6 +152,11 @@ pub struct Proxy {
     /// The connection its calls use, opened on first use and kept
     /// (Python's per-thread connection).
     conn: Mutex<Option<Stream>>,
+    /// The process whose reference this is. A forked child inherits the
+    /// value but not the reference: it takes one of its own (and a
+    /// connection of its own) on first use, as Python's proxies do after a
+    /// fork, and releases only what it took.
+    owner: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Stream {
@@ -177,6 +189,14 @@ impl Proxy {
     /// Calls `method` with positional and keyword arguments.
     pub fn call_kw(&self, method: &str, args: Vec<PyValue>, kwds: Vec<(PyValue, PyValue)>) -> Result<PyValue> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let me = std::process::id();
+        if self.owner.load(std::sync::atomic::Ordering::SeqCst) != me {
+            // Forked: the inherited connection is the parent's (closing
+            // our copy of its descriptor leaves it open there).
+            drop(conn.take());
+            self.client.manager_call("incref", vec![PyValue::Str(self.id.clone())])?;
+            self.owner.store(me, std::sync::atomic::Ordering::SeqCst);
+        }
         if conn.is_none() {
             let mut s = self.client.open()?;
             request(&mut s, PyValue::None, "accept_connection", vec![PyValue::Str("RustProxy".into())], Vec::new())?;
@@ -202,6 +222,52 @@ impl Proxy {
     }
 }
 
+/// What a proxy is on its way to another process: enough to reconnect.
+/// The authkey travels with it, as Python's does to its children.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ProxyWire {
+    address: String,
+    authkey: Vec<u8>,
+    typeid: String,
+    id: String,
+    exposed: Vec<String>,
+}
+
+/// A proxy travels as its address, key and id; the receiving side takes a
+/// reference of its own on arrival (Python's `RebuildProxy`), released
+/// when that copy is dropped. The sender must keep its proxy alive until
+/// then, as in Python.
+impl serde::Serialize for Proxy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        ProxyWire {
+            address: self.client.address.to_string(),
+            authkey: self.client.authkey.clone(),
+            typeid: self.typeid.clone(),
+            id: self.id.clone(),
+            exposed: self.exposed.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Proxy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Proxy, D::Error> {
+        use serde::de::Error as _;
+        let w = ProxyWire::deserialize(d)?;
+        let address: Address = w.address.parse().map_err(D::Error::custom)?;
+        let client = Client { address, authkey: w.authkey };
+        client.manager_call("incref", vec![PyValue::Str(w.id.clone())]).map_err(D::Error::custom)?;
+        Ok(Proxy {
+            client,
+            typeid: w.typeid,
+            id: w.id,
+            exposed: w.exposed,
+            conn: Mutex::new(None),
+            owner: std::process::id().into(),
+        })
+    }
+}
+
 impl Clone for Proxy {
     fn clone(&self) -> Proxy {
         let _ = self.client.manager_call("incref", vec![PyValue::Str(self.id.clone())]);
@@ -211,12 +277,18 @@ impl Clone for Proxy {
             id: self.id.clone(),
             exposed: self.exposed.clone(),
             conn: Mutex::new(None),
+            owner: std::process::id().into(),
         }
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        if self.owner.load(std::sync::atomic::Ordering::SeqCst) != std::process::id() {
+            // A forked copy that never took a reference has none to give
+            // back (its copy of the connection closes with it).
+            return;
+        }
         let _ = self.client.manager_call("decref", vec![PyValue::Str(self.id.clone())]);
     }
 }

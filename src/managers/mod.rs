@@ -33,8 +33,12 @@
 mod client;
 pub mod objects;
 pub mod pickle;
+mod proxies;
+mod serde_bridge;
 mod server;
 mod wire;
 
 pub use client::{Client, Proxy};
+pub use proxies::{DictProxy, ListProxy, NamespaceProxy, QueueProxy, SyncManager, ValueProxy};
+pub use serde_bridge::{ValueError, from_value, to_value};
 pub use server::{Address, Manager, RunningServer, Server, ServerBuilder, Stopper};

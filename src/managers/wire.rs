@@ -93,7 +93,7 @@ pub(crate) fn connect(s: &mut (impl Read + Write), key: &[u8]) -> Result<(), Aut
 /// the response, which may be in either form.
 fn deliver_challenge(s: &mut (impl Read + Write), key: &[u8]) -> Result<(), AuthError> {
     let mut nonce = [0u8; 40];
-    rustix::rand::getrandom(&mut nonce, rustix::rand::GetRandomFlags::empty()).map_err(io::Error::from)?;
+    crate::sys::random_bytes(&mut nonce)?;
     let mut message = b"{sha256}".to_vec();
     message.extend(nonce);
     let mut frame = CHALLENGE.to_vec();

@@ -1,0 +1,334 @@
+//! Python's `SyncManager` for Rust: a manager in a child process and
+//! typed proxies to the objects it holds. Values cross as Python data
+//! (through serde), so Python clients of the same manager read them too.
+//! Proxies are cloneable and travel to other processes as arguments —
+//! to `Process` children and to running `Pool` workers alike.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::pickle::PyValue;
+use super::{Client, Manager, Proxy, ServerBuilder, from_value, to_value};
+use crate::{Error, Result};
+
+fn value<T: Serialize + ?Sized>(v: &T) -> Result<PyValue> {
+    to_value(v).map_err(|e| Error::ManagerValue(e.0))
+}
+
+fn back<T: DeserializeOwned>(v: PyValue) -> Result<T> {
+    from_value(v).map_err(|e| Error::ManagerValue(e.0))
+}
+
+/// Python's `queue.Empty` and `queue.Full` as our typed errors.
+fn queue_error(e: Error) -> Error {
+    match &e {
+        Error::RemoteException { class, .. } if class.ends_with(".Empty") => Error::Empty,
+        Error::RemoteException { class, .. } if class.ends_with(".Full") => Error::Full,
+        _ => e,
+    }
+}
+
+fn int(v: PyValue) -> Result<usize> {
+    match v {
+        PyValue::Int(n) if n >= 0 => Ok(n as usize),
+        other => Err(Error::ManagerValue(format!("expected a count, got {other}"))),
+    }
+}
+
+/// A manager in a child process holding Python's `SyncManager` types
+/// (Python's `multiprocessing.Manager()`).
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::managers::SyncManager;
+/// use multiproc::{Pool, managers::QueueProxy};
+///
+/// fn produce(q: QueueProxy<String>) { q.put(&"a".to_string()).unwrap(); }
+/// fn consume(q: QueueProxy<String>) -> String { q.get().unwrap() }
+///
+/// // Seed 004: pool workers talking through a manager's queue.
+/// let manager = SyncManager::start().unwrap();
+/// let queue = manager.queue::<String>(10).unwrap();
+/// let pool = Pool::new(2).unwrap();
+/// let mut got = pool.apply_async(consume, (queue.clone(),));
+/// let mut put = pool.apply_async(produce, (queue.clone(),));
+/// assert_eq!(got.get().unwrap(), "a");
+/// put.get().unwrap();
+/// # }
+/// ```
+pub struct SyncManager {
+    client: Client,
+    manager: Manager,
+}
+
+impl SyncManager {
+    /// Starts one on a free loopback port with a random key.
+    pub fn start() -> Result<SyncManager> {
+        let mut key = [0u8; 32];
+        crate::sys::random_bytes(&mut key).map_err(|source| Error::Io { context: "a random authkey", source })?;
+        let manager = ServerBuilder::new("127.0.0.1:0".parse()?).authkey(&key).sync_types().bind()?.start()?;
+        let client = manager.client()?;
+        Ok(SyncManager { client, manager })
+    }
+
+    /// The manager's address.
+    pub fn address(&self) -> &super::Address {
+        self.manager.address()
+    }
+
+    /// A client of it (for untyped calls, or typeids of your own).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A new queue of at most `maxsize` items (0: unbounded).
+    pub fn queue<T: Serialize + DeserializeOwned>(&self, maxsize: usize) -> Result<QueueProxy<T>> {
+        Ok(QueueProxy::from_proxy(self.client.create("Queue", vec![PyValue::Int(maxsize as i64)])?))
+    }
+
+    /// A new joinable queue (`task_done`, `join`).
+    pub fn joinable_queue<T: Serialize + DeserializeOwned>(&self, maxsize: usize) -> Result<QueueProxy<T>> {
+        Ok(QueueProxy::from_proxy(self.client.create("JoinableQueue", vec![PyValue::Int(maxsize as i64)])?))
+    }
+
+    /// A new, empty dict.
+    pub fn dict<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(&self) -> Result<DictProxy<K, V>> {
+        Ok(DictProxy { proxy: self.client.create("dict", vec![])?, types: PhantomData })
+    }
+
+    /// A new list holding `items`.
+    pub fn list<T: Serialize + DeserializeOwned>(&self, items: &[T]) -> Result<ListProxy<T>> {
+        Ok(ListProxy { proxy: self.client.create("list", vec![value(items)?])?, types: PhantomData })
+    }
+
+    /// A new `Value(typecode, value)`.
+    pub fn value<T: Serialize + DeserializeOwned>(&self, typecode: &str, v: &T) -> Result<ValueProxy<T>> {
+        let proxy = self.client.create("Value", vec![PyValue::Str(typecode.into()), value(v)?])?;
+        Ok(ValueProxy { proxy, types: PhantomData })
+    }
+
+    /// A new `Namespace`.
+    pub fn namespace(&self) -> Result<NamespaceProxy> {
+        Ok(NamespaceProxy { proxy: self.client.create("Namespace", vec![])? })
+    }
+
+    /// Stops the manager and waits for its process.
+    pub fn shutdown(self) -> Result<()> {
+        self.manager.shutdown()
+    }
+}
+
+/// A manager's queue holding `T`s.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent, bound = "")]
+pub struct QueueProxy<T> {
+    proxy: Proxy,
+    #[serde(skip)]
+    types: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for QueueProxy<T> {
+    fn clone(&self) -> Self {
+        QueueProxy { proxy: self.proxy.clone(), types: PhantomData }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
+    /// A typed view of a queue proxy (for queues registered by name, such
+    /// as the seed's `get_task_queue`).
+    pub fn from_proxy(proxy: Proxy) -> Self {
+        QueueProxy { proxy, types: PhantomData }
+    }
+
+    /// Puts an item, waiting for room.
+    pub fn put(&self, item: &T) -> Result<()> {
+        self.proxy.call("put", vec![value(item)?]).map(drop).map_err(queue_error)
+    }
+
+    /// Puts an item only if there is room now; [`Error::Full`] if not.
+    pub fn put_nowait(&self, item: &T) -> Result<()> {
+        self.proxy.call("put_nowait", vec![value(item)?]).map(drop).map_err(queue_error)
+    }
+
+    /// Takes an item, waiting for one.
+    pub fn get(&self) -> Result<T> {
+        back(self.proxy.call("get", vec![]).map_err(queue_error)?)
+    }
+
+    /// Takes an item, waiting at most `timeout`; [`Error::Empty`] if none.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        let args = vec![PyValue::Bool(true), PyValue::Float(timeout.as_secs_f64())];
+        back(self.proxy.call("get", args).map_err(queue_error)?)
+    }
+
+    /// Takes an item only if one is there; [`Error::Empty`] if not.
+    pub fn get_nowait(&self) -> Result<T> {
+        back(self.proxy.call("get_nowait", vec![]).map_err(queue_error)?)
+    }
+
+    /// Items in the queue.
+    pub fn qsize(&self) -> Result<usize> {
+        int(self.proxy.call("qsize", vec![])?)
+    }
+
+    /// Marks one task done (joinable queues).
+    pub fn task_done(&self) -> Result<()> {
+        self.proxy.call("task_done", vec![]).map(drop)
+    }
+
+    /// Waits until every item put has been marked done.
+    pub fn join(&self) -> Result<()> {
+        self.proxy.call("join", vec![]).map(drop)
+    }
+}
+
+/// A manager's dict from `K` to `V`.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent, bound = "")]
+pub struct DictProxy<K, V> {
+    proxy: Proxy,
+    #[serde(skip)]
+    types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for DictProxy<K, V> {
+    fn clone(&self) -> Self {
+        DictProxy { proxy: self.proxy.clone(), types: PhantomData }
+    }
+}
+
+impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
+    /// `d[key] = value`.
+    pub fn insert(&self, key: &K, v: &V) -> Result<()> {
+        self.proxy.call("__setitem__", vec![value(key)?, value(v)?]).map(drop)
+    }
+
+    /// `d.get(key)`.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        match self.proxy.call("get", vec![value(key)?])? {
+            PyValue::None => Ok(None),
+            v => back(v).map(Some),
+        }
+    }
+
+    /// `d.pop(key, None)`.
+    pub fn remove(&self, key: &K) -> Result<Option<V>> {
+        match self.proxy.call("pop", vec![value(key)?, PyValue::None])? {
+            PyValue::None => Ok(None),
+            v => back(v).map(Some),
+        }
+    }
+
+    /// `len(d)`.
+    pub fn len(&self) -> Result<usize> {
+        int(self.proxy.call("__len__", vec![])?)
+    }
+
+    /// `len(d) == 0`.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// `list(d.items())`, in insertion order.
+    pub fn items(&self) -> Result<Vec<(K, V)>> {
+        back(self.proxy.call("items", vec![])?)
+    }
+}
+
+/// A manager's list of `T`.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent, bound = "")]
+pub struct ListProxy<T> {
+    proxy: Proxy,
+    #[serde(skip)]
+    types: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ListProxy<T> {
+    fn clone(&self) -> Self {
+        ListProxy { proxy: self.proxy.clone(), types: PhantomData }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> ListProxy<T> {
+    /// `l.append(item)`.
+    pub fn push(&self, item: &T) -> Result<()> {
+        self.proxy.call("append", vec![value(item)?]).map(drop)
+    }
+
+    /// `l[index]` (negative counts from the end, as in Python).
+    pub fn get(&self, index: i64) -> Result<T> {
+        back(self.proxy.call("__getitem__", vec![PyValue::Int(index)])?)
+    }
+
+    /// `l[index] = item`.
+    pub fn set(&self, index: i64, item: &T) -> Result<()> {
+        self.proxy.call("__setitem__", vec![PyValue::Int(index), value(item)?]).map(drop)
+    }
+
+    /// `len(l)`.
+    pub fn len(&self) -> Result<usize> {
+        int(self.proxy.call("__len__", vec![])?)
+    }
+
+    /// `len(l) == 0`.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The whole list.
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        let n = self.len()?;
+        (0..n as i64).map(|i| self.get(i)).collect()
+    }
+}
+
+/// A manager's `Value` holding a `T`.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent, bound = "")]
+pub struct ValueProxy<T> {
+    proxy: Proxy,
+    #[serde(skip)]
+    types: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ValueProxy<T> {
+    fn clone(&self) -> Self {
+        ValueProxy { proxy: self.proxy.clone(), types: PhantomData }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
+    /// `v.value`.
+    pub fn get(&self) -> Result<T> {
+        back(self.proxy.call("get", vec![])?)
+    }
+
+    /// `v.value = x`.
+    pub fn set(&self, x: &T) -> Result<()> {
+        self.proxy.call("set", vec![value(x)?]).map(drop)
+    }
+}
+
+/// A manager's `Namespace`: attributes of any serde type by name.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NamespaceProxy {
+    proxy: Proxy,
+}
+
+impl NamespaceProxy {
+    /// `getattr(ns, name)`; [`Error::RemoteException`] (`AttributeError`)
+    /// if it has none.
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        back(self.proxy.call("__getattribute__", vec![PyValue::Str(name.into())])?)
+    }
+
+    /// `setattr(ns, name, x)`.
+    pub fn set<T: Serialize + ?Sized>(&self, name: &str, x: &T) -> Result<()> {
+        self.proxy.call("__setattr__", vec![PyValue::Str(name.into()), value(x)?]).map(drop)
+    }
+}
