@@ -221,49 +221,29 @@ impl Seq {
     }
 }
 
-impl ser::SerializeSeq for Seq {
-    type Ok = PyValue;
-    type Error = ValueError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), ValueError> {
-        self.push(v)
-    }
-    fn end(self) -> Result<PyValue, ValueError> {
-        Ok(self.done())
-    }
+/// serde has four traits for sequences that differ only in name; one body
+/// serves them all.
+macro_rules! seq_impl {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl ser::$trait for Seq {
+            type Ok = PyValue;
+            type Error = ValueError;
+            fn $method<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), ValueError> {
+                self.push(v)
+            }
+            fn end(self) -> Result<PyValue, ValueError> {
+                Ok(self.done())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Seq {
-    type Ok = PyValue;
-    type Error = ValueError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), ValueError> {
-        self.push(v)
-    }
-    fn end(self) -> Result<PyValue, ValueError> {
-        Ok(self.done())
-    }
-}
-
-impl ser::SerializeTupleStruct for Seq {
-    type Ok = PyValue;
-    type Error = ValueError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), ValueError> {
-        self.push(v)
-    }
-    fn end(self) -> Result<PyValue, ValueError> {
-        Ok(self.done())
-    }
-}
-
-impl ser::SerializeTupleVariant for Seq {
-    type Ok = PyValue;
-    type Error = ValueError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), ValueError> {
-        self.push(v)
-    }
-    fn end(self) -> Result<PyValue, ValueError> {
-        Ok(self.done())
-    }
-}
+seq_impl!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl ser::SerializeMap for Map {
     type Ok = PyValue;
@@ -282,29 +262,23 @@ impl ser::SerializeMap for Map {
     }
 }
 
-impl ser::SerializeStruct for Map {
-    type Ok = PyValue;
-    type Error = ValueError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), ValueError> {
-        self.pairs.push((PyValue::Str(key.into()), v.serialize(ToValue)?));
-        Ok(())
-    }
-    fn end(self) -> Result<PyValue, ValueError> {
-        Ok(tagged(self.variant, PyValue::Dict(self.pairs)))
-    }
+macro_rules! struct_impl {
+    ($($trait:ident),*) => {$(
+        impl ser::$trait for Map {
+            type Ok = PyValue;
+            type Error = ValueError;
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), ValueError> {
+                self.pairs.push((PyValue::Str(key.into()), v.serialize(ToValue)?));
+                Ok(())
+            }
+            fn end(self) -> Result<PyValue, ValueError> {
+                Ok(tagged(self.variant, PyValue::Dict(self.pairs)))
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for Map {
-    type Ok = PyValue;
-    type Error = ValueError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), ValueError> {
-        self.pairs.push((PyValue::Str(key.into()), v.serialize(ToValue)?));
-        Ok(())
-    }
-    fn end(self) -> Result<PyValue, ValueError> {
-        Ok(tagged(self.variant, PyValue::Dict(self.pairs)))
-    }
-}
+struct_impl!(SerializeStruct, SerializeStructVariant);
 
 fn unexpected(v: &PyValue) -> de::Unexpected<'_> {
     match v {
