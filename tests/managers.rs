@@ -191,6 +191,21 @@ fn our_client_works_against_pythons_server() {
     }
 }
 
+/// Our server with the SyncManager types on a free loopback port (key
+/// `abc`), and its port.
+fn sync_server() -> (multiproc::managers::RunningServer, String) {
+    let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
+        .authkey(b"abc")
+        .sync_types()
+        .bind()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let Address::Tcp(addr) = server.address().clone() else { unreachable!() };
+    let port = addr.rsplit_once(':').unwrap().1.to_owned();
+    (server, port)
+}
+
 /// Python's client for every SyncManager type we serve, against our server.
 const PYTHON_SYNC_CLIENT: &str = r#"
 import queue, sys
@@ -228,15 +243,8 @@ except KeyError as err:
 
 #[test]
 fn pythons_sync_manager_client_against_our_server() {
-    let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
-        .authkey(b"abc")
-        .sync_types()
-        .bind()
-        .unwrap()
-        .spawn()
-        .unwrap();
-    let Address::Tcp(addr) = server.address().clone() else { unreachable!() };
-    let port = addr.rsplit_once(':').unwrap().1;
+    let (server, port) = sync_server();
+    let port = port.as_str();
     for version in VERSIONS {
         let out = Command::new(python(version)).args(["-c", PYTHON_SYNC_CLIENT, port]).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -399,5 +407,167 @@ mod typed {
         let out = Command::new(python("3.12")).args(["-c", script, addr.rsplit_once(':').unwrap().1]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "42 42\nTypeError add(int)\n");
+    }
+}
+
+/// Python's proxies for the synchronisation types and Array, against our
+/// server; two threads of the client, so two connections and two server
+/// threads, as in Python's own use.
+const PYTHON_SYNC_PRIMITIVES: &str = r#"
+import sys, threading
+from multiprocessing.managers import SyncManager
+m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+m.connect()
+lock = m.Lock()
+print(lock.acquire(), lock.acquire(False), lock.acquire(True, 0.05))
+lock.release()
+with lock:
+    print('in lock')
+r = m.RLock()
+print(r.acquire(), r.acquire())
+r.release(); r.release()
+try:
+    r.release()
+except RuntimeError as e:
+    print('RuntimeError', e)
+s = m.Semaphore(2)
+print(s.acquire(), s.acquire(), s.acquire(timeout=0.05))
+b = m.BoundedSemaphore(1)
+try:
+    b.release()
+except ValueError as e:
+    print('ValueError', e)
+c = m.Condition()
+box = []
+def waiter():
+    with c:
+        c.wait_for(lambda: box, timeout=10)
+        box.append('woke')
+t = threading.Thread(target=waiter)
+t.start()
+with c:
+    box.append('go')
+    c.notify_all()
+t.join(10)
+print(box)
+bar = m.Barrier(2)
+seen = []
+t = threading.Thread(target=lambda: seen.append(bar.wait(10)))
+t.start()
+seen.append(bar.wait(10))
+t.join(10)
+print(sorted(seen), bar.parties, bar.n_waiting, bar.broken)
+a = m.Array('i', [1, 2, 3])
+a[0] = 10
+print(len(a), a[0], a[-1], list(a[0:2]))
+"#;
+
+#[test]
+fn pythons_sync_primitive_proxies_against_our_server() {
+    let (server, port) = sync_server();
+    for version in ["3.7", "3.13"] {
+        let out = Command::new(python(version)).args(["-c", PYTHON_SYNC_PRIMITIVES, port.as_str()]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "Python {version}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            [
+                "True False False",
+                "in lock",
+                "True True",
+                "RuntimeError cannot release un-acquired lock",
+                "True True False",
+                "ValueError Semaphore released too many times",
+                "['go', 'woke']",
+                "[0, 1] 2 0 False",
+                "3 10 3 [10, 2]",
+            ],
+            "Python {version}"
+        );
+    }
+    server.stop().unwrap();
+}
+
+mod typed_sync {
+    use super::*;
+    use multiproc::Process;
+    use multiproc::managers::{AcquirerProxy, BarrierProxy, ConditionProxy, EventProxy, SyncManager, ValueProxy};
+
+    fn add_under_lock(lock: AcquirerProxy, total: ValueProxy<i64>, n: i64) {
+        for _ in 0..n {
+            lock.acquire().unwrap();
+            total.set(&(total.get().unwrap() + 1)).unwrap();
+            lock.release().unwrap();
+        }
+    }
+
+    fn meet(barrier: BarrierProxy) -> usize {
+        barrier.wait(Some(Duration::from_secs(60))).unwrap()
+    }
+
+    fn wait_notice(c: ConditionProxy, started: EventProxy, flag: ValueProxy<bool>) -> bool {
+        c.acquire().unwrap();
+        started.set().unwrap();
+        while !flag.get().unwrap() {
+            c.wait(Some(Duration::from_secs(60))).unwrap();
+        }
+        c.release().unwrap();
+        true
+    }
+
+    #[test]
+    fn typed_sync_proxies_work_across_processes() {
+        let m = SyncManager::start().unwrap();
+        // A lock keeps two processes' read-modify-writes whole.
+        let (lock, total) = (m.lock().unwrap(), m.value("q", &0i64).unwrap());
+        let mut ps: Vec<_> = (0..2).map(|_| Process::new(add_under_lock, (lock.clone(), total.clone(), 50))).collect();
+        ps.iter_mut().for_each(|p| p.start().unwrap());
+        ps.iter_mut().for_each(|p| p.join().unwrap());
+        assert_eq!(total.get().unwrap(), 100);
+
+        // A barrier of three parties: two children and us.
+        let barrier = m.barrier(3).unwrap();
+        let mut ps: Vec<_> = (0..2).map(|_| Process::new(meet, (barrier.clone(),))).collect();
+        ps.iter_mut().for_each(|p| p.start().unwrap());
+        let mut seen = vec![barrier.wait(Some(Duration::from_secs(60))).unwrap()];
+        seen.extend(ps.iter_mut().map(|p| p.join().unwrap()));
+        seen.sort();
+        assert_eq!(seen, [0, 1, 2]);
+        assert_eq!(barrier.parties().unwrap(), 3);
+        barrier.abort().unwrap();
+        assert!(matches!(barrier.wait(None), Err(Error::BrokenBarrier)));
+
+        // A condition: the child waits until we set the flag and notify.
+        let (c, started, flag) = (m.condition().unwrap(), m.event().unwrap(), m.value("b", &false).unwrap());
+        let mut p = Process::new(wait_notice, (c.clone(), started.clone(), flag.clone()));
+        p.start().unwrap();
+        assert!(started.wait(Some(Duration::from_secs(60))).unwrap());
+        c.acquire().unwrap();
+        flag.set(&true).unwrap();
+        c.notify_all().unwrap();
+        c.release().unwrap();
+        assert!(p.join().unwrap());
+
+        // An RLock is owned by the proxy (connection) that took it.
+        let r = m.rlock().unwrap();
+        let other = r.clone();
+        r.acquire().unwrap();
+        r.acquire().unwrap();
+        assert!(matches!(other.release(), Err(Error::NotOwner)));
+        assert!(!other.acquire_timeout(Duration::from_millis(20)).unwrap());
+        r.release().unwrap();
+        r.release().unwrap();
+        assert!(other.acquire_timeout(Duration::from_secs(5)).unwrap());
+
+        let sem = m.bounded_semaphore(1).unwrap();
+        assert!(sem.acquire_timeout(Duration::ZERO).unwrap());
+        assert!(!sem.acquire_timeout(Duration::from_millis(20)).unwrap());
+        sem.release().unwrap();
+        assert!(matches!(sem.release(), Err(Error::RemoteException { class, .. }) if class == "builtins.ValueError"));
+
+        let a = m.array("d", &[0.5f64, 1.5]).unwrap();
+        a.set(-1, &2.5).unwrap();
+        assert_eq!((a.len().unwrap(), a.to_vec().unwrap()), (2, vec![0.5, 2.5]));
+        m.shutdown().unwrap();
     }
 }

@@ -39,6 +39,9 @@ mod server;
 mod wire;
 
 pub use client::{Client, Proxy};
-pub use proxies::{DictProxy, ListProxy, NamespaceProxy, QueueProxy, SyncManager, ValueProxy};
+pub use proxies::{
+    AcquirerProxy, ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, NamespaceProxy,
+    QueueProxy, SyncManager, ValueProxy,
+};
 pub use serde_bridge::{ValueError, from_value, to_value};
 pub use server::{Address, Manager, RunningServer, Server, ServerBuilder, Stopper};

@@ -579,3 +579,433 @@ impl Shared for Event {
         }
     }
 }
+
+/// A deadline from Python's `(blocking=True, timeout=-1)` arguments at
+/// `index` and `index + 1`: `None` to wait forever, `Some(now)` not to.
+fn lock_deadline(args: &[PyValue], kwds: &[(PyValue, PyValue)], index: usize) -> Result<Option<Instant>, Raise> {
+    let blocking = arg(args, kwds, index, "blocking").is_none_or(PyValue::truthy);
+    let timeout = arg(args, kwds, index + 1, "timeout");
+    let timeout = match timeout {
+        Some(t) if t.as_f64().is_some_and(|s| s < 0.0) => None,
+        other => other,
+    };
+    Queue::deadline(blocking, timeout)
+}
+
+/// Waits on `cv` until `ready` or `deadline`; whether `ready` held.
+fn wait_while<'a, T>(
+    cv: &Condvar,
+    mut guard: MutexGuard<'a, T>,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut(&mut T) -> bool,
+) -> (MutexGuard<'a, T>, bool) {
+    loop {
+        if ready(&mut guard) {
+            return (guard, true);
+        }
+        guard = match deadline {
+            None => cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return (guard, false);
+                }
+                cv.wait_timeout(guard, left).unwrap_or_else(|e| e.into_inner()).0
+            }
+        };
+    }
+}
+
+fn runtime_error(message: &str) -> Raise {
+    Raise::exception("builtins", "RuntimeError", Some(message))
+}
+
+/// The manager's `Lock`, `RLock`, `Semaphore` and `BoundedSemaphore`: a
+/// count of permits, with an owner for the re-entrant kind. Each manager
+/// connection has its own server thread, so "the caller" is that thread,
+/// as in Python's server.
+pub struct Permits {
+    state: Mutex<PermitState>,
+    changed: Condvar,
+    kind: PermitKind,
+}
+
+struct PermitState {
+    free: u64,
+    owner: Option<std::thread::ThreadId>,
+    depth: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PermitKind {
+    Lock,
+    RLock,
+    Semaphore,
+    Bounded(u64),
+}
+
+impl Permits {
+    fn new(kind: PermitKind, free: u64) -> Permits {
+        Permits { state: Mutex::new(PermitState { free, owner: None, depth: 0 }), changed: Condvar::new(), kind }
+    }
+
+    /// A lock (no owner: any caller may release it, as `threading.Lock`).
+    pub fn lock() -> Permits {
+        Permits::new(PermitKind::Lock, 1)
+    }
+
+    /// A re-entrant lock owned by the caller that took it.
+    pub fn rlock() -> Permits {
+        Permits::new(PermitKind::RLock, 1)
+    }
+
+    /// From `Semaphore(value=1)` or, `bounded`, `BoundedSemaphore(value=1)`.
+    pub fn semaphore(args: &[PyValue], kwds: &[(PyValue, PyValue)], bounded: bool) -> Result<Permits, Raise> {
+        let value = match arg(args, kwds, 0, "value") {
+            None => 1,
+            Some(PyValue::Int(n)) if *n >= 0 => *n as u64,
+            Some(_) => {
+                return Err(Raise::exception("builtins", "ValueError", Some("semaphore initial value must be >= 0")));
+            }
+        };
+        Ok(Permits::new(if bounded { PermitKind::Bounded(value) } else { PermitKind::Semaphore }, value))
+    }
+
+    fn acquire(&self, deadline: Option<Instant>) -> bool {
+        let me = std::thread::current().id();
+        let s = lock(&self.state);
+        if self.kind == PermitKind::RLock && s.owner == Some(me) {
+            let mut s = s;
+            s.depth += 1;
+            return true;
+        }
+        let (mut s, got) = wait_while(&self.changed, s, deadline, |s| s.free > 0);
+        if got {
+            s.free -= 1;
+            if self.kind == PermitKind::RLock {
+                s.owner = Some(me);
+                s.depth = 1;
+            }
+        }
+        got
+    }
+
+    fn release(&self, n: u64) -> Result<(), Raise> {
+        let mut s = lock(&self.state);
+        match self.kind {
+            PermitKind::Lock if s.free > 0 => return Err(runtime_error("release unlocked lock")),
+            PermitKind::RLock => {
+                if s.owner != Some(std::thread::current().id()) {
+                    return Err(runtime_error("cannot release un-acquired lock"));
+                }
+                s.depth -= 1;
+                if s.depth > 0 {
+                    return Ok(());
+                }
+                s.owner = None;
+            }
+            PermitKind::Bounded(bound) if s.free + n > bound => {
+                return Err(Raise::exception("builtins", "ValueError", Some("Semaphore released too many times")));
+            }
+            _ => {}
+        }
+        s.free += n;
+        drop(s);
+        self.changed.notify_all();
+        Ok(())
+    }
+}
+
+impl Shared for Permits {
+    fn exposed(&self) -> Vec<String> {
+        exposed(&["acquire", "release", "__enter__", "__exit__"])
+    }
+
+    fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+        match method {
+            "acquire" => Ok(PyValue::Bool(self.acquire(lock_deadline(args, kwds, 0)?))),
+            "__enter__" => Ok(PyValue::Bool(self.acquire(None))),
+            "release" => {
+                let n = match arg(args, kwds, 0, "n") {
+                    Some(PyValue::Int(n))
+                        if *n >= 1 && self.kind != PermitKind::Lock && self.kind != PermitKind::RLock =>
+                    {
+                        *n as u64
+                    }
+                    _ => 1,
+                };
+                self.release(n).map(|()| PyValue::None)
+            }
+            "__exit__" => self.release(1).map(|()| PyValue::None),
+            other => Err(Raise::Traceback(format!("no method {other} on a lock"))),
+        }
+    }
+}
+
+/// The manager's `Condition`: a re-entrant lock and waiting for notices.
+pub struct Condition {
+    lock: Permits,
+    waits: Mutex<WaitState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct WaitState {
+    waiting: u64,
+    permits: u64,
+}
+
+impl Default for Condition {
+    fn default() -> Condition {
+        Condition { lock: Permits::rlock(), waits: Mutex::new(WaitState::default()), changed: Condvar::new() }
+    }
+}
+
+impl Shared for Condition {
+    fn exposed(&self) -> Vec<String> {
+        exposed(&["acquire", "release", "wait", "wait_for", "notify", "notify_all", "__enter__", "__exit__"])
+    }
+
+    fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+        match method {
+            "acquire" | "release" | "__enter__" | "__exit__" => self.lock.call(method, args, kwds),
+            "wait" => {
+                // Python: waiting needs the lock; it is released meanwhile,
+                // all levels of it, and taken back after.
+                let deadline = Queue::deadline(true, arg(args, kwds, 0, "timeout"))?;
+                let mut s = lock(&self.lock.state);
+                if s.owner != Some(std::thread::current().id()) {
+                    return Err(runtime_error("cannot wait on un-acquired lock"));
+                }
+                // Counted as a waiter while still holding the lock, which a
+                // notifier needs: no notice can fall between the two.
+                let w = {
+                    let mut w = lock(&self.waits);
+                    w.waiting += 1;
+                    w
+                };
+                let depth = s.depth;
+                s.depth = 0;
+                s.owner = None;
+                s.free += 1;
+                drop(s);
+                self.lock.changed.notify_all();
+                let (mut w, notified) = wait_while(&self.changed, w, deadline, |w| w.permits > 0);
+                if notified {
+                    w.permits -= 1;
+                }
+                w.waiting -= 1;
+                drop(w);
+                self.lock.acquire(None);
+                lock(&self.lock.state).depth = depth;
+                Ok(PyValue::Bool(notified))
+            }
+            "notify" | "notify_all" => {
+                if lock(&self.lock.state).owner != Some(std::thread::current().id()) {
+                    return Err(runtime_error("cannot notify on un-acquired lock"));
+                }
+                let mut w = lock(&self.waits);
+                let n = match (method, arg(args, kwds, 0, "n")) {
+                    ("notify_all", _) => w.waiting,
+                    (_, Some(PyValue::Int(n))) => (*n).max(0) as u64,
+                    _ => 1,
+                };
+                w.permits = (w.permits + n).min(w.waiting);
+                drop(w);
+                self.changed.notify_all();
+                Ok(PyValue::None)
+            }
+            other => Err(Raise::Traceback(format!("no method {other} on a Condition"))),
+        }
+    }
+}
+
+/// The manager's `Barrier(parties)`.
+pub struct Barrier {
+    parties: u64,
+    state: Mutex<BarrierState>,
+    changed: Condvar,
+}
+
+struct BarrierState {
+    waiting: u64,
+    generation: u64,
+    broken: bool,
+}
+
+impl Barrier {
+    /// From `Barrier(parties)` arguments.
+    pub fn from_args(args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<Barrier, Raise> {
+        match arg(args, kwds, 0, "parties") {
+            Some(PyValue::Int(n)) if *n >= 1 => Ok(Barrier {
+                parties: *n as u64,
+                state: Mutex::new(BarrierState { waiting: 0, generation: 0, broken: false }),
+                changed: Condvar::new(),
+            }),
+            _ => Err(Raise::exception("builtins", "ValueError", Some("parties must be > 0"))),
+        }
+    }
+}
+
+fn broken() -> Raise {
+    Raise::exception("threading", "BrokenBarrierError", None)
+}
+
+impl Shared for Barrier {
+    fn exposed(&self) -> Vec<String> {
+        exposed(&["__getattribute__", "wait", "abort", "reset"])
+    }
+
+    fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+        let mut s = lock(&self.state);
+        match method {
+            "wait" => {
+                if s.broken {
+                    return Err(broken());
+                }
+                let index = s.waiting;
+                s.waiting += 1;
+                if s.waiting == self.parties {
+                    s.waiting = 0;
+                    s.generation += 1;
+                    drop(s);
+                    self.changed.notify_all();
+                    return Ok(PyValue::Int(index as i64));
+                }
+                let generation = s.generation;
+                let deadline = Queue::deadline(true, arg(args, kwds, 0, "timeout"))?;
+                let (mut s, done) = wait_while(&self.changed, s, deadline, |s| s.generation != generation || s.broken);
+                if !done || s.broken {
+                    if !s.broken {
+                        s.broken = true;
+                        drop(s);
+                        self.changed.notify_all();
+                    }
+                    return Err(broken());
+                }
+                Ok(PyValue::Int(index as i64))
+            }
+            "abort" => {
+                s.broken = true;
+                drop(s);
+                self.changed.notify_all();
+                Ok(PyValue::None)
+            }
+            "reset" => {
+                if s.waiting > 0 {
+                    // Current waiters see it broken, as in Python.
+                    s.broken = true;
+                    s.generation += 1;
+                }
+                s.waiting = 0;
+                s.broken = false;
+                drop(s);
+                self.changed.notify_all();
+                Ok(PyValue::None)
+            }
+            "__getattribute__" => match args.first().and_then(PyValue::as_str) {
+                Some("parties") => Ok(PyValue::Int(self.parties as i64)),
+                Some("n_waiting") => Ok(PyValue::Int(s.waiting as i64)),
+                Some("broken") => Ok(PyValue::Bool(s.broken)),
+                other => Err(Raise::exception("builtins", "AttributeError", Some(other.unwrap_or("?")))),
+            },
+            other => Err(Raise::Traceback(format!("no method {other} on a Barrier"))),
+        }
+    }
+}
+
+/// The manager's `Array(typecode, sequence)`: a fixed-length list.
+pub struct Array {
+    typecode: String,
+    items: Mutex<Vec<PyValue>>,
+}
+
+impl Array {
+    /// From `Array(typecode, sequence_or_size)` arguments.
+    pub fn from_args(args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<Array, Raise> {
+        let typecode = arg(args, kwds, 0, "typecode").and_then(PyValue::as_str).unwrap_or("").to_owned();
+        let zero = if typecode == "d" || typecode == "f" { PyValue::Float(0.0) } else { PyValue::Int(0) };
+        let items = match arg(args, kwds, 1, "sequence") {
+            Some(PyValue::Int(n)) if *n >= 0 => vec![zero; *n as usize],
+            Some(PyValue::List(v) | PyValue::Tuple(v)) => v.clone(),
+            _ => return Err(Raise::type_error("Array needs a typecode and a sequence or a size")),
+        };
+        Ok(Array { typecode, items: Mutex::new(items) })
+    }
+
+    /// The typecode it was made with.
+    pub fn typecode(&self) -> &str {
+        &self.typecode
+    }
+}
+
+/// `(start, stop, step)` of a Python `slice` object over `len` items.
+fn slice_range(s: &PyValue, len: usize) -> Option<Vec<usize>> {
+    let (Some(("builtins", "slice")), PyValue::Object { args, .. }) = (s.class_name(), s) else { return None };
+    let PyValue::Tuple(parts) = &**args else { return None };
+    let get = |i: usize| match parts.get(i) {
+        Some(PyValue::Int(n)) => Some(*n),
+        _ => None,
+    };
+    let step = get(2).unwrap_or(1);
+    if step == 0 {
+        return None;
+    }
+    let len = len as i64;
+    let clamp = |v: i64, lo: i64, hi: i64| if v < 0 { (v + len).max(lo) } else { v.min(hi) };
+    let (start, stop) = if step > 0 {
+        (get(0).map_or(0, |v| clamp(v, 0, len)), get(1).map_or(len, |v| clamp(v, 0, len)))
+    } else {
+        (get(0).map_or(len - 1, |v| clamp(v, -1, len - 1)), get(1).map_or(-1, |v| clamp(v, -1, len - 1)))
+    };
+    let mut out = Vec::new();
+    let mut i = start;
+    while (step > 0 && i < stop) || (step < 0 && i > stop) {
+        out.push(i as usize);
+        i += step;
+    }
+    Some(out)
+}
+
+impl Shared for Array {
+    fn exposed(&self) -> Vec<String> {
+        exposed(&["__len__", "__getitem__", "__setitem__"])
+    }
+
+    fn call(&self, method: &str, args: &[PyValue], _kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+        let mut items = lock(&self.items);
+        if method == "__len__" {
+            return Ok(PyValue::Int(items.len() as i64));
+        }
+        let key = args.first().ok_or_else(|| Raise::type_error(format!("{method}() needs an index")))?;
+        match method {
+            "__getitem__" => match slice_range(key, items.len()) {
+                Some(range) => Ok(PyValue::List(range.into_iter().map(|i| items[i].clone()).collect())),
+                None => Ok(items[index(key, items.len())?].clone()),
+            },
+            "__setitem__" => {
+                let value = args.get(1).ok_or_else(|| Raise::type_error("__setitem__ needs a value"))?;
+                match (slice_range(key, items.len()), value) {
+                    (Some(range), PyValue::List(v) | PyValue::Tuple(v)) if range.len() == v.len() => {
+                        for (i, x) in range.into_iter().zip(v) {
+                            items[i] = x.clone();
+                        }
+                    }
+                    (Some(_), _) => {
+                        return Err(Raise::exception(
+                            "builtins",
+                            "ValueError",
+                            Some("can only assign a sequence of the same size"),
+                        ));
+                    }
+                    (None, v) => {
+                        let i = index(key, items.len())?;
+                        items[i] = v.clone();
+                    }
+                }
+                Ok(PyValue::None)
+            }
+            other => Err(Raise::Traceback(format!("no method {other} on an Array"))),
+        }
+    }
+}

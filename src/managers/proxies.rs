@@ -332,3 +332,244 @@ impl NamespaceProxy {
         self.proxy.call("__setattr__", vec![PyValue::Str(name.into()), value(x)?]).map(drop)
     }
 }
+
+/// A manager's `Lock`, `RLock`, `Semaphore` or `BoundedSemaphore`
+/// (Python's `AcquirerProxy`). Each proxy has its own connection, and so
+/// its own server thread: an `RLock` is owned per proxy.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AcquirerProxy {
+    proxy: Proxy,
+}
+
+fn flag(v: PyValue) -> Result<bool> {
+    match v {
+        PyValue::Bool(b) => Ok(b),
+        other => Err(Error::ManagerValue(format!("expected a bool, got {other}"))),
+    }
+}
+
+/// Python's `RuntimeError` from a lock, as our typed error.
+fn lock_error(e: Error) -> Error {
+    match &e {
+        Error::RemoteException { class, .. } if class == "builtins.RuntimeError" => Error::NotOwner,
+        _ => e,
+    }
+}
+
+impl AcquirerProxy {
+    /// Waits until acquired.
+    pub fn acquire(&self) -> Result<()> {
+        self.proxy.call("acquire", vec![]).map(drop)
+    }
+
+    /// Waits at most `timeout`; whether it was acquired.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+        flag(self.proxy.call("acquire", vec![PyValue::Bool(true), PyValue::Float(timeout.as_secs_f64())])?)
+    }
+
+    /// Releases; [`Error::NotOwner`] for an `RLock` this proxy does not
+    /// hold (or a `Lock` not held); past a bounded semaphore's bound,
+    /// Python's `ValueError` as [`Error::RemoteException`].
+    pub fn release(&self) -> Result<()> {
+        self.proxy.call("release", vec![]).map(drop).map_err(lock_error)
+    }
+}
+
+/// A manager's `Condition` (with its own re-entrant lock).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConditionProxy {
+    proxy: Proxy,
+}
+
+impl ConditionProxy {
+    /// Takes the lock.
+    pub fn acquire(&self) -> Result<()> {
+        self.proxy.call("acquire", vec![]).map(drop)
+    }
+
+    /// Releases the lock.
+    pub fn release(&self) -> Result<()> {
+        self.proxy.call("release", vec![]).map(drop).map_err(lock_error)
+    }
+
+    /// Releases the lock, waits for a notice (at most `timeout`), takes the
+    /// lock again; false on timeout.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
+        let t = timeout.map_or(PyValue::None, |t| PyValue::Float(t.as_secs_f64()));
+        flag(self.proxy.call("wait", vec![t]).map_err(lock_error)?)
+    }
+
+    /// Wakes one waiter (the lock must be held).
+    pub fn notify(&self) -> Result<()> {
+        self.proxy.call("notify", vec![]).map(drop).map_err(lock_error)
+    }
+
+    /// Wakes every waiter (the lock must be held).
+    pub fn notify_all(&self) -> Result<()> {
+        self.proxy.call("notify_all", vec![]).map(drop).map_err(lock_error)
+    }
+}
+
+/// A manager's `Event`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventProxy {
+    proxy: Proxy,
+}
+
+impl EventProxy {
+    /// Sets the flag, waking waiters.
+    pub fn set(&self) -> Result<()> {
+        self.proxy.call("set", vec![]).map(drop)
+    }
+
+    /// Clears the flag.
+    pub fn clear(&self) -> Result<()> {
+        self.proxy.call("clear", vec![]).map(drop)
+    }
+
+    /// Whether it is set.
+    pub fn is_set(&self) -> Result<bool> {
+        flag(self.proxy.call("is_set", vec![])?)
+    }
+
+    /// Waits until set (at most `timeout`); whether it is set.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
+        let t = timeout.map_or(PyValue::None, |t| PyValue::Float(t.as_secs_f64()));
+        flag(self.proxy.call("wait", vec![t])?)
+    }
+}
+
+/// A manager's `Barrier`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BarrierProxy {
+    proxy: Proxy,
+}
+
+impl BarrierProxy {
+    /// Waits for all parties (at most `timeout`); this party's index.
+    /// [`Error::BrokenBarrier`] when aborted, reset or timed out.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<usize> {
+        let t = timeout.map_or(PyValue::None, |t| PyValue::Float(t.as_secs_f64()));
+        match self.proxy.call("wait", vec![t]) {
+            Ok(v) => int(v),
+            Err(Error::RemoteException { class, .. }) if class.ends_with("BrokenBarrierError") => {
+                Err(Error::BrokenBarrier)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Breaks it for current and future waiters.
+    pub fn abort(&self) -> Result<()> {
+        self.proxy.call("abort", vec![]).map(drop)
+    }
+
+    /// Makes it usable again.
+    pub fn reset(&self) -> Result<()> {
+        self.proxy.call("reset", vec![]).map(drop)
+    }
+
+    /// How many parties it waits for.
+    pub fn parties(&self) -> Result<usize> {
+        int(self.proxy.call("__getattribute__", vec![PyValue::Str("parties".into())])?)
+    }
+
+    /// Whether it is broken.
+    pub fn broken(&self) -> Result<bool> {
+        flag(self.proxy.call("__getattribute__", vec![PyValue::Str("broken".into())])?)
+    }
+}
+
+/// A manager's `Array` of `T`.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent, bound = "")]
+pub struct ArrayProxy<T> {
+    proxy: Proxy,
+    #[serde(skip)]
+    types: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ArrayProxy<T> {
+    fn clone(&self) -> Self {
+        ArrayProxy { proxy: self.proxy.clone(), types: PhantomData }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
+    /// `len(a)`.
+    pub fn len(&self) -> Result<usize> {
+        int(self.proxy.call("__len__", vec![])?)
+    }
+
+    /// `len(a) == 0`.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// `a[index]`.
+    pub fn get(&self, index: i64) -> Result<T> {
+        back(self.proxy.call("__getitem__", vec![PyValue::Int(index)])?)
+    }
+
+    /// `a[index] = x`.
+    pub fn set(&self, index: i64, x: &T) -> Result<()> {
+        self.proxy.call("__setitem__", vec![PyValue::Int(index), value(x)?]).map(drop)
+    }
+
+    /// `a[:]`.
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        let all = PyValue::reduce("builtins", "slice", vec![PyValue::None, PyValue::None, PyValue::None]);
+        back(self.proxy.call("__getitem__", vec![all])?)
+    }
+}
+
+impl SyncManager {
+    fn make(&self, typeid: &str, args: Vec<PyValue>) -> Result<Proxy> {
+        self.client.create(typeid, args)
+    }
+
+    /// A new `Lock`.
+    pub fn lock(&self) -> Result<AcquirerProxy> {
+        Ok(AcquirerProxy { proxy: self.make("Lock", vec![])? })
+    }
+
+    /// A new `RLock`.
+    pub fn rlock(&self) -> Result<AcquirerProxy> {
+        Ok(AcquirerProxy { proxy: self.make("RLock", vec![])? })
+    }
+
+    /// A new `Semaphore(value)`.
+    pub fn semaphore(&self, value: u32) -> Result<AcquirerProxy> {
+        Ok(AcquirerProxy { proxy: self.make("Semaphore", vec![PyValue::Int(value.into())])? })
+    }
+
+    /// A new `BoundedSemaphore(value)`.
+    pub fn bounded_semaphore(&self, value: u32) -> Result<AcquirerProxy> {
+        Ok(AcquirerProxy { proxy: self.make("BoundedSemaphore", vec![PyValue::Int(value.into())])? })
+    }
+
+    /// A new `Condition`.
+    pub fn condition(&self) -> Result<ConditionProxy> {
+        Ok(ConditionProxy { proxy: self.make("Condition", vec![])? })
+    }
+
+    /// A new `Event`.
+    pub fn event(&self) -> Result<EventProxy> {
+        Ok(EventProxy { proxy: self.make("Event", vec![])? })
+    }
+
+    /// A new `Barrier(parties)`.
+    pub fn barrier(&self, parties: u32) -> Result<BarrierProxy> {
+        Ok(BarrierProxy { proxy: self.make("Barrier", vec![PyValue::Int(parties.into())])? })
+    }
+
+    /// A new `Array(typecode, items)`.
+    pub fn array<T: Serialize + DeserializeOwned>(&self, typecode: &str, items: &[T]) -> Result<ArrayProxy<T>> {
+        let proxy = self.make("Array", vec![PyValue::Str(typecode.into()), value(items)?])?;
+        Ok(ArrayProxy { proxy, types: PhantomData })
+    }
+}

@@ -218,9 +218,10 @@ impl ServerBuilder {
         self.register_shared(typeid, Arc::new(objects::Queue::new(0)))
     }
 
-    /// Registers what Python's `SyncManager` offers that is data:
-    /// `Queue`, `JoinableQueue`, `dict`, `list`, `Value`, `Namespace`,
-    /// `Event`.
+    /// Registers Python's `SyncManager` types: `Queue`, `JoinableQueue`,
+    /// `dict`, `list`, `Value`, `Array`, `Namespace`, `Event`, `Lock`,
+    /// `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Barrier`
+    /// (not `Pool`).
     pub fn sync_types(self) -> Self {
         fn arc<T: Shared + 'static>(r: std::result::Result<T, Raise>) -> std::result::Result<Arc<dyn Shared>, Raise> {
             r.map(|t| Arc::new(t) as Arc<dyn Shared>)
@@ -232,6 +233,13 @@ impl ServerBuilder {
             .register_type("Value", |a, k| arc(objects::Value::from_args(a, k)))
             .register_type("Namespace", |_, k| arc(Ok(objects::Namespace::from_kwds(k))))
             .register_type("Event", |_, _| arc(Ok(objects::Event::default())))
+            .register_type("Lock", |_, _| arc(Ok(objects::Permits::lock())))
+            .register_type("RLock", |_, _| arc(Ok(objects::Permits::rlock())))
+            .register_type("Semaphore", |a, k| arc(objects::Permits::semaphore(a, k, false)))
+            .register_type("BoundedSemaphore", |a, k| arc(objects::Permits::semaphore(a, k, true)))
+            .register_type("Condition", |_, _| arc(Ok(objects::Condition::default())))
+            .register_type("Barrier", |a, k| arc(objects::Barrier::from_args(a, k)))
+            .register_type("Array", |a, k| arc(objects::Array::from_args(a, k)))
     }
 
     /// Binds the address. Refuses an empty key on an address that is not
