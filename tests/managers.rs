@@ -571,3 +571,87 @@ mod typed_sync {
         m.shutdown().unwrap();
     }
 }
+
+mod own_types_and_dead_clients {
+    use super::*;
+    use multiproc::Process;
+    use multiproc::managers::objects::Methods;
+
+    #[derive(Default)]
+    struct Tally {
+        names: Vec<String>,
+    }
+
+    #[test]
+    fn a_type_with_serde_methods_is_callable_from_python() {
+        let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
+            .authkey(b"abc")
+            .register_type("Tally", |_, _| {
+                Ok(Arc::new(
+                    Methods::new(Tally::default())
+                        .method("add", |t: &mut Tally, (name,): (String,)| {
+                            t.names.push(name);
+                            t.names.len()
+                        })
+                        .method("names", |t: &mut Tally, (): ()| t.names.clone()),
+                ))
+            })
+            .bind()
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let Address::Tcp(addr) = server.address().clone() else { unreachable!() };
+        let script = "import sys\nfrom multiprocessing.managers import BaseManager\nclass M(BaseManager): pass\nM.register('Tally')\nm = M(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')\nm.connect()\nt = m.Tally()\nt.add('ann')\nprint(t.add('bob'), t.names())\ntry:\n    t.add(3)\nexcept TypeError:\n    print('TypeError')\n";
+        let out = Command::new(python("3.11")).args(["-c", script, addr.rsplit_once(':').unwrap().1]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2 ['ann', 'bob']\nTypeError\n");
+        server.stop().unwrap();
+    }
+
+    fn block_in_get(address: String) {
+        let client = Client::connect(&address.parse().unwrap(), b"abc").unwrap();
+        let q = client.create("shared", vec![]).unwrap();
+        let _ = q.call("get", vec![]);
+    }
+
+    #[test]
+    fn a_client_killed_in_the_middle_of_a_call_leaves_the_server_working() {
+        let shared = Arc::new(Queue::new(0));
+        let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
+            .authkey(b"abc")
+            .sync_types()
+            .register_shared("shared", shared.clone())
+            .bind()
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let mut p = Process::new(block_in_get, (server.address().to_string(),));
+        p.start().unwrap();
+        // Wait (bounded) until its get is parked in the server: the queue
+        // has a reference from it, and the get has begun.
+        let client = Client::connect(server.address(), b"abc").unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while client.number_of_objects().unwrap() == 0 {
+            assert!(std::time::Instant::now() < until, "the child never created its proxy");
+            std::thread::yield_now();
+        }
+        p.kill().unwrap();
+        assert!(p.join().is_err());
+        // Others go on: new connections, new objects, calls on the same
+        // shared queue.
+        let d = client.create("dict", vec![]).unwrap();
+        d.call("__setitem__", vec![PyValue::Int(1), PyValue::Int(2)]).unwrap();
+        let q = client.create("shared", vec![]).unwrap();
+        for i in 0..3 {
+            q.call("put", vec![PyValue::Int(i)]).unwrap();
+        }
+        // The dead client's parked get may take one item (Python's server
+        // loses it the same way); the rest arrive.
+        let mut got = Vec::new();
+        while let Some(v) = q.get_timeout(Duration::from_millis(200)).unwrap() {
+            got.push(v);
+        }
+        assert!(got.len() >= 2, "{got:?}");
+        server.stop().unwrap();
+    }
+}

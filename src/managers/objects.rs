@@ -1009,3 +1009,76 @@ impl Shared for Array {
         }
     }
 }
+
+type Method<T> = Box<dyn Fn(&mut T, PyValue) -> Result<PyValue, Raise> + Send + Sync>;
+
+/// A Rust value shared by method name with serde arguments and results:
+/// the easy way to [`register_type`](super::ServerBuilder::register_type)
+/// a type of your own. Each method takes its positional arguments as one
+/// serde tuple; methods run one at a time, under the object's lock.
+///
+/// ```
+/// use std::sync::Arc;
+/// use multiproc::managers::objects::Methods;
+/// use multiproc::managers::{Client, ServerBuilder, pickle::PyValue};
+///
+/// #[derive(Default)]
+/// struct Tally { names: Vec<String> }
+///
+/// let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
+///     .register_type("Tally", |_, _| {
+///         Ok(Arc::new(
+///             Methods::new(Tally::default())
+///                 .method("add", |t: &mut Tally, (name,): (String,)| { t.names.push(name); t.names.len() })
+///                 .method("names", |t: &mut Tally, (): ()| t.names.clone()),
+///         ))
+///     })
+///     .bind().unwrap().spawn().unwrap();
+/// let tally = Client::connect(server.address(), b"").unwrap().create("Tally", vec![]).unwrap();
+/// assert_eq!(tally.call("add", vec![PyValue::Str("ann".into())]).unwrap(), PyValue::Int(1));
+/// assert_eq!(tally.call("names", vec![]).unwrap().to_string(), "['ann']");
+/// assert!(tally.call("add", vec![PyValue::Int(3)]).is_err(), "a TypeError for the wrong argument type");
+/// ```
+pub struct Methods<T> {
+    object: Mutex<T>,
+    methods: Vec<(String, Method<T>)>,
+}
+
+impl<T: Send + 'static> Methods<T> {
+    /// `object`, with no methods yet.
+    pub fn new(object: T) -> Methods<T> {
+        Methods { object: Mutex::new(object), methods: Vec::new() }
+    }
+
+    /// Adds method `name`: `f(&mut object, args)`, where `args` is the
+    /// call's positional arguments as a tuple type (`()` for none,
+    /// `(x,)` for one) and the result any serde type.
+    pub fn method<A, R, F>(mut self, name: &str, f: F) -> Self
+    where
+        A: serde::de::DeserializeOwned,
+        R: serde::Serialize,
+        F: Fn(&mut T, A) -> R + Send + Sync + 'static,
+    {
+        let call = move |object: &mut T, args: PyValue| {
+            let args = super::from_value::<A>(args).map_err(|e| Raise::type_error(e.0))?;
+            super::to_value(&f(object, args)).map_err(|e| Raise::type_error(e.0))
+        };
+        self.methods.push((name.to_owned(), Box::new(call)));
+        self
+    }
+}
+
+impl<T: Send> Shared for Methods<T> {
+    fn exposed(&self) -> Vec<String> {
+        self.methods.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn call(&self, method: &str, args: &[PyValue], _kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+        let (_, f) = self
+            .methods
+            .iter()
+            .find(|(n, _)| n == method)
+            .ok_or_else(|| Raise::Traceback(format!("no method {method}")))?;
+        f(&mut lock(&self.object), PyValue::Tuple(args.to_vec()))
+    }
+}

@@ -334,6 +334,16 @@ impl<'de> de::Deserializer<'de> for PyValue {
         }
     }
 
+    /// `()` is Python's `None`, or an empty tuple (a call with no
+    /// arguments).
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
+        match self {
+            PyValue::None => visitor.visit_unit(),
+            PyValue::Tuple(t) | PyValue::List(t) if t.is_empty() => visitor.visit_unit(),
+            other => Err(de::Error::invalid_type(unexpected(&other), &visitor)),
+        }
+    }
+
     fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, visitor: V) -> Result<V::Value, ValueError> {
         visitor.visit_newtype_struct(self)
     }
@@ -356,7 +366,7 @@ impl<'de> de::Deserializer<'de> for PyValue {
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct seq tuple tuple_struct map struct identifier ignored_any
+        bytes byte_buf unit_struct seq tuple tuple_struct map struct identifier ignored_any
     }
 }
 
