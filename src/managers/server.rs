@@ -864,6 +864,22 @@ mod tests {
     }
 }
 
+/// A server's state with the SyncManager types and no listener, for
+/// feeding requests straight to `answer`.
+#[cfg(test)]
+fn test_state() -> State {
+    let b = ServerBuilder::new("127.0.0.1:0".parse().unwrap()).sync_types();
+    State {
+        address: b.address,
+        authkey: Vec::new(),
+        makers: b.makers,
+        objects: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        stopping: AtomicBool::new(false),
+        max_frame: 1 << 16,
+    }
+}
+
 #[cfg(test)]
 mod fuzz {
     //! Mutation fuzzing of everything a peer's bytes reach: the frame
@@ -932,16 +948,7 @@ mod fuzz {
     }
 
     fn state() -> State {
-        let b = ServerBuilder::new("127.0.0.1:0".parse().unwrap()).sync_types();
-        State {
-            address: b.address,
-            authkey: Vec::new(),
-            makers: b.makers,
-            objects: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            stopping: AtomicBool::new(false),
-            max_frame: 1 << 16,
-        }
+        super::test_state()
     }
 
     #[test]
@@ -1014,5 +1021,72 @@ mod fuzz {
         }
         eprintln!("fuzz: {iters} inputs, {decoded} decoded as pickles, {objects_called} object calls");
         assert!(decoded > iters / 20, "the mutations hardly ever make a readable pickle: {decoded}");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Property tests (proptest) of the same surfaces as `fuzz`: arbitrary
+    //! bytes, and arbitrary well-formed values as requests.
+    //! `MULTIPROC_PROPTEST_CASES` sets the cases per property (default
+    //! 20,000; the closing notes report a run of a million).
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("MULTIPROC_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000)
+    }
+
+    fn state() -> &'static State {
+        static STATE: std::sync::OnceLock<State> = std::sync::OnceLock::new();
+        STATE.get_or_init(super::test_state)
+    }
+
+    fn value() -> impl Strategy<Value = PyValue> {
+        let leaf = prop_oneof![
+            Just(PyValue::None),
+            any::<bool>().prop_map(PyValue::Bool),
+            any::<i64>().prop_map(PyValue::Int),
+            any::<f64>().prop_filter("NaN is not equal to itself", |f| !f.is_nan()).prop_map(PyValue::Float),
+            ".{0,12}".prop_map(PyValue::Str),
+            prop::collection::vec(any::<u8>(), 0..12).prop_map(PyValue::Bytes),
+            ("[a-z_.]{1,8}", "[A-Za-z_]{1,8}").prop_map(|(m, n)| PyValue::Global { module: m, name: n }),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(PyValue::Tuple),
+                prop::collection::vec(inner.clone(), 0..6).prop_map(PyValue::List),
+                prop::collection::vec((inner.clone(), inner.clone()), 0..4).prop_map(PyValue::Dict),
+                (inner.clone(), prop::collection::vec(inner, 0..3)).prop_map(|(state, args)| PyValue::Object {
+                    class: Box::new(PyValue::global("m", "C")),
+                    args: Box::new(PyValue::Tuple(args)),
+                    new_obj: false,
+                    state: Some(Box::new(state)),
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = pickle::loads(&bytes);
+            let _ = answer(state(), &bytes, false);
+            let _ = wire::read_frame(&mut &bytes[..], 1 << 16);
+        }
+
+        #[test]
+        fn values_round_trip_and_any_request_is_answered(v in value(), method in "[a-z_]{0,12}") {
+            // Dicts with repeated keys collapse on reading, as in Python.
+            let back = pickle::loads(&pickle::dumps(&v)).unwrap();
+            if !format!("{v:?}").contains("Dict") {
+                prop_assert_eq!(&back, &v);
+            }
+            let request = PyValue::Tuple(vec![PyValue::None, PyValue::Str(method), PyValue::Tuple(vec![v]), PyValue::Dict(vec![])]);
+            let (reply, _) = answer(state(), &pickle::dumps(&request), false);
+            prop_assert!(pickle::loads(&reply).is_ok());
+        }
     }
 }
