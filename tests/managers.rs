@@ -281,7 +281,7 @@ fn a_queue_shared_by_the_server_and_used_in_process() {
 
 mod typed {
     use super::*;
-    use multiproc::managers::{QueueProxy, SyncManager};
+    use multiproc::managers::{Manager, QueueProxy};
     use multiproc::{Pool, Process, StartMethod};
 
     #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug, Clone)]
@@ -298,7 +298,7 @@ mod typed {
 
     #[test]
     fn typed_proxies_travel_to_children_under_every_method_and_are_freed() {
-        let manager = SyncManager::start().unwrap();
+        let manager = Manager::start().unwrap();
         let (q, out) = (manager.queue::<Job>(0).unwrap(), manager.queue::<Job>(0).unwrap());
         for method in [StartMethod::Fork, StartMethod::Spawn, StartMethod::Forkserver] {
             let job = Job { id: 21, words: vec!["a".into(), method.to_string()] };
@@ -338,7 +338,7 @@ mod typed {
 
     #[test]
     fn seed_004_pool_workers_talk_through_a_manager_queue() {
-        let manager = SyncManager::start().unwrap();
+        let manager = Manager::start().unwrap();
         let queue = manager.queue::<String>(10).unwrap();
         let pool = Pool::new(2).unwrap();
         let mut got = pool.apply_async(consumer, (queue.clone(),));
@@ -491,7 +491,7 @@ fn pythons_sync_primitive_proxies_against_our_server() {
 mod typed_sync {
     use super::*;
     use multiproc::Process;
-    use multiproc::managers::{AcquirerProxy, BarrierProxy, ConditionProxy, EventProxy, SyncManager, ValueProxy};
+    use multiproc::managers::{AcquirerProxy, BarrierProxy, ConditionProxy, EventProxy, Manager, ValueProxy};
 
     fn add_under_lock(lock: AcquirerProxy, total: ValueProxy<i64>, n: i64) {
         for _ in 0..n {
@@ -517,7 +517,7 @@ mod typed_sync {
 
     #[test]
     fn typed_sync_proxies_work_across_processes() {
-        let m = SyncManager::start().unwrap();
+        let m = Manager::start().unwrap();
         // A lock keeps two processes' read-modify-writes whole.
         let (lock, total) = (m.lock().unwrap(), m.value("q", &0i64).unwrap());
         let mut ps: Vec<_> = (0..2).map(|_| Process::new(add_under_lock, (lock.clone(), total.clone(), 50))).collect();

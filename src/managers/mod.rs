@@ -40,8 +40,11 @@ mod wire;
 
 pub use client::{Client, Proxy};
 pub use proxies::{
-    AcquirerProxy, ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, NamespaceProxy,
-    QueueProxy, SyncManager, ValueProxy,
+    AcquirerProxy, ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, Manager, NamespaceProxy,
+    QueueProxy, ValueProxy,
 };
 pub use serde_bridge::{ValueError, from_value, to_value};
-pub use server::{Address, Manager, RunningServer, Server, ServerBuilder, Stopper};
+pub use server::{Address, ManagerProcess, RunningServer, Server, ServerBuilder, Stopper};
+
+/// Python's class name for what `multiprocessing.Manager()` returns.
+pub type SyncManager = Manager;

@@ -1,4 +1,4 @@
-//! Python's `SyncManager` for Rust: a manager in a child process and
+//! Python's `Manager` for Rust: a manager in a child process and
 //! typed proxies to the objects it holds. Values cross as Python data
 //! (through serde), so Python clients of the same manager read them too.
 //! Proxies are cloneable and travel to other processes as arguments —
@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::pickle::PyValue;
-use super::{Client, Manager, Proxy, ServerBuilder, from_value, to_value};
+use super::{Client, ManagerProcess, Proxy, ServerBuilder, from_value, to_value};
 use crate::{Error, Result};
 
 fn value<T: Serialize + ?Sized>(v: &T) -> Result<PyValue> {
@@ -38,19 +38,19 @@ fn int(v: PyValue) -> Result<usize> {
     }
 }
 
-/// A manager in a child process holding Python's `SyncManager` types
+/// A manager in a child process holding Python's `Manager` types
 /// (Python's `multiprocessing.Manager()`).
 ///
 /// ```
 /// # #[multiproc::main] fn main() {
-/// use multiproc::managers::SyncManager;
+/// use multiproc::managers::Manager;
 /// use multiproc::{Pool, managers::QueueProxy};
 ///
 /// fn produce(q: QueueProxy<String>) { q.put(&"a".to_string()).unwrap(); }
 /// fn consume(q: QueueProxy<String>) -> String { q.get().unwrap() }
 ///
 /// // Seed 004: pool workers talking through a manager's queue.
-/// let manager = SyncManager::start().unwrap();
+/// let manager = Manager::start().unwrap();
 /// let queue = manager.queue::<String>(10).unwrap();
 /// let pool = Pool::new(2).unwrap();
 /// let mut got = pool.apply_async(consume, (queue.clone(),));
@@ -59,19 +59,19 @@ fn int(v: PyValue) -> Result<usize> {
 /// put.get().unwrap();
 /// # }
 /// ```
-pub struct SyncManager {
+pub struct Manager {
     client: Client,
-    manager: Manager,
+    manager: ManagerProcess,
 }
 
-impl SyncManager {
+impl Manager {
     /// Starts one on a free loopback port with a random key.
-    pub fn start() -> Result<SyncManager> {
+    pub fn start() -> Result<Manager> {
         let mut key = [0u8; 32];
         crate::sys::random_bytes(&mut key).map_err(|source| Error::Io { context: "a random authkey", source })?;
         let manager = ServerBuilder::new("127.0.0.1:0".parse()?).authkey(&key).sync_types().bind()?.start()?;
         let client = manager.client()?;
-        Ok(SyncManager { client, manager })
+        Ok(Manager { client, manager })
     }
 
     /// The manager's address.
@@ -527,7 +527,7 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
     }
 }
 
-impl SyncManager {
+impl Manager {
     fn make(&self, typeid: &str, args: Vec<PyValue>) -> Result<Proxy> {
         self.client.create(typeid, args)
     }

@@ -375,10 +375,10 @@ impl Server {
     }
 
     /// Serves in a child process (Python's `BaseManager.start()`), forked
-    /// with the objects registered so far. The returned [`Manager`] stops
+    /// with the objects registered so far. The returned [`ManagerProcess`] stops
     /// it with a `shutdown` request when dropped or shut down; the child is
     /// a daemon, so it also dies if this process is killed.
-    pub fn start(self) -> Result<Manager> {
+    pub fn start(self) -> Result<ManagerProcess> {
         let address = self.address().clone();
         let authkey = self.shared.authkey.clone();
         if let Listener::Unix(_, _, owner) = &self.listener {
@@ -394,7 +394,7 @@ impl Server {
         .with_name("manager")
         .with_daemon(true);
         process.start()?;
-        Ok(Manager { address, authkey, process: Some(process) })
+        Ok(ManagerProcess { address, authkey, process: Some(process) })
     }
 
     /// Serves on a background thread; the returned handle stops it (and
@@ -431,13 +431,13 @@ impl Server {
 /// manager.shutdown().unwrap();
 /// # }
 /// ```
-pub struct Manager {
+pub struct ManagerProcess {
     address: Address,
     authkey: Vec<u8>,
     process: Option<crate::Process<std::result::Result<(), String>>>,
 }
 
-impl Manager {
+impl ManagerProcess {
     /// Where it listens.
     pub fn address(&self) -> &Address {
         &self.address
@@ -476,7 +476,7 @@ impl Manager {
     }
 }
 
-impl Drop for Manager {
+impl Drop for ManagerProcess {
     fn drop(&mut self) {
         let _ = self.stop();
     }
