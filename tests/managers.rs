@@ -223,6 +223,7 @@ d = m.dict()
 d['k'] = 1
 d.update({'j': 2})
 print(sorted(d.items()), d.get('zz', 'default'), len(d))
+print(list(d), [k for k in d], 'k' in d)
 l = m.list([1, 2])
 l.append(3)
 print(len(l), l[-1])
@@ -255,6 +256,7 @@ fn pythons_sync_manager_client_against_our_server() {
                 "{'a': [1, 2.5, None, True, b'x', (3, 'y')]}",
                 "Empty",
                 "[('j', 2), ('k', 1)] default 2",
+                "['k', 'j'] ['k', 'j'] True",
                 "3 3",
                 "8",
                 "hello",

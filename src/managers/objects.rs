@@ -68,6 +68,42 @@ pub trait Shared: Send + Sync {
     /// Calls `method`. Unknown methods never reach here: the server checks
     /// [`exposed`](Self::exposed) first.
     fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise>;
+
+    /// For an exposed `__iter__`: the items to iterate, which the server
+    /// hands out as a new shared iterator (Python's `#PROXY` reply with an
+    /// `Iterator` token). `None`: not iterable that way.
+    fn iterate(&self) -> Option<Vec<PyValue>> {
+        None
+    }
+}
+
+/// The iterator a `__iter__` call hands out (Python's `Iterator` type id).
+pub struct IteratorObject(Mutex<std::vec::IntoIter<PyValue>>);
+
+impl IteratorObject {
+    /// An iterator over `items`.
+    pub fn new(items: Vec<PyValue>) -> IteratorObject {
+        IteratorObject(Mutex::new(items.into_iter()))
+    }
+}
+
+impl Shared for IteratorObject {
+    fn exposed(&self) -> Vec<String> {
+        exposed(&["__next__", "send", "throw", "close"])
+    }
+
+    fn call(&self, method: &str, _args: &[PyValue], _kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+        match method {
+            "__next__" | "send" => {
+                lock(&self.0).next().ok_or_else(|| Raise::exception("builtins", "StopIteration", None))
+            }
+            "close" => {
+                lock(&self.0).by_ref().for_each(drop);
+                Ok(PyValue::None)
+            }
+            _ => Err(Raise::exception("builtins", "StopIteration", None)),
+        }
+    }
 }
 
 /// Positional-or-keyword argument `name` at `index`.
@@ -283,6 +319,7 @@ impl Shared for Dict {
             "__contains__",
             "__delitem__",
             "__getitem__",
+            "__iter__",
             "__len__",
             "__setitem__",
             "clear",
@@ -296,6 +333,10 @@ impl Shared for Dict {
             "update",
             "values",
         ])
+    }
+
+    fn iterate(&self) -> Option<Vec<PyValue>> {
+        Some(lock(&self.0).keys().cloned().collect())
     }
 
     fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {

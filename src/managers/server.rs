@@ -688,6 +688,11 @@ fn object_call(state: &State, id: &str, method: &str, args: &[PyValue], kwds: &[
     if !object.exposed().iter().any(|m| m == method) {
         return traceback(format!("AttributeError: method {method:?} of object {id} is not exposed"));
     }
+    if method == "__iter__"
+        && let Some(items) = object.iterate()
+    {
+        return proxy_reply(state, "Iterator", Arc::new(objects::IteratorObject::new(items)));
+    }
     // The call runs without the table's lock: a blocking get holds nothing
     // but its own connection.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| object.call(method, args, kwds))) {
@@ -696,6 +701,32 @@ fn object_call(state: &State, id: &str, method: &str, args: &[PyValue], kwds: &[
         Ok(Err(Raise::Traceback(t))) => traceback(t),
         Err(_) => traceback(format!("the method {method:?} panicked")),
     }
+}
+
+/// Registers `object` under a new id and answers with Python's `#PROXY`:
+/// its exposed methods and a `Token(typeid, address, id)`, which the
+/// client turns into a proxy (taking, then giving back, a reference).
+fn proxy_reply(state: &State, typeid: &str, object: Arc<dyn Shared>) -> Vec<u8> {
+    let id = format!("{:x}", state.next_id.fetch_add(1, Ordering::Relaxed) + 0x7f00_0000_0000);
+    let exposed = PyValue::Tuple(object.exposed().into_iter().map(PyValue::Str).collect());
+    state.objects.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), Held { object, refs: 1 });
+    let address = match &state.address {
+        Address::Tcp(a) => match a.rsplit_once(':') {
+            Some((host, port)) => PyValue::Tuple(vec![
+                PyValue::Str(host.trim_matches(['[', ']']).to_owned()),
+                PyValue::Int(port.parse().unwrap_or(0)),
+            ]),
+            None => PyValue::Str(a.clone()),
+        },
+        Address::Unix(p) => PyValue::Str(p.display().to_string()),
+    };
+    let token = PyValue::Object {
+        class: Box::new(PyValue::global("multiprocessing.managers", "Token")),
+        args: Box::new(PyValue::Tuple(Vec::new())),
+        new_obj: true,
+        state: Some(Box::new(PyValue::Tuple(vec![PyValue::Str(typeid.into()), address, PyValue::Str(id)]))),
+    };
+    reply("#PROXY", PyValue::Tuple(vec![exposed, token]))
 }
 
 #[cfg(test)]
