@@ -233,7 +233,7 @@ pub(crate) fn run(args: &Args) -> Res<()> {
         "# multiproc-bench ipc: round trips between two processes (median µs), one-way rates (msg/s), uncontended ns"
     );
     println!("# peer python: {} ({})", python.display(), python::version(&python));
-    println!("# {:<26} {:>12} {:>12} {:<18} {:>8}", "figure", "ours", "peer", "peer_name", "ratio");
+    crate::header();
     let peer = python::Figures::of_script(
         &python,
         "ipc.py",

@@ -47,6 +47,11 @@ enum Command {
     Managers(managers::Args),
 }
 
+/// Prints the column names, as a comment line above the rows.
+pub(crate) fn header() {
+    println!("# {:<26} {:>12} {:>12} {:<18} {:>8}", "figure", "ours", "peer", "peer_name", "ratio");
+}
+
 /// Prints one result row.
 pub(crate) fn row(figure: &str, ours: f64, peer: f64, peer_name: &str) {
     println!("{figure:<28} {ours:>12.4} {peer:>12.4} {peer_name:<18} {:>8.3}", ours / peer);

@@ -51,7 +51,7 @@ pub(crate) fn run(args: &Args) -> Res<()> {
     let python = python::find(args.python.as_deref())?;
     println!("# multiproc-bench managers: operations per second through a manager in a child process");
     println!("# peer python: {} ({})", python.display(), python::version(&python));
-    println!("# {:<26} {:>12} {:>12} {:<18} {:>8}", "figure", "ours", "peer", "peer_name", "ratio");
+    crate::header();
     let peer = python::Figures::of_script(
         &python,
         "managers_peer.py",

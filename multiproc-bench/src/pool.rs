@@ -84,7 +84,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         "# tasks: {} tiny (apply_async, imap), {} map items, {} round trips, {} cpu-bound",
         args.tasks, args.map_items, args.roundtrips, args.cpu_tasks
     );
-    println!("# {:<26} {:>12} {:>12} {:<18} {:>8}", "figure", "ours", "peer", "peer_name", "ratio");
+    crate::header();
 
     let peer = python::Figures::of_script(
         &python,

@@ -60,7 +60,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     println!("# multiproc-bench spawn: start+join of a process returning a small value, median ms");
     println!("# peer python: {} ({})", python.display(), python::version(&python));
     println!("# iterations: {} (python spawn: {})", args.iterations, args.python_spawn_iterations);
-    println!("# {:<26} {:>12} {:>12} {:<18} {:>8}", "figure", "ours", "peer", "peer_name", "ratio");
+    crate::header();
 
     let peer = python::Figures::of_script(
         &python,

@@ -43,7 +43,7 @@ pub(crate) fn run(args: &Args) -> Res<()> {
         args.runs
     );
     println!("# peer python: {} ({})", python.display(), python::version(&python));
-    println!("# {:<26} {:>12} {:>12} {:<18} {:>8}", "figure", "ours", "peer", "peer_name", "ratio");
+    crate::header();
     let peer = python::Figures::of_script(
         &python,
         "subprocess_peer.py",

@@ -214,7 +214,7 @@ impl Proxy {
     /// `get(True, timeout)` on a queue proxy: `Ok(None)` when the queue
     /// stayed empty (Python's `queue.Empty`).
     pub fn get_timeout(&self, timeout: Duration) -> Result<Option<PyValue>> {
-        match self.call("get", vec![PyValue::Bool(true), PyValue::Float(timeout.as_secs_f64())]) {
+        match self.call("get", vec![PyValue::Bool(true), super::proxies::seconds(Some(timeout))]) {
             Ok(v) => Ok(Some(v)),
             Err(Error::RemoteException { class, .. }) if class.ends_with(".Empty") => Ok(None),
             Err(e) => Err(e),

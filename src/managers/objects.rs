@@ -173,33 +173,12 @@ impl Queue {
         }
     }
 
-    fn wait<'a>(
-        &self,
-        guard: MutexGuard<'a, QueueState>,
-        deadline: Option<Instant>,
-    ) -> (MutexGuard<'a, QueueState>, bool) {
-        match deadline {
-            None => (self.changed.wait(guard).unwrap_or_else(|e| e.into_inner()), true),
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return (guard, false);
-                }
-                let (g, _) = self.changed.wait_timeout(guard, left).unwrap_or_else(|e| e.into_inner());
-                (g, true)
-            }
-        }
-    }
-
     /// Puts `item`, waiting for room until `deadline`; `queue.Full` if none.
     pub fn put(&self, item: PyValue, deadline: Option<Instant>) -> Result<(), Raise> {
-        let mut s = lock(&self.state);
-        while self.maxsize > 0 && s.items.len() >= self.maxsize {
-            let (g, more) = self.wait(s, deadline);
-            s = g;
-            if !more {
-                return Err(Raise::exception("queue", "Full", None));
-            }
+        let room = |s: &mut QueueState| self.maxsize == 0 || s.items.len() < self.maxsize;
+        let (mut s, room) = wait_while(&self.changed, lock(&self.state), deadline, room);
+        if !room {
+            return Err(Raise::exception("queue", "Full", None));
         }
         s.items.push_back(item);
         s.unfinished += 1;
@@ -210,19 +189,11 @@ impl Queue {
 
     /// Takes an item, waiting until `deadline`; `queue.Empty` if none came.
     pub fn get(&self, deadline: Option<Instant>) -> Result<PyValue, Raise> {
-        let mut s = lock(&self.state);
-        loop {
-            if let Some(item) = s.items.pop_front() {
-                drop(s);
-                self.changed.notify_all();
-                return Ok(item);
-            }
-            let (g, more) = self.wait(s, deadline);
-            s = g;
-            if !more {
-                return Err(Raise::exception("_queue", "Empty", None));
-            }
-        }
+        let (mut s, _) = wait_while(&self.changed, lock(&self.state), deadline, |s| !s.items.is_empty());
+        let item = s.items.pop_front().ok_or_else(|| Raise::exception("_queue", "Empty", None))?;
+        drop(s);
+        self.changed.notify_all();
+        Ok(item)
     }
 
     /// Items in the queue.
@@ -264,10 +235,7 @@ impl Shared for Queue {
                 Ok(PyValue::None)
             }
             "join" => {
-                let mut s = lock(&self.state);
-                while s.unfinished > 0 {
-                    s = self.wait(s, None).0;
-                }
+                drop(wait_while(&self.changed, lock(&self.state), None, |s| s.unfinished == 0));
                 Ok(PyValue::None)
             }
             other => Err(Raise::Traceback(format!("no method {other} on a Queue"))),
@@ -602,19 +570,8 @@ impl Shared for Event {
             }
             "wait" => {
                 let deadline = Queue::deadline(true, arg(args, kwds, 0, "timeout"))?;
-                while !*s {
-                    s = match deadline {
-                        None => self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
-                        Some(d) => {
-                            let left = d.saturating_duration_since(Instant::now());
-                            if left.is_zero() {
-                                break;
-                            }
-                            self.changed.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0
-                        }
-                    };
-                }
-                Ok(PyValue::Bool(*s))
+                let (_held, set) = wait_while(&self.changed, s, deadline, |set| *set);
+                Ok(PyValue::Bool(set))
             }
             other => Err(Raise::Traceback(format!("no method {other} on an Event"))),
         }

@@ -31,6 +31,11 @@ fn queue_error(e: Error) -> Error {
     }
 }
 
+/// A timeout as Python takes it: seconds, or `None` to wait forever.
+pub(super) fn seconds(timeout: Option<Duration>) -> PyValue {
+    timeout.map_or(PyValue::None, |t| PyValue::Float(t.as_secs_f64()))
+}
+
 fn int(v: PyValue) -> Result<usize> {
     match v {
         PyValue::Int(n) if n >= 0 => Ok(n as usize),
@@ -160,7 +165,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
 
     /// Takes an item, waiting at most `timeout`; [`Error::Empty`] if none.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        let args = vec![PyValue::Bool(true), PyValue::Float(timeout.as_secs_f64())];
+        let args = vec![PyValue::Bool(true), seconds(Some(timeout))];
         back(self.proxy.call("get", args).map_err(queue_error)?)
     }
 
@@ -365,7 +370,7 @@ impl AcquirerProxy {
 
     /// Waits at most `timeout`; whether it was acquired.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-        flag(self.proxy.call("acquire", vec![PyValue::Bool(true), PyValue::Float(timeout.as_secs_f64())])?)
+        flag(self.proxy.call("acquire", vec![PyValue::Bool(true), seconds(Some(timeout))])?)
     }
 
     /// Releases; [`Error::NotOwner`] for an `RLock` this proxy does not
@@ -397,8 +402,7 @@ impl ConditionProxy {
     /// Releases the lock, waits for a notice (at most `timeout`), takes the
     /// lock again; false on timeout.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        let t = timeout.map_or(PyValue::None, |t| PyValue::Float(t.as_secs_f64()));
-        flag(self.proxy.call("wait", vec![t]).map_err(lock_error)?)
+        flag(self.proxy.call("wait", vec![seconds(timeout)]).map_err(lock_error)?)
     }
 
     /// Wakes one waiter (the lock must be held).
@@ -437,8 +441,7 @@ impl EventProxy {
 
     /// Waits until set (at most `timeout`); whether it is set.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        let t = timeout.map_or(PyValue::None, |t| PyValue::Float(t.as_secs_f64()));
-        flag(self.proxy.call("wait", vec![t])?)
+        flag(self.proxy.call("wait", vec![seconds(timeout)])?)
     }
 }
 
@@ -453,8 +456,7 @@ impl BarrierProxy {
     /// Waits for all parties (at most `timeout`); this party's index.
     /// [`Error::BrokenBarrier`] when aborted, reset or timed out.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<usize> {
-        let t = timeout.map_or(PyValue::None, |t| PyValue::Float(t.as_secs_f64()));
-        match self.proxy.call("wait", vec![t]) {
+        match self.proxy.call("wait", vec![seconds(timeout)]) {
             Ok(v) => int(v),
             Err(Error::RemoteException { class, .. }) if class.ends_with("BrokenBarrierError") => {
                 Err(Error::BrokenBarrier)

@@ -296,7 +296,15 @@ impl Drop for Listener {
 
 struct Held {
     object: Arc<dyn Shared>,
+    /// Its exposed methods, asked once: every call is checked against them.
+    exposed: Vec<String>,
     refs: u64,
+}
+
+impl Held {
+    fn new(object: Arc<dyn Shared>, refs: u64) -> Held {
+        Held { exposed: object.exposed(), object, refs }
+    }
 }
 
 struct State {
@@ -307,6 +315,13 @@ struct State {
     next_id: AtomicU64,
     stopping: AtomicBool,
     max_frame: usize,
+}
+
+impl State {
+    /// A fresh object id, in the hex form Python's ids take.
+    fn new_id(&self) -> String {
+        format!("{:x}", self.next_id.fetch_add(1, Ordering::Relaxed) + 0x7f00_0000_0000)
+    }
 }
 
 /// A bound manager server (Python's `Server` from `get_server()`).
@@ -630,7 +645,7 @@ fn manager_call(state: &State, method: &str, args: &[PyValue], kwds: &[(PyValue,
             };
             let objects = state.objects.lock().unwrap_or_else(|e| e.into_inner());
             match id.and_then(|id| objects.get(&id)) {
-                Some(held) => ok(PyValue::Tuple(held.object.exposed().into_iter().map(PyValue::Str).collect())),
+                Some(held) => ok(PyValue::Tuple(held.exposed.iter().cloned().map(PyValue::Str).collect())),
                 None => traceback("KeyError: get_methods of an unknown object".into()),
             }
         }
@@ -663,31 +678,26 @@ fn create(
     let maker =
         state.makers.get(typeid).ok_or_else(|| Raise::Traceback(format!("KeyError: unknown typeid {typeid:?}")))?;
     let (id, object) = match maker {
-        Maker::Fresh(f) => {
-            let id = format!("{:x}", state.next_id.fetch_add(1, Ordering::Relaxed) + 0x7f00_0000_0000);
-            (id, f(&args[1..], kwds)?)
-        }
+        Maker::Fresh(f) => (state.new_id(), f(&args[1..], kwds)?),
         // One object, one id: refcounts add up across creates, as in
         // Python (whose id is the object's address).
         Maker::Same(o) => (format!("{:x}", Arc::as_ptr(o) as *const () as usize), o.clone()),
     };
-    let exposed = object.exposed();
     let mut objects = state.objects.lock().unwrap_or_else(|e| e.into_inner());
-    objects.entry(id.clone()).or_insert(Held { object, refs: 0 }).refs += 1;
-    Ok((id, exposed))
+    let held = objects.entry(id.clone()).or_insert_with(|| Held::new(object, 0));
+    held.refs += 1;
+    Ok((id, held.exposed.clone()))
 }
 
 fn object_call(state: &State, id: &str, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Vec<u8> {
     let object = {
         let objects = state.objects.lock().unwrap_or_else(|e| e.into_inner());
         match objects.get(id) {
-            Some(held) => held.object.clone(),
+            Some(held) if held.exposed.iter().any(|m| m == method) => held.object.clone(),
+            Some(_) => return traceback(format!("AttributeError: method {method:?} of object {id} is not exposed")),
             None => return traceback(format!("KeyError: no object with id {id:?}")),
         }
     };
-    if !object.exposed().iter().any(|m| m == method) {
-        return traceback(format!("AttributeError: method {method:?} of object {id} is not exposed"));
-    }
     if method == "__iter__"
         && let Some(items) = object.iterate()
     {
@@ -707,9 +717,10 @@ fn object_call(state: &State, id: &str, method: &str, args: &[PyValue], kwds: &[
 /// its exposed methods and a `Token(typeid, address, id)`, which the
 /// client turns into a proxy (taking, then giving back, a reference).
 fn proxy_reply(state: &State, typeid: &str, object: Arc<dyn Shared>) -> Vec<u8> {
-    let id = format!("{:x}", state.next_id.fetch_add(1, Ordering::Relaxed) + 0x7f00_0000_0000);
-    let exposed = PyValue::Tuple(object.exposed().into_iter().map(PyValue::Str).collect());
-    state.objects.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), Held { object, refs: 1 });
+    let id = state.new_id();
+    let held = Held::new(object, 1);
+    let exposed = PyValue::Tuple(held.exposed.iter().cloned().map(PyValue::Str).collect());
+    state.objects.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), held);
     let address = match &state.address {
         Address::Tcp(a) => match a.rsplit_once(':') {
             Some((host, port)) => PyValue::Tuple(vec![

@@ -183,11 +183,7 @@ impl Ring {
         let room = || {
             let tail = h.put.tail.load(Ordering::Relaxed);
             let fits = |head: u64| cap - (tail - head) >= need;
-            fits(self.seen_head.load(Ordering::Relaxed)) || {
-                let head = h.get.head.load(Ordering::Acquire);
-                self.seen_head.fetch_max(head, Ordering::Relaxed);
-                fits(head)
-            }
+            fits(look(&self.seen_head, &h.get.head, fits))
         };
         loop {
             if !self.wait(Until::NotFull, &room, deadline)? {
@@ -228,11 +224,7 @@ impl Ring {
         let cap = self.capacity();
         let filled = || {
             let head = h.get.head.load(Ordering::Relaxed);
-            self.seen_tail.load(Ordering::Acquire) > head || {
-                let tail = h.put.tail.load(Ordering::Acquire);
-                self.seen_tail.fetch_max(tail, Ordering::AcqRel);
-                tail > head
-            }
+            look(&self.seen_tail, &h.put.tail, |tail| tail > head) > head
         };
         loop {
             if !self.wait(Until::NotEmpty, &filled, deadline)? {
@@ -305,14 +297,9 @@ impl Ring {
     /// Where consumers are: this process's last look if that is recent
     /// enough to call the backlog small, or a fresh look.
     fn fresh_head(&self) -> u64 {
-        let tail = self.header().put.tail.load(Ordering::Relaxed);
-        let seen = self.seen_head.load(Ordering::Relaxed);
-        if tail - seen < HOT / 2 {
-            return seen;
-        }
-        let head = self.header().get.head.load(Ordering::Acquire);
-        self.seen_head.fetch_max(head, Ordering::Relaxed);
-        head
+        let h = self.header();
+        let tail = h.put.tail.load(Ordering::Relaxed);
+        look(&self.seen_head, &h.get.head, |head| tail - head < HOT / 2)
     }
 
     /// Items in the queue (exact when no put or get is half done).
@@ -435,6 +422,20 @@ impl Drop for Held {
         // SAFETY: this thread locked it in `Held::lock`.
         let _ = unsafe { mutex::unlock(self.0) };
     }
+}
+
+/// The other side's index: this process's last look at it if `enough`
+/// accepts that, else a fresh look, remembered. Indices only grow, so an
+/// old look is a safe underestimate. Acquire and AcqRel carry the other
+/// side's release through the remembered copy to every thread here.
+fn look(seen: &AtomicU64, index: &AtomicU64, enough: impl Fn(u64) -> bool) -> u64 {
+    let old = seen.load(Ordering::Acquire);
+    if enough(old) {
+        return old;
+    }
+    let fresh = index.load(Ordering::Acquire);
+    seen.fetch_max(fresh, Ordering::AcqRel);
+    fresh
 }
 
 fn copy_in(data: *mut u8, cap: u64, pos: u64, bytes: &[u8]) {
