@@ -100,7 +100,9 @@ impl Core {
             read_lock: Lock::new()?,
             slots,
             maxsize,
-            ring: Arc::new(RingHandle(Ring::new(RING_BYTES).map_err(io("a queue's shared ring"))?)),
+            ring: Arc::new(RingHandle(
+                Ring::new(crate::sys::ring::Geometry::queue(RING_BYTES as u64)).map_err(io("a queue's shared ring"))?,
+            )),
         })
     }
 
@@ -191,8 +193,12 @@ impl Core {
                 Some(Record::Bytes(bytes)) => break (bytes, Vec::new()),
                 Some(Record::Marker) => match self.receive_marked()? {
                     Some(message) => break message,
-                    // Its producer died before sending it: skip its place.
-                    None => continue,
+                    // Its producer died before sending it: skip its place,
+                    // and count it done, as no consumer will.
+                    None => {
+                        self.ring.0.task_done();
+                        continue;
+                    }
                 },
             }
         };
@@ -297,7 +303,7 @@ impl Core {
     }
 
     fn qsize(&self) -> Result<usize> {
-        self.ring.0.items().map_err(io("a queue's shared ring"))
+        Ok(self.ring.0.items())
     }
 }
 
@@ -545,11 +551,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// Marks one task as done; [`Error::TaskDoneTooOften`] past the number
     /// of items put.
     pub fn task_done(&self) -> Result<()> {
-        if self.core.ring.0.task_done().map_err(io("a queue's shared ring"))? {
-            Ok(())
-        } else {
-            Err(Error::TaskDoneTooOften)
-        }
+        if self.core.ring.0.task_done() { Ok(()) } else { Err(Error::TaskDoneTooOften) }
     }
 
     /// Waits until every item put has been marked done.

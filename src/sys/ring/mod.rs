@@ -1,0 +1,528 @@
+//! A byte ring in shared memory for queue messages.
+//!
+//! Producers take turns under one robust mutex and consumers under another,
+//! so between the two it is a single-producer single-consumer ring: a put
+//! and a get touch different cache lines and never wait for each other.
+//! Waiting for room or for a record spins briefly, then sleeps on a futex
+//! word that the other side bumps only when it knows someone sleeps.
+//!
+//! # The invariants
+//!
+//! `head` and `tail` are absolute byte positions (they only grow; `pos %
+//! capacity` is the place in the ring).
+//! 1. `head <= tail <= head + capacity`, always: a producer checks room for
+//!    everything it is about to publish (lap padding included) against a
+//!    head no newer than the real one, so never more than a lap ahead.
+//! 2. `[head, tail)` is a run of whole records (see [`record`]). Only the
+//!    holder of the put lock writes bytes, and only at or past `tail`; it
+//!    moves `tail` (release) after the bytes are in, so a producer killed
+//!    before that leaves nothing behind. Only the holder of the get lock
+//!    moves `head`, after it has read the record, so a consumer killed
+//!    before that leaves the record for the next.
+//! 3. Memory is given back only for whole chunks that lie behind `head`,
+//!    outside the hot window, and whose place a lap on is not yet below
+//!    `tail`; under the put lock, so no producer is writing meanwhile.
+//! 4. Each side keeps a count beside its index (records pushed, popped) and
+//!    notes both new values before it stores them, so that the next holder
+//!    of a lock whose holder died between the two stores repairs the count.
+//!
+//! Each process (each [`Ring`] value) caches its last look at the other
+//! side's index. Indices only grow, so a cached look is an underestimate:
+//! the room or records it shows are really there; only when it shows too
+//! little does a fresh look follow. Arithmetic on a cached look never
+//! assumes it is within a lap of the fresh value.
+//!
+//! The hot window: a steady stream with little backlog goes back to the
+//! ring's start once past the window (padding the rest of the lap), so it
+//! cycles through memory that is already resident and in cache, while a
+//! large backlog may use the whole capacity, given back behind consumers.
+
+mod medium;
+#[cfg(all(test, multiproc_loom))]
+mod model;
+pub(crate) mod record;
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+pub(crate) use medium::Mapped;
+use medium::{DATA, Medium, Word32, Word64};
+use record::{Kind, MARKER, SKIP, WORD};
+
+use super::shm::Mapping;
+
+/// Sizes that shape a ring, fixed at creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct Geometry {
+    /// Bytes of ring.
+    pub capacity: u64,
+    /// Memory beyond the hot window is given back in chunks of this size
+    /// once consumers have passed them. Divides the capacity.
+    pub chunk: u64,
+    /// The start of each lap that a steady stream cycles through; never
+    /// given back. A multiple of `chunk`, at most the capacity.
+    pub hot: u64,
+}
+
+impl Geometry {
+    /// The geometry of queues: 256 KiB chunks and hot window.
+    pub(crate) fn queue(capacity: u64) -> Geometry {
+        Geometry { capacity, chunk: 256 << 10, hot: 256 << 10 }
+    }
+
+    fn valid(self) -> bool {
+        self.capacity >= 2 * WORD
+            && self.chunk > 0
+            && self.capacity.is_multiple_of(self.chunk)
+            && self.hot.is_multiple_of(self.chunk)
+            && self.hot <= self.capacity
+    }
+}
+
+/// What the producers share: they take turns under `lock`. Its own cache
+/// lines, so that producing never touches the lines consumers write.
+#[repr(C, align(128))]
+pub(crate) struct PutSide<M: Medium> {
+    lock: M::Lock,
+    /// Where the next record goes. Written under `lock`, watched without it.
+    tail: M::U64,
+    /// Records ever pushed.
+    pushed: M::U64,
+    /// The values of `tail` and `pushed` that the holder is about to store
+    /// (invariant 4).
+    intent_index: M::U64,
+    intent_count: M::U64,
+}
+
+/// What the consumers share, likewise.
+#[repr(C, align(128))]
+pub(crate) struct GetSide<M: Medium> {
+    lock: M::Lock,
+    /// The next record to take.
+    head: M::U64,
+    /// Records ever taken.
+    popped: M::U64,
+    intent_index: M::U64,
+    intent_count: M::U64,
+}
+
+/// Where processes sleep when spinning was not enough: a futex word per
+/// condition (see `sys::futex` for why not pthread condvars), and counts of
+/// sleepers so that a waker makes no syscall when there are none.
+#[repr(C, align(128))]
+pub(crate) struct Sleep<M: Medium> {
+    not_empty: M::U32,
+    not_full: M::U32,
+    all_done: M::U32,
+    getters: M::U32,
+    putters: M::U32,
+    joiners: M::U32,
+    /// Tasks marked done (JoinableQueue): unfinished is `pushed - done`.
+    done: M::U64,
+}
+
+#[repr(C)]
+pub(crate) struct Header<M: Medium> {
+    put: PutSide<M>,
+    get: GetSide<M>,
+    sleep: Sleep<M>,
+    geometry: Geometry,
+}
+
+/// What a record holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Record {
+    Bytes(Vec<u8>),
+    /// The message went the other way (a socket); only its place is here.
+    Marker,
+}
+
+/// How often a sleeper looks again when its wakers may have missed it.
+const UNSURE_LOOK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Which condition a waiter sleeps on.
+#[derive(Clone, Copy)]
+enum Until {
+    NotEmpty,
+    NotFull,
+    AllDone,
+}
+
+/// One process's view of a ring.
+pub(crate) struct Ring<M: Medium = Mapped> {
+    mem: M,
+    /// This process's last look at the other side's index (see the module
+    /// docs).
+    seen_head: M::U64,
+    seen_tail: M::U64,
+}
+
+impl std::fmt::Debug for Ring<Mapped> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("geometry", &self.geometry()).finish_non_exhaustive()
+    }
+}
+
+fn corrupt(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+impl Ring<Mapped> {
+    /// A new ring in a fresh memory file.
+    pub(crate) fn new(geometry: Geometry) -> io::Result<Ring> {
+        if !geometry.valid() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a ring's sizes do not fit together"));
+        }
+        let map = Mapping::new("multiproc-queue", DATA + geometry.capacity as usize)?;
+        let h = map.as_ptr().cast::<Header<Mapped>>();
+        // SAFETY: a fresh, page-aligned (so 128-aligned) mapping large
+        // enough for the header, not yet shared with anyone. Atomics and
+        // counters are zero already (fresh shared memory is zeroed).
+        unsafe {
+            super::mutex::init(&raw mut (*h).put.lock, false)?;
+            super::mutex::init(&raw mut (*h).get.lock, false)?;
+            (&raw mut (*h).geometry).write(geometry);
+        }
+        Ok(Ring::around(Mapped { map }))
+    }
+
+    /// The ring in a memory file another process made.
+    pub(crate) fn open(fd: OwnedFd) -> io::Result<Ring> {
+        let map = Mapping::open(fd)?;
+        if map.len() < DATA {
+            return Err(corrupt("shared memory too small for a queue"));
+        }
+        let r = Ring::around(Mapped { map });
+        let g = r.geometry();
+        if !g.valid() || r.mem.map.len() < DATA + g.capacity as usize {
+            return Err(corrupt("shared memory smaller than its queue"));
+        }
+        Ok(r)
+    }
+}
+
+impl AsFd for Ring<Mapped> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.mem.map.as_fd()
+    }
+}
+
+impl<M: Medium> Ring<M> {
+    fn around(mem: M) -> Ring<M> {
+        Ring { mem, seen_head: M::U64::new(0), seen_tail: M::U64::new(0) }
+    }
+
+    fn header(&self) -> &Header<M> {
+        self.mem.header()
+    }
+
+    fn geometry(&self) -> Geometry {
+        self.header().geometry
+    }
+
+    /// The largest message the ring takes (anything larger goes around it).
+    pub(crate) fn max_record(&self) -> usize {
+        (self.geometry().capacity / 2 - WORD) as usize
+    }
+
+    /// Appends a record (or a marker with `bytes` = None), waiting for room
+    /// until `deadline`; false if there was none in time.
+    pub(crate) fn push(&self, bytes: Option<&[u8]>, deadline: Option<Instant>) -> io::Result<bool> {
+        let len = bytes.map_or(0, <[u8]>::len) as u64;
+        let need = WORD + len;
+        let h = self.header();
+        let g = self.geometry();
+        if len > self.max_record() as u64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a record larger than the ring takes"));
+        }
+        let room = || {
+            let tail = h.put.tail.load(Ordering::Relaxed);
+            // A head newer than the tail we read: consumers are past it.
+            let head = self.look_head(|head| fits(tail, head, need, g.capacity));
+            head > tail || fits(tail, head, need, g.capacity)
+        };
+        loop {
+            if !self.wait(Until::NotFull, &room, deadline)? {
+                return Ok(false);
+            }
+            let (held, died) = self.mem.lock(&h.put.lock)?;
+            if died {
+                repair(&h.put.tail, &h.put.pushed, &h.put.intent_index, &h.put.intent_count);
+            }
+            let tail = h.put.tail.load(Ordering::Relaxed);
+            let head = self.look_head(|head| fits(tail, head, need, g.capacity));
+            if head > tail {
+                return Err(corrupt("a queue's consumers are ahead of its producers"));
+            }
+            if !fits(tail, head, need, g.capacity) {
+                drop(held);
+                continue;
+            }
+            let start = tail + self.padding(tail, need);
+            if start != tail {
+                self.mem.write(tail % g.capacity, &SKIP.to_le_bytes());
+            }
+            let word = if bytes.is_some() { len } else { MARKER };
+            self.mem.write(start % g.capacity, &word.to_le_bytes());
+            if let Some(b) = bytes {
+                self.mem.write((start + WORD) % g.capacity, b);
+            }
+            let new_tail = start + need;
+            let count = h.put.pushed.load(Ordering::Relaxed) + 1;
+            h.put.intent_index.store(new_tail, Ordering::Relaxed);
+            h.put.intent_count.store(count, Ordering::Relaxed);
+            // Visible only now, whole (invariant 2).
+            h.put.tail.store(new_tail, Ordering::Release);
+            h.put.pushed.store(count, Ordering::Release);
+            drop(held);
+            self.wake(Until::NotEmpty);
+            return Ok(true);
+        }
+    }
+
+    /// With the put lock held: the padding to put before a record of `need`
+    /// bytes at `tail` (0 or the rest of the lap). Past the hot window with
+    /// (almost) nothing waiting, go back to the ring's start, if the padding
+    /// and the record fit (invariant 1).
+    fn padding(&self, tail: u64, need: u64) -> u64 {
+        let g = self.geometry();
+        let at = tail % g.capacity;
+        let rest = g.capacity - at;
+        if at < g.hot || rest < WORD {
+            return 0;
+        }
+        let small = |head: u64| tail.checked_sub(head).is_some_and(|backlog| backlog < g.hot / 2);
+        let head = self.look_head(small);
+        if small(head) && fits(tail, head, rest + need, g.capacity) { rest } else { 0 }
+    }
+
+    /// Takes the next record, waiting until `deadline`; `None` if none came.
+    pub(crate) fn pop(&self, deadline: Option<Instant>) -> io::Result<Option<Record>> {
+        let h = self.header();
+        let g = self.geometry();
+        let filled = || {
+            let head = h.get.head.load(Ordering::Relaxed);
+            self.look_tail(|tail| tail > head) > head
+        };
+        loop {
+            if !self.wait(Until::NotEmpty, &filled, deadline)? {
+                return Ok(None);
+            }
+            let (held, died) = self.mem.lock(&h.get.lock)?;
+            if died {
+                repair(&h.get.head, &h.get.popped, &h.get.intent_index, &h.get.intent_count);
+            }
+            let head = h.get.head.load(Ordering::Relaxed);
+            let tail = self.look_tail(|tail| tail > head);
+            if tail <= head {
+                drop(held);
+                continue;
+            }
+            let word_at = |pos: u64| {
+                let mut w = [0u8; 8];
+                self.mem.read(pos % g.capacity, &mut w);
+                u64::from_le_bytes(w)
+            };
+            let parsed =
+                record::parse(head, tail, g.capacity, word_at).map_err(|_| corrupt("a corrupt queue record"))?;
+            let record = match parsed.kind {
+                Kind::Marker => Record::Marker,
+                Kind::Bytes { payload, len } => Record::Bytes(self.mem.read_vec(payload % g.capacity, len as usize)),
+            };
+            let count = h.get.popped.load(Ordering::Relaxed) + 1;
+            h.get.intent_index.store(parsed.next, Ordering::Relaxed);
+            h.get.intent_count.store(count, Ordering::Relaxed);
+            // Taken only now (invariant 2).
+            h.get.head.store(parsed.next, Ordering::Release);
+            h.get.popped.store(count, Ordering::Release);
+            drop(held);
+            self.wake(Until::NotFull);
+            if parsed.at != head {
+                // Padding: the chunk it started in is passed too.
+                let chunk_end = head - head % g.chunk + g.chunk;
+                self.release_passed(head, chunk_end.min(parsed.at))?;
+            }
+            self.release_passed(parsed.at, parsed.next)?;
+            return Ok(Some(record));
+        }
+    }
+
+    /// Gives back the memory of the whole chunks that consumers left behind
+    /// in moving from `from` to `to` (invariant 3).
+    fn release_passed(&self, from: u64, to: u64) -> io::Result<()> {
+        let g = self.geometry();
+        let mut start = from - from % g.chunk;
+        let end = to - to % g.chunk;
+        if start >= end {
+            return Ok(());
+        }
+        let h = self.header();
+        let (_held, died) = self.mem.lock(&h.put.lock)?;
+        if died {
+            repair(&h.put.tail, &h.put.pushed, &h.put.intent_index, &h.put.intent_count);
+        }
+        // Not what producers have come back to (they write below `tail`, a
+        // lap on): chunks from `tail - capacity` on are free a lap ahead.
+        let tail = h.put.tail.load(Ordering::Relaxed);
+        start = start.max(tail.saturating_sub(g.capacity).next_multiple_of(g.chunk));
+        // One lap at a time, each less its hot window.
+        while start < end {
+            let lap = start - start % g.capacity;
+            let from = start.max(lap + g.hot);
+            let until = end.min(lap + g.capacity);
+            if from < until {
+                self.mem.release(from - lap, until - from)?;
+            }
+            start = until;
+        }
+        Ok(())
+    }
+
+    /// Consumers' index: this process's last look if `enough` accepts it,
+    /// else a fresh look, remembered.
+    fn look_head(&self, enough: impl Fn(u64) -> bool) -> u64 {
+        look(&self.seen_head, &self.header().get.head, enough)
+    }
+
+    /// Producers' index, likewise.
+    fn look_tail(&self, enough: impl Fn(u64) -> bool) -> u64 {
+        look(&self.seen_tail, &self.header().put.tail, enough)
+    }
+
+    /// Items in the queue (exact when no put or get is half done).
+    pub(crate) fn items(&self) -> usize {
+        let h = self.header();
+        let popped = h.get.popped.load(Ordering::Acquire);
+        h.put.pushed.load(Ordering::Acquire).saturating_sub(popped) as usize
+    }
+
+    /// Marks one task done; false if none was unfinished.
+    pub(crate) fn task_done(&self) -> bool {
+        let h = self.header();
+        let mut done = h.sleep.done.load(Ordering::Acquire);
+        loop {
+            if done >= h.put.pushed.load(Ordering::Acquire) {
+                return false;
+            }
+            match h.sleep.done.compare_exchange(done, done + 1, Ordering::SeqCst, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => done = now,
+            }
+        }
+        self.wake(Until::AllDone);
+        true
+    }
+
+    /// Waits until no task is unfinished.
+    pub(crate) fn join(&self) -> io::Result<()> {
+        let h = self.header();
+        let all_done = || h.sleep.done.load(Ordering::Acquire) >= h.put.pushed.load(Ordering::Acquire);
+        self.wait(Until::AllDone, &all_done, None).map(drop)
+    }
+
+    /// Waits until `ready` holds or `deadline` passes (false). It first
+    /// watches the indices for a moment without sleeping: the other side
+    /// usually acts within microseconds, and a sleep costs a futex wake-up
+    /// on both sides. Then it sleeps on the condition's futex word, counted
+    /// among its sleepers so that the other side knows to wake it. (A
+    /// sleeper killed here stays counted: wakers then make a needless wake
+    /// call, nothing worse.)
+    fn wait(&self, until: Until, ready: &dyn Fn() -> bool, deadline: Option<Instant>) -> io::Result<bool> {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(ready());
+        }
+        for _ in 0..self.mem.spins() {
+            if ready() {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        let (sleepers, word) = self.sleepers(until);
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `wake`: either the waker sees us counted,
+        // or we see what it did. If the kernel would not fence for us, a
+        // waker may miss us: look again every so often.
+        let sure = self.mem.heavy_fence();
+        let result = loop {
+            let seen = word.load(Ordering::Acquire);
+            if ready() {
+                break Ok(true);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break Ok(false);
+            }
+            let until = match (sure, deadline) {
+                (true, deadline) => deadline,
+                (false, None) => Some(Instant::now() + UNSURE_LOOK),
+                (false, Some(d)) => Some(d.min(Instant::now() + UNSURE_LOOK)),
+            };
+            if let Err(e) = self.mem.sleep(word, seen, until) {
+                break Err(e);
+            }
+        };
+        sleepers.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Wakes those sleeping on `until`, if any. The fence orders the change
+    /// they wait for before the look at the sleepers, against a sleeper's
+    /// count and fence: either the sleeper is seen here, or it sees the
+    /// change.
+    fn wake(&self, until: Until) {
+        self.mem.light_fence();
+        let (sleepers, word) = self.sleepers(until);
+        if sleepers.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        // Producers of different sizes wait for different room, and every
+        // joiner waits for the same thing: wake them all. One new record
+        // is for one consumer.
+        self.mem.wake(word, !matches!(until, Until::NotEmpty));
+    }
+
+    fn sleepers(&self, until: Until) -> (&M::U32, &M::U32) {
+        let s = &self.header().sleep;
+        match until {
+            Until::NotEmpty => (&s.getters, &s.not_empty),
+            Until::NotFull => (&s.putters, &s.not_full),
+            Until::AllDone => (&s.joiners, &s.all_done),
+        }
+    }
+}
+
+/// Whether `need` more bytes fit after `tail` with consumers at `head` (a
+/// look no newer than the real head, so possibly more than a lap behind:
+/// then they do not fit).
+fn fits(tail: u64, head: u64, need: u64, cap: u64) -> bool {
+    tail.checked_sub(head).is_some_and(|backlog| need <= cap && backlog <= cap - need)
+}
+
+/// Invariant 4: a holder that died between storing the index and the count
+/// left the count one short; finish its work.
+fn repair<W: Word64>(index: &W, count: &W, intent_index: &W, intent_count: &W) {
+    let target = intent_count.load(Ordering::Relaxed);
+    if index.load(Ordering::Relaxed) == intent_index.load(Ordering::Relaxed) && count.load(Ordering::Relaxed) != target
+    {
+        count.store(target, Ordering::Release);
+    }
+}
+
+/// The other side's index: this process's last look at it if `enough`
+/// accepts that, else a fresh look, remembered. Indices only grow, so an
+/// old look is a safe underestimate. Acquire and AcqRel carry the other
+/// side's release through the remembered copy to every thread here.
+fn look<W: Word64>(seen: &W, index: &W, enough: impl Fn(u64) -> bool) -> u64 {
+    let old = seen.load(Ordering::Acquire);
+    if enough(old) {
+        return old;
+    }
+    let fresh = index.load(Ordering::Acquire);
+    seen.fetch_max(fresh, Ordering::AcqRel);
+    fresh
+}
+
+#[cfg(all(test, not(multiproc_loom)))]
+mod tests;
