@@ -145,8 +145,8 @@ impl Core {
 
     /// A message too large for the ring, or carrying handles: its place in
     /// the order goes into the ring as a marker, the message itself over
-    /// the packet socket, both under the writer lock so that markers and
-    /// messages keep the same order.
+    /// the packet socket tagged with the marker's position, both under the
+    /// writer lock so that markers and messages keep the same order.
     fn put_around(&self, bytes: &[u8], fds: &[OwnedFd], deadline: Option<Instant>) -> Result<bool> {
         let locked = match deadline {
             None => Some(self.write_lock.acquire()?),
@@ -155,32 +155,32 @@ impl Core {
         if locked.is_none() {
             return Ok(false);
         }
-        let placed = self.ring.0.push(None, deadline).map_err(io("a queue's shared ring"));
+        let placed = self.ring.0.place(None, deadline).map_err(io("a queue's shared ring"));
         // Once its place is taken, the message goes out whatever the deadline.
         let sent = match placed {
-            Ok(true) => self.send_message(bytes, fds).map(|()| true),
-            other => other,
+            Ok(Some(tag)) => self.send_message(tag, bytes, fds).map(|()| true),
+            Ok(None) => Ok(false),
+            Err(e) => Err(e),
         };
         self.write_lock.release()?;
         sent
     }
 
     /// Sends one message as packets, waiting for room as long as it takes.
-    fn send_message(&self, bytes: &[u8], fds: &[OwnedFd]) -> Result<()> {
+    fn send_message(&self, tag: u64, bytes: &[u8], fds: &[OwnedFd]) -> Result<()> {
         let sock = self.writer.as_fd();
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        let id = next_message_id();
         let send =
             |packet: Vec<u8>, fds: &[BorrowedFd<'_>]| send_packet(sock, &packet, fds).map_err(io("send on a queue"));
         if bytes.len() <= CHUNK {
-            return send(packet(WHOLE, id, bytes.len(), fds.len(), bytes), &borrowed);
+            return send(packet(WHOLE, tag, bytes.len(), fds.len(), bytes), &borrowed);
         }
         let mut chunks = bytes.chunks(CHUNK).peekable();
         let first = chunks.next().expect("a large message has chunks");
-        send(packet(FIRST, id, bytes.len(), fds.len(), first), &borrowed)?;
+        send(packet(FIRST, tag, bytes.len(), fds.len(), first), &borrowed)?;
         while let Some(chunk) = chunks.next() {
             let kind = if chunks.peek().is_some() { MORE } else { LAST };
-            send(packet(kind, id, 0, 0, chunk), &[])?;
+            send(packet(kind, tag, 0, 0, chunk), &[])?;
         }
         Ok(())
     }
@@ -188,18 +188,16 @@ impl Core {
     fn get<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let (bytes, fds) = loop {
-            match self.ring.0.pop(deadline).map_err(io("a queue's shared ring"))? {
+            let mut marked = |tag| RECEIVE_BUFFER.with(|buf| self.receive_marked(tag, &mut buf.borrow_mut()));
+            match self.ring.0.pop_with(deadline, &mut marked).map_err(io("a queue's shared ring"))? {
                 None => return Err(Error::Empty),
                 Some(Record::Bytes(bytes)) => break (bytes, Vec::new()),
-                Some(Record::Marker) => match self.receive_marked()? {
-                    Some(message) => break message,
-                    // Its producer died before sending it: skip its place,
-                    // and count it done, as no consumer will.
-                    None => {
-                        self.ring.0.task_done();
-                        continue;
-                    }
-                },
+                Some(Record::Marker(Some(message))) => break message,
+                // Its producer died before sending it whole: its place is
+                // passed, and counted done, as no consumer will.
+                Some(Record::Marker(None)) => {
+                    self.ring.0.task_done();
+                }
             }
         };
         if let Some(slots) = &self.slots {
@@ -212,79 +210,62 @@ impl Core {
         })
     }
 
-    /// The message a marker stands for: it is on the socket, or on its way
-    /// while its producer holds the writer lock; `None` if that producer
-    /// died first.
-    fn receive_marked(&self) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-        let sock = self.reader.as_fd();
-        loop {
-            let ready =
-                crate::sys::poll_readable(&[sock], Some(Duration::from_millis(50))).map_err(io("poll on a queue"))?;
-            if ready[0] {
-                self.read_lock.acquire()?;
-                let message = RECEIVE_BUFFER.with(|buf| self.assemble(sock, &mut buf.borrow_mut()));
-                self.read_lock.release()?;
-                if let Some(m) = message? {
-                    return Ok(Some(m));
-                }
-            } else if self.producer_gone()? {
-                // Nothing came and nobody is writing: re-check once, then skip.
-                let ready = crate::sys::poll_readable(&[sock], Some(Duration::ZERO)).map_err(io("poll on a queue"))?;
-                if !ready[0] {
-                    return Ok(None);
-                }
-            }
-        }
-    }
-
-    /// With the reader lock held: reads packets until a whole message is in
-    /// (`Some`) or nothing is waiting (`None`).
-    fn assemble(&self, sock: BorrowedFd<'_>, buf: &mut Vec<u8>) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    /// The message behind the marker tagged `tag`, read while this consumer
+    /// holds the ring's consumer lock with the marker still in place. The
+    /// socket holds messages in the markers' order, so what comes before
+    /// `tag` is left over from a consumer that died while taking it (it
+    /// had taken the start, so the rest is dropped), and what comes after
+    /// means this marker's producer died before sending: `None`. `None`
+    /// too when its producer died in the middle of the message.
+    fn receive_marked(&self, tag: u64, buf: &mut Vec<u8>) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
         buf.resize(HEAD + CHUNK, 0);
-        let mut partial: Option<(u64, usize, Vec<u8>, Vec<OwnedFd>)> = None;
+        let sock = self.reader.as_fd();
+        let mut partial: Option<(usize, Vec<u8>, Vec<OwnedFd>)> = None;
         loop {
-            let received = recv_packet(sock, buf, false).map_err(io("recv on a queue"))?;
-            let Some((n, fds)) = received else {
-                if partial.is_none() {
-                    return Ok(None);
-                }
-                // In the middle of a message: wait for the rest while its
-                // producer is alive and writing.
+            let Some(n) = crate::sys::frame::peek_packet(sock, &mut buf[..HEAD])? else {
+                // Nothing waiting: its producer is still sending, or gone.
                 if self.producer_gone()? {
-                    return Ok(None);
+                    if crate::sys::frame::peek_packet(sock, &mut buf[..HEAD])?.is_none() {
+                        return Ok(None);
+                    }
+                } else {
+                    crate::sys::poll_readable(&[sock], Some(Duration::from_millis(50)))?;
                 }
-                crate::sys::poll_readable(&[sock], Some(Duration::from_millis(50))).map_err(io("poll on a queue"))?;
                 continue;
             };
-            if n < HEAD {
+            let (kind, this) = if n < HEAD {
+                (u8::MAX, 0)
+            } else {
+                (buf[0], u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes")))
+            };
+            if n >= HEAD && this > tag {
+                return Ok(None);
+            }
+            let Some((n, fds)) = recv_packet(sock, buf, false)? else { continue };
+            if n < HEAD || this < tag {
                 continue;
             }
-            let kind = buf[0];
-            let id = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
             let total = u64::from_le_bytes(buf[9..17].try_into().expect("8 bytes")) as usize;
             let data = &buf[HEAD..n];
-            match kind {
-                WHOLE => return Ok(Some((data.to_vec(), fds))),
-                FIRST => {
+            match (kind, partial.as_mut()) {
+                (WHOLE, _) => return Ok(Some((data.to_vec(), fds))),
+                (FIRST, _) => {
                     let mut bytes = Vec::with_capacity(total.min(64 << 20));
                     bytes.extend_from_slice(data);
-                    partial = Some((id, total, bytes, fds));
+                    partial = Some((total, bytes, fds));
                 }
-                MORE | LAST => match partial.as_mut() {
-                    Some((pid, total, bytes, _)) if *pid == id => {
-                        bytes.extend_from_slice(data);
-                        if kind == LAST {
-                            let complete = bytes.len() == *total;
-                            let (_, _, bytes, fds) = partial.take().expect("just matched");
-                            if complete {
-                                return Ok(Some((bytes, fds)));
-                            }
+                (MORE | LAST, Some((total, bytes, _))) => {
+                    bytes.extend_from_slice(data);
+                    if kind == LAST {
+                        let complete = bytes.len() == *total;
+                        let (_, bytes, fds) = partial.take().expect("just matched");
+                        if complete {
+                            return Ok(Some((bytes, fds)));
                         }
+                        return Ok(None);
                     }
-                    // A piece of a message whose start went to a consumer
-                    // that died: skip it.
-                    _ => continue,
-                },
+                }
+                // The rest of a message whose start a dead consumer took.
                 _ => continue,
             }
         }
@@ -292,11 +273,12 @@ impl Core {
 
     /// True when no producer is in the middle of a message: the writer lock
     /// is free, or was left by a holder that died.
-    fn producer_gone(&self) -> Result<bool> {
-        match self.write_lock.try_acquire()? {
+    fn producer_gone(&self) -> std::io::Result<bool> {
+        let gone = |e: Error| std::io::Error::other(e.to_string());
+        match self.write_lock.try_acquire().map_err(gone)? {
             None => Ok(false),
             Some(Acquired::Normally | Acquired::AfterOwnerDied) => {
-                self.write_lock.release()?;
+                self.write_lock.release().map_err(gone)?;
                 Ok(true)
             }
         }
@@ -332,12 +314,6 @@ fn packet(kind: u8, id: u64, total: usize, nfds: usize, data: &[u8]) -> Vec<u8> 
     p.extend_from_slice(&(nfds as u32).to_le_bytes());
     p.extend_from_slice(data);
     p
-}
-
-fn next_message_id() -> u64 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    (u64::from(crate::os::getpid() as u32) << 32) | u64::from(COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 macro_rules! queue_common {

@@ -365,3 +365,18 @@ pub(crate) fn recv_packet(
         Err(e) => Err(e.into()),
     }
 }
+
+/// Copies the start of the next packet into `buf` without taking it, and
+/// without waiting; `None` when none is waiting. Descriptors the packet
+/// carries stay with it (no control buffer is offered for them).
+pub(crate) fn peek_packet(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::TRUNC;
+    loop {
+        match rustix::net::recv(sock, &mut *buf, flags) {
+            Ok((_, n)) => return Ok(Some(n)),
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -134,10 +134,11 @@ pub(crate) struct Header<M: Medium> {
 
 /// What a record holds.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Record {
+pub(crate) enum Record<T = ()> {
     Bytes(Vec<u8>),
-    /// The message went the other way (a socket); only its place is here.
-    Marker,
+    /// The message went the other way (a socket); only its place is here,
+    /// and what the consumer made of it while it held that place.
+    Marker(T),
 }
 
 /// How often a sleeper looks again when its wakers may have missed it.
@@ -231,6 +232,12 @@ impl<M: Medium> Ring<M> {
     /// Appends a record (or a marker with `bytes` = None), waiting for room
     /// until `deadline`; false if there was none in time.
     pub(crate) fn push(&self, bytes: Option<&[u8]>, deadline: Option<Instant>) -> io::Result<bool> {
+        self.place(bytes, deadline).map(|at| at.is_some())
+    }
+
+    /// As [`push`](Self::push), returning where the record went: its
+    /// absolute position, which no other record ever has (a marker's tag).
+    pub(crate) fn place(&self, bytes: Option<&[u8]>, deadline: Option<Instant>) -> io::Result<Option<u64>> {
         let len = bytes.map_or(0, <[u8]>::len) as u64;
         let need = WORD + len;
         let h = self.header();
@@ -246,7 +253,7 @@ impl<M: Medium> Ring<M> {
         };
         loop {
             if !self.wait(Until::NotFull, &room, deadline)? {
-                return Ok(false);
+                return Ok(None);
             }
             let (held, died) = self.mem.lock(&h.put.lock)?;
             if died {
@@ -279,7 +286,7 @@ impl<M: Medium> Ring<M> {
             h.put.pushed.store(count, Ordering::Release);
             drop(held);
             self.wake(Until::NotEmpty);
-            return Ok(true);
+            return Ok(Some(start));
         }
     }
 
@@ -300,7 +307,21 @@ impl<M: Medium> Ring<M> {
     }
 
     /// Takes the next record, waiting until `deadline`; `None` if none came.
+    #[cfg(test)]
     pub(crate) fn pop(&self, deadline: Option<Instant>) -> io::Result<Option<Record>> {
+        self.pop_with(deadline, &mut |_| Ok(()))
+    }
+
+    /// As [`pop`](Self::pop), but a marker is handled by `marked` (given its
+    /// tag, see [`place`](Self::place)) while the consumers' lock is held
+    /// and the marker is still in place: consumers take marked messages in
+    /// the ring's order, and one killed in `marked` leaves the marker to the
+    /// next. An error from `marked` leaves the marker in place too.
+    pub(crate) fn pop_with<T>(
+        &self,
+        deadline: Option<Instant>,
+        marked: &mut dyn FnMut(u64) -> io::Result<T>,
+    ) -> io::Result<Option<Record<T>>> {
         let h = self.header();
         let g = self.geometry();
         let filled = || {
@@ -329,7 +350,7 @@ impl<M: Medium> Ring<M> {
             let parsed =
                 record::parse(head, tail, g.capacity, word_at).map_err(|_| corrupt("a corrupt queue record"))?;
             let record = match parsed.kind {
-                Kind::Marker => Record::Marker,
+                Kind::Marker => Record::Marker(marked(parsed.at)?),
                 Kind::Bytes { payload, len } => Record::Bytes(self.mem.read_vec(payload % g.capacity, len as usize)),
             };
             let count = h.get.popped.load(Ordering::Relaxed) + 1;

@@ -17,7 +17,7 @@ use loom::sync::atomic::{AtomicU32, AtomicU64, fence};
 use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::medium::{Medium, Word64};
-use super::{GetSide, Geometry, Header, PutSide, Record, Ring, Sleep};
+use super::{Geometry, GetSide, Header, PutSide, Record, Ring, Sleep};
 
 struct Inner {
     header: Header<Modeled>,
@@ -191,7 +191,7 @@ fn one_producer_one_consumer_around_the_end() {
         assert_eq!(take(&r), [1; 6]);
         assert_eq!(take(&r), [2; 7]);
         assert_eq!(take(&r), [3; 4]);
-        assert_eq!(r.pop(None).unwrap(), Some(Record::Marker));
+        assert_eq!(r.pop(None).unwrap(), Some(Record::Marker(())));
         producer.join().unwrap();
         assert_eq!(r.items(), 0);
     });

@@ -24,7 +24,7 @@ fn resident(r: &Ring) -> u64 {
 fn bytes(r: Option<Record>) -> Vec<u8> {
     match r {
         Some(Record::Bytes(b)) => b,
-        Some(Record::Marker) => panic!("a marker"),
+        Some(Record::Marker(())) => panic!("a marker"),
         None => panic!("nothing"),
     }
 }
@@ -42,7 +42,7 @@ fn records_wrap_around_the_end_whole_and_in_order() {
         } else {
             assert!(r.push(None, None).unwrap());
             assert_eq!(r.pop(None).unwrap(), Some(Record::Bytes(msg)));
-            assert_eq!(r.pop(None).unwrap(), Some(Record::Marker));
+            assert_eq!(r.pop(None).unwrap(), Some(Record::Marker(())));
         }
     }
     assert_eq!(r.items(), 0);
@@ -63,7 +63,7 @@ fn a_full_ring_times_out_and_an_empty_one_too() {
     assert!(r.push(None, None).unwrap(), "room again once a record is taken");
     assert_eq!(bytes(r.pop(None).unwrap()), big);
     assert_eq!(bytes(r.pop(None).unwrap()), big[108..]);
-    assert_eq!(r.pop(None).unwrap(), Some(Record::Marker));
+    assert_eq!(r.pop(None).unwrap(), Some(Record::Marker(())));
     assert!(r.pop(Some(Instant::now() + Duration::from_millis(20))).unwrap().is_none());
 }
 
@@ -202,7 +202,7 @@ fn stream(producers: u32, consumers: u32, per: u32, capacity: u64, max: usize) {
                 while taken.fetch_add(1, Ordering::SeqCst) < total {
                     match v.pop(Some(Instant::now() + HANG)).unwrap() {
                         Some(Record::Bytes(m)) => got.push(check(&m)),
-                        Some(Record::Marker) => {}
+                        Some(Record::Marker(())) => {}
                         None => panic!("no message for {HANG:?}"),
                     }
                 }
