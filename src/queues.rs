@@ -1,20 +1,21 @@
 //! `Queue`, `SimpleQueue` and `JoinableQueue`: many producers and many
 //! consumers in any number of processes (Python's `multiprocessing.queues`).
 //!
-//! Messages travel as sequenced packets over one Unix socket pair shared by
-//! every user of the queue. A packet is delivered whole or not at all, so a
-//! process killed in the middle of a `put` never leaves half a packet
-//! behind. Messages larger than one packet go as a run of chunks under a
-//! robust writer lock; a consumer assembles them under a robust reader lock
-//! and drops a partial message as soon as it can tell that its producer is
-//! gone (the next message starts, or the writer lock is free or was left
-//! by a dead holder). A consumer killed in the middle of a `get` loses at
-//! most the message it was taking: the next consumer skips its leftover
-//! chunks. (Python's queue is left locked for good by a producer killed
-//! mid-`put`.)
+//! Messages up to 16 MiB go through a byte ring in shared memory
+//! (`sys::ring`), published whole or not at all. Larger ones, and those
+//! carrying handles, travel as sequenced packets over one Unix socket pair
+//! shared by every user of the queue, as a run of chunks under a robust
+//! writer lock, their place in the order kept by a marker in the ring. A
+//! consumer reads a marker's message while it holds the ring's consumer
+//! lock, so marked messages come out in the ring's order; it drops a
+//! partial message as soon as it can tell that its producer is gone (the
+//! writer lock is free or was left by a dead holder). A consumer killed in
+//! the middle of a `get` loses at most the message it was taking: the next
+//! consumer skips its leftover chunks. (Python's queue is left locked for
+//! good by a producer killed mid-`put`.)
 //!
 //! Bounded queues count free slots with a shared [`Semaphore`]; `qsize` and
-//! `JoinableQueue`'s unfinished-task count live in a shared monitor.
+//! `JoinableQueue`'s unfinished-task count are counters in the ring's header.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -52,7 +53,6 @@ struct Core {
     writer: Arc<Handle>,
     reader: Arc<Handle>,
     write_lock: Lock,
-    read_lock: Lock,
     slots: Option<Semaphore>,
     maxsize: usize,
     /// Small messages, markers for the others, and the counters.
@@ -97,7 +97,6 @@ impl Core {
             writer: Arc::new(Handle::new(writer)),
             reader: Arc::new(Handle::new(reader)),
             write_lock: Lock::new()?,
-            read_lock: Lock::new()?,
             slots,
             maxsize,
             ring: Arc::new(RingHandle(
@@ -233,18 +232,16 @@ impl Core {
                 }
                 continue;
             };
-            let (kind, this) = if n < HEAD {
-                (u8::MAX, 0)
-            } else {
-                (buf[0], u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes")))
-            };
-            if n >= HEAD && this > tag {
+            let this = (n >= HEAD).then(|| u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes")));
+            if this.is_some_and(|this| this > tag) {
                 return Ok(None);
             }
+            // Taken whether it is this marker's or a leftover to drop.
             let Some((n, fds)) = recv_packet(sock, buf, false)? else { continue };
-            if n < HEAD || this < tag {
+            if this != Some(tag) || n < HEAD {
                 continue;
             }
+            let kind = buf[0];
             let total = u64::from_le_bytes(buf[9..17].try_into().expect("8 bytes")) as usize;
             let data = &buf[HEAD..n];
             match (kind, partial.as_mut()) {

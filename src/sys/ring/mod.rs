@@ -82,31 +82,47 @@ impl Geometry {
     }
 }
 
-/// What the producers share: they take turns under `lock`. Its own cache
-/// lines, so that producing never touches the lines consumers write.
+/// What one side (producers, or consumers) shares: its members take turns
+/// under `lock`. Its own cache lines, so that producing never touches the
+/// lines consumers write.
 #[repr(C, align(128))]
-pub(crate) struct PutSide<M: Medium> {
+pub(crate) struct Side<M: Medium> {
     lock: M::Lock,
-    /// Where the next record goes. Written under `lock`, watched without it.
-    tail: M::U64,
-    /// Records ever pushed.
-    pushed: M::U64,
-    /// The values of `tail` and `pushed` that the holder is about to store
+    /// The side's index: `tail` for producers (where the next record goes),
+    /// `head` for consumers (the next record to take). Written under
+    /// `lock`, watched without it.
+    index: M::U64,
+    /// Records ever pushed, or taken.
+    count: M::U64,
+    /// The values of `index` and `count` that the holder is about to store
     /// (invariant 4).
     intent_index: M::U64,
     intent_count: M::U64,
 }
 
-/// What the consumers share, likewise.
-#[repr(C, align(128))]
-pub(crate) struct GetSide<M: Medium> {
-    lock: M::Lock,
-    /// The next record to take.
-    head: M::U64,
-    /// Records ever taken.
-    popped: M::U64,
-    intent_index: M::U64,
-    intent_count: M::U64,
+impl<M: Medium> Side<M> {
+    /// With the lock held: moves the index to `index` and counts one more
+    /// record, noting both first (invariant 4). The index is stored with
+    /// release: what the holder wrote or read before is done.
+    fn commit(&self, index: u64) {
+        let count = self.count.load(Ordering::Relaxed) + 1;
+        self.intent_index.store(index, Ordering::Relaxed);
+        self.intent_count.store(count, Ordering::Relaxed);
+        self.index.store(index, Ordering::Release);
+        self.count.store(count, Ordering::Release);
+    }
+
+    /// With the lock held, after its holder died: a holder that died
+    /// between storing the index and the count left the count one short;
+    /// finish its work.
+    fn repair(&self) {
+        let target = self.intent_count.load(Ordering::Relaxed);
+        if self.index.load(Ordering::Relaxed) == self.intent_index.load(Ordering::Relaxed)
+            && self.count.load(Ordering::Relaxed) != target
+        {
+            self.count.store(target, Ordering::Release);
+        }
+    }
 }
 
 /// Where processes sleep when spinning was not enough: a futex word per
@@ -120,14 +136,14 @@ pub(crate) struct Sleep<M: Medium> {
     getters: M::U32,
     putters: M::U32,
     joiners: M::U32,
-    /// Tasks marked done (JoinableQueue): unfinished is `pushed - done`.
+    /// Tasks marked done (JoinableQueue): unfinished is `put.count - done`.
     done: M::U64,
 }
 
 #[repr(C)]
 pub(crate) struct Header<M: Medium> {
-    put: PutSide<M>,
-    get: GetSide<M>,
+    put: Side<M>,
+    get: Side<M>,
     sleep: Sleep<M>,
     geometry: Geometry,
 }
@@ -246,7 +262,7 @@ impl<M: Medium> Ring<M> {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a record larger than the ring takes"));
         }
         let room = || {
-            let tail = h.put.tail.load(Ordering::Relaxed);
+            let tail = h.put.index.load(Ordering::Relaxed);
             // A head newer than the tail we read: consumers are past it.
             let head = self.look_head(|head| fits(tail, head, need, g.capacity));
             head > tail || fits(tail, head, need, g.capacity)
@@ -255,11 +271,8 @@ impl<M: Medium> Ring<M> {
             if !self.wait(Until::NotFull, &room, deadline)? {
                 return Ok(None);
             }
-            let (held, died) = self.mem.lock(&h.put.lock)?;
-            if died {
-                repair(&h.put.tail, &h.put.pushed, &h.put.intent_index, &h.put.intent_count);
-            }
-            let tail = h.put.tail.load(Ordering::Relaxed);
+            let held = self.hold(&h.put)?;
+            let tail = h.put.index.load(Ordering::Relaxed);
             let head = self.look_head(|head| fits(tail, head, need, g.capacity));
             if head > tail {
                 return Err(corrupt("a queue's consumers are ahead of its producers"));
@@ -277,13 +290,8 @@ impl<M: Medium> Ring<M> {
             if let Some(b) = bytes {
                 self.mem.write((start + WORD) % g.capacity, b);
             }
-            let new_tail = start + need;
-            let count = h.put.pushed.load(Ordering::Relaxed) + 1;
-            h.put.intent_index.store(new_tail, Ordering::Relaxed);
-            h.put.intent_count.store(count, Ordering::Relaxed);
             // Visible only now, whole (invariant 2).
-            h.put.tail.store(new_tail, Ordering::Release);
-            h.put.pushed.store(count, Ordering::Release);
+            h.put.commit(start + need);
             drop(held);
             self.wake(Until::NotEmpty);
             return Ok(Some(start));
@@ -325,18 +333,15 @@ impl<M: Medium> Ring<M> {
         let h = self.header();
         let g = self.geometry();
         let filled = || {
-            let head = h.get.head.load(Ordering::Relaxed);
+            let head = h.get.index.load(Ordering::Relaxed);
             self.look_tail(|tail| tail > head) > head
         };
         loop {
             if !self.wait(Until::NotEmpty, &filled, deadline)? {
                 return Ok(None);
             }
-            let (held, died) = self.mem.lock(&h.get.lock)?;
-            if died {
-                repair(&h.get.head, &h.get.popped, &h.get.intent_index, &h.get.intent_count);
-            }
-            let head = h.get.head.load(Ordering::Relaxed);
+            let held = self.hold(&h.get)?;
+            let head = h.get.index.load(Ordering::Relaxed);
             let tail = self.look_tail(|tail| tail > head);
             if tail <= head {
                 drop(held);
@@ -353,12 +358,8 @@ impl<M: Medium> Ring<M> {
                 Kind::Marker => Record::Marker(marked(parsed.at)?),
                 Kind::Bytes { payload, len } => Record::Bytes(self.mem.read_vec(payload % g.capacity, len as usize)),
             };
-            let count = h.get.popped.load(Ordering::Relaxed) + 1;
-            h.get.intent_index.store(parsed.next, Ordering::Relaxed);
-            h.get.intent_count.store(count, Ordering::Relaxed);
             // Taken only now (invariant 2).
-            h.get.head.store(parsed.next, Ordering::Release);
-            h.get.popped.store(count, Ordering::Release);
+            h.get.commit(parsed.next);
             drop(held);
             self.wake(Until::NotFull);
             if parsed.at != head {
@@ -381,13 +382,10 @@ impl<M: Medium> Ring<M> {
             return Ok(());
         }
         let h = self.header();
-        let (_held, died) = self.mem.lock(&h.put.lock)?;
-        if died {
-            repair(&h.put.tail, &h.put.pushed, &h.put.intent_index, &h.put.intent_count);
-        }
+        let _held = self.hold(&h.put)?;
         // Not what producers have come back to (they write below `tail`, a
         // lap on): chunks from `tail - capacity` on are free a lap ahead.
-        let tail = h.put.tail.load(Ordering::Relaxed);
+        let tail = h.put.index.load(Ordering::Relaxed);
         start = start.max(tail.saturating_sub(g.capacity).next_multiple_of(g.chunk));
         // One lap at a time, each less its hot window.
         while start < end {
@@ -402,22 +400,31 @@ impl<M: Medium> Ring<M> {
         Ok(())
     }
 
+    /// Takes `side`'s lock, repairing what a holder that died left behind.
+    fn hold<'a>(&'a self, side: &'a Side<M>) -> io::Result<M::Guard<'a>> {
+        let (held, died) = self.mem.lock(&side.lock)?;
+        if died {
+            side.repair();
+        }
+        Ok(held)
+    }
+
     /// Consumers' index: this process's last look if `enough` accepts it,
     /// else a fresh look, remembered.
     fn look_head(&self, enough: impl Fn(u64) -> bool) -> u64 {
-        look(&self.seen_head, &self.header().get.head, enough)
+        look(&self.seen_head, &self.header().get.index, enough)
     }
 
     /// Producers' index, likewise.
     fn look_tail(&self, enough: impl Fn(u64) -> bool) -> u64 {
-        look(&self.seen_tail, &self.header().put.tail, enough)
+        look(&self.seen_tail, &self.header().put.index, enough)
     }
 
     /// Items in the queue (exact when no put or get is half done).
     pub(crate) fn items(&self) -> usize {
         let h = self.header();
-        let popped = h.get.popped.load(Ordering::Acquire);
-        h.put.pushed.load(Ordering::Acquire).saturating_sub(popped) as usize
+        let popped = h.get.count.load(Ordering::Acquire);
+        h.put.count.load(Ordering::Acquire).saturating_sub(popped) as usize
     }
 
     /// Marks one task done; false if none was unfinished.
@@ -425,7 +432,7 @@ impl<M: Medium> Ring<M> {
         let h = self.header();
         let mut done = h.sleep.done.load(Ordering::Acquire);
         loop {
-            if done >= h.put.pushed.load(Ordering::Acquire) {
+            if done >= h.put.count.load(Ordering::Acquire) {
                 return false;
             }
             match h.sleep.done.compare_exchange(done, done + 1, Ordering::SeqCst, Ordering::Acquire) {
@@ -440,7 +447,7 @@ impl<M: Medium> Ring<M> {
     /// Waits until no task is unfinished.
     pub(crate) fn join(&self) -> io::Result<()> {
         let h = self.header();
-        let all_done = || h.sleep.done.load(Ordering::Acquire) >= h.put.pushed.load(Ordering::Acquire);
+        let all_done = || h.sleep.done.load(Ordering::Acquire) >= h.put.count.load(Ordering::Acquire);
         self.wait(Until::AllDone, &all_done, None).map(drop)
     }
 
@@ -519,16 +526,6 @@ impl<M: Medium> Ring<M> {
 /// then they do not fit).
 fn fits(tail: u64, head: u64, need: u64, cap: u64) -> bool {
     tail.checked_sub(head).is_some_and(|backlog| need <= cap && backlog <= cap - need)
-}
-
-/// Invariant 4: a holder that died between storing the index and the count
-/// left the count one short; finish its work.
-fn repair<W: Word64>(index: &W, count: &W, intent_index: &W, intent_count: &W) {
-    let target = intent_count.load(Ordering::Relaxed);
-    if index.load(Ordering::Relaxed) == intent_index.load(Ordering::Relaxed) && count.load(Ordering::Relaxed) != target
-    {
-        count.store(target, Ordering::Release);
-    }
 }
 
 /// The other side's index: this process's last look at it if `enough`

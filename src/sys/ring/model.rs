@@ -17,7 +17,7 @@ use loom::sync::atomic::{AtomicU32, AtomicU64, fence};
 use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::medium::{Medium, Word64};
-use super::{Geometry, GetSide, Header, PutSide, Record, Ring, Sleep};
+use super::{Geometry, Header, Record, Ring, Side, Sleep};
 
 struct Inner {
     header: Header<Modeled>,
@@ -39,22 +39,12 @@ impl Modeled {
     fn new(geometry: Geometry) -> Modeled {
         let u64 = || AtomicU64::new(0);
         let u32 = || AtomicU32::new(0);
+        let side =
+            || Side { lock: Mutex::new(()), index: u64(), count: u64(), intent_index: u64(), intent_count: u64() };
         Modeled(Arc::new(Inner {
             header: Header {
-                put: PutSide {
-                    lock: Mutex::new(()),
-                    tail: u64(),
-                    pushed: u64(),
-                    intent_index: u64(),
-                    intent_count: u64(),
-                },
-                get: GetSide {
-                    lock: Mutex::new(()),
-                    head: u64(),
-                    popped: u64(),
-                    intent_index: u64(),
-                    intent_count: u64(),
-                },
+                put: side(),
+                get: side(),
                 sleep: Sleep {
                     not_empty: u32(),
                     not_full: u32(),
@@ -314,10 +304,10 @@ fn a_lost_count_is_repaired_by_the_next_holder() {
         let r = ring(&m);
         assert!(r.push(Some(&[1]), None).unwrap());
         let h = r.header();
-        h.put.pushed.store(0, Ordering::Relaxed);
+        h.put.count.store(0, Ordering::Relaxed);
         assert_eq!(r.items(), 0);
-        super::repair(&h.put.tail, &h.put.pushed, &h.put.intent_index, &h.put.intent_count);
+        h.put.repair();
         assert_eq!(r.items(), 1);
-        assert_eq!(<AtomicU64 as Word64>::load(&h.put.pushed, Ordering::Relaxed), 1);
+        assert_eq!(<AtomicU64 as Word64>::load(&h.put.count, Ordering::Relaxed), 1);
     });
 }

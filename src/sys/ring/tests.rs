@@ -99,7 +99,7 @@ fn a_steady_stream_keeps_to_the_hot_window() {
         }
     }
     assert!(resident(&r) <= 2 * CHUNK + DATA as u64, "{} bytes resident", resident(&r));
-    let tail = r.header().put.tail.load(Ordering::Relaxed);
+    let tail = r.header().put.index.load(Ordering::Relaxed);
     // A lap per hot window's worth of records, not per capacity's.
     assert!(
         tail / r.geometry().capacity >= 400,
@@ -228,7 +228,7 @@ fn stream(producers: u32, consumers: u32, per: u32, capacity: u64, max: usize) {
     let want: Vec<_> = (0..producers).flat_map(|p| (0..per).map(move |s| (p, s))).collect();
     assert!(all == want, "lost or repeated messages: {} of {}", all.len(), want.len());
     assert_eq!(r.items(), 0);
-    let laps = r.header().put.tail.load(Ordering::Relaxed) / capacity;
+    let laps = r.header().put.index.load(Ordering::Relaxed) / capacity;
     assert!(laps >= 3, "only {laps} laps");
 }
 
