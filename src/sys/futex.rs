@@ -15,12 +15,6 @@ use std::time::Instant;
 
 use rustix::thread::futex;
 
-/// The word's current value, to pass to [`wait`] after checking the
-/// condition it guards.
-pub(crate) fn current(seq: &AtomicU32) -> u32 {
-    seq.load(Ordering::Acquire)
-}
-
 /// Sleeps while `seq` still holds `seen`, until woken or `deadline`.
 /// Returns false only when the deadline passed; true may be spurious, so
 /// callers check their condition again either way.

@@ -7,6 +7,9 @@
 pub(crate) mod barrier;
 pub(crate) mod frame;
 pub(crate) mod futex;
+pub(crate) mod medium;
+#[cfg(all(test, multiproc_loom))]
+pub(crate) mod model;
 pub(crate) mod monitor;
 pub(crate) mod mutex;
 pub(crate) mod proc;

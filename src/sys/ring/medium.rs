@@ -6,75 +6,12 @@
 //! the protocol in `ring/mod.rs` is model-checked as it is, not a copy of it.
 
 use std::io;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
-/// An atomic 64-bit word (std's or loom's).
-pub(crate) trait Word64: Send + Sync {
-    fn new(value: u64) -> Self;
-    fn load(&self, order: Ordering) -> u64;
-    fn store(&self, value: u64, order: Ordering);
-    fn fetch_max(&self, value: u64, order: Ordering) -> u64;
-    fn compare_exchange(&self, old: u64, new: u64, ok: Ordering, fail: Ordering) -> Result<u64, u64>;
-}
-
-/// An atomic 32-bit word (std's or loom's).
-pub(crate) trait Word32: Send + Sync {
-    fn load(&self, order: Ordering) -> u32;
-    fn fetch_add(&self, value: u32, order: Ordering) -> u32;
-    fn fetch_sub(&self, value: u32, order: Ordering) -> u32;
-}
-
-macro_rules! words {
-    ($u64:ty, $u32:ty) => {
-        impl Word64 for $u64 {
-            fn new(value: u64) -> Self {
-                <$u64>::new(value)
-            }
-            fn load(&self, order: Ordering) -> u64 {
-                <$u64>::load(self, order)
-            }
-            fn store(&self, value: u64, order: Ordering) {
-                <$u64>::store(self, value, order)
-            }
-            fn fetch_max(&self, value: u64, order: Ordering) -> u64 {
-                <$u64>::fetch_max(self, value, order)
-            }
-            fn compare_exchange(&self, old: u64, new: u64, ok: Ordering, fail: Ordering) -> Result<u64, u64> {
-                <$u64>::compare_exchange(self, old, new, ok, fail)
-            }
-        }
-        impl Word32 for $u32 {
-            fn load(&self, order: Ordering) -> u32 {
-                <$u32>::load(self, order)
-            }
-            fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
-                <$u32>::fetch_add(self, value, order)
-            }
-            fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
-                <$u32>::fetch_sub(self, value, order)
-            }
-        }
-    };
-}
-
-words!(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU32);
-#[cfg(multiproc_loom)]
-words!(loom::sync::atomic::AtomicU64, loom::sync::atomic::AtomicU32);
+use super::super::medium::{Real, Waits};
 
 /// The memory a ring lives in and the primitives that work there.
-pub(crate) trait Medium: Send + Sync + Sized {
-    type U64: Word64;
-    type U32: Word32;
-    type Lock: Send + Sync;
-    /// A held lock; dropping it unlocks.
-    type Guard<'a>
-    where
-        Self: 'a;
-
+pub(crate) trait Medium: Waits {
     fn header(&self) -> &super::Header<Self>;
-    /// Takes `lock`; true alongside when its previous holder died holding it.
-    fn lock<'a>(&'a self, lock: &'a Self::Lock) -> io::Result<(Self::Guard<'a>, bool)>;
     /// Copies `bytes` to ring offset `at` (wrapping at the capacity).
     fn write(&self, at: u64, bytes: &[u8]);
     /// Copies from ring offset `at` (wrapping) into `out`.
@@ -84,11 +21,6 @@ pub(crate) trait Medium: Send + Sync + Sized {
     /// Gives back the memory of `len` bytes at ring offset `at` (within one
     /// lap): they read as zeros afterwards.
     fn release(&self, at: u64, len: u64) -> io::Result<()>;
-    /// Sleeps while `word` holds `seen`, until woken or `deadline`; false
-    /// only when the deadline passed.
-    fn sleep(&self, word: &Self::U32, seen: u32, deadline: Option<Instant>) -> io::Result<bool>;
-    /// Bumps `word` and wakes one sleeper on it, or all.
-    fn wake(&self, word: &Self::U32, all: bool);
     /// The waker's fence (store, then look for sleepers); see `sys::barrier`.
     fn light_fence(&self);
     /// The sleeper's fence (count itself, then look for news); false if a
@@ -123,38 +55,17 @@ impl Mapped {
     }
 }
 
-/// A robust mutex of the ring, held until dropped.
-pub(crate) struct Held(*mut libc::pthread_mutex_t);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        // SAFETY: this thread locked it in `Mapped::lock`.
-        let _ = unsafe { super::super::mutex::unlock(self.0) };
-    }
-}
+// SAFETY: the ring's locks live in its header, in the mapping that
+// `Mapped` keeps, initialised by `Ring::new`.
+unsafe impl Real for Mapped {}
 
 impl Medium for Mapped {
-    type U64 = std::sync::atomic::AtomicU64;
-    type U32 = std::sync::atomic::AtomicU32;
-    type Lock = libc::pthread_mutex_t;
-    type Guard<'a> = Held;
-
     fn header(&self) -> &super::Header<Self> {
         // SAFETY: the mapping holds an initialised header while `self`
         // lives (checked by `Ring::open`). Shared access goes through
         // atomics and pthread objects, which are meant to be used through
         // shared pointers; the geometry never changes.
         unsafe { &*self.map.as_ptr().cast::<super::Header<Self>>() }
-    }
-
-    fn lock<'a>(&'a self, lock: &'a Self::Lock) -> io::Result<(Held, bool)> {
-        use super::super::mutex::{self, Got};
-        let m = (&raw const *lock).cast_mut();
-        // SAFETY: the mutex lives in the mapping, initialised by the creator.
-        match unsafe { mutex::lock(m, None) }? {
-            Some(got) => Ok((Held(m), got == Got::OwnerDied)),
-            None => Err(io::Error::other("a queue lock without a deadline was not taken")),
-        }
     }
 
     fn write(&self, at: u64, bytes: &[u8]) {
@@ -193,14 +104,6 @@ impl Medium for Mapped {
 
     fn release(&self, at: u64, len: u64) -> io::Result<()> {
         self.map.release(DATA + at as usize, len as usize)
-    }
-
-    fn sleep(&self, word: &Self::U32, seen: u32, deadline: Option<Instant>) -> io::Result<bool> {
-        super::super::futex::wait(word, seen, deadline)
-    }
-
-    fn wake(&self, word: &Self::U32, all: bool) {
-        super::super::futex::wake(word, all)
     }
 
     fn light_fence(&self) {

@@ -48,9 +48,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 pub(crate) use medium::Mapped;
-use medium::{DATA, Medium, Word32, Word64};
+use medium::{DATA, Medium};
 use record::{Kind, MARKER, SKIP, WORD};
 
+use super::medium::{Word32, Word64};
 use super::shm::Mapping;
 
 /// Sizes that shape a ring, fixed at creation.
@@ -271,7 +272,9 @@ impl<M: Medium> Ring<M> {
             if !self.wait(Until::NotFull, &room, deadline)? {
                 return Ok(None);
             }
-            let held = self.hold(&h.put)?;
+            let Some(held) = self.hold(&h.put, deadline)? else {
+                return Ok(None);
+            };
             let tail = h.put.index.load(Ordering::Relaxed);
             let head = self.look_head(|head| fits(tail, head, need, g.capacity));
             if head > tail {
@@ -340,7 +343,11 @@ impl<M: Medium> Ring<M> {
             if !self.wait(Until::NotEmpty, &filled, deadline)? {
                 return Ok(None);
             }
-            let held = self.hold(&h.get)?;
+            // A consumer taking a large marked message holds this lock for
+            // as long as that takes: wait for it no longer than the caller.
+            let Some(held) = self.hold(&h.get, deadline)? else {
+                return Ok(None);
+            };
             let head = h.get.index.load(Ordering::Relaxed);
             let tail = self.look_tail(|tail| tail > head);
             if tail <= head {
@@ -382,7 +389,8 @@ impl<M: Medium> Ring<M> {
             return Ok(());
         }
         let h = self.header();
-        let _held = self.hold(&h.put)?;
+        // Without a deadline the lock is always taken.
+        let Some(_held) = self.hold(&h.put, None)? else { return Ok(()) };
         // Not what producers have come back to (they write below `tail`, a
         // lap on): chunks from `tail - capacity` on are free a lap ahead.
         let tail = h.put.index.load(Ordering::Relaxed);
@@ -400,13 +408,16 @@ impl<M: Medium> Ring<M> {
         Ok(())
     }
 
-    /// Takes `side`'s lock, repairing what a holder that died left behind.
-    fn hold<'a>(&'a self, side: &'a Side<M>) -> io::Result<M::Guard<'a>> {
-        let (held, died) = self.mem.lock(&side.lock)?;
+    /// Takes `side`'s lock (`None` if `deadline` passed first), repairing
+    /// what a holder that died left behind.
+    fn hold<'a>(&'a self, side: &'a Side<M>, deadline: Option<Instant>) -> io::Result<Option<M::Guard<'a>>> {
+        let Some((held, died)) = self.mem.lock(&side.lock, deadline)? else {
+            return Ok(None);
+        };
         if died {
             side.repair();
         }
-        Ok(held)
+        Ok(Some(held))
     }
 
     /// Consumers' index: this process's last look if `enough` accepts it,

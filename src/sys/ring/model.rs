@@ -14,16 +14,17 @@ use std::time::Instant;
 
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU32, AtomicU64, fence};
-use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+use loom::sync::{Arc, Mutex, MutexGuard};
 
-use super::medium::{Medium, Word64};
+use super::super::medium::{Waits, Word64};
+use super::super::model::Park;
+use super::medium::Medium;
 use super::{Geometry, Header, Record, Ring, Side, Sleep};
 
 struct Inner {
     header: Header<Modeled>,
     data: Box<[UnsafeCell<u8>]>,
-    park: Mutex<()>,
-    parked: Condvar,
+    park: Park,
 }
 
 // SAFETY: the cells are shared on purpose: every access goes through
@@ -57,8 +58,7 @@ impl Modeled {
                 geometry,
             },
             data: (0..geometry.capacity).map(|_| UnsafeCell::new(0xEE)).collect(),
-            park: Mutex::new(()),
-            parked: Condvar::new(),
+            park: Park::new(),
         }))
     }
 
@@ -67,18 +67,32 @@ impl Modeled {
     }
 }
 
-impl Medium for Modeled {
+impl Waits for Modeled {
     type U64 = AtomicU64;
     type U32 = AtomicU32;
     type Lock = Mutex<()>;
     type Guard<'a> = MutexGuard<'a, ()>;
 
-    fn header(&self) -> &Header<Self> {
-        &self.0.header
+    fn lock<'a>(
+        &'a self,
+        lock: &'a Mutex<()>,
+        deadline: Option<Instant>,
+    ) -> io::Result<Option<(MutexGuard<'a, ()>, bool)>> {
+        Ok(Park::lock(lock, deadline))
     }
 
-    fn lock<'a>(&'a self, lock: &'a Mutex<()>) -> io::Result<(MutexGuard<'a, ()>, bool)> {
-        Ok((lock.lock().unwrap(), false))
+    fn sleep(&self, word: &AtomicU32, seen: u32, deadline: Option<Instant>) -> io::Result<bool> {
+        Ok(self.0.park.sleep(word, seen, deadline))
+    }
+
+    fn wake(&self, word: &AtomicU32, all: bool) {
+        self.0.park.wake(word, all)
+    }
+}
+
+impl Medium for Modeled {
+    fn header(&self) -> &Header<Self> {
+        &self.0.header
     }
 
     fn write(&self, at: u64, bytes: &[u8]) {
@@ -105,20 +119,6 @@ impl Medium for Modeled {
     fn release(&self, at: u64, len: u64) -> io::Result<()> {
         self.write(at, &vec![0; len as usize]);
         Ok(())
-    }
-
-    fn sleep(&self, word: &AtomicU32, seen: u32, _deadline: Option<Instant>) -> io::Result<bool> {
-        let held = self.0.park.lock().unwrap();
-        if word.load(Ordering::Acquire) == seen {
-            drop(self.0.parked.wait(held).unwrap());
-        }
-        Ok(true)
-    }
-
-    fn wake(&self, word: &AtomicU32, _all: bool) {
-        word.fetch_add(1, Ordering::Release);
-        let _held = self.0.park.lock().unwrap();
-        self.0.parked.notify_all();
     }
 
     fn light_fence(&self) {

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sys::futex;
-use crate::sys::monitor::Monitor;
+use crate::sys::medium::{Real, Waits};
+use crate::sys::monitor::{Home, Monitor, sleep_unlocked};
 use crate::sys::mutex::{self, Got};
 use crate::sys::shm::Mapping;
 use crate::{Error, Handle, Result};
@@ -295,29 +295,21 @@ fn sem_new(value: u32, bound: u64) -> Result<Arc<Monitor>> {
     Monitor::new([u64::from(value), bound, 0, 0]).map(Arc::new).map_err(monitor_error)
 }
 
-fn sem_acquire(m: &Monitor, timeout: Option<Duration>) -> Result<bool> {
-    let got = m
-        .wait_until(deadline(timeout), |w| {
-            (w[0] > 0).then(|| {
-                w[0] -= 1;
-            })
-        })
-        .map_err(monitor_error)?;
+fn sem_acquire<H: Home>(m: &Monitor<H>, deadline: Option<Instant>) -> Result<bool> {
+    let got = m.wait_until(deadline, |w| (w[0] > 0).then(|| w[0] -= 1)).map_err(monitor_error)?;
     Ok(got.is_some())
 }
 
-fn sem_release(m: &Monitor) -> Result<()> {
-    let ok = m
-        .with(|w| {
-            if w[0] >= w[1] {
-                return Err(w[1]);
-            }
-            w[0] += 1;
-            Ok(())
-        })
-        .map_err(monitor_error)?;
-    m.notify(false);
-    ok.map_err(|bound| Error::SemaphoreOverflow { bound: bound as u32 })
+fn sem_release<H: Home>(m: &Monitor<H>) -> Result<()> {
+    m.with(|w| {
+        if w[0] >= w[1] {
+            return Err(Error::SemaphoreOverflow { bound: w[1] as u32 });
+        }
+        w[0] += 1;
+        w.wake();
+        Ok(())
+    })
+    .map_err(monitor_error)?
 }
 
 macro_rules! semaphore {
@@ -336,22 +328,22 @@ macro_rules! semaphore {
 
             /// Takes a permit, waiting for one.
             pub fn acquire(&self) -> Result<()> {
-                sem_acquire(&self.monitor, None).map(|_| ())
+                sem_acquire(&*self.monitor, None).map(|_| ())
             }
 
             /// Takes a permit, waiting at most `timeout`; false if none came.
             pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-                sem_acquire(&self.monitor, Some(timeout))
+                sem_acquire(&*self.monitor, deadline(Some(timeout)))
             }
 
             /// Takes a permit only if one is free now.
             pub fn try_acquire(&self) -> Result<bool> {
-                sem_acquire(&self.monitor, Some(Duration::ZERO))
+                sem_acquire(&*self.monitor, Some(Instant::now()))
             }
 
             /// Returns a permit.
             pub fn release(&self) -> Result<()> {
-                sem_release(&self.monitor)
+                sem_release(&*self.monitor)
             }
 
             /// The number of free permits (Python's `get_value`).
@@ -457,9 +449,7 @@ impl Event {
 
     /// Sets it and wakes every waiter.
     pub fn set(&self) -> Result<()> {
-        self.monitor.with(|w| w[0] = 1).map_err(monitor_error)?;
-        self.monitor.notify(true);
-        Ok(())
+        event_set(&*self.monitor)
     }
 
     /// Clears it.
@@ -470,9 +460,24 @@ impl Event {
     /// Waits until it is set, at most `timeout` (`None`: forever); returns
     /// whether it is set.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        let set = self.monitor.wait_until(deadline(timeout), |w| (w[0] != 0).then_some(())).map_err(monitor_error)?;
-        Ok(set.is_some())
+        event_wait(&*self.monitor, deadline(timeout))
     }
+}
+
+// Event words: [set, -, -, -].
+fn event_set<H: Home>(m: &Monitor<H>) -> Result<()> {
+    m.with(|w| {
+        if w[0] == 0 {
+            w[0] = 1;
+            w.wake();
+        }
+    })
+    .map_err(monitor_error)
+}
+
+fn event_wait<H: Home>(m: &Monitor<H>, deadline: Option<Instant>) -> Result<bool> {
+    let set = m.wait_until(deadline, |w| (w[0] != 0).then_some(())).map_err(monitor_error)?;
+    Ok(set.is_some())
 }
 
 travels!(Event, 'e');
@@ -514,57 +519,7 @@ impl Barrier {
     /// (`0..parties`). A timeout breaks the barrier for everyone
     /// ([`Error::BrokenBarrier`]), as in Python.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<usize> {
-        let mut arrived: Option<(u64, usize)> = None;
-        let mut released_all = false;
-        let outcome = self
-            .monitor
-            .wait_until(deadline(timeout), |w| {
-                if w[3] & 1 != 0 {
-                    return Some(Err(Error::BrokenBarrier));
-                }
-                match arrived {
-                    None => {
-                        let index = w[1] as usize;
-                        w[1] += 1;
-                        if w[1] == w[0] {
-                            w[1] = 0;
-                            w[2] += 1;
-                            released_all = true;
-                            return Some(Ok(index));
-                        }
-                        arrived = Some((w[2], index));
-                        None
-                    }
-                    Some((generation, index)) if w[2] != generation => {
-                        Some(if w[3] >> 1 > generation { Err(Error::BrokenBarrier) } else { Ok(index) })
-                    }
-                    Some(_) => None,
-                }
-            })
-            .map_err(monitor_error)?;
-        if released_all {
-            self.monitor.notify(true);
-        }
-        match outcome {
-            Some(result) => result,
-            None => {
-                // Timed out: unless the barrier just filled up, break it.
-                let (generation, index) = arrived.expect("timed out while waiting");
-                let result = self
-                    .monitor
-                    .with(|w| {
-                        if w[2] != generation && w[3] >> 1 <= generation {
-                            Ok(index)
-                        } else {
-                            w[3] |= 1;
-                            Err(Error::BrokenBarrier)
-                        }
-                    })
-                    .map_err(monitor_error)?;
-                self.monitor.notify(true);
-                result
-            }
-        }
+        barrier_wait(&*self.monitor, deadline(timeout))
     }
 
     /// Breaks the barrier: current and future waiters get
@@ -577,9 +532,7 @@ impl Barrier {
     /// assert!(matches!(b.wait(None), Err(multiproc::Error::BrokenBarrier)));
     /// ```
     pub fn abort(&self) -> Result<()> {
-        self.monitor.with(|w| w[3] |= 1).map_err(monitor_error)?;
-        self.monitor.notify(true);
-        Ok(())
+        barrier_abort(&*self.monitor)
     }
 
     /// Returns the barrier to its empty state (Python's `reset`): whoever
@@ -593,15 +546,7 @@ impl Barrier {
     /// assert!(!b.broken().unwrap());
     /// ```
     pub fn reset(&self) -> Result<()> {
-        self.monitor
-            .with(|w| {
-                w[1] = 0;
-                w[2] += 1;
-                w[3] = w[2] << 1;
-            })
-            .map_err(monitor_error)?;
-        self.monitor.notify(true);
-        Ok(())
+        barrier_reset(&*self.monitor)
     }
 
     /// The number of parties.
@@ -621,6 +566,70 @@ impl Barrier {
 }
 
 travels!(Barrier, 'r');
+
+fn barrier_wait<H: Home>(m: &Monitor<H>, deadline: Option<Instant>) -> Result<usize> {
+    let mut arrived: Option<(u64, usize)> = None;
+    let outcome = m
+        .wait_until(deadline, |w| {
+            if w[3] & 1 != 0 {
+                return Some(Err(Error::BrokenBarrier));
+            }
+            match arrived {
+                None => {
+                    let index = w[1] as usize;
+                    w[1] += 1;
+                    if w[1] == w[0] {
+                        w[1] = 0;
+                        w[2] += 1;
+                        w.wake();
+                        return Some(Ok(index));
+                    }
+                    arrived = Some((w[2], index));
+                    None
+                }
+                Some((generation, index)) if w[2] != generation => {
+                    Some(if w[3] >> 1 > generation { Err(Error::BrokenBarrier) } else { Ok(index) })
+                }
+                Some(_) => None,
+            }
+        })
+        .map_err(monitor_error)?;
+    match outcome {
+        Some(result) => result,
+        None => {
+            // Timed out: unless the barrier just filled up, break it.
+            let (generation, index) = arrived.expect("timed out while waiting");
+            m.with(|w| {
+                if w[2] != generation && w[3] >> 1 <= generation {
+                    Ok(index)
+                } else {
+                    w[3] |= 1;
+                    w.wake();
+                    Err(Error::BrokenBarrier)
+                }
+            })
+            .map_err(monitor_error)?
+        }
+    }
+}
+
+fn barrier_abort<H: Home>(m: &Monitor<H>) -> Result<()> {
+    m.with(|w| {
+        w[3] |= 1;
+        w.wake();
+    })
+    .map_err(monitor_error)
+}
+
+fn barrier_reset<H: Home>(m: &Monitor<H>) -> Result<()> {
+    m.with(|w| {
+        w[1] = 0;
+        w[2] += 1;
+        w[3] = w[2] << 1;
+        w.wake();
+    })
+    .map_err(monitor_error)
+}
 
 /// A condition variable shared between processes, with its [`Lock`]
 /// (Python's `multiprocessing.Condition`).
@@ -659,11 +668,29 @@ struct CondMemory {
 impl CondMemory {
     /// The futex word notifications bump (see `sys::futex`: a pthread
     /// condvar would let a waiter that died jam every later notify).
-    fn word(&self) -> &std::sync::atomic::AtomicU32 {
+    fn word(&self) -> &<Self as Waits>::U32 {
         // SAFETY: the mapping is at least a word long, page-aligned, and
         // lives as long as `self`; the word is only used atomically.
         unsafe { &*self.map.as_ptr().cast::<std::sync::atomic::AtomicU32>() }
     }
+}
+
+// SAFETY: a condition's memory holds no lock; it is only slept on.
+unsafe impl Real for CondMemory {}
+
+/// A condition's wait, over any home of its word (for models): `unlock`
+/// lets go of the caller's lock, `relock` takes it again.
+fn cond_wait<W: Waits>(
+    home: &W,
+    word: &W::U32,
+    deadline: Option<Instant>,
+    unlock: impl FnOnce() -> Result<()>,
+    relock: impl FnOnce() -> Result<()>,
+) -> Result<bool> {
+    let slept = sleep_unlocked(home, word, deadline, unlock)?;
+    // Taken again whatever happened, as Python does.
+    relock()?;
+    slept.map_err(|source| Error::Io { context: "wait on a condition", source })
 }
 
 impl Serialize for CondMemory {
@@ -711,22 +738,22 @@ impl Condition {
     /// the lock again; false on timeout. The caller must hold the lock
     /// ([`Error::NotOwner`] otherwise).
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        let word = self.cond.word();
-        // Read with the lock held: a notify after the caller's last look at
-        // the shared state changes the word, and the sleep does not miss it.
-        let seen = futex::current(word);
-        // SAFETY: the mutex lives in a mapping kept by `self`.
-        match unsafe { mutex::unlock(self.lock.core.ptr()) } {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => return Err(Error::NotOwner),
-            Err(source) => return Err(Error::Io { context: "release a condition's lock", source }),
-        }
-        let slept = futex::wait(word, seen, deadline(timeout));
-        // Taken again whatever happened, as Python does.
-        // SAFETY: as above.
-        unsafe { mutex::lock(self.lock.core.ptr(), None) }
-            .map_err(|source| Error::Io { context: "take a condition's lock again", source })?;
-        slept.map_err(|source| Error::Io { context: "wait on a condition", source })
+        let ptr = self.lock.core.ptr();
+        let unlock = || {
+            // SAFETY: the mutex lives in a mapping kept by `self`.
+            match unsafe { mutex::unlock(ptr) } {
+                Ok(()) => Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(Error::NotOwner),
+                Err(source) => Err(Error::Io { context: "release a condition's lock", source }),
+            }
+        };
+        let relock = || {
+            // SAFETY: as above.
+            unsafe { mutex::lock(ptr, None) }
+                .map(drop)
+                .map_err(|source| Error::Io { context: "take a condition's lock again", source })
+        };
+        cond_wait(&*self.cond, self.cond.word(), deadline(timeout), unlock, relock)
     }
 
     /// Waits until `predicate` holds (checked with the lock held), at most
@@ -750,13 +777,16 @@ impl Condition {
 
     /// Wakes one waiter.
     pub fn notify(&self) -> Result<()> {
-        futex::wake(self.cond.word(), false);
+        self.cond.wake(self.cond.word(), false);
         Ok(())
     }
 
     /// Wakes every waiter.
     pub fn notify_all(&self) -> Result<()> {
-        futex::wake(self.cond.word(), true);
+        self.cond.wake(self.cond.word(), true);
         Ok(())
     }
 }
+
+#[cfg(all(test, multiproc_loom))]
+mod model;
