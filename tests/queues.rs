@@ -272,3 +272,54 @@ fn a_consumer_killed_mid_get_loses_at_most_that_message() {
     assert_eq!(sorted.len(), taken.len(), "a message came out twice");
     assert!(taken.len() as u32 >= n - 1, "lost {} messages, at most 1 may be", n - taken.len() as u32);
 }
+
+fn put_big(q: Queue<serde_bytes::ByteBuf>, n: usize) {
+    q.put(&serde_bytes::ByteBuf::from(vec![7u8; n])).unwrap();
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill takes a pid and a signal number.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+}
+
+/// A consumer taking a large message holds the queue's consumer lock until
+/// the whole message is in; another consumer's `get_timeout` must still
+/// return at its deadline. The producer is stopped mid-message, so the
+/// first consumer's read lasts until it is continued.
+#[test]
+fn get_timeout_keeps_its_deadline_while_another_consumer_takes_a_large_message() {
+    let q: Queue<serde_bytes::ByteBuf> = Queue::new(0).unwrap();
+    let n = 32 << 20; // past the ring: a marker, then packets
+    let mut p = Process::new(put_big, (q.clone(), n));
+    p.start().unwrap();
+    let pid = p.pid().unwrap();
+    // The marker is in once the queue counts the message; the producer then
+    // blocks sending, a socket buffer at a time.
+    let start = Instant::now();
+    while q.qsize().unwrap() == 0 {
+        assert!(start.elapsed() < GUARD, "the producer never placed its message");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    signal(pid, libc::SIGSTOP);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let consumers: Vec<_> = (0..2)
+        .map(|_| {
+            let (q, done) = (q.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                let got = q.get_timeout(Duration::from_millis(200));
+                let empty = matches!(got, Err(Error::Empty));
+                done.send(empty).unwrap();
+                got
+            })
+        })
+        .collect();
+    // One consumer took the marker and waits for the rest of the message;
+    // the other must give up at its deadline, not wait for the first.
+    assert!(done_rx.recv_timeout(GUARD).expect("a consumer waited past its deadline"));
+    signal(pid, libc::SIGCONT);
+    let results: Vec<_> = consumers.into_iter().map(|c| c.join().unwrap()).collect();
+    let got: Vec<_> = results.into_iter().filter_map(|r| r.ok()).collect();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].len() == n && got[0].iter().all(|&b| b == 7));
+    join(&mut p).unwrap();
+}

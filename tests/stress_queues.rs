@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{GUARD, join};
+use common::{GUARD, Rng, checksum, join, seed};
 use multiproc::{Process, Queue, StartMethod};
 use serde_bytes::ByteBuf;
 
@@ -48,25 +48,6 @@ const SIZES: &[usize] = &[
 ];
 /// Around the largest ring record (16 MiB encoded): rarer, they are big.
 const HUGE: &[usize] = &[(16 << 20) - 5, (16 << 20) - 4, (16 << 20) - 3];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
-}
 
 /// The message `seq` of `producer`: its id, sequence number, filler, and
 /// a checksum of all that.
@@ -138,13 +119,6 @@ fn file(dir: &Path, name: String) -> String {
     let path = dir.join(name);
     std::fs::File::create(&path).unwrap();
     path.to_string_lossy().into_owned()
-}
-
-fn seed() -> u64 {
-    std::env::var("MULTIPROC_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-        t.as_nanos() as u64 ^ u64::from(std::process::id())
-    })
 }
 
 /// What a run moved: messages, bytes, kills.
@@ -290,15 +264,18 @@ fn eight_producers_two_consumers_small_messages_many_laps() {
     // over a hundred trips around the hot window.
     let run =
         Run { producers: 8, consumers: 2, per_producer: 25_000, maxsize: 0, huge: false, kills: false, slow: false };
-    let t = stream(&run, StartMethod::Forkserver, seed());
-    assert_eq!(t.messages, 200_000);
+    for m in StartMethod::ALL {
+        assert_eq!(stream(&run, m, seed()).messages, 200_000);
+    }
 }
 
 #[test]
 fn a_slow_consumer_behind_a_full_bounded_queue() {
     let run =
         Run { producers: 4, consumers: 1, per_producer: 2_000, maxsize: 7, huge: false, kills: false, slow: true };
-    stream(&run, StartMethod::Spawn, seed());
+    for m in StartMethod::ALL {
+        stream(&run, m, seed());
+    }
 }
 
 #[test]
@@ -314,7 +291,9 @@ fn random_kills_of_producers_and_consumers() {
 fn random_kills_with_a_bounded_queue() {
     let run =
         Run { producers: 4, consumers: 2, per_producer: 3_000, maxsize: 50, huge: false, kills: true, slow: false };
-    stream(&run, StartMethod::Forkserver, seed());
+    for m in StartMethod::ALL {
+        stream(&run, m, seed());
+    }
 }
 
 /// The soak: `MULTIPROC_SOAK_SECS` seconds of killing runs (skipped when

@@ -311,3 +311,51 @@ fn a_condition_wakes_a_waiter_in_another_process() {
         join(&mut p).unwrap();
     });
 }
+
+/// A lock taken with `acquire` and dropped unreleased: its memory goes, and
+/// this thread's list of held robust mutexes must not point there (the next
+/// lock would write into unmapped memory and crash). Another lock made
+/// before the drop keeps the old address from being reused.
+#[test]
+fn dropping_a_held_lock_leaves_this_thread_able_to_lock_others() {
+    for _ in 0..20 {
+        let (held, other) = (Lock::new().unwrap(), Lock::new().unwrap());
+        let (rheld, rother) = (RLock::new().unwrap(), RLock::new().unwrap());
+        held.acquire().unwrap();
+        rheld.acquire().unwrap();
+        rheld.acquire().unwrap();
+        drop(held);
+        drop(rheld);
+        other.acquire().unwrap();
+        rother.acquire().unwrap();
+        other.release().unwrap();
+        rother.release().unwrap();
+    }
+}
+
+fn hold_dropped_lock_in_thread(lock: Lock) -> bool {
+    // Taken here, dropped by another thread of this process while held:
+    // the holder's list still points into the memory, which must stay.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let mine = Lock::new().unwrap();
+        lock.acquire().unwrap();
+        tx.send(lock).unwrap();
+        back_rx.recv().unwrap();
+        // Still able to take another robust lock after the other thread
+        // dropped the one this thread holds.
+        mine.acquire().unwrap();
+        mine.release().unwrap();
+    });
+    drop(rx.recv().unwrap());
+    back_tx.send(()).unwrap();
+    holder.join().is_ok()
+}
+
+#[test]
+fn dropping_a_lock_another_thread_holds_keeps_its_memory() {
+    let mut p = Process::new(hold_dropped_lock_in_thread, (Lock::new().unwrap(),));
+    p.start().unwrap();
+    assert!(join(&mut p).unwrap());
+}

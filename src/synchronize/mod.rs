@@ -11,6 +11,19 @@
 //! Unlike Python's `Lock`, which any process may release, these locks are
 //! owned: releasing one that this thread does not hold is
 //! [`Error::NotOwner`]. That ownership is what makes a dead holder visible.
+//! A lock dropped (its last copy in this process) while this thread holds
+//! it is released.
+//!
+//! # Processes killed at any instant
+//!
+//! A process killed while it sets an [`Event`], releases a permit, or
+//! waits, costs the others nothing: the change happened whole or not at
+//! all, and every waiter that should wake, wakes (also when the one woken
+//! first is killed before it acts: the others look again within 50 ms).
+//! What a dead process held cannot be given back by anyone but a user who
+//! knows: a [`Semaphore`] permit it held is gone (as in Python), and a
+//! [`Barrier`] party that died can never arrive: the others wait until
+//! their timeout or an [`abort`](Barrier::abort).
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -46,8 +59,23 @@ impl From<Got> for Acquired {
 /// The shared part of a lock.
 #[derive(Debug)]
 struct Core {
-    map: Mapping,
+    map: std::mem::ManuallyDrop<Mapping>,
     recursive: bool,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // A lock still held through this mapping (taken with `acquire` and
+        // dropped unreleased) is released first if this thread holds it,
+        // and keeps its page if another thread of this process does: see
+        // `mutex::release_before_unmap`.
+        // SAFETY: the mutex lives in the mapping, which nothing else uses
+        // once this last reference in the process goes.
+        if unsafe { mutex::release_before_unmap(self.ptr()) } {
+            // SAFETY: dropped once, here, and not used afterwards.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.map) }
+        }
+    }
 }
 
 impl Core {
@@ -59,7 +87,7 @@ impl Core {
         // not yet visible to any other process.
         unsafe { mutex::init(map.as_ptr().cast(), recursive) }
             .map_err(|source| Error::Io { context: "pthread_mutex_init", source })?;
-        Ok(Arc::new(Core { map, recursive }))
+        Ok(Arc::new(Core { map: std::mem::ManuallyDrop::new(map), recursive }))
     }
 
     fn ptr(&self) -> *mut libc::pthread_mutex_t {
@@ -93,7 +121,7 @@ struct Wire {
 }
 
 fn serialize_core<S: serde::Serializer>(core: &Core, s: S) -> std::result::Result<S::Ok, S::Error> {
-    Wire { memory: crate::reduction::share(&core.map)?, recursive: core.recursive }.serialize(s)
+    Wire { memory: crate::reduction::share(&*core.map)?, recursive: core.recursive }.serialize(s)
 }
 
 fn deserialize_core<'de, D: serde::Deserializer<'de>>(
@@ -109,7 +137,7 @@ fn deserialize_core<'de, D: serde::Deserializer<'de>>(
     if map.len() < std::mem::size_of::<libc::pthread_mutex_t>() {
         return Err(D::Error::custom("the shared memory is too small for a lock"));
     }
-    Ok(Arc::new(Core { map, recursive }))
+    Ok(Arc::new(Core { map: std::mem::ManuallyDrop::new(map), recursive }))
 }
 
 macro_rules! lock_type {

@@ -7,30 +7,50 @@
 //! word has no such memory: a waiter reads the word, checks its condition,
 //! and sleeps only while the word still holds what it read; a waker changes
 //! the state, bumps the word and wakes sleepers. A dead sleeper is simply
-//! never woken.
+//! never woken; a wake-up that went to a process killed before it acted is
+//! noticed by the other sleepers within [`LOOK_AGAIN`].
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::thread::futex;
+
+/// How long a sleeper sleeps before it looks again by itself. Wakers
+/// change the word before they wake anyone, so a sleeper whose wake-up went
+/// to a process killed before it acted (a futex or a pthread mutex wakes
+/// one sleeper, and the kernel does not hand the wake-up on when that
+/// sleeper dies) still sees the change within this time.
+pub(crate) const LOOK_AGAIN: Duration = Duration::from_millis(50);
 
 /// Sleeps while `seq` still holds `seen`, until woken or `deadline`.
 /// Returns false only when the deadline passed; true may be spurious, so
 /// callers check their condition again either way.
 pub(crate) fn wait(seq: &AtomicU32, seen: u32, deadline: Option<Instant>) -> io::Result<bool> {
-    let timeout = match deadline {
-        None => None,
-        Some(d) => match d.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => Some(futex::Timespec {
-                tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
-                tv_nsec: i64::from(left.subsec_nanos()),
-            }),
-            _ => return Ok(false),
-        },
+    loop {
+        let look = Instant::now() + LOOK_AGAIN;
+        let (until, last) = match deadline {
+            Some(d) if d <= look => (d, true),
+            _ => (look, false),
+        };
+        // The kernel compares the word on entry: a change made while we
+        // slept through a lost wake-up ends the wait at once.
+        if wait_once(seq, seen, until)? {
+            return Ok(true);
+        }
+        if last {
+            return Ok(false);
+        }
+    }
+}
+
+fn wait_once(seq: &AtomicU32, seen: u32, until: Instant) -> io::Result<bool> {
+    let Some(left) = until.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) else {
+        return Ok(false);
     };
+    let timeout = futex::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
     // Not FUTEX_PRIVATE: the word is shared between processes.
-    match futex::wait(seq, futex::Flags::empty(), seen, timeout.as_ref()) {
+    match futex::wait(seq, futex::Flags::empty(), seen, Some(&timeout)) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(true),
         Err(rustix::io::Errno::TIMEDOUT) => Ok(false),

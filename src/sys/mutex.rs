@@ -3,7 +3,7 @@
 //! it (`EOWNERDEAD`) instead of waiting forever.
 
 use std::io;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How a lock was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,22 +58,36 @@ pub(crate) unsafe fn lock(m: *mut libc::pthread_mutex_t, timeout: Option<Duratio
             }
         }
     }
-    // SAFETY: `m` is a valid initialised mutex per the caller.
-    let rc = unsafe {
-        match timeout {
-            None => libc::pthread_mutex_lock(m),
-            Some(d) if d.is_zero() => libc::pthread_mutex_trylock(m),
-            Some(d) => {
-                let deadline =
-                    SystemTime::now().checked_add(d).unwrap_or(SystemTime::now() + Duration::from_secs(1 << 32));
-                let since = deadline.duration_since(UNIX_EPOCH).unwrap_or_default();
-                let ts = libc::timespec { tv_sec: since.as_secs() as libc::time_t, tv_nsec: since.subsec_nanos() as _ };
-                libc::pthread_mutex_timedlock(m, &ts)
-            }
+    if timeout.is_some_and(|d| d.is_zero()) {
+        // SAFETY: `m` is a valid initialised mutex per the caller.
+        return unsafe { settle(m, libc::pthread_mutex_trylock(m), timeout) };
+    }
+    // Blocking, in slices: the kernel hands a dead *holder*'s mutex on, but
+    // when a waiter woken by an unlock is killed before it takes the mutex,
+    // the wake-up dies with it and the other waiters sleep on beside a free
+    // mutex. Each slice ends with a fresh try.
+    let deadline = timeout.map(|d| Instant::now().checked_add(d).unwrap_or_else(far_future));
+    loop {
+        let look = Instant::now() + super::futex::LOOK_AGAIN;
+        let (until, last) = match deadline {
+            Some(d) if d <= look => (d, true),
+            _ => (look, false),
+        };
+        let at = SystemTime::now() + until.saturating_duration_since(Instant::now());
+        let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ts = libc::timespec { tv_sec: since.as_secs() as libc::time_t, tv_nsec: since.subsec_nanos() as _ };
+        // SAFETY: `m` is a valid initialised mutex per the caller.
+        let rc = unsafe { libc::pthread_mutex_timedlock(m, &ts) };
+        if rc == libc::ETIMEDOUT && !last {
+            continue;
         }
-    };
-    // SAFETY: as above.
-    unsafe { settle(m, rc, timeout) }
+        // SAFETY: as above.
+        return unsafe { settle(m, rc, timeout) };
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(1 << 32)
 }
 
 /// How many times [`lock`] tries before it blocks.
@@ -107,4 +121,39 @@ unsafe fn settle(m: *mut libc::pthread_mutex_t, rc: i32, timeout: Option<Duratio
 pub(crate) unsafe fn unlock(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
     // SAFETY: `m` is a valid initialised mutex per the caller.
     check(unsafe { libc::pthread_mutex_unlock(m) })
+}
+
+/// Lets go of `m` before its memory is unmapped, if this process holds it
+/// through that memory; false if another thread of this process holds it,
+/// in which case the memory must stay mapped.
+///
+/// glibc links the robust mutexes a thread holds into a list through the
+/// mutexes themselves (the kernel walks it when the thread dies). A held
+/// mutex whose memory is unmapped leaves that list pointing at nothing, and
+/// the thread's next robust lock writes there. The owner is found in the
+/// mutex's futex word, the kernel's robust-futex ABI: the owner's thread id
+/// in the low 30 bits (glibc keeps that word first in `pthread_mutex_t`).
+///
+/// # Safety
+/// As for [`lock`]; nothing else uses this mapping of `m` afterwards.
+pub(crate) unsafe fn release_before_unmap(m: *mut libc::pthread_mutex_t) -> bool {
+    const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+    // SAFETY: the mutex's first word is its futex word, read atomically as
+    // the kernel and glibc do.
+    let word = unsafe { &*m.cast::<std::sync::atomic::AtomicU32>() };
+    let owner = (word.load(std::sync::atomic::Ordering::Acquire) & FUTEX_TID_MASK) as libc::pid_t;
+    if owner == 0 {
+        return true;
+    }
+    // SAFETY: gettid takes nothing.
+    if owner == unsafe { libc::gettid() } {
+        // As often as a recursive holder took it.
+        // SAFETY: as for `lock`; we are the owner.
+        while unsafe { unlock(m) }.is_ok() {}
+        return true;
+    }
+    // Another process's thread: its own list points into its own mapping.
+    // SAFETY: tgkill with signal 0 only checks that `owner` is a thread of
+    // this process.
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), owner, 0) != 0 }
 }

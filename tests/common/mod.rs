@@ -126,3 +126,32 @@ impl<'de> serde::Deserialize<'de> for Picky {
         Ok(Picky { fail_ser, fail_de })
     }
 }
+
+/// A small seeded generator (xorshift64*): runs repeat from their seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// FNV-1a.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// `MULTIPROC_SEED`, or a fresh seed; print it so that a run can be repeated.
+pub fn seed() -> u64 {
+    std::env::var("MULTIPROC_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        t.as_nanos() as u64 ^ u64::from(std::process::id())
+    })
+}
