@@ -131,3 +131,65 @@ fn a_condition_waiter_killed_asleep() {
     );
     assert!(saw);
 }
+
+/// `first` goes to sleep, then `second`; `wake` hands out one wake-up,
+/// which goes to the earliest sleeper, `first`, killed at once: often
+/// before it could act on it (the kernel does not hand a dead wakee's
+/// wake-up on; our sleepers look again by themselves). `second` must get
+/// what was meant for a sleeper either way. (Stopping `first` beforehand
+/// would take it off the futex, so the race is run as it comes.)
+fn woken_then_killed<A, B>(mut first: Process<A>, mut second: Process<B>, wake: impl FnOnce()) -> B
+where
+    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    B: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    first.start().unwrap();
+    let pid = first.pid().unwrap();
+    wait_until_asleep(pid);
+    second.start().unwrap();
+    wait_until_asleep(second.pid().unwrap());
+    wake();
+    // SAFETY: kill takes a pid and a signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    assert!(join(&mut first).is_err());
+    join(&mut second).unwrap()
+}
+
+#[test]
+fn a_queue_consumer_killed_just_after_its_wake_up() {
+    let q = Queue::new(0).unwrap();
+    let got = woken_then_killed(Process::new(get_one, (q.clone(),)), Process::new(get_one, (q.clone(),)), || {
+        q.put(&7).unwrap()
+    });
+    assert_eq!(got, 7);
+}
+
+fn take_lock(l: multiproc::Lock) -> bool {
+    l.acquire().unwrap() == multiproc::Acquired::Normally
+}
+
+#[test]
+fn a_lock_waiter_killed_just_after_its_wake_up() {
+    let l = multiproc::Lock::new().unwrap();
+    l.acquire().unwrap();
+    let got = woken_then_killed(Process::new(take_lock, (l.clone(),)), Process::new(take_lock, (l.clone(),)), || {
+        l.release().unwrap()
+    });
+    assert!(got);
+}
+
+#[test]
+fn a_condition_waiter_killed_just_after_its_notify() {
+    let c = Condition::new().unwrap();
+    let flag = Value::new(false).unwrap();
+    let saw = woken_then_killed(
+        Process::new(wait_flag, (c.clone(), flag.clone())),
+        Process::new(wait_flag, (c.clone(), flag.clone())),
+        || {
+            let _held = c.lock().unwrap();
+            flag.set(true);
+            c.notify().unwrap();
+        },
+    );
+    assert!(saw);
+}
