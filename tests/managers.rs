@@ -692,3 +692,26 @@ for proto in range(2, int(sys.argv[1]) + 1):
         assert!(read >= 90, "{read}");
     }
 }
+
+/// Every value of a broad corpus (`tests/data/pickle_corpus.py`), put on a
+/// queue of our server by a real Python and got back, is what Python's own
+/// `SyncManager` server hands back for it (same type, equal), for every
+/// pickle protocol that Python writes.
+#[test]
+fn python_values_come_back_from_our_server_as_from_pythons() {
+    let (server, port) = sync_server();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pickle_corpus.py");
+    let mut diffs = Vec::new();
+    for version in VERSIONS {
+        let out = Command::new(python(version)).args([script, port.as_str()]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "Python {version}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.lines().count() > 100, "Python {version}: {stdout}");
+        eprintln!("Python {version}: {}", String::from_utf8_lossy(&out.stderr));
+        // What Python cannot pickle itself is not ours to read.
+        let ours = |l: &&str| !l.ends_with(": OK") && !l.contains("Python itself fails");
+        diffs.extend(stdout.lines().filter(ours).map(|l| format!("Python {version}, protocol {l}")));
+    }
+    server.stop().unwrap();
+    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
+}

@@ -261,7 +261,7 @@ impl Dict {
 
     fn update(&self, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<(), Raise> {
         let mut m = lock(&self.0);
-        match args.first() {
+        match args.first().map(PyValue::unshared) {
             None => {}
             Some(PyValue::Dict(pairs)) => m.extend(pairs.iter().cloned()),
             Some(PyValue::List(items) | PyValue::Tuple(items)) => {
@@ -358,7 +358,7 @@ pub struct List(Mutex<Vec<PyValue>>);
 impl List {
     /// From `list(sequence)` arguments.
     pub fn from_args(args: &[PyValue]) -> Result<List, Raise> {
-        match args.first() {
+        match args.first().map(PyValue::unshared) {
             None => Ok(List::default()),
             Some(PyValue::List(v) | PyValue::Tuple(v) | PyValue::Set(v) | PyValue::FrozenSet(v)) => {
                 Ok(List(Mutex::new(v.clone())))
@@ -418,7 +418,7 @@ impl Shared for List {
                 l.push(first()?.clone());
                 Ok(PyValue::None)
             }
-            "extend" => match first()? {
+            "extend" => match first()?.unshared() {
                 PyValue::List(v) | PyValue::Tuple(v) => {
                     l.extend(v.iter().cloned());
                     Ok(PyValue::None)
@@ -923,7 +923,7 @@ impl Array {
     pub fn from_args(args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<Array, Raise> {
         let typecode = arg(args, kwds, 0, "typecode").and_then(PyValue::as_str).unwrap_or("").to_owned();
         let zero = if typecode == "d" || typecode == "f" { PyValue::Float(0.0) } else { PyValue::Int(0) };
-        let items = match arg(args, kwds, 1, "sequence") {
+        let items = match arg(args, kwds, 1, "sequence").map(PyValue::unshared) {
             Some(PyValue::Int(n)) if *n >= 0 => vec![zero; *n as usize],
             Some(PyValue::List(v) | PyValue::Tuple(v)) => v.clone(),
             _ => return Err(Raise::type_error("Array needs a typecode and a sequence or a size")),
@@ -983,7 +983,7 @@ impl Shared for Array {
             },
             "__setitem__" => {
                 let value = args.get(1).ok_or_else(|| Raise::type_error("__setitem__ needs a value"))?;
-                match (slice_range(key, items.len()), value) {
+                match (slice_range(key, items.len()), value.unshared()) {
                     (Some(range), PyValue::List(v) | PyValue::Tuple(v)) if range.len() == v.len() => {
                         for (i, x) in range.into_iter().zip(v) {
                             items[i] = x.clone();

@@ -1,7 +1,12 @@
 //! Python's pickle format, as far as managers speak it: a value type for
-//! Python objects, a reader for protocols 2 to 5 that never runs anything
+//! Python objects, a reader for protocols 0 to 5 that never runs anything
 //! (a global is a name, kept as data), and a writer of protocol 3, which
-//! every Python 3 reads.
+//! every Python 3 reads. What a Python client puts comes back as Python's
+//! own manager server would hand it back: objects with what they were
+//! filled with and their state kept apart, shared parts still shared, a
+//! value inside itself still inside itself (`tests/data/pickle_corpus.py`
+//! checks a broad corpus against Python's server, every protocol, 3.7 to
+//! 3.13).
 //!
 //! ```
 //! use multiproc::managers::pickle::{self, PyValue};
@@ -19,7 +24,10 @@
 use std::fmt;
 
 /// A Python object as pickle carries it.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Equality is Python's `==` on the data: two values that contain
+/// themselves are equal when they are built alike, whatever their ids.
+#[derive(Debug, Clone)]
 pub enum PyValue {
     /// `None`.
     None,
@@ -57,9 +65,14 @@ pub enum PyValue {
         name: String,
     },
     /// An object built from a class: `class(*args)` (`REDUCE`) or
-    /// `class.__new__(class, *args)` (`NEWOBJ`), then given `state`
-    /// (`BUILD`). Nothing is called: this records what a Python reader
-    /// would do.
+    /// `class.__new__(class, *args)` (`NEWOBJ`), then filled with
+    /// `list_items` (`APPENDS`: what `append`/`extend` add, as for a
+    /// `deque` or a list subclass) and `dict_items` (`SETITEMS`: what
+    /// `obj[k] = v` sets, as for an `OrderedDict`, a `defaultdict` or a
+    /// `Counter`), then given `state` (`BUILD`: `__setstate__`, or its
+    /// `__dict__` and slots), in that order, as Python's `__reduce__`
+    /// protocol does. Nothing is called: this records what a Python reader
+    /// would do, and is written back the same way.
     Object {
         /// Usually a [`PyValue::Global`].
         class: Box<PyValue>,
@@ -67,9 +80,132 @@ pub enum PyValue {
         args: Box<PyValue>,
         /// Whether it was made with `NEWOBJ` rather than `REDUCE`.
         new_obj: bool,
+        /// What `APPEND`/`APPENDS` added to it.
+        list_items: Vec<PyValue>,
+        /// What `SETITEM`/`SETITEMS` set on it, in order.
+        dict_items: Vec<(PyValue, PyValue)>,
         /// What `BUILD` gave it, if anything.
         state: Option<Box<PyValue>>,
     },
+    /// A mutable value (a list, dict, set or object) that one pickle held
+    /// in more than one place, such as the same list under two keys: every
+    /// place holds this same [`Shared`], and it is written back once, the
+    /// other places referring to it, so Python sees one object again.
+    Shared(Shared),
+    /// Inside a [`PyValue::Shared`], the shared value itself: a value that
+    /// contains itself (a list appended to itself), by its [`Shared::id`].
+    Ref(u64),
+}
+
+/// A value found in several places of one pickle (see [`PyValue::Shared`]).
+/// Equal when the values are; cloning is cheap.
+#[derive(Clone)]
+pub struct Shared(std::sync::Arc<(u64, PyValue)>);
+
+impl Shared {
+    /// A value to be shared, with a fresh id.
+    pub fn new(value: PyValue) -> Shared {
+        Shared::with_id(fresh_id(), value)
+    }
+
+    fn with_id(id: u64, value: PyValue) -> Shared {
+        Shared(std::sync::Arc::new((id, value)))
+    }
+
+    /// What the [`PyValue::Ref`]s inside it name it by; unique in this
+    /// process.
+    pub fn id(&self) -> u64 {
+        self.0.0
+    }
+
+    /// The value.
+    pub fn value(&self) -> &PyValue {
+        &self.0.1
+    }
+}
+
+fn fresh_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl PartialEq for Shared {
+    fn eq(&self, other: &Shared) -> bool {
+        equal(&PyValue::Shared(self.clone()), &PyValue::Shared(other.clone()), &mut Vec::new())
+    }
+}
+
+impl PartialEq for PyValue {
+    fn eq(&self, other: &PyValue) -> bool {
+        equal(self, other, &mut Vec::new())
+    }
+}
+
+/// Equality with `pairs`: the shared values being compared, whose `Ref`s
+/// inside are equal when they name the two sides of one pair.
+fn equal(a: &PyValue, b: &PyValue, pairs: &mut Vec<(u64, u64)>) -> bool {
+    use PyValue as V;
+    let all = |x: &[PyValue], y: &[PyValue], pairs: &mut Vec<(u64, u64)>| {
+        x.len() == y.len() && x.iter().zip(y).all(|(x, y)| equal(x, y, pairs))
+    };
+    let all_pairs = |x: &[(PyValue, PyValue)], y: &[(PyValue, PyValue)], pairs: &mut Vec<(u64, u64)>| {
+        x.len() == y.len() && x.iter().zip(y).all(|((k, v), (l, w))| equal(k, l, pairs) && equal(v, w, pairs))
+    };
+    match (a, b) {
+        (V::Shared(x), V::Shared(y)) => {
+            if x.id() == y.id() || pairs.contains(&(x.id(), y.id())) {
+                return true;
+            }
+            pairs.push((x.id(), y.id()));
+            let same = equal(x.value(), y.value(), pairs);
+            pairs.pop();
+            same
+        }
+        (V::Ref(x), V::Ref(y)) => x == y || pairs.contains(&(*x, *y)),
+        (V::None, V::None) => true,
+        (V::Bool(x), V::Bool(y)) => x == y,
+        (V::Int(x), V::Int(y)) => x == y,
+        (V::Float(x), V::Float(y)) => x == y,
+        (V::BigInt(x), V::BigInt(y)) | (V::Bytes(x), V::Bytes(y)) | (V::ByteArray(x), V::ByteArray(y)) => x == y,
+        (V::Str(x), V::Str(y)) => x == y,
+        (V::Tuple(x), V::Tuple(y))
+        | (V::List(x), V::List(y))
+        | (V::Set(x), V::Set(y))
+        | (V::FrozenSet(x), V::FrozenSet(y)) => all(x, y, pairs),
+        (V::Dict(x), V::Dict(y)) => all_pairs(x, y, pairs),
+        (V::Global { module: m, name: n }, V::Global { module: m2, name: n2 }) => m == m2 && n == n2,
+        (
+            V::Object { class, args, new_obj, list_items, dict_items, state },
+            V::Object {
+                class: class2,
+                args: args2,
+                new_obj: new_obj2,
+                list_items: list_items2,
+                dict_items: dict_items2,
+                state: state2,
+            },
+        ) => {
+            new_obj == new_obj2
+                && equal(class, class2, pairs)
+                && equal(args, args2, pairs)
+                && all(list_items, list_items2, pairs)
+                && all_pairs(dict_items, dict_items2, pairs)
+                && match (state, state2) {
+                    (Some(x), Some(y)) => equal(x, y, pairs),
+                    (None, None) => true,
+                    _ => false,
+                }
+        }
+        _ => false,
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Shared#{}(", self.id())?;
+        self.value().fmt(f)?;
+        f.write_str(")")
+    }
 }
 
 impl PyValue {
@@ -78,7 +214,25 @@ impl PyValue {
         match self {
             PyValue::Global { module, name } => Some((module, name)),
             PyValue::Object { class, .. } => class.class_name(),
+            PyValue::Shared(s) => s.value().class_name(),
             _ => None,
+        }
+    }
+
+    /// The value itself, taken out of a [`PyValue::Shared`] (a copy; any
+    /// [`PyValue::Ref`] inside still names the shared one).
+    pub fn into_unshared(self) -> PyValue {
+        match self {
+            PyValue::Shared(s) => s.value().clone(),
+            other => other,
+        }
+    }
+
+    /// The value itself, seen through a [`PyValue::Shared`].
+    pub fn unshared(&self) -> &PyValue {
+        match self {
+            PyValue::Shared(s) => s.value(),
+            other => other,
         }
     }
 
@@ -89,6 +243,8 @@ impl PyValue {
             class: Box::new(PyValue::global(module, name)),
             args: Box::new(PyValue::Tuple(args)),
             new_obj: false,
+            list_items: Vec::new(),
+            dict_items: Vec::new(),
             state: None,
         }
     }
@@ -116,6 +272,8 @@ impl PyValue {
             PyValue::Tuple(v) | PyValue::List(v) | PyValue::Set(v) | PyValue::FrozenSet(v) => !v.is_empty(),
             PyValue::Dict(d) => !d.is_empty(),
             PyValue::Global { .. } | PyValue::Object { .. } => true,
+            PyValue::Shared(s) => s.value().truthy(),
+            PyValue::Ref(_) => true,
         }
     }
 
@@ -211,19 +369,30 @@ impl PyValue {
                 f.write_str("}")
             }
             PyValue::Global { module, name } => write!(f, "<{module}.{name}>"),
-            PyValue::Object { class, args, .. } => {
+            PyValue::Shared(s) => s.value().repr(f),
+            // As Python shows a container inside itself.
+            PyValue::Ref(_) => f.write_str("[...]"),
+            PyValue::Object { class, args, list_items, dict_items, .. } => {
                 match class.class_name() {
                     Some((m, n)) => write!(f, "{m}.{n}")?,
                     None => class.repr(f)?,
                 }
                 match &**args {
-                    PyValue::Tuple(a) => seq(f, "(", a, ")"),
+                    PyValue::Tuple(a) => seq(f, "(", a, ")")?,
                     other => {
                         f.write_str("(")?;
                         other.repr(f)?;
-                        f.write_str(")")
+                        f.write_str(")")?
                     }
                 }
+                // What it was filled with, as Python would show the data.
+                if !list_items.is_empty() {
+                    seq(f, "[", list_items, "]")?;
+                }
+                if !dict_items.is_empty() {
+                    PyValue::Dict(dict_items.clone()).repr(f)?;
+                }
+                Ok(())
             }
         }
     }
@@ -247,7 +416,12 @@ impl std::hash::Hash for PyValue {
             PyValue::Tuple(v) | PyValue::List(v) | PyValue::Set(v) | PyValue::FrozenSet(v) => v.hash(h),
             PyValue::Dict(d) => d.hash(h),
             PyValue::Global { module, name } => (module, name).hash(h),
-            PyValue::Object { class, args, new_obj, state } => (class, args, new_obj, state).hash(h),
+            PyValue::Object { class, args, new_obj, list_items, dict_items, state } => {
+                (class, args, new_obj, list_items, dict_items, state).hash(h)
+            }
+            PyValue::Shared(s) => s.value().hash(h),
+            // Equal values may name themselves by different ids.
+            PyValue::Ref(_) => {}
         }
     }
 }
@@ -272,9 +446,30 @@ fn bad<T>(what: impl Into<String>) -> Result<T, PickleError> {
 const MAX_DEPTH: usize = 512;
 
 /// Reads one pickle. Never executes anything, never panics on bad input:
-/// malformed input is a [`PickleError`].
+/// malformed input is a [`PickleError`]. A mutable value that the pickle
+/// holds in several places (or inside itself) comes out as a
+/// [`PyValue::Shared`] (and [`PyValue::Ref`]s inside it).
+///
+/// ```
+/// use multiproc::managers::pickle::{self, PyValue};
+/// // Python 3's pickle of `l = [1]; l.append(l)`.
+/// let v = pickle::loads(b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00]\x94(K\x01h\x00e.").unwrap();
+/// let PyValue::Shared(s) = &v else { panic!("{v:?}") };
+/// assert_eq!(s.value(), &PyValue::List(vec![PyValue::Int(1), PyValue::Ref(s.id())]));
+/// assert_eq!(pickle::loads(&pickle::dumps(&v)).unwrap(), v);
+/// ```
 pub fn loads(data: &[u8]) -> Result<PyValue, PickleError> {
-    Reader { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: Vec::new(), popped: 0 }.run()
+    Reader {
+        data,
+        pos: 0,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: Vec::new(),
+        popped: 0,
+        proto: 0,
+        nodes: Vec::new(),
+    }
+    .run()
 }
 
 /// A stack entry: the value and the memo slot it was stored in, so that a
@@ -296,9 +491,17 @@ struct Reader<'a> {
     memo: Vec<Option<(PyValue, usize)>>,
     /// The deepest entry popped by the current opcode.
     popped: usize,
+    /// The protocol the pickle announced (0 when it announced none).
+    proto: u8,
+    /// The mutable values (lists, dicts, sets, objects) made so far: on the
+    /// stack and in the memo, each is `PyValue::Ref(its index here)`, so
+    /// that every place holds the same one and changes made after it was
+    /// memoized (a list filled after it went into another) reach them all.
+    /// `finish` turns the handles back into values.
+    nodes: Vec<PyValue>,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&[u8], PickleError> {
         let end = self.pos.checked_add(n).filter(|e| *e <= self.data.len());
         let Some(end) = end else { return bad("truncated") };
@@ -329,11 +532,14 @@ impl Reader<'_> {
     }
 
     fn line(&mut self) -> Result<String, PickleError> {
+        String::from_utf8(self.line_bytes()?.to_vec()).map_err(|_| PickleError("line not UTF-8".into()))
+    }
+
+    fn line_bytes(&mut self) -> Result<&'a [u8], PickleError> {
         let rest = &self.data[self.pos..];
         let Some(nl) = rest.iter().position(|b| *b == b'\n') else { return bad("unterminated line") };
-        let s = String::from_utf8(rest[..nl].to_vec()).map_err(|_| PickleError("line not UTF-8".into()))?;
         self.pos += nl + 1;
-        Ok(s)
+        Ok(&rest[..nl])
     }
 
     fn text(bytes: Vec<u8>) -> Result<PyValue, PickleError> {
@@ -425,6 +631,155 @@ impl Reader<'_> {
         Ok(())
     }
 
+    /// A new mutable value: kept in `nodes`, its handle returned.
+    fn node(&mut self, value: PyValue) -> PyValue {
+        self.nodes.push(value);
+        PyValue::Ref(self.nodes.len() as u64 - 1)
+    }
+
+    /// The top value, to change in place: the node itself for a handle.
+    fn top_mut(&mut self) -> Result<&mut PyValue, PickleError> {
+        let top = &mut self.stack.last_mut().ok_or_else(|| PickleError("stack underflow".into()))?.value;
+        match top {
+            PyValue::Ref(n) => Ok(&mut self.nodes[*n as usize]),
+            other => Ok(other),
+        }
+    }
+
+    /// An object made by `class(*args)`, or the plain data Python's pickler
+    /// writes as such a call at low protocols.
+    fn object(&mut self, class: PyValue, args: PyValue, new_obj: bool) -> PyValue {
+        if !new_obj {
+            // The arguments as the calls of `plain_data` take them: lists
+            // and dicts seen through their handles.
+            let view = match &args {
+                PyValue::Tuple(items) => PyValue::Tuple(
+                    items
+                        .iter()
+                        .map(|i| match i {
+                            PyValue::Ref(n) => self.nodes[*n as usize].clone(),
+                            other => other.clone(),
+                        })
+                        .collect(),
+                ),
+                other => other.clone(),
+            };
+            if let Some(data) = plain_data(&class, &view) {
+                return match data {
+                    PyValue::Set(_) | PyValue::ByteArray(_) => self.node(data),
+                    data => data,
+                };
+            }
+        }
+        self.node(PyValue::Object {
+            class: Box::new(class),
+            args: Box::new(args),
+            new_obj,
+            list_items: Vec::new(),
+            dict_items: Vec::new(),
+            state: None,
+        })
+    }
+
+    /// The value with its handles turned back into values: a node found in
+    /// one place is put there; one found in several (or inside itself)
+    /// becomes one [`Shared`] held by each, with [`PyValue::Ref`] where it
+    /// is inside itself. Nesting is checked here on the whole value.
+    fn finish(&self, root: PyValue) -> Result<PyValue, PickleError> {
+        let mut seen = vec![0u32; self.nodes.len()];
+        self.count(&root, &mut seen, 0)?;
+        let mut made: Vec<Option<Result<Shared, u64>>> = vec![None; self.nodes.len()];
+        self.build(&root, &seen, &mut made, 0)
+    }
+
+    fn count(&self, v: &PyValue, seen: &mut [u32], depth: usize) -> Result<(), PickleError> {
+        if depth > MAX_DEPTH {
+            return bad("nested too deeply");
+        }
+        let mut each = |v: &PyValue| self.count(v, seen, depth + 1);
+        match v {
+            PyValue::Ref(n) => {
+                let n = *n as usize;
+                seen[n] = seen[n].saturating_add(1);
+                if seen[n] == 1 {
+                    self.count(&self.nodes[n], seen, depth + 1)?;
+                }
+            }
+            PyValue::Tuple(items) | PyValue::List(items) | PyValue::Set(items) | PyValue::FrozenSet(items) => {
+                items.iter().try_for_each(&mut each)?
+            }
+            PyValue::Dict(pairs) => pairs.iter().try_for_each(|(k, v)| each(k).and_then(|()| each(v)))?,
+            PyValue::Object { class, args, list_items, dict_items, state, .. } => {
+                each(class)?;
+                each(args)?;
+                list_items.iter().try_for_each(&mut each)?;
+                dict_items.iter().try_for_each(|(k, v)| each(k).and_then(|()| each(v)))?;
+                if let Some(s) = state {
+                    each(s)?
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `made[n]`: `Err(id)` while node `n` is being built (a reference to
+    /// it then is a cycle), its `Shared` once built.
+    fn build(
+        &self,
+        v: &PyValue,
+        seen: &[u32],
+        made: &mut Vec<Option<Result<Shared, u64>>>,
+        depth: usize,
+    ) -> Result<PyValue, PickleError> {
+        if depth > MAX_DEPTH {
+            return bad("nested too deeply");
+        }
+        let mut each = |v: &PyValue| self.build(v, seen, made, depth + 1);
+        Ok(match v {
+            PyValue::Ref(n) => {
+                let n = *n as usize;
+                if seen[n] <= 1 {
+                    return self.build(&self.nodes[n], seen, made, depth + 1);
+                }
+                match &made[n] {
+                    Some(Ok(shared)) => PyValue::Shared(shared.clone()),
+                    Some(Err(id)) => PyValue::Ref(*id),
+                    None => {
+                        let id = fresh_id();
+                        made[n] = Some(Err(id));
+                        let value = self.build(&self.nodes[n], seen, made, depth + 1)?;
+                        let shared = Shared::with_id(id, value);
+                        made[n] = Some(Ok(shared.clone()));
+                        PyValue::Shared(shared)
+                    }
+                }
+            }
+            PyValue::Tuple(items) => PyValue::Tuple(items.iter().map(&mut each).collect::<Result<_, _>>()?),
+            PyValue::List(items) => PyValue::List(items.iter().map(&mut each).collect::<Result<_, _>>()?),
+            PyValue::Set(items) => PyValue::Set(items.iter().map(&mut each).collect::<Result<_, _>>()?),
+            PyValue::FrozenSet(items) => PyValue::FrozenSet(items.iter().map(&mut each).collect::<Result<_, _>>()?),
+            PyValue::Dict(pairs) => {
+                PyValue::Dict(pairs.iter().map(|(k, v)| Ok((each(k)?, each(v)?))).collect::<Result<_, PickleError>>()?)
+            }
+            PyValue::Object { class, args, new_obj, list_items, dict_items, state } => PyValue::Object {
+                class: Box::new(each(class)?),
+                args: Box::new(each(args)?),
+                new_obj: *new_obj,
+                list_items: list_items.iter().map(&mut each).collect::<Result<_, _>>()?,
+                dict_items: dict_items
+                    .iter()
+                    .map(|(k, v)| Ok((each(k)?, each(v)?)))
+                    .collect::<Result<_, PickleError>>()?,
+                state: match state {
+                    Some(s) => Some(Box::new(each(s)?)),
+                    None => None,
+                },
+            },
+            other => other.clone(),
+        })
+    }
+
     fn run(mut self) -> Result<PyValue, PickleError> {
         loop {
             self.popped = 0;
@@ -435,6 +790,7 @@ impl Reader<'_> {
                     if proto > 5 {
                         return bad(format!("unsupported protocol {proto}"));
                     }
+                    self.proto = proto;
                 }
                 0x95 => {
                     self.u64()?; // FRAME: a length hint only
@@ -444,7 +800,7 @@ impl Reader<'_> {
                     if !self.stack.is_empty() || !self.marks.is_empty() {
                         return bad("values left after STOP");
                     }
-                    return Ok(v);
+                    return self.finish(v);
                 }
                 b'(' => {
                     if self.marks.len() > self.data.len() {
@@ -491,9 +847,9 @@ impl Reader<'_> {
                 }
                 b'L' => {
                     let line = self.line()?;
-                    let digits = line.trim_end_matches('L');
-                    let v = digits.parse().map_err(|_| PickleError(format!("bad LONG {line:?}")))?;
-                    self.push(PyValue::Int(v))?
+                    let v =
+                        decimal(line.trim_end_matches('L')).ok_or_else(|| PickleError(format!("bad LONG {line:?}")))?;
+                    self.push(v)?
                 }
                 b'G' => {
                     let b = self.take(8)?;
@@ -553,8 +909,8 @@ impl Reader<'_> {
                     self.push(PyValue::Str(b.iter().map(|c| char::from(*c)).collect()))?
                 }
                 b'V' => {
-                    let line = self.line()?;
-                    self.push(PyValue::Str(line))?
+                    let line = self.line_bytes()?;
+                    self.push(PyValue::Str(raw_unicode_escape(line)))?
                 }
                 b')' => self.push(PyValue::Tuple(Vec::new()))?,
                 0x85 => {
@@ -576,48 +932,53 @@ impl Reader<'_> {
                     let items = self.pop_mark()?;
                     self.push_built(PyValue::Tuple(items))?
                 }
-                b']' => self.push(PyValue::List(Vec::new()))?,
+                b']' => {
+                    let v = self.node(PyValue::List(Vec::new()));
+                    self.push(v)?
+                }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.push_built(PyValue::List(items))?
+                    let v = self.node(PyValue::List(items));
+                    self.push_built(v)?
                 }
                 b'a' => {
                     let item = self.pop()?;
-                    match &mut self.top()?.value {
-                        PyValue::List(l) => l.push(item),
-                        _ => return bad("APPEND to a non-list"),
-                    }
+                    append(self.top_mut()?, vec![item])?;
                     self.deepen_top()?
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
-                    match &mut self.top()?.value {
-                        PyValue::List(l) => l.extend(items),
-                        _ => return bad("APPENDS to a non-list"),
-                    }
+                    append(self.top_mut()?, items)?;
                     self.deepen_top()?
                 }
-                b'}' => self.push(PyValue::Dict(Vec::new()))?,
+                b'}' => {
+                    let v = self.node(PyValue::Dict(Vec::new()));
+                    self.push(v)?
+                }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    self.push_built(PyValue::Dict(pairs(items)?))?
+                    let v = self.node(PyValue::Dict(pairs(items)?));
+                    self.push_built(v)?
                 }
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
-                    set_items(&mut self.top()?.value, vec![(k, v)])?;
+                    set_items(self.top_mut()?, vec![(k, v)])?;
                     self.deepen_top()?
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
                     let items = pairs(items)?;
-                    set_items(&mut self.top()?.value, items)?;
+                    set_items(self.top_mut()?, items)?;
                     self.deepen_top()?
                 }
-                0x8f => self.push(PyValue::Set(Vec::new()))?,
+                0x8f => {
+                    let v = self.node(PyValue::Set(Vec::new()));
+                    self.push(v)?
+                }
                 0x90 => {
                     let items = self.pop_mark()?;
-                    match &mut self.top()?.value {
+                    match self.top_mut()? {
                         PyValue::Set(s) => s.extend(items),
                         _ => return bad("ADDITEMS to a non-set"),
                     }
@@ -628,8 +989,10 @@ impl Reader<'_> {
                     self.push_built(PyValue::FrozenSet(items))?
                 }
                 b'c' => {
-                    let module = self.line()?;
-                    let name = self.line()?;
+                    let (module, name) = (self.line()?, self.line()?);
+                    // Below protocol 3 Python 3 writes Python 2's names, and
+                    // maps them back when it reads (`fix_imports`).
+                    let (module, name) = if self.proto < 3 { python3_name(module, name) } else { (module, name) };
                     self.push(PyValue::Global { module, name })?
                 }
                 0x93 => {
@@ -643,22 +1006,25 @@ impl Reader<'_> {
                 b'R' => {
                     let args = self.pop()?;
                     let class = self.pop()?;
-                    self.push_built(object(class, args, false))?
+                    let v = self.object(class, args, false);
+                    self.push_built(v)?
                 }
                 0x81 => {
                     let args = self.pop()?;
                     let class = self.pop()?;
-                    self.push_built(object(class, args, true))?
+                    let v = self.object(class, args, true);
+                    self.push_built(v)?
                 }
                 0x92 => {
                     let kwargs = self.pop()?;
                     let args = self.pop()?;
                     let class = self.pop()?;
-                    self.push_built(object(class, PyValue::Tuple(vec![args, kwargs]), true))?
+                    let v = self.object(class, PyValue::Tuple(vec![args, kwargs]), true);
+                    self.push_built(v)?
                 }
                 b'b' => {
                     let state = self.pop()?;
-                    match &mut self.top()?.value {
+                    match self.top_mut()? {
                         PyValue::Object { state: s, .. } => *s = Some(Box::new(state)),
                         other => {
                             // BUILD on anything else: keep both as an object
@@ -668,6 +1034,8 @@ impl Reader<'_> {
                                 class: Box::new(inner),
                                 args: Box::new(PyValue::Tuple(Vec::new())),
                                 new_obj: false,
+                                list_items: Vec::new(),
+                                dict_items: Vec::new(),
                                 state: Some(Box::new(state)),
                             };
                         }
@@ -740,6 +1108,146 @@ fn long(bytes: Vec<u8>) -> PyValue {
     PyValue::BigInt(bytes)
 }
 
+/// A decimal integer of any size (protocol 0's `LONG`).
+fn decimal(text: &str) -> Option<PyValue> {
+    if let Ok(i) = text.parse::<i64>() {
+        return Some(PyValue::Int(i));
+    }
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // The magnitude, little-endian base 256, then one byte of room for the
+    // sign, then two's complement for a negative.
+    let mut mag: Vec<u8> = vec![0];
+    for d in digits.bytes() {
+        let mut carry = u32::from(d - b'0');
+        for byte in &mut mag {
+            let v = u32::from(*byte) * 10 + carry;
+            *byte = v as u8;
+            carry = v >> 8;
+        }
+        if carry > 0 {
+            mag.push(carry as u8);
+        }
+    }
+    mag.push(0);
+    if negative {
+        let mut carry = 1u16;
+        for byte in &mut mag {
+            let v = u16::from(!*byte) + carry;
+            *byte = v as u8;
+            carry = v >> 8;
+        }
+    }
+    // Shortest two's complement form, as pickle's LONG1 carries it.
+    while mag.len() > 1 {
+        let (last, prev) = (mag[mag.len() - 1], mag[mag.len() - 2]);
+        if (last == 0 && prev & 0x80 == 0) || (last == 0xff && prev & 0x80 != 0) {
+            mag.pop();
+        } else {
+            break;
+        }
+    }
+    Some(long(mag))
+}
+
+/// Python's `raw-unicode-escape` (protocol 0's `UNICODE` lines): each byte
+/// is a Latin-1 character, except `\uXXXX` and `\UXXXXXXXX`.
+fn raw_unicode_escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let width = match (bytes[i], bytes.get(i + 1)) {
+            (b'\\', Some(b'u')) => 4,
+            (b'\\', Some(b'U')) => 8,
+            _ => 0,
+        };
+        let escaped = (width > 0)
+            .then(|| bytes.get(i + 2..i + 2 + width))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u32::from_str_radix(h, 16).ok());
+        match escaped {
+            Some(code) => {
+                // A lone surrogate has no Rust `char`: kept visible.
+                out.push(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER));
+                i += 2 + width;
+            }
+            None => {
+                out.push(char::from(bytes[i]));
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Python 2's name for a module or a global, as Python 3 reads it
+/// (`_compat_pickle`'s mappings, for what Python 3 writes below protocol
+/// 3).
+fn python3_name(module: String, name: String) -> (String, String) {
+    let renamed = match (module.as_str(), name.as_str()) {
+        ("__builtin__", "xrange") => Some(("builtins", "range")),
+        ("__builtin__", "reduce") => Some(("functools", "reduce")),
+        ("__builtin__", "intern") => Some(("sys", "intern")),
+        ("__builtin__", "unichr") => Some(("builtins", "chr")),
+        ("__builtin__", "unicode") => Some(("builtins", "str")),
+        ("__builtin__", "long") => Some(("builtins", "int")),
+        ("itertools", "izip") => Some(("builtins", "zip")),
+        ("itertools", "imap") => Some(("builtins", "map")),
+        ("itertools", "ifilter") => Some(("builtins", "filter")),
+        ("itertools", "ifilterfalse") => Some(("itertools", "filterfalse")),
+        ("itertools", "izip_longest") => Some(("itertools", "zip_longest")),
+        ("UserDict", "IterableUserDict") => Some(("collections", "UserDict")),
+        ("UserList", "UserList") => Some(("collections", "UserList")),
+        ("UserString", "UserString") => Some(("collections", "UserString")),
+        ("whichdb", "whichdb") => Some(("dbm", "whichdb")),
+        ("_socket", "fromfd") => Some(("socket", "fromfd")),
+        ("_multiprocessing", "Connection") => Some(("multiprocessing.connection", "Connection")),
+        ("multiprocessing.process", "Process") => Some(("multiprocessing.context", "Process")),
+        ("multiprocessing.forking", "Popen") => Some(("multiprocessing.popen_fork", "Popen")),
+        ("exceptions", _) => Some(("builtins", name.as_str())),
+        _ => None,
+    };
+    if let Some((m, n)) = renamed {
+        return (m.to_owned(), n.to_owned());
+    }
+    let module = match module.as_str() {
+        "__builtin__" => "builtins",
+        "copy_reg" => "copyreg",
+        "Queue" => "queue",
+        "SocketServer" => "socketserver",
+        "ConfigParser" => "configparser",
+        "repr" => "reprlib",
+        "cPickle" => "pickle",
+        "thread" => "_thread",
+        "dummy_thread" => "_dummy_thread",
+        "httplib" => "http.client",
+        "Cookie" => "http.cookies",
+        "cookielib" => "http.cookiejar",
+        "htmlentitydefs" => "html.entities",
+        "HTMLParser" => "html.parser",
+        "xmlrpclib" => "xmlrpc.client",
+        "urlparse" => "urllib.parse",
+        "robotparser" => "urllib.robotparser",
+        "StringIO" | "cStringIO" => "io",
+        "UserDict" | "UserList" | "UserString" => "collections",
+        "anydbm" => "dbm",
+        "whichdb" => "dbm",
+        "dbhash" => "dbm.bsd",
+        "dumbdbm" => "dbm.dumb",
+        "dbm" => "dbm.ndbm",
+        "gdbm" => "dbm.gnu",
+        "_winreg" => "winreg",
+        other => return (other.to_owned(), name),
+    };
+    (module.to_owned(), name)
+}
+
 fn pairs(items: Vec<PyValue>) -> Result<Vec<(PyValue, PyValue)>, PickleError> {
     if !items.len().is_multiple_of(2) {
         return bad("odd number of dict items");
@@ -763,26 +1271,25 @@ fn set_items(target: &mut PyValue, items: Vec<(PyValue, PyValue)>) -> Result<(),
             }
             Ok(())
         }
-        // SETITEMS on an object is a __setitem__ on it (a dict subclass):
-        // kept as its state.
-        PyValue::Object { state, .. } => {
-            let mut d = match state.take().map(|s| *s) {
-                Some(PyValue::Dict(d)) => d,
-                _ => Vec::new(),
-            };
-            d.extend(items);
-            *state = Some(Box::new(PyValue::Dict(d)));
+        // On an object, each is an `obj[k] = v` (an OrderedDict, a
+        // defaultdict, a dict subclass): kept apart from its `BUILD` state,
+        // which means something else (its attributes).
+        PyValue::Object { dict_items, .. } => {
+            dict_items.extend(items);
             Ok(())
         }
         _ => bad("SETITEM(S) on a non-dict"),
     }
 }
 
-fn object(class: PyValue, args: PyValue, new_obj: bool) -> PyValue {
-    if !new_obj && let Some(data) = plain_data(&class, &args) {
-        return data;
+fn append(target: &mut PyValue, items: Vec<PyValue>) -> Result<(), PickleError> {
+    match target {
+        PyValue::List(l) => l.extend(items),
+        // An `append`/`extend` on it (a deque, a list subclass).
+        PyValue::Object { list_items, .. } => list_items.extend(items),
+        _ => return bad("APPEND(S) to a non-list"),
     }
-    PyValue::Object { class: Box::new(class), args: Box::new(args), new_obj, state: None }
+    Ok(())
 }
 
 /// The few calls Python's own pickler uses for plain data at low
@@ -814,120 +1321,207 @@ fn plain_data(class: &PyValue, args: &PyValue) -> Option<PyValue> {
 
 /// Writes `value` as a protocol 3 pickle, readable by every Python 3.
 pub fn dumps(value: &PyValue) -> Vec<u8> {
-    let mut out = vec![0x80, 3];
-    write(value, &mut out);
-    out.push(b'.');
-    out
+    let mut w = Writer { out: vec![0x80, 3], memo: std::collections::HashMap::new() };
+    w.write(value);
+    w.out.push(b'.');
+    w.out
 }
 
-fn write(value: &PyValue, out: &mut Vec<u8>) {
-    match value {
-        PyValue::None => out.push(b'N'),
-        PyValue::Bool(true) => out.push(0x88),
-        PyValue::Bool(false) => out.push(0x89),
-        PyValue::Int(i) => match *i {
-            0..=0xff => out.extend([b'K', *i as u8]),
-            0x100..=0xffff => {
-                out.push(b'M');
-                out.extend((*i as u16).to_le_bytes());
+/// Where a pickle is being written, and which shared values it holds so
+/// far (their memo slots).
+struct Writer {
+    out: Vec<u8>,
+    memo: std::collections::HashMap<u64, u32>,
+}
+
+impl Writer {
+    /// Memoizes what was just written as shared value `id`.
+    fn put(&mut self, id: u64) {
+        let slot = self.memo.len() as u32;
+        self.memo.insert(id, slot);
+        self.out.push(b'r');
+        self.out.extend(slot.to_le_bytes());
+    }
+
+    /// Refers to shared value `id`, written before (or around) this.
+    fn get(&mut self, id: u64) {
+        match self.memo.get(&id) {
+            Some(slot) => {
+                self.out.push(b'j');
+                self.out.extend(slot.to_le_bytes());
             }
-            i if i32::try_from(i).is_ok() => {
-                out.push(b'J');
-                out.extend((i as i32).to_le_bytes());
+            // A `Ref` outside the value it names: nothing to refer to. A
+            // memo slot that does not exist makes Python's reader fail
+            // loudly rather than read something else.
+            None => {
+                self.out.push(b'j');
+                self.out.extend(u32::MAX.to_le_bytes());
             }
-            i => {
-                let bytes = i.to_le_bytes();
-                // Shortest two's complement form.
-                let mut n = 8;
-                while n > 1 {
-                    let (last, prev) = (bytes[n - 1], bytes[n - 2]);
-                    if (last == 0 && prev & 0x80 == 0) || (last == 0xff && prev & 0x80 != 0) {
-                        n -= 1;
-                    } else {
-                        break;
+        }
+    }
+
+    /// A shared value: written once, memoized as soon as it exists (before
+    /// what it contains, which may refer to it), referred to after.
+    fn shared(&mut self, s: &Shared) {
+        if self.memo.contains_key(&s.id()) {
+            return self.get(s.id());
+        }
+        match s.value() {
+            PyValue::List(items) => {
+                self.out.push(b']');
+                self.put(s.id());
+                self.appends(items);
+            }
+            PyValue::Dict(items) => {
+                self.out.push(b'}');
+                self.put(s.id());
+                self.setitems(items);
+            }
+            PyValue::Object { class, args, new_obj, list_items, dict_items, state } => {
+                self.write(class);
+                self.write(args);
+                self.out.push(if *new_obj { 0x81 } else { b'R' });
+                self.put(s.id());
+                self.fill(list_items, dict_items, state.as_deref());
+            }
+            // Sets, bytearrays and the rest cannot contain themselves.
+            other => {
+                self.write(other);
+                self.put(s.id());
+            }
+        }
+    }
+
+    fn write(&mut self, value: &PyValue) {
+        let out = &mut self.out;
+        match value {
+            PyValue::None => out.push(b'N'),
+            PyValue::Bool(true) => out.push(0x88),
+            PyValue::Bool(false) => out.push(0x89),
+            PyValue::Int(i) => match *i {
+                0..=0xff => out.extend([b'K', *i as u8]),
+                0x100..=0xffff => {
+                    out.push(b'M');
+                    out.extend((*i as u16).to_le_bytes());
+                }
+                i if i32::try_from(i).is_ok() => {
+                    out.push(b'J');
+                    out.extend((i as i32).to_le_bytes());
+                }
+                i => {
+                    let bytes = i.to_le_bytes();
+                    // Shortest two's complement form.
+                    let mut n = 8;
+                    while n > 1 {
+                        let (last, prev) = (bytes[n - 1], bytes[n - 2]);
+                        if (last == 0 && prev & 0x80 == 0) || (last == 0xff && prev & 0x80 != 0) {
+                            n -= 1;
+                        } else {
+                            break;
+                        }
                     }
+                    out.extend([0x8a, n as u8]);
+                    out.extend(&bytes[..n]);
                 }
-                out.extend([0x8a, n as u8]);
-                out.extend(&bytes[..n]);
+            },
+            PyValue::BigInt(bytes) => {
+                out.push(0x8b);
+                out.extend((bytes.len() as u32).to_le_bytes());
+                out.extend(bytes);
             }
-        },
-        PyValue::BigInt(bytes) => {
-            out.push(0x8b);
-            out.extend((bytes.len() as u32).to_le_bytes());
-            out.extend(bytes);
-        }
-        PyValue::Float(f) => {
-            out.push(b'G');
-            out.extend(f.to_be_bytes());
-        }
-        PyValue::Str(s) => {
-            out.push(b'X');
-            out.extend((s.len() as u32).to_le_bytes());
-            out.extend(s.as_bytes());
-        }
-        PyValue::Bytes(b) => {
-            if b.len() < 256 {
-                out.extend([b'C', b.len() as u8]);
-            } else {
-                out.push(b'B');
-                out.extend((b.len() as u32).to_le_bytes());
+            PyValue::Float(f) => {
+                out.push(b'G');
+                out.extend(f.to_be_bytes());
             }
-            out.extend(b);
-        }
-        PyValue::ByteArray(b) => {
-            // Protocol 3 has no BYTEARRAY8: bytearray(b'...') by REDUCE.
-            write(&PyValue::reduce("builtins", "bytearray", vec![PyValue::Bytes(b.clone())]), out);
-        }
-        PyValue::Tuple(items) => match items.len() {
-            0 => out.push(b')'),
-            1..=3 => {
-                items.iter().for_each(|i| write(i, out));
-                out.push([0x85, 0x86, 0x87][items.len() - 1]);
+            PyValue::Str(s) => {
+                out.push(b'X');
+                out.extend((s.len() as u32).to_le_bytes());
+                out.extend(s.as_bytes());
             }
-            _ => {
-                out.push(b'(');
-                items.iter().for_each(|i| write(i, out));
-                out.push(b't');
-            }
-        },
-        PyValue::List(items) => {
-            out.push(b']');
-            for chunk in items.chunks(1000) {
-                out.push(b'(');
-                chunk.iter().for_each(|i| write(i, out));
-                out.push(b'e');
-            }
-        }
-        PyValue::Dict(items) => {
-            out.push(b'}');
-            for chunk in items.chunks(1000) {
-                out.push(b'(');
-                for (k, v) in chunk {
-                    write(k, out);
-                    write(v, out);
+            PyValue::Bytes(b) => {
+                if b.len() < 256 {
+                    out.extend([b'C', b.len() as u8]);
+                } else {
+                    out.push(b'B');
+                    out.extend((b.len() as u32).to_le_bytes());
                 }
-                out.push(b'u');
+                out.extend(b);
             }
-        }
-        PyValue::Set(items) | PyValue::FrozenSet(items) => {
-            let name = if matches!(value, PyValue::Set(_)) { "set" } else { "frozenset" };
-            write(&PyValue::reduce("builtins", name, vec![PyValue::List(items.clone())]), out);
-        }
-        PyValue::Global { module, name } => {
-            out.push(b'c');
-            out.extend(module.as_bytes());
-            out.push(b'\n');
-            out.extend(name.as_bytes());
-            out.push(b'\n');
-        }
-        PyValue::Object { class, args, new_obj, state } => {
-            write(class, out);
-            write(args, out);
-            out.push(if *new_obj { 0x81 } else { b'R' });
-            if let Some(state) = state {
-                write(state, out);
-                out.push(b'b');
+            PyValue::ByteArray(b) => {
+                // Protocol 3 has no BYTEARRAY8: bytearray(b'...') by REDUCE.
+                self.write(&PyValue::reduce("builtins", "bytearray", vec![PyValue::Bytes(b.clone())]));
             }
+            PyValue::Tuple(items) => match items.len() {
+                0 => out.push(b')'),
+                1..=3 => {
+                    items.iter().for_each(|i| self.write(i));
+                    self.out.push([0x85, 0x86, 0x87][items.len() - 1]);
+                }
+                _ => {
+                    out.push(b'(');
+                    items.iter().for_each(|i| self.write(i));
+                    self.out.push(b't');
+                }
+            },
+            PyValue::List(items) => {
+                out.push(b']');
+                self.appends(items);
+            }
+            PyValue::Dict(items) => {
+                out.push(b'}');
+                self.setitems(items);
+            }
+            PyValue::Set(items) | PyValue::FrozenSet(items) => {
+                let name = if matches!(value, PyValue::Set(_)) { "set" } else { "frozenset" };
+                self.write(&PyValue::reduce("builtins", name, vec![PyValue::List(items.clone())]));
+            }
+            PyValue::Global { module, name } => {
+                out.push(b'c');
+                out.extend(module.as_bytes());
+                out.push(b'\n');
+                out.extend(name.as_bytes());
+                out.push(b'\n');
+            }
+            PyValue::Object { class, args, new_obj, list_items, dict_items, state } => {
+                self.write(class);
+                self.write(args);
+                self.out.push(if *new_obj { 0x81 } else { b'R' });
+                self.fill(list_items, dict_items, state.as_deref());
+            }
+            PyValue::Shared(s) => self.shared(s),
+            PyValue::Ref(id) => self.get(*id),
+        }
+    }
+
+    /// What an object is filled with, in the order Python's `save_reduce`
+    /// writes it.
+    fn fill(&mut self, list_items: &[PyValue], dict_items: &[(PyValue, PyValue)], state: Option<&PyValue>) {
+        self.appends(list_items);
+        self.setitems(dict_items);
+        if let Some(state) = state {
+            self.write(state);
+            self.out.push(b'b');
+        }
+    }
+
+    /// `APPENDS` of `items`, a thousand at a time as Python writes them.
+    fn appends(&mut self, items: &[PyValue]) {
+        for chunk in items.chunks(1000) {
+            self.out.push(b'(');
+            chunk.iter().for_each(|i| self.write(i));
+            self.out.push(b'e');
+        }
+    }
+
+    /// `SETITEMS` of `items`, likewise.
+    fn setitems(&mut self, items: &[(PyValue, PyValue)]) {
+        for chunk in items.chunks(1000) {
+            self.out.push(b'(');
+            for (k, v) in chunk {
+                self.write(k);
+                self.write(v);
+            }
+            self.out.push(b'u');
         }
     }
 }
@@ -984,5 +1578,108 @@ mod tests {
             // which read back as the data they make.
             assert_eq!(loads(&dumps(&v)).unwrap(), v);
         }
+    }
+
+    fn p(ops: &[u8]) -> Vec<u8> {
+        [&[0x80, 4][..], ops, b"."].concat()
+    }
+
+    #[test]
+    fn an_object_filled_by_setitems_keeps_its_items_apart_from_its_state() {
+        // OrderedDict([('z', 1), ('a', 2)]) as Python writes it: a call
+        // with no arguments, then SETITEMS.
+        let bytes = p(b"\x8c\x0bcollections\x8c\x0bOrderedDict\x93)R(\x8c\x01zK\x01\x8c\x01aK\x02u");
+        let v = loads(&bytes).unwrap();
+        let PyValue::Object { dict_items, state, list_items, .. } = &v else { panic!("{v:?}") };
+        assert_eq!(
+            dict_items,
+            &[(PyValue::Str("z".into()), PyValue::Int(1)), (PyValue::Str("a".into()), PyValue::Int(2))]
+        );
+        assert!(state.is_none() && list_items.is_empty());
+        // Written back as SETITEMS, not as a BUILD state (which Python
+        // would set as attributes, leaving the dict empty).
+        let out = dumps(&v);
+        assert!(!out.contains(&b'b'), "{out:?}");
+        assert_eq!(loads(&out).unwrap(), v);
+    }
+
+    #[test]
+    fn shared_and_self_containing_values_stay_so() {
+        // {'a': l, 'b': l} with l = [1, 2].
+        let v = loads(&p(b"}\x94(\x8c\x01a\x94]\x94(K\x01K\x02e\x8c\x01b\x94h\x02u")).unwrap();
+        let PyValue::Dict(d) = &v else { panic!("{v:?}") };
+        let (PyValue::Shared(a), PyValue::Shared(b)) = (&d[0].1, &d[1].1) else { panic!("{v:?}") };
+        assert_eq!(a.id(), b.id());
+        assert_eq!(a.value(), &PyValue::List(vec![PyValue::Int(1), PyValue::Int(2)]));
+        let back = loads(&dumps(&v)).unwrap();
+        let PyValue::Dict(d) = &back else { panic!() };
+        let (PyValue::Shared(a), PyValue::Shared(b)) = (&d[0].1, &d[1].1) else { panic!("{back:?}") };
+        assert_eq!(a.id(), b.id(), "still one list");
+        // A dict that holds itself, through an object's state too.
+        let v = loads(&p(b"}\x94\x8c\x04selfh\x00s")).unwrap();
+        let PyValue::Shared(s) = &v else { panic!("{v:?}") };
+        assert_eq!(s.value(), &PyValue::Dict(vec![(PyValue::Str("self".into()), PyValue::Ref(s.id()))]));
+        assert_eq!(v.to_string(), "{'self': [...]}");
+        assert_eq!(loads(&dumps(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn sharing_is_cheap_and_nesting_through_later_changes_is_still_limited() {
+        // Thirty levels, each list holding the one below twice: 2^30 places,
+        // one value each.
+        let put = |ops: &mut Vec<u8>, i: u32| {
+            ops.push(b'r');
+            ops.extend(i.to_le_bytes());
+        };
+        let get = |ops: &mut Vec<u8>, i: u32| {
+            ops.push(b'j');
+            ops.extend(i.to_le_bytes());
+        };
+        let mut ops = vec![b']'];
+        put(&mut ops, 0);
+        for level in 1..=30u32 {
+            ops.extend([b'0', b']']);
+            put(&mut ops, level);
+            ops.push(b'(');
+            get(&mut ops, level - 1);
+            get(&mut ops, level - 1);
+            ops.push(b'e');
+        }
+        let v = loads(&p(&ops)).unwrap();
+        assert!(dumps(&v).len() < 2000, "written once each, referred to after");
+        // Lists made first, then each put into the one before it: deep only
+        // after they were all built, which the final check still sees.
+        let n = MAX_DEPTH as u32 + 10;
+        let mut ops = Vec::new();
+        for _ in 0..n {
+            ops.extend([b']', 0x94, b'0']);
+        }
+        for i in 0..n - 1 {
+            ops.push(b'j');
+            ops.extend(i.to_le_bytes());
+            ops.push(b'j');
+            ops.extend((i + 1).to_le_bytes());
+            ops.extend([b'a', b'0']);
+        }
+        ops.push(b'j');
+        ops.extend(0u32.to_le_bytes());
+        assert!(loads(&p(&ops)).unwrap_err().0.contains("deeply"));
+    }
+
+    #[test]
+    fn protocol_0_reads_as_python_3_does() {
+        // 2**64 as a LONG line, a UNICODE line in raw-unicode-escape with a
+        // Latin-1 byte and an escape, and Python 2's name for `builtins`.
+        let v = loads(b"(L18446744073709551616L\nL-18446744073709551617L\nV\xe9\\u20ac\\\\\nc__builtin__\nset\np0\nt.")
+            .unwrap();
+        assert_eq!(
+            v,
+            PyValue::Tuple(vec![
+                PyValue::BigInt(vec![0, 0, 0, 0, 0, 0, 0, 0, 1]),
+                PyValue::BigInt(vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]),
+                PyValue::Str("\u{e9}\u{20ac}\\\\".into()),
+                PyValue::global("builtins", "set"),
+            ])
+        );
     }
 }

@@ -292,6 +292,8 @@ fn unexpected(v: &PyValue) -> de::Unexpected<'_> {
         PyValue::Dict(_) => de::Unexpected::Map,
         PyValue::BigInt(_) => de::Unexpected::Other("a large int"),
         PyValue::Global { .. } | PyValue::Object { .. } => de::Unexpected::Other("a Python object"),
+        PyValue::Shared(s) => unexpected(s.value()),
+        PyValue::Ref(_) => de::Unexpected::Other("a value inside itself"),
     }
 }
 
@@ -299,7 +301,7 @@ impl<'de> de::Deserializer<'de> for PyValue {
     type Error = ValueError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        match self {
+        match self.into_unshared() {
             PyValue::None => visitor.visit_unit(),
             PyValue::Bool(b) => visitor.visit_bool(b),
             PyValue::Int(i) => visitor.visit_i64(i),
@@ -328,7 +330,7 @@ impl<'de> de::Deserializer<'de> for PyValue {
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        match self {
+        match self.into_unshared() {
             PyValue::None => visitor.visit_none(),
             other => visitor.visit_some(other),
         }
@@ -337,7 +339,7 @@ impl<'de> de::Deserializer<'de> for PyValue {
     /// `()` is Python's `None`, or an empty tuple (a call with no
     /// arguments).
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        match self {
+        match self.into_unshared() {
             PyValue::None => visitor.visit_unit(),
             PyValue::Tuple(t) | PyValue::List(t) if t.is_empty() => visitor.visit_unit(),
             other => Err(de::Error::invalid_type(unexpected(&other), &visitor)),
@@ -354,7 +356,7 @@ impl<'de> de::Deserializer<'de> for PyValue {
         _: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, ValueError> {
-        match self {
+        match self.into_unshared() {
             PyValue::Str(s) => visitor.visit_enum(s.into_deserializer()),
             PyValue::Dict(mut pairs) if pairs.len() == 1 => {
                 let (k, v) = pairs.pop().expect("one");

@@ -101,7 +101,10 @@ const READ_SPIN: Duration = Duration::from_micros(50);
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let fd = match &*self {
-            Stream::Tcp(s) => s.as_fd(),
+            Stream::Tcp(s) => {
+                crate::sys::quick_ack(s.as_fd());
+                s.as_fd()
+            }
             Stream::Unix(s) => s.as_fd(),
         };
         if let Some(n) = crate::sys::recv_spinning(fd, buf, READ_SPIN)? {
@@ -735,6 +738,8 @@ fn proxy_reply(state: &State, typeid: &str, object: Arc<dyn Shared>) -> Vec<u8> 
         class: Box::new(PyValue::global("multiprocessing.managers", "Token")),
         args: Box::new(PyValue::Tuple(Vec::new())),
         new_obj: true,
+        list_items: Vec::new(),
+        dict_items: Vec::new(),
         state: Some(Box::new(PyValue::Tuple(vec![PyValue::Str(typeid.into()), address, PyValue::Str(id)]))),
     };
     reply("#PROXY", PyValue::Tuple(vec![exposed, token]))
@@ -1099,12 +1104,20 @@ mod properties {
                 prop::collection::vec(inner.clone(), 0..6).prop_map(PyValue::Tuple),
                 prop::collection::vec(inner.clone(), 0..6).prop_map(PyValue::List),
                 prop::collection::vec((inner.clone(), inner.clone()), 0..4).prop_map(PyValue::Dict),
-                (inner.clone(), prop::collection::vec(inner, 0..3)).prop_map(|(state, args)| PyValue::Object {
-                    class: Box::new(PyValue::global("m", "C")),
-                    args: Box::new(PyValue::Tuple(args)),
-                    new_obj: false,
-                    state: Some(Box::new(state)),
-                }),
+                (
+                    inner.clone(),
+                    prop::collection::vec(inner.clone(), 0..3),
+                    prop::collection::vec(inner.clone(), 0..3),
+                    prop::collection::vec((inner.clone(), inner), 0..3),
+                )
+                    .prop_map(|(state, args, list_items, dict_items)| PyValue::Object {
+                        class: Box::new(PyValue::global("m", "C")),
+                        args: Box::new(PyValue::Tuple(args)),
+                        new_obj: false,
+                        list_items,
+                        dict_items,
+                        state: Some(Box::new(state)),
+                    }),
             ]
         })
     }
