@@ -194,13 +194,13 @@ fn our_client_works_against_pythons_server() {
 /// Our server with the SyncManager types on a free loopback port (key
 /// `abc`), and its port.
 fn sync_server() -> (multiproc::managers::RunningServer, String) {
-    let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
-        .authkey(b"abc")
-        .sync_types()
-        .bind()
-        .unwrap()
-        .spawn()
-        .unwrap();
+    sync_server_with(&[])
+}
+
+/// As [`sync_server`], with named queues (`register_queue`) too.
+fn sync_server_with(queues: &[&str]) -> (multiproc::managers::RunningServer, String) {
+    let builder = ServerBuilder::new("127.0.0.1:0".parse().unwrap()).authkey(b"abc").sync_types();
+    let server = queues.iter().fold(builder, |b, q| b.register_queue(q)).bind().unwrap().spawn().unwrap();
     let Address::Tcp(addr) = server.address().clone() else { unreachable!() };
     let port = addr.rsplit_once(':').unwrap().1.to_owned();
     (server, port)
@@ -714,4 +714,37 @@ fn python_values_come_back_from_our_server_as_from_pythons() {
     }
     server.stop().unwrap();
     assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
+}
+
+/// The same corpus read by a Rust client as `PyValue`s and put back as it
+/// read them: Python gets back what its own server would hand back.
+#[test]
+fn python_values_read_and_written_back_by_a_rust_client_lose_nothing() {
+    let (server, port) = sync_server_with(&["inbox", "outbox"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pickle_corpus.py");
+    let client = Client::connect(server.address(), b"abc").unwrap();
+    let (inbox, outbox) = (client.create("inbox", vec![]).unwrap(), client.create("outbox", vec![]).unwrap());
+    for version in ["3.7", "3.13"] {
+        let python = Command::new(python(version))
+            .args([script, port.as_str(), "relay"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let PyValue::Int(n) = inbox.get_timeout(Duration::from_secs(120)).unwrap().expect("a count") else {
+            panic!("no count")
+        };
+        for _ in 0..n {
+            let v = inbox.get_timeout(Duration::from_secs(120)).unwrap().expect("a value");
+            outbox.call("put", vec![v]).unwrap();
+        }
+        let out = python.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "Python {version}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout.lines().count() as i64, n, "Python {version}: {stdout}");
+        let diffs: Vec<&str> = stdout.lines().filter(|l| !l.ends_with(": OK")).collect();
+        assert!(diffs.is_empty(), "Python {version}:\n{}", diffs.join("\n"));
+    }
+    drop((inbox, outbox, client));
+    server.stop().unwrap();
 }

@@ -100,6 +100,17 @@ def through(m, value):
     SPENT[id(m)] = SPENT.get(id(m), 0) + time.time() - t
     return v
 
+def same(name, want, got):
+    if name in shared():
+        return shape(got) == shape(want)
+    same = type(got) is type(want) and got == want
+    if isinstance(want, collections.deque): same = same and got.maxlen == want.maxlen
+    if isinstance(want, collections.defaultdict): same = same and got.default_factory is want.default_factory
+    return same
+
+def report(label, name, want, got):
+    print(f'{label} {name}: ' + ('OK' if same(name, want, got) else f'DIFF {want!r} != {got!r}'))
+
 def main():
     port = int(sys.argv[1])
     protocols = range(0, __import__('pickle').HIGHEST_PROTOCOL + 1)
@@ -108,7 +119,7 @@ def main():
     orig = reduction.ForkingPickler.dumps.__func__
     for proto in protocols:
         reduction.ForkingPickler.dumps = classmethod(lambda cls, obj, protocol=None, _p=proto: orig(cls, obj, _p))
-        for name, value in corpus().items():
+        for name, value in list(corpus().items()) + list(shared().items()):
             try:
                 want = through(ref, value)
             except Exception as e:
@@ -117,14 +128,25 @@ def main():
                 got = through(ours, value)
             except Exception as e:
                 print(f'{proto} {name}: DIFF ours raised {e!r}'); continue
-            same = type(got) is type(want) and got == want
-            if isinstance(want, collections.deque): same = same and got.maxlen == want.maxlen
-            if isinstance(want, collections.defaultdict): same = same and got.default_factory is want.default_factory
-            print(f'{proto} {name}: ' + ('OK' if same else f'DIFF {want!r} != {got!r}'))
-        for name, value in shared().items():
-            want, got = through(ref, value), through(ours, value)
-            print(f'{proto} {name}: ' + ('OK' if shape(got) == shape(want) else f'DIFF {shape(want)} != {shape(got)}'))
+            report(proto, name, want, got)
     print('time ref', SPENT[id(ref)], 'ours', SPENT[id(ours)], file=sys.stderr)
     ref.shutdown()
 
-main()
+def relay():
+    # Every value goes to `inbox`; a Rust client takes each and puts it on
+    # `outbox` as it read it; what comes back must be what Python's own
+    # server hands back.
+    port = int(sys.argv[1])
+    SyncManager.register('inbox'); SyncManager.register('outbox')
+    ref = SyncManager(); ref.start()
+    ours = SyncManager(address=('127.0.0.1', port), authkey=b'abc'); ours.connect()
+    inbox, outbox = ours.inbox(), ours.outbox()
+    items = [(n, v) for n, v in list(corpus().items()) + list(shared().items()) if n != 'slots class']
+    inbox.put(len(items))
+    for _, v in items:
+        inbox.put(v)
+    for name, v in items:
+        report('relayed', name, through(ref, v), outbox.get(timeout=30))
+    ref.shutdown()
+
+relay() if sys.argv[2:] == ['relay'] else main()
