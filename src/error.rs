@@ -364,8 +364,9 @@ pub enum Error {
     /// A manager answered with a traceback (Python's `RemoteError`).
     #[error("the manager reported an error: {0}")]
     Remote(String),
-    /// A manager method raised a Python exception (`module.name`, args).
-    #[error("the manager raised {class}{args}")]
+    /// A manager method raised a Python exception (`module.name`, args);
+    /// shown as Python shows it: `IndexError('list index out of range')`.
+    #[error("the manager raised {}{args}", class.rsplit('.').next().unwrap_or(class))]
     RemoteException {
         /// `module.name` of the exception class, such as `_queue.Empty`.
         class: String,

@@ -166,6 +166,7 @@ fn our_client_works_against_pythons_server() {
         assert_eq!(d.call("get", vec![s("missing"), PyValue::Int(-1)]).unwrap(), PyValue::Int(-1));
         let err = d.call("__getitem__", vec![s("missing")]).unwrap_err();
         assert!(matches!(&err, Error::RemoteException { class, .. } if class == "builtins.KeyError"), "{err}");
+        assert_eq!(err.to_string(), "the manager raised KeyError('missing')");
         assert_eq!(d.call("__len__", vec![]).unwrap(), PyValue::Int(1));
 
         let l = client.create("list", vec![PyValue::List(vec![PyValue::Int(3)])]).unwrap();
@@ -240,6 +241,13 @@ try:
     d['missing']
 except KeyError as err:
     print('KeyError', err)
+r = m.list(range(0, 5))
+r.extend(range(5, 10, 2))
+print(list(r), list(m.list('ab')))
+try:
+    m.list(range(10**12))
+except MemoryError:
+    print('MemoryError')
 "#;
 
 #[test]
@@ -262,6 +270,8 @@ fn pythons_sync_manager_client_against_our_server() {
                 "hello",
                 "True True",
                 "KeyError 'missing'",
+                "[0, 1, 2, 3, 4, 5, 7, 9] ['a', 'b']",
+                "MemoryError",
             ],
             "Python {version}"
         );

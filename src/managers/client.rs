@@ -134,10 +134,17 @@ fn request(
 
 fn exception(e: &PyValue) -> Error {
     let class = e.class_name().map(|(m, n)| format!("{m}.{n}")).unwrap_or_else(|| "<unknown>".into());
-    let args = match e {
-        PyValue::Object { args, .. } => format!("{args:?}"),
-        other => format!("{other:?}"),
+    // Python's repr of the arguments, in parentheses without the
+    // trailing comma of a one-tuple, as an exception's repr has them.
+    let items = match e.unshared() {
+        PyValue::Object { args, .. } => match args.unshared() {
+            PyValue::Tuple(items) => items.clone(),
+            other => vec![other.clone()],
+        },
+        other => vec![other.clone()],
     };
+    let list = PyValue::List(items).to_string();
+    let args = format!("({})", &list[1..list.len() - 1]);
     Error::RemoteException { class, args }
 }
 

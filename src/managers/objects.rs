@@ -358,14 +358,55 @@ pub struct List(Mutex<Vec<PyValue>>);
 impl List {
     /// From `list(sequence)` arguments.
     pub fn from_args(args: &[PyValue]) -> Result<List, Raise> {
-        match args.first().map(PyValue::unshared) {
+        match args.first() {
             None => Ok(List::default()),
-            Some(PyValue::List(v) | PyValue::Tuple(v) | PyValue::Set(v) | PyValue::FrozenSet(v)) => {
-                Ok(List(Mutex::new(v.clone())))
-            }
-            Some(_) => Err(Raise::type_error("list() needs a sequence")),
+            Some(v) => Ok(List(Mutex::new(items_of(v).ok_or_else(|| Raise::type_error("list() needs a sequence"))??))),
         }
     }
+}
+
+/// The most elements a `range` or a string is turned into here.
+const MATERIALISE_LIMIT: i64 = 10_000_000;
+
+/// What iterating `v` gives in Python, for the values whose iteration
+/// runs no user code: sequences, sets, a dict's keys, a string's
+/// characters, a bytes' ints, a `range` (the seed's
+/// `manager.list(range(0, 5))`). `None` for anything else; an error for a
+/// range too large to hold.
+fn items_of(v: &PyValue) -> Option<Result<Vec<PyValue>, Raise>> {
+    Some(Ok(match v.unshared() {
+        PyValue::List(v) | PyValue::Tuple(v) | PyValue::Set(v) | PyValue::FrozenSet(v) => v.clone(),
+        PyValue::Dict(d) => d.iter().map(|(k, _)| k.clone()).collect(),
+        PyValue::Str(s) => s.chars().map(|c| PyValue::Str(c.into())).collect(),
+        PyValue::Bytes(b) | PyValue::ByteArray(b) => b.iter().map(|x| PyValue::Int((*x).into())).collect(),
+        obj @ PyValue::Object { args, .. } if obj.class_name() == Some(("builtins", "range")) => {
+            let PyValue::Tuple(a) = args.unshared() else { return None };
+            let ints: Option<Vec<i64>> =
+                a.iter().map(|x| if let PyValue::Int(i) = x { Some(*i) } else { None }).collect();
+            let (start, stop, step) = match ints?.as_slice() {
+                [stop] => (0, *stop, 1),
+                [start, stop] => (*start, *stop, 1),
+                [start, stop, step] if *step != 0 => (*start, *stop, *step),
+                _ => return None,
+            };
+            // Python's len(range): ceil(span / step), never negative.
+            let (span, by) = if step > 0 {
+                (i128::from(stop) - i128::from(start), i128::from(step))
+            } else {
+                (i128::from(start) - i128::from(stop), -i128::from(step))
+            };
+            let len = if span <= 0 { 0 } else { (span + by - 1) / by };
+            if len > i128::from(MATERIALISE_LIMIT) {
+                return Some(Err(Raise::exception(
+                    "builtins",
+                    "MemoryError",
+                    Some(&format!("a range of {len} elements is more than this server holds")),
+                )));
+            }
+            (0..len as i64).map(|i| PyValue::Int(start + i * step)).collect()
+        }
+        _ => return None,
+    }))
 }
 
 /// A Python index (negative from the end) into a sequence of `len`.
@@ -418,12 +459,12 @@ impl Shared for List {
                 l.push(first()?.clone());
                 Ok(PyValue::None)
             }
-            "extend" => match first()?.unshared() {
-                PyValue::List(v) | PyValue::Tuple(v) => {
-                    l.extend(v.iter().cloned());
+            "extend" => match items_of(first()?) {
+                Some(items) => {
+                    l.extend(items?);
                     Ok(PyValue::None)
                 }
-                _ => Err(Raise::type_error("extend() needs a sequence")),
+                None => Err(Raise::type_error("extend() needs a sequence")),
             },
             "insert" => {
                 let PyValue::Int(i) = first()? else { return Err(Raise::type_error("insert() needs an index")) };
