@@ -361,6 +361,16 @@ pub enum Error {
     /// The manager (or its client) did not accept our authkey.
     #[error("manager authentication failed: the keys differ")]
     AuthenticationFailed,
+    /// No manager listens at the address any more: it was shut down, or
+    /// its process ended (a [`Manager`](crate::managers::Manager) lives as
+    /// long as it or a proxy it made lives in the process that started it).
+    #[error("the manager at {address} is gone: {source}")]
+    ManagerGone {
+        /// Where it listened.
+        address: String,
+        /// What connecting said.
+        source: std::io::Error,
+    },
     /// A manager answered with a traceback (Python's `RemoteError`).
     #[error("the manager reported an error: {0}")]
     Remote(String),

@@ -302,6 +302,46 @@ mod typed {
         words: Vec<String>,
     }
 
+    fn take_one(q: QueueProxy<u32>) -> u32 {
+        q.get().unwrap()
+    }
+
+    /// Python's `Manager().Queue(10)`: the manager lives while a proxy
+    /// made here does (also while a child uses it), and stops when the
+    /// last goes.
+    #[test]
+    fn a_manager_lives_while_its_proxies_do() {
+        let q: QueueProxy<u32> = Manager::start().unwrap().queue(10).unwrap();
+        q.put(&7).unwrap();
+        let mut p = Process::new(take_one, (q.clone(),));
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(Duration::from_secs(120)).unwrap(), Some(7));
+
+        let m = Manager::start().unwrap();
+        let pid = m.pid().expect("a manager process");
+        let q: QueueProxy<u32> = m.queue(10).unwrap();
+        drop(m);
+        q.put(&8).unwrap();
+        assert_eq!(q.get().unwrap(), 8);
+        drop(q);
+        // SAFETY: kill with signal 0 only asks whether the pid exists.
+        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "the manager outlived its last proxy");
+    }
+
+    /// A proxy whose manager was shut down says so, by a typed error.
+    #[test]
+    fn a_proxy_of_a_gone_manager_says_so() {
+        let m = Manager::start().unwrap();
+        let pid = m.pid().expect("a manager process");
+        let q: QueueProxy<u32> = m.queue(1).unwrap();
+        m.shutdown().unwrap();
+        let err = q.put(&1).unwrap_err();
+        assert!(matches!(err, Error::ManagerGone { .. }), "{err}");
+        assert!(err.to_string().contains("is gone"), "{err}");
+        // SAFETY: kill with signal 0 only asks whether the pid exists.
+        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "the manager process is still there");
+    }
+
     fn double(q: QueueProxy<Job>, out: QueueProxy<Job>) {
         let mut job = q.get().unwrap();
         job.id *= 2;

@@ -31,6 +31,10 @@ const REPLY_LIMIT: usize = 1 << 30;
 pub struct Client {
     address: Address,
     authkey: Vec<u8>,
+    /// What keeps the manager running while this client (and every proxy
+    /// it made) lives: the manager process a [`Manager`](super::Manager)
+    /// started, as Python's proxies keep theirs.
+    keep: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -41,9 +45,16 @@ impl Client {
     /// Connects (and checks the key with a `dummy` request, as Python's
     /// `connect()` does).
     pub fn connect(address: &Address, authkey: &[u8]) -> Result<Client> {
-        let client = Client { address: address.clone(), authkey: authkey.to_vec() };
+        let client = Client { address: address.clone(), authkey: authkey.to_vec(), keep: None };
         client.manager_call("dummy", vec![])?;
         Ok(client)
+    }
+
+    /// This client, keeping `owner` alive as long as it or a proxy it made
+    /// lives.
+    pub(crate) fn keeping(mut self, owner: std::sync::Arc<dyn std::any::Any + Send + Sync>) -> Client {
+        self.keep = Some(owner);
+        self
     }
 
     /// The manager's address.
@@ -52,7 +63,13 @@ impl Client {
     }
 
     fn open(&self) -> Result<Stream> {
-        let mut s = Stream::connect(&self.address).map_err(io("connect to a manager"))?;
+        let mut s = Stream::connect(&self.address).map_err(|source| match source.kind() {
+            // Nobody listens there any more (or never did).
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
+                Error::ManagerGone { address: self.address.to_string(), source }
+            }
+            _ => Error::Io { context: "connect to a manager", source },
+        })?;
         match wire::connect(&mut s, &self.authkey) {
             Ok(()) => Ok(s),
             Err(AuthError::WrongKey) => Err(Error::AuthenticationFailed),
@@ -262,7 +279,7 @@ impl<'de> serde::Deserialize<'de> for Proxy {
         use serde::de::Error as _;
         let w = ProxyWire::deserialize(d)?;
         let address: Address = w.address.parse().map_err(D::Error::custom)?;
-        let client = Client { address, authkey: w.authkey };
+        let client = Client { address, authkey: w.authkey, keep: None };
         client.manager_call("incref", vec![PyValue::Str(w.id.clone())]).map_err(D::Error::custom)?;
         Ok(Proxy {
             client,

@@ -66,7 +66,7 @@ fn int(v: PyValue) -> Result<usize> {
 /// ```
 pub struct Manager {
     client: Client,
-    manager: ManagerProcess,
+    manager: std::sync::Arc<ManagerProcess>,
 }
 
 impl Manager {
@@ -74,8 +74,12 @@ impl Manager {
     pub fn start() -> Result<Manager> {
         let mut key = [0u8; 32];
         crate::sys::random_bytes(&mut key).map_err(|source| Error::Io { context: "a random authkey", source })?;
-        let manager = ServerBuilder::new("127.0.0.1:0".parse()?).authkey(&key).sync_types().bind()?.start()?;
-        let client = manager.client()?;
+        let manager =
+            std::sync::Arc::new(ServerBuilder::new("127.0.0.1:0".parse()?).authkey(&key).sync_types().bind()?.start()?);
+        // Every proxy holds this client, so the server lives while any
+        // proxy made here does, as in Python: `Manager::start()?.queue(10)`
+        // is a working queue.
+        let client = manager.client()?.keeping(manager.clone());
         Ok(Manager { client, manager })
     }
 
@@ -120,9 +124,16 @@ impl Manager {
         Ok(NamespaceProxy { proxy: self.client.create("Namespace", vec![])? })
     }
 
-    /// Stops the manager and waits for its process.
+    /// The manager process's pid.
+    pub fn pid(&self) -> Option<i32> {
+        self.manager.pid()
+    }
+
+    /// Stops the manager and waits for its process, even while proxies
+    /// made from it live (their calls then fail with
+    /// [`Error::ManagerGone`]).
     pub fn shutdown(self) -> Result<()> {
-        self.manager.shutdown()
+        self.manager.stop()
     }
 }
 

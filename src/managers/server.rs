@@ -412,7 +412,7 @@ impl Server {
         .with_name("manager")
         .with_daemon(true);
         process.start()?;
-        Ok(ManagerProcess { address, authkey, process: Some(process) })
+        Ok(ManagerProcess { address, authkey, process: std::sync::Mutex::new(Some(process)) })
     }
 
     /// Serves on a background thread; the returned handle stops it (and
@@ -452,7 +452,7 @@ impl Server {
 pub struct ManagerProcess {
     address: Address,
     authkey: Vec<u8>,
-    process: Option<crate::Process<std::result::Result<(), String>>>,
+    process: std::sync::Mutex<Option<crate::Process<std::result::Result<(), String>>>>,
 }
 
 impl ManagerProcess {
@@ -463,7 +463,7 @@ impl ManagerProcess {
 
     /// The child's pid.
     pub fn pid(&self) -> Option<i32> {
-        self.process.as_ref().and_then(crate::Process::pid)
+        self.process.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(crate::Process::pid)
     }
 
     /// A client connected to it.
@@ -472,12 +472,12 @@ impl ManagerProcess {
     }
 
     /// Stops the server (a `shutdown` request) and waits for its process.
-    pub fn shutdown(mut self) -> Result<()> {
+    pub fn shutdown(self) -> Result<()> {
         self.stop()
     }
 
-    fn stop(&mut self) -> Result<()> {
-        let Some(mut process) = self.process.take() else { return Ok(()) };
+    pub(crate) fn stop(&self) -> Result<()> {
+        let Some(mut process) = self.process.lock().unwrap_or_else(|e| e.into_inner()).take() else { return Ok(()) };
         let asked = self.client().and_then(|c| c.shutdown());
         let joined = match asked {
             Ok(()) => process.join_timeout(Duration::from_secs(10)),
