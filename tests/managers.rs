@@ -798,3 +798,81 @@ fn python_values_read_and_written_back_by_a_rust_client_lose_nothing() {
     drop((inbox, outbox, client));
     server.stop().unwrap();
 }
+
+/// Waits (bounded) until `pid` sleeps reading its socket: its request is
+/// out, and its call is parked in the server.
+fn wait_until_reading(pid: u32) {
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        if wchan.contains("wait_woken") || wchan.contains("sk_wait") {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "{pid} never waited for its answer (wchan {wchan:?})");
+        std::thread::yield_now();
+    }
+}
+
+/// A Python client that parks `call` on the shared object `typeid` and is
+/// SIGKILLed while the call waits in our server. `warm` is a call that
+/// returns at once, made first so that the proxy's connection is up (its
+/// handshake is a wait too).
+fn park_and_kill(port: &str, typeid: &str, warm: &str, call: &str) {
+    let script = format!(
+        "import sys\nfrom multiprocessing.managers import SyncManager\nSyncManager.register('{typeid}')\nm = \
+         SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')\nm.connect()\nx = \
+         m.{typeid}()\nx.{warm}\nprint('parking', flush=True)\nx.{call}\n"
+    );
+    let mut python = Command::new(python("3.12")).args(["-c", &script, port]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(python.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "parking");
+    wait_until_reading(python.id());
+    python.kill().unwrap();
+    python.wait().unwrap();
+}
+
+/// A client killed while its `get(timeout=30)` waits takes nothing: every
+/// item put afterwards reaches the living, once, in order.
+#[test]
+fn a_client_killed_in_a_parked_get_costs_no_item() {
+    let (server, port) = sync_server_with(&["jobs"]);
+    park_and_kill(&port, "jobs", "qsize()", "get(timeout=30)");
+    let client = Client::connect(server.address(), b"abc").unwrap();
+    let jobs = client.create("jobs", vec![]).unwrap();
+    let taker = Client::connect(server.address(), b"abc").unwrap().create("jobs", vec![]).unwrap();
+    for i in 0..1000 {
+        jobs.call("put", vec![PyValue::Int(i)]).unwrap();
+    }
+    for i in 0..1000 {
+        assert_eq!(taker.get_timeout(Duration::from_secs(120)).unwrap(), Some(PyValue::Int(i)), "item {i}");
+    }
+    assert_eq!(jobs.call("qsize", vec![]).unwrap(), PyValue::Int(0), "an item twice");
+    drop((jobs, taker, client));
+    server.stop().unwrap();
+}
+
+/// A client killed while its `acquire()` waits for a held lock does not
+/// take it: the next acquirer gets it when the holder releases.
+#[test]
+fn a_client_killed_in_a_parked_acquire_takes_no_lock() {
+    let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
+        .authkey(b"abc")
+        .register_shared("gate", Arc::new(multiproc::managers::objects::Permits::lock()))
+        .bind()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let Address::Tcp(addr) = server.address().clone() else { unreachable!() };
+    let port = addr.rsplit_once(':').unwrap().1.to_owned();
+    let holder = Client::connect(server.address(), b"abc").unwrap().create("gate", vec![]).unwrap();
+    assert_eq!(holder.call("acquire", vec![]).unwrap(), PyValue::Bool(true));
+    park_and_kill(&port, "gate", "acquire(False)", "acquire()");
+    holder.call("release", vec![]).unwrap();
+    let next = Client::connect(server.address(), b"abc").unwrap().create("gate", vec![]).unwrap();
+    let got = next.call("acquire", vec![PyValue::Bool(true), PyValue::Int(120)]).unwrap();
+    assert_eq!(got, PyValue::Bool(true), "the dead client's parked acquire took the lock");
+    next.call("release", vec![]).unwrap();
+    drop((holder, next));
+    server.stop().unwrap();
+}

@@ -9,6 +9,23 @@
 //! Unlike Python's, it never executes anything from the wire: pickle
 //! globals are names, kept as data.
 //!
+//! # A caller that dies
+//!
+//! A call parked in the server (a queue's `get`, `join`, an `Event`'s
+//! `wait`, a lock's `acquire`, a `Condition`'s or `Barrier`'s `wait`) is
+//! abandoned as soon as its connection closes, taking nothing; and when a
+//! call's caller is found gone just before its answer is written, what the
+//! call took goes back (a queue's item to the front, a lock released; see
+//! [`Shared::undo`](objects::Shared::undo)). Python's own server loses the
+//! item in both cases.
+//!
+//! Still at most once: an answer already written to the socket when its
+//! reader dies is gone with it (no acknowledgement follows an answer in
+//! Python's protocol). Work that must be done at least once, whatever
+//! dies, needs redelivery, which is the job of a pool with leases (the
+//! Redis-backed scale-out pool, not yet part of this crate), not of a
+//! manager.
+//!
 //! ```
 //! use multiproc::managers::ServerBuilder;
 //! use multiproc::managers::pickle::PyValue;

@@ -75,6 +75,14 @@ pub trait Shared: Send + Sync {
     fn iterate(&self) -> Option<Vec<PyValue>> {
         None
     }
+
+    /// Takes back what a call that returned `result` did, when its caller
+    /// is found gone before the reply is written (a queue's `get` puts the
+    /// item back at the front; a lock's `acquire` releases it), so that a
+    /// caller that died costs nothing. The default does nothing.
+    fn undo(&self, method: &str, result: &PyValue) {
+        let _ = (method, result);
+    }
 }
 
 /// The iterator a `__iter__` call hands out (Python's `Iterator` type id).
@@ -239,6 +247,13 @@ impl Shared for Queue {
                 Ok(PyValue::None)
             }
             other => Err(Raise::Traceback(format!("no method {other} on a Queue"))),
+        }
+    }
+
+    fn undo(&self, method: &str, result: &PyValue) {
+        if matches!(method, "get" | "get_nowait") {
+            lock(&self.state).items.push_front(result.clone());
+            self.changed.notify_all();
         }
     }
 }
@@ -631,29 +646,45 @@ fn lock_deadline(args: &[PyValue], kwds: &[(PyValue, PyValue)], index: usize) ->
     Queue::deadline(blocking, timeout)
 }
 
-/// Waits on `cv` until `ready` or `deadline`; whether `ready` held.
+/// Waits on `cv` until `ready` or `deadline`; whether `ready` held. A
+/// wait for a manager connection whose caller goes away is abandoned
+/// (false) without waiting on: what it waited for is left to the others.
 fn wait_while<'a, T>(
     cv: &Condvar,
     mut guard: MutexGuard<'a, T>,
     deadline: Option<Instant>,
     mut ready: impl FnMut(&mut T) -> bool,
 ) -> (MutexGuard<'a, T>, bool) {
+    let serving = super::server::serving_a_caller();
     loop {
         if ready(&mut guard) {
             return (guard, true);
         }
-        guard = match deadline {
-            None => cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
-            Some(d) => {
+        if serving && super::server::caller_gone() {
+            return (guard, false);
+        }
+        // A caller's wait looks at its connection now and then.
+        let slice = serving.then_some(CALLER_LOOK);
+        let left = match (deadline, slice) {
+            (None, None) => None,
+            (Some(d), s) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return (guard, false);
                 }
-                cv.wait_timeout(guard, left).unwrap_or_else(|e| e.into_inner()).0
+                Some(s.map_or(left, |s| s.min(left)))
             }
+            (None, s) => s,
+        };
+        guard = match left {
+            None => cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
+            Some(left) => cv.wait_timeout(guard, left).unwrap_or_else(|e| e.into_inner()).0,
         };
     }
 }
+
+/// How often a parked call looks whether its caller is still there.
+const CALLER_LOOK: Duration = Duration::from_millis(50);
 
 fn runtime_error(message: &str) -> Raise {
     Raise::exception("builtins", "RuntimeError", Some(message))
@@ -758,6 +789,12 @@ impl Permits {
 impl Shared for Permits {
     fn exposed(&self) -> Vec<String> {
         exposed(&["acquire", "release", "__enter__", "__exit__"])
+    }
+
+    fn undo(&self, method: &str, result: &PyValue) {
+        if matches!(method, "acquire" | "__enter__") && *result == PyValue::Bool(true) {
+            let _ = self.release(1);
+        }
     }
 
     fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {

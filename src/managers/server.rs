@@ -542,6 +542,25 @@ fn traceback(message: String) -> Vec<u8> {
     reply("#TRACEBACK", PyValue::Str(message))
 }
 
+std::thread_local! {
+    /// The connection this thread answers, while it runs a call for it.
+    static CALLER: std::cell::Cell<Option<std::os::fd::RawFd>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether this thread runs a call for a manager connection.
+pub(crate) fn serving_a_caller() -> bool {
+    CALLER.with(|c| c.get().is_some())
+}
+
+/// Whether the connection this thread answers was closed by its caller.
+pub(crate) fn caller_gone() -> bool {
+    CALLER.with(|c| c.get()).is_some_and(|fd| {
+        // SAFETY: the connection's socket stays open while its thread runs
+        // a call for it (`serve_connection` owns it for that long).
+        crate::sys::peer_closed(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+    })
+}
+
 fn serve_connection(state: &State, mut stream: Stream) -> io::Result<()> {
     if state.stopping.load(Ordering::SeqCst) {
         return Ok(());
@@ -559,9 +578,23 @@ fn serve_connection(state: &State, mut stream: Stream) -> io::Result<()> {
     }
     stream.set_read_timeout(None)?;
     let mut persistent = false;
+    let fd = match &stream {
+        Stream::Tcp(s) => std::os::fd::AsRawFd::as_raw_fd(s),
+        Stream::Unix(s) => std::os::fd::AsRawFd::as_raw_fd(s),
+    };
     loop {
         let Some(frame) = wire::read_frame(&mut stream, state.max_frame)? else { return Ok(()) };
-        let (answer, accepted) = answer(state, &frame, persistent);
+        CALLER.with(|c| c.set(Some(fd)));
+        let (answer, accepted, undo) = answer(state, &frame, persistent);
+        let gone = caller_gone();
+        CALLER.with(|c| c.set(None));
+        if gone {
+            // Nobody to answer: what the call took goes back.
+            if let Some(undo) = undo {
+                undo();
+            }
+            return Ok(());
+        }
         wire::write_frame(&mut stream, &answer)?;
         if accepted {
             persistent = true;
@@ -576,30 +609,36 @@ fn serve_connection(state: &State, mut stream: Stream) -> io::Result<()> {
 }
 
 /// The reply to one request frame, and whether it was `accept_connection`.
-fn answer(state: &State, frame: &[u8], persistent: bool) -> (Vec<u8>, bool) {
+fn answer(state: &State, frame: &[u8], persistent: bool) -> (Vec<u8>, bool, Option<Undo>) {
     let request = match pickle::loads(frame) {
         Ok(PyValue::Tuple(t)) if t.len() == 4 => t,
-        Ok(other) => return (traceback(format!("a request must be a 4-tuple, not {other:?}")), false),
-        Err(e) => return (traceback(e.to_string()), false),
+        Ok(other) => return (traceback(format!("a request must be a 4-tuple, not {other:?}")), false, None),
+        Err(e) => return (traceback(e.to_string()), false, None),
     };
     let [ident, method, args, kwds] = <[PyValue; 4]>::try_from(request).expect("length checked");
     let Some(method) = method.as_str().map(str::to_owned) else {
-        return (traceback("a method name must be a string".into()), false);
+        return (traceback("a method name must be a string".into()), false, None);
     };
     let args = match args {
         PyValue::Tuple(a) | PyValue::List(a) => a,
         PyValue::None => Vec::new(),
-        _ => return (traceback("arguments must be a tuple".into()), false),
+        _ => return (traceback("arguments must be a tuple".into()), false, None),
     };
     let kwds = match kwds {
         PyValue::Dict(k) => k,
         PyValue::None => Vec::new(),
-        _ => return (traceback("keyword arguments must be a dict".into()), false),
+        _ => return (traceback("keyword arguments must be a dict".into()), false, None),
     };
     match ident {
-        PyValue::None => manager_call(state, &method, &args, &kwds),
-        PyValue::Str(id) if persistent => (object_call(state, &id, &method, &args, &kwds), false),
-        _ => (traceback("a method call needs accept_connection first".into()), false),
+        PyValue::None => {
+            let (reply, accepted) = manager_call(state, &method, &args, &kwds);
+            (reply, accepted, None)
+        }
+        PyValue::Str(id) if persistent => {
+            let (reply, undo) = object_call(state, &id, &method, &args, &kwds);
+            (reply, false, undo)
+        }
+        _ => (traceback("a method call needs accept_connection first".into()), false, None),
     }
 }
 
@@ -692,27 +731,42 @@ fn create(
     Ok((id, held.exposed.clone()))
 }
 
-fn object_call(state: &State, id: &str, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Vec<u8> {
+/// What takes back a call whose caller went away before its answer.
+type Undo = Box<dyn FnOnce()>;
+
+fn object_call(
+    state: &State,
+    id: &str,
+    method: &str,
+    args: &[PyValue],
+    kwds: &[(PyValue, PyValue)],
+) -> (Vec<u8>, Option<Undo>) {
     let object = {
         let objects = state.objects.lock().unwrap_or_else(|e| e.into_inner());
         match objects.get(id) {
             Some(held) if held.exposed.iter().any(|m| m == method) => held.object.clone(),
-            Some(_) => return traceback(format!("AttributeError: method {method:?} of object {id} is not exposed")),
-            None => return traceback(format!("KeyError: no object with id {id:?}")),
+            Some(_) => {
+                return (traceback(format!("AttributeError: method {method:?} of object {id} is not exposed")), None);
+            }
+            None => return (traceback(format!("KeyError: no object with id {id:?}")), None),
         }
     };
     if method == "__iter__"
         && let Some(items) = object.iterate()
     {
-        return proxy_reply(state, "Iterator", Arc::new(objects::IteratorObject::new(items)));
+        return (proxy_reply(state, "Iterator", Arc::new(objects::IteratorObject::new(items))), None);
     }
     // The call runs without the table's lock: a blocking get holds nothing
     // but its own connection.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| object.call(method, args, kwds))) {
-        Ok(Ok(v)) => reply("#RETURN", v),
-        Ok(Err(Raise::Exception(e))) => reply("#ERROR", e),
-        Ok(Err(Raise::Traceback(t))) => traceback(t),
-        Err(_) => traceback(format!("the method {method:?} panicked")),
+        Ok(Ok(v)) => {
+            let bytes = reply("#RETURN", v.clone());
+            let method = method.to_owned();
+            (bytes, Some(Box::new(move || object.undo(&method, &v))))
+        }
+        Ok(Err(Raise::Exception(e))) => (reply("#ERROR", e), None),
+        Ok(Err(Raise::Traceback(t))) => (traceback(t), None),
+        Err(_) => (traceback(format!("the method {method:?} panicked")), None),
     }
 }
 
@@ -1140,7 +1194,7 @@ mod properties {
                 prop_assert_eq!(&back, &v);
             }
             let request = PyValue::Tuple(vec![PyValue::None, PyValue::Str(method), PyValue::Tuple(vec![v]), PyValue::Dict(vec![])]);
-            let (reply, _) = answer(state(), &pickle::dumps(&request), false);
+            let (reply, _, _) = answer(state(), &pickle::dumps(&request), false);
             prop_assert!(pickle::loads(&reply).is_ok());
         }
     }

@@ -119,6 +119,17 @@ pub(crate) fn write_some(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<Option<us
 /// nothing came in that time. For request/reply peers whose answer usually
 /// comes within microseconds: a blocking read would cost a wake-up of the
 /// thread, which on a small VM is tens of microseconds.
+/// Whether the peer of a connected stream socket has closed its side (or
+/// the connection broke): a caller that is gone. Never waits.
+pub(crate) fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&fd, PollFlags::RDHUP)];
+    match rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })) {
+        Ok(0) => false,
+        Ok(_) => fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        Err(_) => false,
+    }
+}
+
 /// Asks the kernel to acknowledge what arrives on this TCP socket at once,
 /// until its next delayed acknowledgement. A peer that writes two small
 /// messages in a row without `TCP_NODELAY` (Python's `Connection`) holds
