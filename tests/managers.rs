@@ -832,6 +832,23 @@ fn park_and_kill(port: &str, typeid: &str, warm: &str, call: &str) {
     python.wait().unwrap();
 }
 
+/// Our server sharing one object under `typeid`, and its port.
+fn server_sharing(
+    typeid: &str,
+    object: Arc<dyn multiproc::managers::objects::Shared>,
+) -> (multiproc::managers::RunningServer, String) {
+    let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
+        .authkey(b"abc")
+        .register_shared(typeid, object)
+        .bind()
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let Address::Tcp(addr) = server.address().clone() else { unreachable!() };
+    let port = addr.rsplit_once(':').unwrap().1.to_owned();
+    (server, port)
+}
+
 /// A client killed while its `get(timeout=30)` waits takes nothing: every
 /// item put afterwards reaches the living, once, in order.
 #[test]
@@ -856,15 +873,7 @@ fn a_client_killed_in_a_parked_get_costs_no_item() {
 /// take it: the next acquirer gets it when the holder releases.
 #[test]
 fn a_client_killed_in_a_parked_acquire_takes_no_lock() {
-    let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
-        .authkey(b"abc")
-        .register_shared("gate", Arc::new(multiproc::managers::objects::Permits::lock()))
-        .bind()
-        .unwrap()
-        .spawn()
-        .unwrap();
-    let Address::Tcp(addr) = server.address().clone() else { unreachable!() };
-    let port = addr.rsplit_once(':').unwrap().1.to_owned();
+    let (server, port) = server_sharing("gate", Arc::new(multiproc::managers::objects::Permits::lock()));
     let holder = Client::connect(server.address(), b"abc").unwrap().create("gate", vec![]).unwrap();
     assert_eq!(holder.call("acquire", vec![]).unwrap(), PyValue::Bool(true));
     park_and_kill(&port, "gate", "acquire(False)", "acquire()");
@@ -874,5 +883,23 @@ fn a_client_killed_in_a_parked_acquire_takes_no_lock() {
     assert_eq!(got, PyValue::Bool(true), "the dead client's parked acquire took the lock");
     next.call("release", vec![]).unwrap();
     drop((holder, next));
+    server.stop().unwrap();
+}
+
+/// A client killed while it waits on a condition does not take the
+/// condition's lock back when notified: the next acquirers get it.
+#[test]
+fn a_client_killed_in_a_condition_wait_takes_no_lock() {
+    let (server, port) = server_sharing("cond", Arc::new(multiproc::managers::objects::Condition::default()));
+    park_and_kill(&port, "cond", "acquire()", "wait()");
+    let notifier = Client::connect(server.address(), b"abc").unwrap().create("cond", vec![]).unwrap();
+    assert_eq!(notifier.call("acquire", vec![]).unwrap(), PyValue::Bool(true));
+    notifier.call("notify_all", vec![]).unwrap();
+    notifier.call("release", vec![]).unwrap();
+    let next = Client::connect(server.address(), b"abc").unwrap().create("cond", vec![]).unwrap();
+    let got = next.call("acquire", vec![PyValue::Bool(true), PyValue::Int(120)]).unwrap();
+    assert_eq!(got, PyValue::Bool(true), "the dead client's wait took the lock back");
+    next.call("release", vec![]).unwrap();
+    drop((notifier, next));
     server.stop().unwrap();
 }

@@ -872,7 +872,10 @@ impl Shared for Condition {
                 }
                 w.waiting -= 1;
                 drop(w);
-                self.lock.acquire(None);
+                // Not taken back for a caller that went away meanwhile.
+                if !self.lock.acquire(None) {
+                    return Err(runtime_error("the caller went away while it waited"));
+                }
                 lock(&self.lock.state).depth = depth;
                 Ok(PyValue::Bool(notified))
             }
