@@ -7,16 +7,14 @@
 //! Run with `RUSTFLAGS="--cfg multiproc_loom" cargo test --release --lib
 //! synchronize::model` (see `.ci/run`).
 
-use std::io;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use loom::sync::atomic::{AtomicU32, AtomicU64};
-use loom::sync::{Arc, Mutex, MutexGuard};
+use loom::sync::{Arc, Mutex};
 
 use super::*;
 use crate::sys::medium::Waits;
-use crate::sys::model::Park;
+use crate::sys::model::{Park, waits_on_park};
 use crate::sys::monitor::{State, Words};
 
 struct Inner {
@@ -30,28 +28,7 @@ struct Inner {
 #[derive(Clone)]
 struct Modeled(Arc<Inner>);
 
-impl Waits for Modeled {
-    type U64 = AtomicU64;
-    type U32 = AtomicU32;
-    type Lock = Mutex<()>;
-    type Guard<'a> = MutexGuard<'a, ()>;
-
-    fn lock<'a>(
-        &'a self,
-        lock: &'a Mutex<()>,
-        deadline: Option<Instant>,
-    ) -> io::Result<Option<(MutexGuard<'a, ()>, bool)>> {
-        Ok(Park::lock(lock, deadline))
-    }
-
-    fn sleep(&self, word: &AtomicU32, seen: u32, deadline: Option<Instant>) -> io::Result<bool> {
-        Ok(self.0.park.sleep(word, seen, deadline))
-    }
-
-    fn wake(&self, word: &AtomicU32, all: bool) {
-        self.0.park.wake(word, all)
-    }
-}
+waits_on_park!(Modeled, |s| s.0.park);
 
 impl Home for Modeled {
     fn state(&self) -> &State<Modeled> {

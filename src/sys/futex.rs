@@ -23,16 +23,23 @@ use rustix::thread::futex;
 /// sleeper dies) still sees the change within this time.
 pub(crate) const LOOK_AGAIN: Duration = Duration::from_millis(50);
 
+/// The end of the next slice of a sleep until `deadline` (`None`:
+/// forever): [`LOOK_AGAIN`] from now, or the deadline if sooner, and
+/// whether that slice is the last.
+pub(crate) fn next_slice(deadline: Option<Instant>) -> (Instant, bool) {
+    let look = Instant::now() + LOOK_AGAIN;
+    match deadline {
+        Some(d) if d <= look => (d, true),
+        _ => (look, false),
+    }
+}
+
 /// Sleeps while `seq` still holds `seen`, until woken or `deadline`.
 /// Returns false only when the deadline passed; true may be spurious, so
 /// callers check their condition again either way.
 pub(crate) fn wait(seq: &AtomicU32, seen: u32, deadline: Option<Instant>) -> io::Result<bool> {
     loop {
-        let look = Instant::now() + LOOK_AGAIN;
-        let (until, last) = match deadline {
-            Some(d) if d <= look => (d, true),
-            _ => (look, false),
-        };
+        let (until, last) = next_slice(deadline);
         // The kernel compares the word on entry: a change made while we
         // slept through a lost wake-up ends the wait at once.
         if wait_once(seq, seen, until)? {

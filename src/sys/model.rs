@@ -7,6 +7,43 @@ use std::time::Instant;
 use loom::sync::atomic::AtomicU32;
 use loom::sync::{Condvar, Mutex, MutexGuard};
 
+/// `Waits` for a modeled home whose `Park` is at `$park` (of `$s: &Self`):
+/// locks are loom mutexes, sleeping is on the park.
+macro_rules! waits_on_park {
+    ($home:ty, |$s:ident| $park:expr) => {
+        impl $crate::sys::medium::Waits for $home {
+            type U64 = loom::sync::atomic::AtomicU64;
+            type U32 = loom::sync::atomic::AtomicU32;
+            type Lock = loom::sync::Mutex<()>;
+            type Guard<'a> = loom::sync::MutexGuard<'a, ()>;
+
+            fn lock<'a>(
+                &'a self,
+                lock: &'a loom::sync::Mutex<()>,
+                deadline: Option<std::time::Instant>,
+            ) -> std::io::Result<Option<(loom::sync::MutexGuard<'a, ()>, bool)>> {
+                Ok($crate::sys::model::Park::lock(lock, deadline))
+            }
+
+            fn sleep(
+                &self,
+                word: &loom::sync::atomic::AtomicU32,
+                seen: u32,
+                deadline: Option<std::time::Instant>,
+            ) -> std::io::Result<bool> {
+                let $s = self;
+                Ok($park.sleep(word, seen, deadline))
+            }
+
+            fn wake(&self, word: &loom::sync::atomic::AtomicU32, all: bool) {
+                let $s = self;
+                $park.wake(word, all)
+            }
+        }
+    };
+}
+pub(crate) use waits_on_park;
+
 /// A futex: sleeping while a word holds what the sleeper saw, woken by a
 /// bump of the word. Loom has no futex; a condition variable whose mutex
 /// is held across the sleeper's look at the word loses no wake-up, as the

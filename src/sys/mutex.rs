@@ -68,11 +68,7 @@ pub(crate) unsafe fn lock(m: *mut libc::pthread_mutex_t, timeout: Option<Duratio
     // mutex. Each slice ends with a fresh try.
     let deadline = timeout.map(|d| Instant::now().checked_add(d).unwrap_or_else(far_future));
     loop {
-        let look = Instant::now() + super::futex::LOOK_AGAIN;
-        let (until, last) = match deadline {
-            Some(d) if d <= look => (d, true),
-            _ => (look, false),
-        };
+        let (until, last) = super::futex::next_slice(deadline);
         let at = SystemTime::now() + until.saturating_duration_since(Instant::now());
         let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
         let ts = libc::timespec { tv_sec: since.as_secs() as libc::time_t, tv_nsec: since.subsec_nanos() as _ };

@@ -10,14 +10,13 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU32, AtomicU64, fence};
-use loom::sync::{Arc, Mutex, MutexGuard};
+use loom::sync::{Arc, Mutex};
 
-use super::super::medium::{Waits, Word64};
-use super::super::model::Park;
+use super::super::medium::Word64;
+use super::super::model::{Park, waits_on_park};
 use super::medium::Medium;
 use super::{Geometry, Header, Record, Ring, Side, Sleep};
 
@@ -67,28 +66,7 @@ impl Modeled {
     }
 }
 
-impl Waits for Modeled {
-    type U64 = AtomicU64;
-    type U32 = AtomicU32;
-    type Lock = Mutex<()>;
-    type Guard<'a> = MutexGuard<'a, ()>;
-
-    fn lock<'a>(
-        &'a self,
-        lock: &'a Mutex<()>,
-        deadline: Option<Instant>,
-    ) -> io::Result<Option<(MutexGuard<'a, ()>, bool)>> {
-        Ok(Park::lock(lock, deadline))
-    }
-
-    fn sleep(&self, word: &AtomicU32, seen: u32, deadline: Option<Instant>) -> io::Result<bool> {
-        Ok(self.0.park.sleep(word, seen, deadline))
-    }
-
-    fn wake(&self, word: &AtomicU32, all: bool) {
-        self.0.park.wake(word, all)
-    }
-}
+waits_on_park!(Modeled, |s| s.0.park);
 
 impl Medium for Modeled {
     fn header(&self) -> &Header<Self> {
