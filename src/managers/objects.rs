@@ -842,6 +842,16 @@ impl Shared for Condition {
         exposed(&["acquire", "release", "wait", "wait_for", "notify", "notify_all", "__enter__", "__exit__"])
     }
 
+    fn undo(&self, method: &str, result: &PyValue) {
+        match method {
+            "acquire" | "__enter__" => self.lock.undo(method, result),
+            // A wait took the lock back, at every level its caller held:
+            // all of them go.
+            "wait" | "wait_for" => while self.lock.release(1).is_ok() {},
+            _ => {}
+        }
+    }
+
     fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
         match method {
             "acquire" | "release" | "__enter__" | "__exit__" => self.lock.call(method, args, kwds),
