@@ -248,6 +248,19 @@ try:
     m.list(range(10**12))
 except MemoryError:
     print('MemoryError')
+s = m.list([3, 1, 2, 1.5])
+s.sort()
+print(s[:], s[1:3], s[::-2])
+s.sort(reverse=True)
+print(s)
+s *= 2
+print(len(s), s.index(2), s.count(1), s.pop(0), 3 in s, s.index(3, 2))
+print(repr(d._getvalue()), str(d), str(v), ns)
+mixed = m.list([1, 'a'])
+try:
+    mixed.sort()
+except TypeError as err:
+    print('TypeError', mixed)
 "#;
 
 #[test]
@@ -272,6 +285,11 @@ fn pythons_sync_manager_client_against_our_server() {
                 "KeyError 'missing'",
                 "[0, 1, 2, 3, 4, 5, 7, 9] ['a', 'b']",
                 "MemoryError",
+                "[1, 1.5, 2, 3] [1.5, 2] [3, 1.5]",
+                "[3, 2, 1.5, 1]",
+                "8 1 2 3 True 3",
+                "{'k': 1, 'j': 2} {'k': 1, 'j': 2} Value('i', 8) Namespace(x='hello')",
+                "TypeError [1, 'a']",
             ],
             "Python {version}"
         );
@@ -378,6 +396,73 @@ mod typed {
         drop((q, out, d, l, v, ns));
         assert_eq!(manager.client().number_of_objects().unwrap(), 0, "the children's references were released too");
         manager.shutdown().unwrap();
+    }
+
+    /// Python's dict, list and queue methods on the typed proxies, typed
+    /// proxies made from untyped ones, and what they print.
+    #[test]
+    fn typed_proxies_have_pythons_methods() {
+        use multiproc::managers::{DictProxy, ListProxy, Proxy};
+        let manager = Manager::start().unwrap();
+        let d: DictProxy<String, Option<i32>> = manager.client().create("dict", vec![]).unwrap().into();
+        assert!(format!("{d:?}").starts_with("DictProxy { typeid: \"dict\""), "{d:?}");
+        d.insert(&"none".into(), &None).unwrap();
+        assert_eq!(d.get(&"none".into()).unwrap(), Some(None), "a stored None is not a missing key");
+        assert_eq!(d.get(&"zz".into()).unwrap(), None);
+        d.update((0..3).map(|i| (format!("k{i}"), Some(i)))).unwrap();
+        assert_eq!(d.keys().unwrap(), ["none", "k0", "k1", "k2"]);
+        assert_eq!(d.values().unwrap(), [None, Some(0), Some(1), Some(2)]);
+        assert!(d.contains_key(&"k1".into()).unwrap() && !d.contains_key(&"k9".into()).unwrap());
+        assert_eq!(d.setdefault(&"k9".into(), &Some(9)).unwrap(), Some(9));
+        assert_eq!(d.setdefault(&"k9".into(), &Some(10)).unwrap(), Some(9));
+        assert_eq!(d.popitem().unwrap(), Some(("k9".into(), Some(9))));
+        assert_eq!(d.pop(&"k2".into()).unwrap(), Some(2));
+        let err = d.pop(&"k2".into()).unwrap_err();
+        assert_eq!(err.to_string(), "the manager raised KeyError('k2')");
+        assert_eq!(d.to_string(), "{'none': None, 'k0': 0, 'k1': 1}");
+        d.clear().unwrap();
+        assert!(d.is_empty().unwrap());
+        assert_eq!(d.popitem().unwrap(), None);
+
+        let l: ListProxy<String> = manager.list(&["b".to_string(), "c".into()]).unwrap();
+        let untyped: Proxy = l.clone().into_proxy();
+        let l2 = ListProxy::<String>::from_proxy(untyped);
+        l.extend(&["a".into(), "b".into()]).unwrap();
+        l2.insert(-100, &"z".into()).unwrap();
+        assert_eq!(l.to_vec().unwrap(), ["z", "b", "c", "a", "b"]);
+        l.sort().unwrap();
+        assert_eq!(l.to_vec().unwrap(), ["a", "b", "b", "c", "z"]);
+        l.sort_reverse().unwrap();
+        assert_eq!(l.to_string(), "['z', 'c', 'b', 'b', 'a']");
+        assert_eq!((l.count(&"b".into()).unwrap(), l.index(&"c".into()).unwrap()), (2, Some(1)));
+        assert_eq!(l.index(&"q".into()).unwrap(), None);
+        l.remove(&"b".into()).unwrap();
+        assert!(l.remove(&"q".into()).is_err());
+        assert_eq!(l.pop_at(0).unwrap(), "z");
+        assert_eq!(l.pop().unwrap(), Some("a".into()));
+        l.delete(-1).unwrap();
+        l.reverse().unwrap();
+        assert_eq!(l.to_vec().unwrap(), ["c"]);
+        assert!(l.contains(&"c".into()).unwrap());
+        let err = l.get(5).unwrap_err();
+        assert_eq!(err.to_string(), "the manager raised IndexError('list index out of range')");
+        assert_eq!(l.pop_at(0).unwrap(), "c");
+        assert_eq!(l.pop().unwrap(), None);
+
+        // Items Python cannot order are refused, and the list is kept.
+        let mixed = manager.client().create("list", vec![PyValue::List(vec![PyValue::Int(1), s("a")])]).unwrap();
+        let err = mixed.call("sort", vec![]).unwrap_err();
+        assert!(err.to_string().contains("TypeError"), "{err}");
+        assert_eq!(mixed.to_string(), "[1, 'a']");
+
+        let q: QueueProxy<i32> = manager.queue(1).unwrap();
+        assert!(q.empty().unwrap() && !q.full().unwrap());
+        q.put_timeout(&1, Duration::from_secs(5)).unwrap();
+        assert!(!q.empty().unwrap() && q.full().unwrap());
+        assert!(matches!(q.put_timeout(&2, Duration::from_millis(20)), Err(Error::Full)));
+        assert!(q.to_string().contains("Queue"), "{q}");
+        drop((d, l, l2, mixed, q));
+        assert_eq!(manager.client().number_of_objects().unwrap(), 0);
     }
 
     fn producer(q: QueueProxy<String>) {

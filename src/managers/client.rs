@@ -27,7 +27,7 @@ const REPLY_LIMIT: usize = 1 << 30;
 /// assert_eq!(d.call("get", vec![PyValue::Str("a".into())]).unwrap(), PyValue::Int(1));
 /// assert!(Client::connect(server.address(), b"wrong").is_err());
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     address: Address,
     authkey: Vec<u8>,
@@ -35,6 +35,13 @@ pub struct Client {
     /// it made) lives: the manager process a [`Manager`](super::Manager)
     /// started, as Python's proxies keep theirs.
     keep: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+/// The authkey stays out of debug output.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("address", &self.address.to_string()).finish_non_exhaustive()
+    }
 }
 
 fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -167,7 +174,10 @@ fn exception(e: &PyValue) -> Error {
 
 /// A shared object in a manager, used by method name (Python's proxies).
 /// Dropping it releases the manager's reference.
-#[derive(Debug)]
+///
+/// `Debug` shows which object it is; `Display` shows the object's value as
+/// Python's `print(proxy)` does (one call to the manager; the error, in
+/// angle brackets, if that call fails).
 pub struct Proxy {
     client: Client,
     typeid: String,
@@ -183,6 +193,26 @@ pub struct Proxy {
     owner: std::sync::atomic::AtomicU32,
 }
 
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("typeid", &self.typeid)
+            .field("id", &self.id)
+            .field("address", &self.client.address.to_string())
+            .finish()
+    }
+}
+
+impl std::fmt::Display for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.call("__str__", vec![]) {
+            Ok(PyValue::Str(s)) => f.write_str(&s),
+            Ok(other) => write!(f, "{other}"),
+            Err(e) => write!(f, "<{} proxy {}: {e}>", self.typeid, self.id),
+        }
+    }
+}
+
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Stream")
@@ -193,6 +223,11 @@ impl Proxy {
     /// The object's id in the manager.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The address of the manager holding it.
+    pub fn address(&self) -> &Address {
+        &self.client.address
     }
 
     /// Its type id.

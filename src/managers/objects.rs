@@ -83,6 +83,26 @@ pub trait Shared: Send + Sync {
     fn undo(&self, method: &str, result: &PyValue) {
         let _ = (method, result);
     }
+
+    /// Its value as data, for Python's `#GETVALUE` (a proxy's
+    /// `_getvalue()`), when it has one. The default: none.
+    fn snapshot(&self) -> Option<PyValue> {
+        None
+    }
+
+    /// What Python's `repr()` of the object would show, for a proxy's
+    /// `__repr__` and `__str__` (the server answers both for every object,
+    /// as Python's does). The default shows the snapshot, or names the
+    /// type.
+    fn repr(&self) -> String {
+        match self.snapshot() {
+            Some(v) => v.repr_string(),
+            None => {
+                let name = std::any::type_name::<Self>();
+                format!("<{} object>", name.rsplit("::").next().unwrap_or(name))
+            }
+        }
+    }
 }
 
 /// The iterator a `__iter__` call hands out (Python's `Iterator` type id).
@@ -322,6 +342,10 @@ impl Shared for Dict {
         Some(lock(&self.0).keys().cloned().collect())
     }
 
+    fn snapshot(&self) -> Option<PyValue> {
+        Some(PyValue::Dict(lock(&self.0).iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+    }
+
     fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
         let key = || args.first().ok_or_else(|| Raise::type_error(format!("{method}() needs a key")));
         match method {
@@ -436,11 +460,16 @@ fn index(i: &PyValue, len: usize) -> Result<usize, Raise> {
 
 impl Shared for List {
     fn exposed(&self) -> Vec<String> {
+        // Python's ListProxy.
         exposed(&[
+            "__add__",
             "__contains__",
             "__delitem__",
             "__getitem__",
+            "__imul__",
             "__len__",
+            "__mul__",
+            "__rmul__",
             "__setitem__",
             "append",
             "count",
@@ -450,24 +479,62 @@ impl Shared for List {
             "pop",
             "remove",
             "reverse",
+            "sort",
         ])
     }
 
-    fn call(&self, method: &str, args: &[PyValue], _kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
+    fn snapshot(&self) -> Option<PyValue> {
+        Some(PyValue::List(lock(&self.0).clone()))
+    }
+
+    fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
         let mut l = lock(&self.0);
         let first = || args.first().ok_or_else(|| Raise::type_error(format!("{method}() needs an argument")));
+        let times = || match first()? {
+            PyValue::Int(n) => Ok((*n).max(0) as usize),
+            _ => Err(Raise::type_error("can't multiply sequence by non-int")),
+        };
         match method {
             "__len__" => Ok(PyValue::Int(l.len() as i64)),
             "__contains__" => Ok(PyValue::Bool(l.contains(first()?))),
-            "__getitem__" => Ok(l[index(first()?, l.len())?].clone()),
+            "__getitem__" => match slice_range(first()?, l.len()) {
+                Some(range) => Ok(PyValue::List(range.into_iter().map(|i| l[i].clone()).collect())),
+                None => Ok(l[index(first()?, l.len())?].clone()),
+            },
             "__setitem__" => {
                 let i = index(first()?, l.len())?;
                 l[i] = args.get(1).cloned().ok_or_else(|| Raise::type_error("__setitem__ needs a value"))?;
                 Ok(PyValue::None)
             }
             "__delitem__" => {
-                let i = index(first()?, l.len())?;
-                l.remove(i);
+                match slice_range(first()?, l.len()) {
+                    Some(mut range) => {
+                        range.sort_unstable();
+                        for i in range.into_iter().rev() {
+                            l.remove(i);
+                        }
+                    }
+                    None => {
+                        let i = index(first()?, l.len())?;
+                        l.remove(i);
+                    }
+                }
+                Ok(PyValue::None)
+            }
+            "__add__" => match first()?.unshared() {
+                PyValue::List(more) => Ok(PyValue::List(l.iter().chain(more).cloned().collect())),
+                _ => Err(Raise::type_error("can only concatenate list (not another type) to list")),
+            },
+            "__mul__" | "__rmul__" => {
+                let n = times()?;
+                Ok(PyValue::List(l.iter().cloned().cycle().take(l.len() * n).collect()))
+            }
+            "__imul__" => {
+                let n = times()?;
+                let all: Vec<PyValue> = l.iter().cloned().cycle().take(l.len() * n).collect();
+                *l = all;
+                // Python's ListProxy.__imul__ ignores the answer and
+                // returns itself.
                 Ok(PyValue::None)
             }
             "append" => {
@@ -493,7 +560,8 @@ impl Shared for List {
                     return Err(Raise::exception("builtins", "IndexError", Some("pop from empty list")));
                 }
                 let i = match args.first() {
-                    Some(i) => index(i, l.len())?,
+                    Some(i) => index(i, l.len())
+                        .map_err(|_| Raise::exception("builtins", "IndexError", Some("pop index out of range")))?,
                     None => l.len() - 1,
                 };
                 Ok(l.remove(i))
@@ -501,10 +569,22 @@ impl Shared for List {
             "count" => Ok(PyValue::Int(l.iter().filter(|v| *v == first().expect("checked")).count() as i64)),
             "index" => {
                 let x = first()?;
+                // index(x, start, stop), with Python's clamping.
+                let bound = |i: usize, default: usize| match args.get(i) {
+                    Some(PyValue::Int(n)) if *n < 0 => (*n + l.len() as i64).max(0) as usize,
+                    Some(PyValue::Int(n)) => (*n as usize).min(l.len()),
+                    _ => default,
+                };
+                let (start, stop) = (bound(1, 0), bound(2, l.len()));
                 l.iter()
-                    .position(|v| v == x)
-                    .map(|i| PyValue::Int(i as i64))
-                    .ok_or_else(|| Raise::exception("builtins", "ValueError", Some("value is not in list")))
+                    .enumerate()
+                    .take(stop)
+                    .skip(start)
+                    .find(|(_, v)| *v == x)
+                    .map(|(i, _)| PyValue::Int(i as i64))
+                    .ok_or_else(|| {
+                        Raise::exception("builtins", "ValueError", Some(&format!("{} is not in list", x.repr_string())))
+                    })
             }
             "remove" => {
                 let x = first()?;
@@ -519,8 +599,102 @@ impl Shared for List {
                 l.reverse();
                 Ok(PyValue::None)
             }
+            "sort" => {
+                if arg(&[], kwds, 0, "key").is_some_and(|k| *k != PyValue::None) {
+                    // A key function is code: a server never runs it.
+                    return Err(Raise::type_error("sort(key=...) would run a function: a manager server runs no code"));
+                }
+                let reverse = arg(&[], kwds, 0, "reverse").is_some_and(PyValue::truthy);
+                let mut sorted = l.clone();
+                let mut failed = None;
+                sorted.sort_by(|a, b| {
+                    let (a, b) = if reverse { (b, a) } else { (a, b) };
+                    compare(a, b).unwrap_or_else(|| {
+                        failed.get_or_insert_with(|| (a.clone(), b.clone()));
+                        std::cmp::Ordering::Equal
+                    })
+                });
+                if let Some((a, b)) = failed {
+                    // As Python's message; the list is left as it was.
+                    return Err(Raise::type_error(format!(
+                        "'<' not supported between instances of '{}' and '{}'",
+                        type_name(&a),
+                        type_name(&b)
+                    )));
+                }
+                *l = sorted;
+                Ok(PyValue::None)
+            }
             other => Err(Raise::Traceback(format!("no method {other} on a list"))),
         }
+    }
+}
+
+/// Python's name of a value's type, for messages.
+fn type_name(v: &PyValue) -> String {
+    match v.unshared() {
+        PyValue::None => "NoneType".into(),
+        PyValue::Bool(_) => "bool".into(),
+        PyValue::Int(_) | PyValue::BigInt(_) => "int".into(),
+        PyValue::Float(_) => "float".into(),
+        PyValue::Str(_) => "str".into(),
+        PyValue::Bytes(_) => "bytes".into(),
+        PyValue::ByteArray(_) => "bytearray".into(),
+        PyValue::Tuple(_) => "tuple".into(),
+        PyValue::List(_) => "list".into(),
+        PyValue::Dict(_) => "dict".into(),
+        PyValue::Set(_) => "set".into(),
+        PyValue::FrozenSet(_) => "frozenset".into(),
+        other => other.class_name().map_or_else(|| "object".into(), |(_, n)| n.to_owned()),
+    }
+}
+
+/// A big int's little-endian two's complement bytes, sign-extended to `n`.
+fn widen(b: &[u8], n: usize) -> Vec<u8> {
+    let fill = if b.last().is_some_and(|x| x & 0x80 != 0) { 0xff } else { 0 };
+    let mut out = b.to_vec();
+    out.resize(n.max(b.len()), fill);
+    out
+}
+
+/// Compares two two's complement little-endian integers of any length.
+fn compare_ints(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let n = a.len().max(b.len());
+    let (a, b) = (widen(a, n), widen(b, n));
+    // The top byte carries the sign; the rest compare as unsigned.
+    (a[n - 1] as i8).cmp(&(b[n - 1] as i8)).then_with(|| a[..n - 1].iter().rev().cmp(b[..n - 1].iter().rev()))
+}
+
+/// Python's `<` ordering where Python has one without running user code:
+/// numbers with numbers, strings, bytes, and tuples or lists of those,
+/// element by element. `None` where Python raises `TypeError`.
+fn compare(a: &PyValue, b: &PyValue) -> Option<std::cmp::Ordering> {
+    use PyValue as P;
+    let int_bytes = |v: &PyValue| match v {
+        P::Int(i) => Some(i.to_le_bytes().to_vec()),
+        P::Bool(x) => Some(vec![u8::from(*x)]),
+        P::BigInt(b) => Some(b.clone()),
+        _ => None,
+    };
+    match (a.unshared(), b.unshared()) {
+        (x, y) if matches!(x, P::Float(_)) || matches!(y, P::Float(_)) => {
+            // NaN is neither less nor greater than anything, as in Python.
+            Some(x.as_f64()?.partial_cmp(&y.as_f64()?).unwrap_or(std::cmp::Ordering::Equal))
+        }
+        (x @ (P::Int(_) | P::Bool(_) | P::BigInt(_)), y @ (P::Int(_) | P::Bool(_) | P::BigInt(_))) => {
+            Some(compare_ints(&int_bytes(x)?, &int_bytes(y)?))
+        }
+        (P::Str(x), P::Str(y)) => Some(x.cmp(y)),
+        (P::Bytes(x) | P::ByteArray(x), P::Bytes(y) | P::ByteArray(y)) => Some(x.cmp(y)),
+        (P::Tuple(x), P::Tuple(y)) | (P::List(x), P::List(y)) => {
+            for (p, q) in x.iter().zip(y) {
+                if p != q {
+                    return compare(p, q);
+                }
+            }
+            Some(x.len().cmp(&y.len()))
+        }
+        _ => None,
     }
 }
 
@@ -547,6 +721,14 @@ impl Value {
 impl Shared for Value {
     fn exposed(&self) -> Vec<String> {
         exposed(&["get", "set"])
+    }
+
+    fn snapshot(&self) -> Option<PyValue> {
+        Some(lock(&self.value).clone())
+    }
+
+    fn repr(&self) -> String {
+        format!("Value({}, {})", PyValue::Str(self.typecode.clone()).repr_string(), lock(&self.value).repr_string())
     }
 
     fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
@@ -578,6 +760,16 @@ impl Namespace {
 impl Shared for Namespace {
     fn exposed(&self) -> Vec<String> {
         exposed(&["__getattribute__", "__setattr__", "__delattr__"])
+    }
+
+    fn repr(&self) -> String {
+        let mut fields: Vec<String> = lock(&self.0)
+            .iter()
+            .filter(|(k, _)| !k.starts_with('_'))
+            .map(|(k, v)| format!("{k}={}", v.repr_string()))
+            .collect();
+        fields.sort();
+        format!("Namespace({})", fields.join(", "))
     }
 
     fn call(&self, method: &str, args: &[PyValue], _kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
@@ -1059,6 +1251,18 @@ fn slice_range(s: &PyValue, len: usize) -> Option<Vec<usize>> {
 impl Shared for Array {
     fn exposed(&self) -> Vec<String> {
         exposed(&["__len__", "__getitem__", "__setitem__"])
+    }
+
+    fn snapshot(&self) -> Option<PyValue> {
+        Some(PyValue::List(lock(&self.items).clone()))
+    }
+
+    fn repr(&self) -> String {
+        format!(
+            "array({}, {})",
+            PyValue::Str(self.typecode.clone()).repr_string(),
+            self.snapshot().expect("has one").repr_string()
+        )
     }
 
     fn call(&self, method: &str, args: &[PyValue], _kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {

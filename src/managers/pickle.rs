@@ -307,6 +307,25 @@ impl fmt::Display for PyValue {
 }
 
 impl PyValue {
+    /// Python's `repr()` of it (`Display` is Python's `str()`, which
+    /// differs for a string: no quotes).
+    ///
+    /// ```
+    /// use multiproc::managers::pickle::PyValue;
+    /// let v = PyValue::List(vec![PyValue::Str("a".into()), PyValue::Int(1)]);
+    /// assert_eq!(v.repr_string(), "['a', 1]");
+    /// assert_eq!(PyValue::Str("a".into()).repr_string(), "'a'");
+    /// ```
+    pub fn repr_string(&self) -> String {
+        struct Repr<'a>(&'a PyValue);
+        impl fmt::Display for Repr<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.repr(f)
+            }
+        }
+        Repr(self).to_string()
+    }
+
     fn repr(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let seq = |f: &mut fmt::Formatter<'_>, open: &str, items: &[PyValue], close: &str| {
             f.write_str(open)?;

@@ -43,6 +43,79 @@ fn int(v: PyValue) -> Result<usize> {
     }
 }
 
+/// What every typed proxy has: made from an untyped [`Proxy`] (and back),
+/// cloned (a new reference), `Debug` naming the object and `Display`
+/// showing its value as Python's `print(proxy)` does.
+macro_rules! typed_proxy {
+    ($name:ident<$($t:ident),+>) => {
+        impl<$($t),+> Clone for $name<$($t),+> {
+            fn clone(&self) -> Self {
+                $name { proxy: self.proxy.clone(), types: PhantomData }
+            }
+        }
+        impl<$($t),+> $name<$($t),+> {
+            /// A typed view of an untyped proxy (one a [`Client`] made,
+            /// or one registered by name, as the seed's `get_task_queue`).
+            /// The types are not checked here: a value of another type
+            /// fails to decode when read, with [`Error::ManagerValue`].
+            pub fn from_proxy(proxy: Proxy) -> Self {
+                $name { proxy, types: PhantomData }
+            }
+        }
+        impl<$($t),+> From<Proxy> for $name<$($t),+> {
+            fn from(proxy: Proxy) -> Self {
+                Self::from_proxy(proxy)
+            }
+        }
+        typed_proxy!(@common $name<$($t),+>);
+    };
+    ($name:ident) => {
+        impl $name {
+            /// A typed view of an untyped proxy.
+            pub fn from_proxy(proxy: Proxy) -> Self {
+                $name { proxy }
+            }
+        }
+        impl From<Proxy> for $name {
+            fn from(proxy: Proxy) -> Self {
+                Self::from_proxy(proxy)
+            }
+        }
+        typed_proxy!(@common $name<>);
+    };
+    (@common $name:ident<$($t:ident),*>) => {
+        impl<$($t),*> $name<$($t),*> {
+            /// The untyped proxy underneath (for calls by method name).
+            pub fn proxy(&self) -> &Proxy {
+                &self.proxy
+            }
+
+            /// Turns it back into an untyped proxy.
+            pub fn into_proxy(self) -> Proxy {
+                self.proxy
+            }
+        }
+        impl<$($t),*> std::fmt::Debug for $name<$($t),*> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("typeid", &self.proxy.typeid())
+                    .field("id", &self.proxy.id())
+                    .field("address", &self.proxy.address().to_string())
+                    .finish()
+            }
+        }
+        impl<$($t),*> std::fmt::Display for $name<$($t),*> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Display::fmt(&self.proxy, f)
+            }
+        }
+    };
+}
+
+fn is_exception(e: &Error, name: &str) -> bool {
+    matches!(e, Error::RemoteException { class, .. } if class.rsplit('.').next() == Some(name))
+}
+
 /// A manager in a child process holding Python's `Manager` types
 /// (Python's `multiprocessing.Manager()`).
 ///
@@ -137,7 +210,21 @@ impl Manager {
     }
 }
 
-/// A manager's queue holding `T`s.
+/// A manager's queue holding `T`s (Python's `Manager().Queue()`).
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use std::time::Duration;
+/// use multiproc::{Error, managers::Manager};
+/// let q = Manager::start().unwrap().queue::<u32>(1).unwrap();
+/// assert!(q.empty().unwrap());
+/// q.put(&1).unwrap();
+/// assert!(q.full().unwrap());
+/// assert!(matches!(q.put_timeout(&2, Duration::from_millis(10)), Err(Error::Full)));
+/// assert_eq!(q.get().unwrap(), 1);
+/// assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+/// # }
+/// ```
 #[derive(Serialize, Deserialize)]
 #[serde(transparent, bound = "")]
 pub struct QueueProxy<T> {
@@ -146,22 +233,19 @@ pub struct QueueProxy<T> {
     types: PhantomData<fn() -> T>,
 }
 
-impl<T> Clone for QueueProxy<T> {
-    fn clone(&self) -> Self {
-        QueueProxy { proxy: self.proxy.clone(), types: PhantomData }
-    }
-}
+typed_proxy!(QueueProxy<T>);
 
 impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
-    /// A typed view of a queue proxy (for queues registered by name, such
-    /// as the seed's `get_task_queue`).
-    pub fn from_proxy(proxy: Proxy) -> Self {
-        QueueProxy { proxy, types: PhantomData }
-    }
-
     /// Puts an item, waiting for room.
     pub fn put(&self, item: &T) -> Result<()> {
         self.proxy.call("put", vec![value(item)?]).map(drop).map_err(queue_error)
+    }
+
+    /// Puts an item, waiting at most `timeout` for room; [`Error::Full`]
+    /// if there was none.
+    pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<()> {
+        let args = vec![value(item)?, PyValue::Bool(true), seconds(Some(timeout))];
+        self.proxy.call("put", args).map(drop).map_err(queue_error)
     }
 
     /// Puts an item only if there is room now; [`Error::Full`] if not.
@@ -190,6 +274,17 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         int(self.proxy.call("qsize", vec![])?)
     }
 
+    /// Whether it is empty (as in Python, already stale when it returns
+    /// if others use the queue).
+    pub fn empty(&self) -> Result<bool> {
+        flag(self.proxy.call("empty", vec![])?)
+    }
+
+    /// Whether it is full (never, for an unbounded queue).
+    pub fn full(&self) -> Result<bool> {
+        flag(self.proxy.call("full", vec![])?)
+    }
+
     /// Marks one task done (joinable queues).
     pub fn task_done(&self) -> Result<()> {
         self.proxy.call("task_done", vec![]).map(drop)
@@ -201,7 +296,28 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     }
 }
 
-/// A manager's dict from `K` to `V`.
+/// A manager's dict from `K` to `V` (Python's `Manager().dict()`), in
+/// insertion order. Each call is one round trip; `items`, `keys` and
+/// `values` copy the whole dict at once.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::managers::Manager;
+/// let manager = Manager::start().unwrap();
+/// let d = manager.dict::<String, i64>().unwrap();
+/// d.insert(&"a".into(), &1).unwrap();
+/// d.update([("b".to_string(), 2), ("c".to_string(), 3)]).unwrap();
+/// assert!(d.contains_key(&"b".into()).unwrap());
+/// assert_eq!(d.setdefault(&"a".into(), &9).unwrap(), 1);
+/// assert_eq!(d.pop(&"c".into()).unwrap(), 3);
+/// assert_eq!(d.keys().unwrap(), ["a", "b"]);
+/// assert_eq!(d.values().unwrap(), [1, 2]);
+/// for (k, v) in d.items().unwrap() {
+///     assert_eq!(d.get(&k).unwrap(), Some(v));
+/// }
+/// assert_eq!(d.to_string(), "{'a': 1, 'b': 2}");
+/// # }
+/// ```
 #[derive(Serialize, Deserialize)]
 #[serde(transparent, bound = "")]
 pub struct DictProxy<K, V> {
@@ -210,11 +326,7 @@ pub struct DictProxy<K, V> {
     types: PhantomData<fn() -> (K, V)>,
 }
 
-impl<K, V> Clone for DictProxy<K, V> {
-    fn clone(&self) -> Self {
-        DictProxy { proxy: self.proxy.clone(), types: PhantomData }
-    }
-}
+typed_proxy!(DictProxy<K, V>);
 
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
     /// `d[key] = value`.
@@ -224,18 +336,61 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 
     /// `d.get(key)`.
     pub fn get(&self, key: &K) -> Result<Option<V>> {
-        match self.proxy.call("get", vec![value(key)?])? {
-            PyValue::None => Ok(None),
-            v => back(v).map(Some),
+        // `None` cannot tell a missing key from a stored None: ask for
+        // the item, and a KeyError says it is missing.
+        match self.proxy.call("__getitem__", vec![value(key)?]) {
+            Ok(v) => back(v).map(Some),
+            Err(e) if is_exception(&e, "KeyError") => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
-    /// `d.pop(key, None)`.
+    /// `key in d`.
+    pub fn contains_key(&self, key: &K) -> Result<bool> {
+        flag(self.proxy.call("__contains__", vec![value(key)?])?)
+    }
+
+    /// Removes `key`, giving its value if it was there.
     pub fn remove(&self, key: &K) -> Result<Option<V>> {
-        match self.proxy.call("pop", vec![value(key)?, PyValue::None])? {
-            PyValue::None => Ok(None),
-            v => back(v).map(Some),
+        match self.proxy.call("pop", vec![value(key)?]) {
+            Ok(v) => back(v).map(Some),
+            Err(e) if is_exception(&e, "KeyError") => Ok(None),
+            Err(e) => Err(e),
         }
+    }
+
+    /// `d.pop(key)`: its value, or Python's `KeyError` as
+    /// [`Error::RemoteException`] if it was not there.
+    pub fn pop(&self, key: &K) -> Result<V> {
+        back(self.proxy.call("pop", vec![value(key)?])?)
+    }
+
+    /// `d.popitem()`: the last pair inserted, taken out; `None` when empty.
+    pub fn popitem(&self) -> Result<Option<(K, V)>> {
+        match self.proxy.call("popitem", vec![]) {
+            Ok(v) => back(v).map(Some),
+            Err(e) if is_exception(&e, "KeyError") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `d.setdefault(key, default)`: the value at `key`, inserting
+    /// `default` first if there was none (in one step, so two processes
+    /// racing to set a default agree on one).
+    pub fn setdefault(&self, key: &K, default: &V) -> Result<V> {
+        back(self.proxy.call("setdefault", vec![value(key)?, value(default)?])?)
+    }
+
+    /// `d.update(pairs)`, in one call.
+    pub fn update<I: IntoIterator<Item = (K, V)>>(&self, pairs: I) -> Result<()> {
+        let pairs: Result<Vec<PyValue>> =
+            pairs.into_iter().map(|(k, v)| Ok(PyValue::Tuple(vec![value(&k)?, value(&v)?]))).collect();
+        self.proxy.call("update", vec![PyValue::List(pairs?)]).map(drop)
+    }
+
+    /// `d.clear()`.
+    pub fn clear(&self) -> Result<()> {
+        self.proxy.call("clear", vec![]).map(drop)
     }
 
     /// `len(d)`.
@@ -248,13 +403,42 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
         Ok(self.len()? == 0)
     }
 
+    /// `list(d.keys())`, in insertion order.
+    pub fn keys(&self) -> Result<Vec<K>> {
+        back(self.proxy.call("keys", vec![])?)
+    }
+
+    /// `list(d.values())`, in insertion order.
+    pub fn values(&self) -> Result<Vec<V>> {
+        back(self.proxy.call("values", vec![])?)
+    }
+
     /// `list(d.items())`, in insertion order.
     pub fn items(&self) -> Result<Vec<(K, V)>> {
         back(self.proxy.call("items", vec![])?)
     }
 }
 
-/// A manager's list of `T`.
+/// A manager's list of `T` (Python's `Manager().list()`).
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// use multiproc::managers::Manager;
+/// let manager = Manager::start().unwrap();
+/// let l = manager.list(&[3, 1, 2]).unwrap();
+/// l.extend(&[5, 4]).unwrap();
+/// l.sort().unwrap();
+/// assert_eq!(l.to_vec().unwrap(), [1, 2, 3, 4, 5]);
+/// l.insert(0, &0).unwrap();
+/// assert_eq!(l.pop().unwrap(), Some(5));
+/// assert_eq!(l.pop_at(0).unwrap(), 0);
+/// l.remove(&3).unwrap();
+/// assert_eq!(l.index(&4).unwrap(), Some(2));
+/// assert_eq!(l.count(&1).unwrap(), 1);
+/// assert!(l.contains(&2).unwrap());
+/// assert_eq!(l.to_string(), "[1, 2, 4]");
+/// # }
+/// ```
 #[derive(Serialize, Deserialize)]
 #[serde(transparent, bound = "")]
 pub struct ListProxy<T> {
@@ -263,11 +447,7 @@ pub struct ListProxy<T> {
     types: PhantomData<fn() -> T>,
 }
 
-impl<T> Clone for ListProxy<T> {
-    fn clone(&self) -> Self {
-        ListProxy { proxy: self.proxy.clone(), types: PhantomData }
-    }
-}
+typed_proxy!(ListProxy<T>);
 
 impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// `l.append(item)`.
@@ -275,7 +455,24 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
         self.proxy.call("append", vec![value(item)?]).map(drop)
     }
 
-    /// `l[index]` (negative counts from the end, as in Python).
+    /// `l.append(item)` (Python's name).
+    pub fn append(&self, item: &T) -> Result<()> {
+        self.push(item)
+    }
+
+    /// `l.extend(items)`, in one call.
+    pub fn extend(&self, items: &[T]) -> Result<()> {
+        self.proxy.call("extend", vec![value(items)?]).map(drop)
+    }
+
+    /// `l.insert(index, item)` (negative counts from the end; past either
+    /// end inserts there, as in Python).
+    pub fn insert(&self, index: i64, item: &T) -> Result<()> {
+        self.proxy.call("insert", vec![PyValue::Int(index), value(item)?]).map(drop)
+    }
+
+    /// `l[index]` (negative counts from the end, as in Python);
+    /// Python's `IndexError` as [`Error::RemoteException`] past the end.
     pub fn get(&self, index: i64) -> Result<T> {
         back(self.proxy.call("__getitem__", vec![PyValue::Int(index)])?)
     }
@@ -283,6 +480,68 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// `l[index] = item`.
     pub fn set(&self, index: i64, item: &T) -> Result<()> {
         self.proxy.call("__setitem__", vec![PyValue::Int(index), value(item)?]).map(drop)
+    }
+
+    /// `del l[index]`.
+    pub fn delete(&self, index: i64) -> Result<()> {
+        self.proxy.call("__delitem__", vec![PyValue::Int(index)]).map(drop)
+    }
+
+    /// `l.pop()`: the last item, taken out; `None` when empty.
+    pub fn pop(&self) -> Result<Option<T>> {
+        match self.proxy.call("pop", vec![]) {
+            Ok(v) => back(v).map(Some),
+            Err(e) if is_exception(&e, "IndexError") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `l.pop(index)`; Python's `IndexError` as [`Error::RemoteException`] past the end.
+    pub fn pop_at(&self, index: i64) -> Result<T> {
+        back(self.proxy.call("pop", vec![PyValue::Int(index)])?)
+    }
+
+    /// `l.remove(item)`: takes out the first equal item; Python's
+    /// `ValueError` as [`Error::RemoteException`] if there is none.
+    pub fn remove(&self, item: &T) -> Result<()> {
+        self.proxy.call("remove", vec![value(item)?]).map(drop)
+    }
+
+    /// `l.index(item)`: where the first equal item is, if any.
+    pub fn index(&self, item: &T) -> Result<Option<usize>> {
+        match self.proxy.call("index", vec![value(item)?]) {
+            Ok(v) => int(v).map(Some),
+            Err(e) if is_exception(&e, "ValueError") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `l.count(item)`.
+    pub fn count(&self, item: &T) -> Result<usize> {
+        int(self.proxy.call("count", vec![value(item)?])?)
+    }
+
+    /// `item in l`.
+    pub fn contains(&self, item: &T) -> Result<bool> {
+        flag(self.proxy.call("__contains__", vec![value(item)?])?)
+    }
+
+    /// `l.sort()`, in the server, by Python's ordering (numbers, strings,
+    /// bytes, tuples and lists of those); Python's `TypeError` as
+    /// [`Error::RemoteException`] for items that do not compare, leaving
+    /// the list as it was.
+    pub fn sort(&self) -> Result<()> {
+        self.proxy.call("sort", vec![]).map(drop)
+    }
+
+    /// `l.sort(reverse=True)`.
+    pub fn sort_reverse(&self) -> Result<()> {
+        self.proxy.call_kw("sort", vec![], vec![(PyValue::Str("reverse".into()), PyValue::Bool(true))]).map(drop)
+    }
+
+    /// `l.reverse()`.
+    pub fn reverse(&self) -> Result<()> {
+        self.proxy.call("reverse", vec![]).map(drop)
     }
 
     /// `len(l)`.
@@ -295,11 +554,15 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
         Ok(self.len()? == 0)
     }
 
-    /// The whole list.
+    /// The whole list (`l[:]`), in one call.
     pub fn to_vec(&self) -> Result<Vec<T>> {
-        let n = self.len()?;
-        (0..n as i64).map(|i| self.get(i)).collect()
+        back(self.proxy.call("__getitem__", vec![everything()])?)
     }
+}
+
+/// Python's `slice(None, None, None)`: `[:]`.
+fn everything() -> PyValue {
+    PyValue::reduce("builtins", "slice", vec![PyValue::None, PyValue::None, PyValue::None])
 }
 
 /// A manager's `Value` holding a `T`.
@@ -311,11 +574,7 @@ pub struct ValueProxy<T> {
     types: PhantomData<fn() -> T>,
 }
 
-impl<T> Clone for ValueProxy<T> {
-    fn clone(&self) -> Self {
-        ValueProxy { proxy: self.proxy.clone(), types: PhantomData }
-    }
-}
+typed_proxy!(ValueProxy<T>);
 
 impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
     /// `v.value`.
@@ -335,6 +594,8 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
 pub struct NamespaceProxy {
     proxy: Proxy,
 }
+
+typed_proxy!(NamespaceProxy);
 
 impl NamespaceProxy {
     /// `getattr(ns, name)`; [`Error::RemoteException`] (`AttributeError`)
@@ -357,6 +618,8 @@ impl NamespaceProxy {
 pub struct AcquirerProxy {
     proxy: Proxy,
 }
+
+typed_proxy!(AcquirerProxy);
 
 fn flag(v: PyValue) -> Result<bool> {
     match v {
@@ -399,6 +662,8 @@ pub struct ConditionProxy {
     proxy: Proxy,
 }
 
+typed_proxy!(ConditionProxy);
+
 impl ConditionProxy {
     /// Takes the lock.
     pub fn acquire(&self) -> Result<()> {
@@ -434,6 +699,8 @@ pub struct EventProxy {
     proxy: Proxy,
 }
 
+typed_proxy!(EventProxy);
+
 impl EventProxy {
     /// Sets the flag, waking waiters.
     pub fn set(&self) -> Result<()> {
@@ -462,6 +729,8 @@ impl EventProxy {
 pub struct BarrierProxy {
     proxy: Proxy,
 }
+
+typed_proxy!(BarrierProxy);
 
 impl BarrierProxy {
     /// Waits for all parties (at most `timeout`); this party's index.
@@ -506,11 +775,7 @@ pub struct ArrayProxy<T> {
     types: PhantomData<fn() -> T>,
 }
 
-impl<T> Clone for ArrayProxy<T> {
-    fn clone(&self) -> Self {
-        ArrayProxy { proxy: self.proxy.clone(), types: PhantomData }
-    }
-}
+typed_proxy!(ArrayProxy<T>);
 
 impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
     /// `len(a)`.

@@ -745,6 +745,17 @@ fn object_call(
         let objects = state.objects.lock().unwrap_or_else(|e| e.into_inner());
         match objects.get(id) {
             Some(held) if held.exposed.iter().any(|m| m == method) => held.object.clone(),
+            // Python's server answers these for every object, exposed or
+            // not (its `fallback_mapping`).
+            Some(held) if matches!(method, "__str__" | "__repr__") => {
+                return (reply("#RETURN", PyValue::Str(held.object.repr())), None);
+            }
+            Some(held) if method == "#GETVALUE" => {
+                return match held.object.snapshot() {
+                    Some(v) => (reply("#RETURN", v), None),
+                    None => (traceback(format!("TypeError: object {id} has no value to copy")), None),
+                };
+            }
             Some(_) => {
                 return (traceback(format!("AttributeError: method {method:?} of object {id} is not exposed")), None);
             }
