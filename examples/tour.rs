@@ -1,6 +1,7 @@
 //! The tour: every seed program ported so far, one after another, each in a
 //! child process of its own so that one program's exit handling cannot
-//! touch the next.
+//! touch the next. Each line of the listing names the seeds
+//! (`../shared/seeds/00N_*`) whose programs the example ports.
 //!
 //! `cargo run --example tour`
 
@@ -16,6 +17,10 @@ mod distributed_worker;
 mod fork;
 #[path = "lock.rs"]
 mod lock;
+#[path = "manager_list.rs"]
+mod manager_list;
+#[path = "manager_shared.rs"]
+mod manager_shared;
 #[path = "nested.rs"]
 mod nested;
 #[path = "pipe.rs"]
@@ -28,6 +33,8 @@ mod pool_apply_async;
 mod pool_async;
 #[path = "pool_imap.rs"]
 mod pool_imap;
+#[path = "pool_manager_queue.rs"]
+mod pool_manager_queue;
 #[path = "pool_map.rs"]
 mod pool_map;
 #[path = "process.rs"]
@@ -50,25 +57,40 @@ mod subprocess_run;
 use multiproc::{Process, StartMethod};
 
 const PROGRAMS: &[(&str, &str, fn())] = &[
-    ("fork", "os.fork returns twice", fork::main),
-    ("process", "Process with arguments, start, join, pids", process::main),
-    ("nested", "a child starting a grandchild", nested::main),
-    ("daemon", "daemon flag, is_alive, exitcode", daemon::main),
-    ("run_method", "the subclass-with-run form", run_method::main),
-    ("pool", "Pool(4) with imap_unordered: theoretical vs actual time", pool::main),
-    ("pool_apply_async", "apply_async on Pool(4) and Pool(35), close, join", pool_apply_async::main),
-    ("pool_map", "map, map_async, starmap, chunksize, callback, maxtasksperchild", pool_map::main),
-    ("pool_imap", "imap against imap_unordered", pool_imap::main),
-    ("pool_async", "async tasks inside worker processes", pool_async::main),
-    ("pipe", "Pipe: a child writes, the parent reads; both directions", pipe::main),
-    ("lock", "processes taking turns under a Lock", lock::main),
-    ("shared_value", "Value, Array, and two processes adding under a lock to 40", shared_value::main),
-    ("queue", "two producers, one consumer, consumer terminated", queue::main),
-    ("queue_read_write", "a writer and a reader process on a Queue", queue_read_write::main),
-    ("subprocess_call", "subprocess.call and exit codes", subprocess_call::main),
-    ("subprocess_communicate", "Popen and communicate, feeding bc several lines", subprocess_communicate::main),
-    ("subprocess_run", "run into a file, run with a pipe, check_output", subprocess_run::main),
-    ("distributed_master", "a manager master and a worker process over TCP", distributed),
+    ("fork", "os.fork returns twice (seeds 000, 002, 003, 004)", fork::main),
+    ("process", "Process with arguments, start, join, pids (seeds 000, 002, 003)", process::main),
+    ("nested", "a child starting a grandchild (seed 001)", nested::main),
+    ("daemon", "daemon flag, is_alive, exitcode (seed 001)", daemon::main),
+    ("run_method", "the subclass-with-run form (seeds 001, 004)", run_method::main),
+    ("pool", "Pool(4) with imap_unordered: theoretical vs actual time (seed 000)", pool::main),
+    ("pool_apply_async", "apply_async on Pool(4) and Pool(35), close, join (seeds 002, 003)", pool_apply_async::main),
+    ("pool_map", "map, map_async, starmap, chunksize, callback, maxtasksperchild (seeds 001, 003)", pool_map::main),
+    ("pool_imap", "imap against imap_unordered (seed 004)", pool_imap::main),
+    ("pool_async", "async tasks inside worker processes (seed 000)", pool_async::main),
+    (
+        "pipe",
+        "Pipe: a child writes, the parent reads (seed 000); both directions (seed 001); producer and consumer processes (seed 004)",
+        pipe::main,
+    ),
+    ("lock", "processes taking turns under a Lock (seed 001)", lock::main),
+    ("shared_value", "Value, Array, and two processes adding under a lock to 40 (seed 002)", shared_value::main),
+    ("queue", "two producers, one consumer, consumer terminated (seed 000)", queue::main),
+    (
+        "queue_read_write",
+        "a writer and a reader process on a Queue (seeds 002, 003); Queue(10) producer and consumer (seed 004)",
+        queue_read_write::main,
+    ),
+    ("manager_list", "manager.list(range(0, 5)) appended to by five processes (seed 001)", manager_list::main),
+    ("pool_manager_queue", "Pool(2) producer and consumer on Manager().Queue(10) (seed 004)", pool_manager_queue::main),
+    ("manager_shared", "a manager's dict, Array and list used from child processes (seed 004)", manager_shared::main),
+    ("subprocess_call", "subprocess.call and exit codes (seeds 002, 003)", subprocess_call::main),
+    (
+        "subprocess_communicate",
+        "Popen and communicate, feeding bc several lines (seeds 002, 003)",
+        subprocess_communicate::main,
+    ),
+    ("subprocess_run", "run into a file, run with a pipe, check_output (seed 003)", subprocess_run::main),
+    ("distributed_master", "a manager master and a worker process over TCP (seed 002)", distributed),
 ];
 
 /// The distributed pair: the master here, its worker in a child process
