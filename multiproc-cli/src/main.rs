@@ -1,17 +1,22 @@
 //! `multiproc`: the command-line tool.
 //!
-//! `multiproc manager serve --address HOST:PORT --authkey-env VAR --queue NAME [--queue NAME ...]`
-//! serves queues that Python or Rust workers reach as a manager: each NAME
-//! is a type id whose every call returns the same queue (the seed's
-//! `register('get_task_queue', callable=lambda: task_queue)`). The first
-//! line on stdout is `listening on HOST:PORT` with the real port; SIGINT or
-//! SIGTERM stops it cleanly.
+//! `multiproc manager serve --address HOST:PORT --authkey-env VAR [--sync] [--queue NAME] [--dict NAME]
+//! [--list NAME] [--namespace NAME]` serves shared objects that Python or
+//! Rust workers reach as a manager: each NAME is a type id whose every call
+//! returns the same object (the seed's `register('get_task_queue',
+//! callable=lambda: task_queue)`), and `--sync` serves every type id of
+//! Python's `SyncManager`, so that `SyncManager(address=...,
+//! authkey=...).connect()` makes its queues, dicts, lists, locks... here.
+//! The first line on stdout is `listening on HOST:PORT` with the real port;
+//! SIGINT or SIGTERM stops it cleanly.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use multiproc::managers::{Address, ServerBuilder};
+use std::sync::Arc;
+
+use multiproc::managers::{Address, ServerBuilder, objects};
 use nix::sys::signal::{SigSet, Signal};
 
 #[derive(Parser)]
@@ -32,12 +37,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ManagerCommand {
-    /// Serve named queues to Python or Rust workers until SIGINT/SIGTERM.
+    /// Serve shared objects to Python or Rust clients until SIGINT/SIGTERM.
     Serve(Serve),
 }
 
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("key").required(true).args(["authkey_env", "authkey_file"]))]
+#[command(group = clap::ArgGroup::new("what").required(true).multiple(true).args(["sync", "queues", "dicts", "lists", "namespaces"]))]
 struct Serve {
     /// Where to listen: HOST:PORT (port 0 picks a free one) or a socket path.
     #[arg(long)]
@@ -49,9 +55,24 @@ struct Serve {
     /// A file holding the authkey (a trailing newline is not part of it).
     #[arg(long, value_name = "PATH")]
     authkey_file: Option<PathBuf>,
+    /// Serve every type id of Python's SyncManager (Queue, JoinableQueue,
+    /// dict, list, Value, Array, Namespace, Lock, RLock, Semaphore,
+    /// BoundedSemaphore, Condition, Event, Barrier): each call makes a new
+    /// object, as `SyncManager().dict()` does.
+    #[arg(long)]
+    sync: bool,
     /// A type id whose every call returns the same queue; repeatable.
-    #[arg(long = "queue", value_name = "NAME", required = true)]
+    #[arg(long = "queue", value_name = "NAME")]
     queues: Vec<String>,
+    /// A type id whose every call returns the same dict; repeatable.
+    #[arg(long = "dict", value_name = "NAME")]
+    dicts: Vec<String>,
+    /// A type id whose every call returns the same list; repeatable.
+    #[arg(long = "list", value_name = "NAME")]
+    lists: Vec<String>,
+    /// A type id whose every call returns the same Namespace; repeatable.
+    #[arg(long = "namespace", value_name = "NAME")]
+    namespaces: Vec<String>,
     /// Allow an empty authkey on an address other machines can reach.
     #[arg(long)]
     allow_empty_key_remotely: bool,
@@ -84,8 +105,20 @@ fn serve(args: Serve) -> Result<(), String> {
     if args.allow_empty_key_remotely {
         builder = builder.allow_empty_key_remotely();
     }
+    if args.sync {
+        builder = builder.sync_types();
+    }
     for name in &args.queues {
         builder = builder.register_queue(name);
+    }
+    for name in &args.dicts {
+        builder = builder.register_shared(name, Arc::new(objects::Dict::default()));
+    }
+    for name in &args.lists {
+        builder = builder.register_shared(name, Arc::new(objects::List::default()));
+    }
+    for name in &args.namespaces {
+        builder = builder.register_shared(name, Arc::new(objects::Namespace::default()));
     }
     let server = builder.bind().map_err(|e| e.to_string())?;
     println!("listening on {}", server.address());

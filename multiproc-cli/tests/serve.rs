@@ -140,6 +140,9 @@ fn bad_invocations_are_refused_with_a_reason() {
     assert!(err.contains("MP_UNSET_KEY"), "{err}");
     let (code, err) = run(&["--address", "127.0.0.1:0", "--queue", "q"], &[]);
     assert_eq!(code, Some(2), "no key source: {err}");
+    let (code, err) = run(&["--address", "127.0.0.1:0", "--authkey-env", "MP_K"], &[("MP_K", "k")]);
+    assert_eq!(code, Some(2), "nothing to serve: {err}");
+    assert!(err.contains("--sync") && err.contains("--queue"), "{err}");
     let (code, err) =
         run(&["--address", "0.0.0.0:0", "--authkey-env", "MP_EMPTY", "--queue", "q"], &[("MP_EMPTY", "")]);
     assert_eq!(code, Some(1));
@@ -147,4 +150,88 @@ fn bad_invocations_are_refused_with_a_reason() {
     let (code, err) = run(&["--address", "nowhere", "--authkey-env", "MP_K", "--queue", "q"], &[("MP_K", "k")]);
     assert_eq!(code, Some(1));
     assert!(err.contains("nowhere"), "{err}");
+}
+
+const PY_SYNC: &str = r#"
+import sys
+from multiprocessing.managers import SyncManager, DictProxy, ListProxy, NamespaceProxy
+SyncManager.register('shared_d', proxytype=DictProxy)
+SyncManager.register('shared_l', proxytype=ListProxy)
+SyncManager.register('settings', proxytype=NamespaceProxy)
+m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'sesame')
+m.connect()
+d = m.shared_d()
+d['a'] = 1
+l = m.shared_l()
+l.append(5)
+ns = m.settings()
+ns.x = 3
+print(m.shared_d()['a'], m.shared_l()[:], m.settings().x)
+q = m.Queue()
+q.put((1, 'one'))
+j = m.JoinableQueue()
+j.put(1); j.get(); j.task_done(); j.join()
+lk, rl = m.Lock(), m.RLock()
+print(q.get(), lk.acquire(), lk.release(), rl.acquire(), rl.acquire())
+s, bs = m.Semaphore(2), m.BoundedSemaphore(1)
+print(s.acquire(), s.acquire(), s.acquire(timeout=0.01), bs.acquire())
+e, c, b = m.Event(), m.Condition(), m.Barrier(1)
+e.set()
+c.acquire()
+print(e.wait(1), c.wait(0.01), b.wait())
+c.release()
+v, a = m.Value('i', 1), m.Array('i', [1, 2])
+v.value += 1
+a[0] = 7
+print(v.value, a[:], m.dict(x=1).copy(), m.list('ab')[:], m.Namespace(y=2).y)
+try:
+    m.Pool(2)
+except NotImplementedError as err:
+    print('NotImplementedError')
+"#;
+
+/// `--sync` serves every SyncManager type id; `--dict`, `--list` and
+/// `--namespace` one shared named object each; Python 3.11 uses all of
+/// them through its own SyncManager.
+#[test]
+fn serves_every_sync_manager_type_and_named_objects_to_python() {
+    let (server, line) = start(
+        &[
+            "--address",
+            "127.0.0.1:0",
+            "--authkey-env",
+            "MP_TEST_KEY",
+            "--sync",
+            "--dict",
+            "shared_d",
+            "--list",
+            "shared_l",
+            "--namespace",
+            "settings",
+        ],
+        &[("MP_TEST_KEY", "sesame")],
+    );
+    let addr = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("first line {line:?}"));
+    let port = addr.strip_prefix("127.0.0.1:").unwrap();
+    let out = Command::new(python311()).args(["-c", PY_SYNC, port]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "1 [5] 3",
+            "(1, 'one') True None True True",
+            "True True False True",
+            "True False 0",
+            "2 [7, 2] {'x': 1} ['a', 'b'] 2",
+            "NotImplementedError",
+        ]
+    );
+    // The named objects outlive their proxies; made objects do not.
+    let client = Client::connect(&addr.parse::<Address>().unwrap(), b"sesame").unwrap();
+    let d = client.create("shared_d", vec![]).unwrap();
+    assert_eq!(d.call("get", vec![PyValue::Str("a".into())]).unwrap(), PyValue::Int(1));
+    drop(d);
+    signal(&server, 15);
+    assert_eq!(exit_code(server), Some(0));
 }

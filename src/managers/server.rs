@@ -223,8 +223,9 @@ impl ServerBuilder {
 
     /// Registers Python's `SyncManager` types: `Queue`, `JoinableQueue`,
     /// `dict`, `list`, `Value`, `Array`, `Namespace`, `Event`, `Lock`,
-    /// `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Barrier`
-    /// (not `Pool`).
+    /// `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Barrier`;
+    /// `Pool` is refused with Python's `NotImplementedError` (it would run
+    /// code sent over the wire).
     pub fn sync_types(self) -> Self {
         fn arc<T: Shared + 'static>(r: std::result::Result<T, Raise>) -> std::result::Result<Arc<dyn Shared>, Raise> {
             r.map(|t| Arc::new(t) as Arc<dyn Shared>)
@@ -243,6 +244,15 @@ impl ServerBuilder {
             .register_type("Condition", |_, _| arc(Ok(objects::Condition::default())))
             .register_type("Barrier", |a, k| arc(objects::Barrier::from_args(a, k)))
             .register_type("Array", |a, k| arc(objects::Array::from_args(a, k)))
+            // Python's SyncManager has a Pool too; a server that runs no
+            // code from the wire cannot run its tasks, and says so.
+            .register_type("Pool", |_, _| {
+                Err(Raise::exception(
+                    "builtins",
+                    "NotImplementedError",
+                    Some("this manager server runs no code from the wire, so it serves no Pool; use multiproc's Pool"),
+                ))
+            })
     }
 
     /// Binds the address. Refuses an empty key on an address that is not
