@@ -234,6 +234,10 @@ pub enum Error {
     /// A bounded queue had no room in time (Python's `queue.Full`).
     #[error("the queue is full")]
     Full,
+    /// The queue was shut down (Python 3.13's `queue.ShutDown`): no more
+    /// puts, and gets only while items are left.
+    #[error("the queue was shut down")]
+    ShutDown,
     /// `task_done` was called more often than items were put (Python's
     /// `ValueError: task_done() called too many times`).
     #[error("task_done() called more times than items were put")]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use multiproc::Error;
 use multiproc::managers::objects::{Queue, Shared};
 use multiproc::managers::pickle::PyValue;
-use multiproc::managers::{Address, Client, ServerBuilder};
+use multiproc::managers::{Address, Client, Returned, ServerBuilder};
 
 /// pyenv's interpreter for `version` (such as "3.7"), which the project's
 /// machines have; a missing one fails the test rather than skip it.
@@ -168,6 +168,22 @@ fn our_client_works_against_pythons_server() {
         assert!(matches!(&err, Error::RemoteException { class, .. } if class == "builtins.KeyError"), "{err}");
         assert_eq!(err.to_string(), "the manager raised KeyError('missing')");
         assert_eq!(d.call("__len__", vec![]).unwrap(), PyValue::Int(1));
+        // A method answered with a shared object (#PROXY) gives a proxy.
+        let before = client.number_of_objects().unwrap();
+        let err = d.call("__iter__", vec![]).unwrap_err();
+        assert!(err.to_string().contains("Proxy::invoke"), "{err}");
+        assert_eq!(client.number_of_objects().unwrap(), before, "{version}: the refused proxy was released");
+        let Returned::Proxy(keys) = d.invoke("__iter__", vec![], vec![]).unwrap() else { panic!("{version}") };
+        assert_eq!(keys.typeid(), "Iterator");
+        assert_eq!(keys.call("__next__", vec![]).unwrap(), s("k"));
+        let err = keys.call("__next__", vec![]).unwrap_err();
+        assert!(matches!(&err, Error::RemoteException { class, .. } if class == "builtins.StopIteration"), "{err}");
+        drop(keys);
+        assert_eq!(client.number_of_objects().unwrap(), before, "{version}: the iterator was released");
+        let typed = multiproc::managers::DictProxy::<String, Vec<Option<i32>>>::from(d.clone());
+        assert_eq!(typed.to_string(), "{'k': [1, None]}", "{version}: print(proxy)");
+        assert_eq!(typed.items().unwrap(), [("k".to_string(), vec![Some(1), None])]);
+        drop(typed);
 
         let l = client.create("list", vec![PyValue::List(vec![PyValue::Int(3)])]).unwrap();
         l.call("append", vec![PyValue::Int(4)]).unwrap();
@@ -303,7 +319,7 @@ fn pythons_sync_manager_client_against_our_server() {
 #[test]
 fn a_queue_shared_by_the_server_and_used_in_process() {
     let q = Arc::new(Queue::new(2));
-    assert_eq!(q.exposed().len(), 9);
+    assert_eq!(q.exposed().len(), 10);
     q.put(PyValue::Int(1), None).unwrap();
     q.put(PyValue::Int(2), None).unwrap();
     assert!(q.put(PyValue::Int(3), Some(std::time::Instant::now())).is_err(), "full");
@@ -986,5 +1002,54 @@ fn a_client_killed_in_a_condition_wait_takes_no_lock() {
     assert_eq!(got, PyValue::Bool(true), "the dead client's wait took the lock back");
     next.call("release", vec![]).unwrap();
     drop((notifier, next));
+    server.stop().unwrap();
+}
+
+const PYTHON_SHUTDOWN_CLIENT: &str = r#"
+import queue, sys, threading
+from multiprocessing.managers import SyncManager
+m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+m.connect()
+q, parked = m.Queue(), m.Queue()
+q.put(1)
+def wait():
+    try:
+        parked.get(timeout=30)
+    except queue.ShutDown:
+        print('woken: ShutDown', flush=True)
+t = threading.Thread(target=wait)
+t.start()
+parked.shutdown()
+t.join()
+q.shutdown()
+try:
+    q.put(2)
+except queue.ShutDown:
+    print('put: ShutDown')
+print(q.get())
+try:
+    q.get()
+except queue.ShutDown:
+    print('get: ShutDown')
+j = m.JoinableQueue()
+j.put(1)
+j.put(2)
+j.shutdown(immediate=True)
+j.join()
+print('joined', j.qsize())
+"#;
+
+/// Python 3.13's `Queue.shutdown` is served: puts refused, gets until
+/// empty, waiting gets woken, `immediate` drops what is left.
+#[test]
+fn python_3_13_queue_shutdown_is_served() {
+    let (server, port) = sync_server();
+    let out = Command::new(python("3.13")).args(["-c", PYTHON_SHUTDOWN_CLIENT, &port]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["woken: ShutDown", "put: ShutDown", "1", "get: ShutDown", "joined 0"]
+    );
     server.stop().unwrap();
 }

@@ -115,6 +115,38 @@ impl Client {
         })
     }
 
+    /// A proxy for the object a `#PROXY` answer (`(exposed, token)`)
+    /// names, taking over the reference the server holds for it. As
+    /// Python's client, it uses our own address rather than the token's
+    /// (a server behind a forwarded port names an address we cannot reach).
+    fn adopt(&self, answer: &PyValue) -> Result<Proxy> {
+        let bad = || Error::Protocol(format!("a #PROXY answer must be (exposed, Token), not {answer}"));
+        let PyValue::Tuple(parts) = answer.unshared() else { return Err(bad()) };
+        let [exposed, token] = parts.as_slice() else { return Err(bad()) };
+        let exposed = match exposed.unshared() {
+            PyValue::Tuple(names) | PyValue::List(names) => {
+                names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect()
+            }
+            _ => Vec::new(),
+        };
+        let fields = match token.unshared() {
+            PyValue::Object { state: Some(state), .. } => match state.unshared() {
+                PyValue::Tuple(f) if f.len() == 3 => f.clone(),
+                _ => return Err(bad()),
+            },
+            _ => return Err(bad()),
+        };
+        let (Some(typeid), Some(id)) = (fields[0].as_str(), fields[2].as_str()) else { return Err(bad()) };
+        Ok(Proxy {
+            client: self.clone(),
+            typeid: typeid.to_owned(),
+            id: id.to_owned(),
+            exposed,
+            conn: Mutex::new(None),
+            owner: std::process::id().into(),
+        })
+    }
+
     /// How many objects the manager holds.
     pub fn number_of_objects(&self) -> Result<i64> {
         match self.manager_call("number_of_objects", vec![])? {
@@ -129,6 +161,13 @@ impl Client {
     }
 }
 
+/// What a call answered: a value, or (Python's `#PROXY`) a shared object
+/// the server made for it, as its exposed methods and token.
+enum Answer {
+    Value(PyValue),
+    Proxy(PyValue),
+}
+
 fn request(
     s: &mut Stream,
     id: PyValue,
@@ -136,6 +175,19 @@ fn request(
     args: Vec<PyValue>,
     kwds: Vec<(PyValue, PyValue)>,
 ) -> Result<PyValue> {
+    match exchange(s, id, method, args, kwds)? {
+        Answer::Value(v) => Ok(v),
+        Answer::Proxy(_) => Err(Error::Protocol(format!("the manager answered {method} with a proxy"))),
+    }
+}
+
+fn exchange(
+    s: &mut Stream,
+    id: PyValue,
+    method: &str,
+    args: Vec<PyValue>,
+    kwds: Vec<(PyValue, PyValue)>,
+) -> Result<Answer> {
     let msg = PyValue::Tuple(vec![id, PyValue::Str(method.into()), PyValue::Tuple(args), PyValue::Dict(kwds)]);
     wire::write_frame(s, &pickle::dumps(&msg)).map_err(io("send to a manager"))?;
     let frame = wire::read_frame(s, REPLY_LIMIT)
@@ -148,10 +200,10 @@ fn request(
     }
     let value = t.pop().expect("two");
     match t[0].as_str() {
-        Some("#RETURN") => Ok(value),
+        Some("#RETURN") => Ok(Answer::Value(value)),
+        Some("#PROXY") => Ok(Answer::Proxy(value)),
         Some("#ERROR") => Err(exception(&value)),
         Some("#TRACEBACK") | Some("#UNSERIALIZABLE") => Err(Error::Remote(value.as_str().unwrap_or("").to_owned())),
-        Some("#PROXY") => Err(Error::Protocol("methods returning proxies are not supported".into())),
         _ => Err(Error::Protocol(format!("an unknown reply kind {:?}", t[0]))),
     }
 }
@@ -170,6 +222,15 @@ fn exception(e: &PyValue) -> Error {
     let list = PyValue::List(items).to_string();
     let args = format!("({})", &list[1..list.len() - 1]);
     Error::RemoteException { class, args }
+}
+
+/// What [`Proxy::invoke`] got back.
+#[derive(Debug)]
+pub enum Returned {
+    /// A value.
+    Value(PyValue),
+    /// A proxy to a shared object the server made for the call.
+    Proxy(Proxy),
 }
 
 /// A shared object in a manager, used by method name (Python's proxies).
@@ -245,8 +306,38 @@ impl Proxy {
         self.call_kw(method, args, Vec::new())
     }
 
-    /// Calls `method` with positional and keyword arguments.
+    /// Calls `method` with positional and keyword arguments. A method that
+    /// answers with a shared object (Python's `#PROXY`, such as a dict's
+    /// `__iter__`) is an error here, naming it; use
+    /// [`invoke`](Self::invoke) for those.
     pub fn call_kw(&self, method: &str, args: Vec<PyValue>, kwds: Vec<(PyValue, PyValue)>) -> Result<PyValue> {
+        match self.invoke(method, args, kwds)? {
+            Returned::Value(v) => Ok(v),
+            Returned::Proxy(p) => Err(Error::Protocol(format!(
+                "{method} answered with a shared object of type {:?}: call it with Proxy::invoke to get its proxy",
+                p.typeid
+            ))),
+        }
+    }
+
+    /// Calls `method`, accepting either answer: a value, or a proxy to a
+    /// shared object the server made for this call (Python's `#PROXY`
+    /// reply: a dict's `__iter__`, a method registered with
+    /// `method_to_typeid`). The new proxy holds the reference the server
+    /// took for it and gives it back when dropped.
+    ///
+    /// ```
+    /// use multiproc::managers::{Client, Returned, ServerBuilder};
+    /// use multiproc::managers::pickle::PyValue;
+    /// let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap()).authkey(b"k").sync_types().bind().unwrap().spawn().unwrap();
+    /// let d = Client::connect(server.address(), b"k").unwrap().create("dict", vec![]).unwrap();
+    /// d.call("__setitem__", vec![PyValue::Str("a".into()), PyValue::Int(1)]).unwrap();
+    /// let Returned::Proxy(keys) = d.invoke("__iter__", vec![], vec![]).unwrap() else { panic!() };
+    /// assert_eq!(keys.typeid(), "Iterator");
+    /// assert_eq!(keys.call("__next__", vec![]).unwrap(), PyValue::Str("a".into()));
+    /// assert!(keys.call("__next__", vec![]).is_err(), "StopIteration");
+    /// ```
+    pub fn invoke(&self, method: &str, args: Vec<PyValue>, kwds: Vec<(PyValue, PyValue)>) -> Result<Returned> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let me = std::process::id();
         if self.owner.load(std::sync::atomic::Ordering::SeqCst) != me {
@@ -262,12 +353,16 @@ impl Proxy {
             *conn = Some(s);
         }
         let s = conn.as_mut().expect("opened");
-        let result = request(s, PyValue::Str(self.id.clone()), method, args, kwds);
+        let result = exchange(s, PyValue::Str(self.id.clone()), method, args, kwds);
         if matches!(result, Err(Error::Io { .. } | Error::Protocol(_))) {
             // A broken connection is not reused.
             *conn = None;
         }
-        result
+        drop(conn);
+        match result? {
+            Answer::Value(v) => Ok(Returned::Value(v)),
+            Answer::Proxy(v) => self.client.adopt(&v).map(Returned::Proxy),
+        }
     }
 
     /// `get(True, timeout)` on a queue proxy: `Ok(None)` when the queue

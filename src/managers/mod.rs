@@ -55,7 +55,7 @@ mod serde_bridge;
 mod server;
 mod wire;
 
-pub use client::{Client, Proxy};
+pub use client::{Client, Proxy, Returned};
 pub use proxies::{
     AcquirerProxy, ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, Manager, NamespaceProxy,
     QueueProxy, ValueProxy,

@@ -158,13 +158,19 @@ pub struct Queue {
 struct QueueState {
     items: VecDeque<PyValue>,
     unfinished: u64,
+    /// Python 3.13's `shutdown()` was called.
+    shut_down: bool,
+}
+
+fn shut_down() -> Raise {
+    Raise::exception("queue", "ShutDown", None)
 }
 
 impl Queue {
     /// A queue of at most `maxsize` items (0: unbounded).
     pub fn new(maxsize: usize) -> Queue {
         Queue {
-            state: Mutex::new(QueueState { items: VecDeque::new(), unfinished: 0 }),
+            state: Mutex::new(QueueState { items: VecDeque::new(), unfinished: 0, shut_down: false }),
             changed: Condvar::new(),
             maxsize,
         }
@@ -203,8 +209,11 @@ impl Queue {
 
     /// Puts `item`, waiting for room until `deadline`; `queue.Full` if none.
     pub fn put(&self, item: PyValue, deadline: Option<Instant>) -> Result<(), Raise> {
-        let room = |s: &mut QueueState| self.maxsize == 0 || s.items.len() < self.maxsize;
+        let room = |s: &mut QueueState| s.shut_down || self.maxsize == 0 || s.items.len() < self.maxsize;
         let (mut s, room) = wait_while(&self.changed, lock(&self.state), deadline, room);
+        if s.shut_down {
+            return Err(shut_down());
+        }
         if !room {
             return Err(Raise::exception("queue", "Full", None));
         }
@@ -217,8 +226,12 @@ impl Queue {
 
     /// Takes an item, waiting until `deadline`; `queue.Empty` if none came.
     pub fn get(&self, deadline: Option<Instant>) -> Result<PyValue, Raise> {
-        let (mut s, _) = wait_while(&self.changed, lock(&self.state), deadline, |s| !s.items.is_empty());
-        let item = s.items.pop_front().ok_or_else(|| Raise::exception("_queue", "Empty", None))?;
+        let (mut s, _) = wait_while(&self.changed, lock(&self.state), deadline, |s| s.shut_down || !s.items.is_empty());
+        let item = match s.items.pop_front() {
+            Some(item) => item,
+            None if s.shut_down => return Err(shut_down()),
+            None => return Err(Raise::exception("_queue", "Empty", None)),
+        };
         drop(s);
         self.changed.notify_all();
         Ok(item)
@@ -228,11 +241,27 @@ impl Queue {
     pub fn qsize(&self) -> usize {
         lock(&self.state).items.len()
     }
+
+    /// Python 3.13's `shutdown(immediate)`: puts fail from now on, and gets
+    /// once the queue is empty, with `queue.ShutDown`; waiting puts and gets
+    /// wake to find it. `immediate` also drops the items left (each counted
+    /// done, so that `join` returns).
+    pub fn shutdown(&self, immediate: bool) {
+        let mut s = lock(&self.state);
+        s.shut_down = true;
+        if immediate {
+            let dropped = s.items.len() as u64;
+            s.items.clear();
+            s.unfinished = s.unfinished.saturating_sub(dropped);
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
 }
 
 impl Shared for Queue {
     fn exposed(&self) -> Vec<String> {
-        exposed(&["empty", "full", "get", "get_nowait", "join", "put", "put_nowait", "qsize", "task_done"])
+        exposed(&["empty", "full", "get", "get_nowait", "join", "put", "put_nowait", "qsize", "shutdown", "task_done"])
     }
 
     fn call(&self, method: &str, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<PyValue, Raise> {
@@ -250,6 +279,10 @@ impl Shared for Queue {
             "get" => self.get(Queue::deadline(block(0), arg(args, kwds, 1, "timeout"))?),
             "get_nowait" => self.get(Some(Instant::now())),
             "qsize" => Ok(PyValue::Int(self.qsize() as i64)),
+            "shutdown" => {
+                self.shutdown(arg(args, kwds, 0, "immediate").is_some_and(PyValue::truthy));
+                Ok(PyValue::None)
+            }
             "empty" => Ok(PyValue::Bool(self.qsize() == 0)),
             "full" => Ok(PyValue::Bool(self.maxsize > 0 && self.qsize() >= self.maxsize)),
             "task_done" => {

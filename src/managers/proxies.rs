@@ -27,6 +27,7 @@ fn queue_error(e: Error) -> Error {
     match &e {
         Error::RemoteException { class, .. } if class.ends_with(".Empty") => Error::Empty,
         Error::RemoteException { class, .. } if class.ends_with(".Full") => Error::Full,
+        Error::RemoteException { class, .. } if class.ends_with(".ShutDown") => Error::ShutDown,
         _ => e,
     }
 }
@@ -223,6 +224,11 @@ impl Manager {
 /// assert!(matches!(q.put_timeout(&2, Duration::from_millis(10)), Err(Error::Full)));
 /// assert_eq!(q.get().unwrap(), 1);
 /// assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+/// q.put(&3).unwrap();
+/// q.shutdown(false).unwrap();
+/// assert!(matches!(q.put(&4), Err(Error::ShutDown)));
+/// assert_eq!(q.get().unwrap(), 3, "what was put before is still there");
+/// assert!(matches!(q.get(), Err(Error::ShutDown)));
 /// # }
 /// ```
 #[derive(Serialize, Deserialize)]
@@ -283,6 +289,14 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// Whether it is full (never, for an unbounded queue).
     pub fn full(&self) -> Result<bool> {
         flag(self.proxy.call("full", vec![])?)
+    }
+
+    /// Shuts the queue down (Python 3.13's `Queue.shutdown`): every put
+    /// from now on, and every get once it is empty, fails with
+    /// [`Error::ShutDown`], waiting ones too. `immediate` also drops the
+    /// items left (counted done, so `join` returns).
+    pub fn shutdown(&self, immediate: bool) -> Result<()> {
+        self.proxy.call("shutdown", vec![PyValue::Bool(immediate)]).map(drop)
     }
 
     /// Marks one task done (joinable queues).

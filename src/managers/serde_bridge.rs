@@ -297,11 +297,75 @@ fn unexpected(v: &PyValue) -> de::Unexpected<'_> {
     }
 }
 
+/// The value as plain data where Python's pickle wrote a standard
+/// container as a call that runs no user code: `list(...)` (how
+/// `multiprocessing` pickles a dict's `items()`, `keys()` and `values()`
+/// views), `tuple`, `set`, `frozenset`, `dict`, and the `collections`
+/// types (`OrderedDict`, `defaultdict` and `Counter` as maps, `deque` as a
+/// sequence). A Rust type reading it sees the items; anything else stays as
+/// it is (and fails to read as a container, saying it is a Python object).
+fn plain(v: PyValue) -> PyValue {
+    let v = v.into_unshared();
+    let PyValue::Object { class, args, list_items, dict_items, state, .. } = &v else { return v };
+    let PyValue::Global { module, name } = class.unshared() else { return v };
+    let args: &[PyValue] = match args.unshared() {
+        PyValue::Tuple(a) => a,
+        _ => return v,
+    };
+    let first = args.first().map(|a| plain(a.clone()));
+    let seq = |x: Option<PyValue>| match x {
+        None => Some(Vec::new()),
+        Some(PyValue::List(i) | PyValue::Tuple(i) | PyValue::Set(i) | PyValue::FrozenSet(i)) => Some(i),
+        Some(_) => None,
+    };
+    let plain_out = match (module.as_str(), name.as_str()) {
+        ("builtins" | "__builtin__", "list") if list_items.is_empty() && state.is_none() => {
+            seq(first).map(PyValue::List)
+        }
+        ("builtins" | "__builtin__", "tuple") => seq(first).map(PyValue::Tuple),
+        ("builtins" | "__builtin__", "set") => seq(first).map(PyValue::Set),
+        ("builtins" | "__builtin__", "frozenset") => seq(first).map(PyValue::FrozenSet),
+        ("collections", "deque") => seq(first).map(|mut items| {
+            items.extend(list_items.iter().cloned());
+            PyValue::List(items)
+        }),
+        ("builtins" | "__builtin__", "dict") | ("collections", "OrderedDict" | "Counter" | "defaultdict") => {
+            // defaultdict's first argument is its factory, not items.
+            let from_args = if name == "defaultdict" { None } else { first };
+            let mut pairs = match from_args {
+                None => Vec::new(),
+                Some(PyValue::Dict(p)) => p,
+                Some(PyValue::List(items) | PyValue::Tuple(items)) => {
+                    let pairs: Option<Vec<(PyValue, PyValue)>> = items
+                        .into_iter()
+                        .map(|kv| match kv.into_unshared() {
+                            PyValue::Tuple(mut kv) | PyValue::List(mut kv) if kv.len() == 2 => {
+                                let v = kv.pop().expect("two");
+                                Some((kv.pop().expect("two"), v))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    match pairs {
+                        Some(p) => p,
+                        None => return v,
+                    }
+                }
+                Some(_) => return v,
+            };
+            pairs.extend(dict_items.iter().cloned());
+            Some(PyValue::Dict(pairs))
+        }
+        _ => None,
+    };
+    plain_out.unwrap_or(v)
+}
+
 impl<'de> de::Deserializer<'de> for PyValue {
     type Error = ValueError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        match self.into_unshared() {
+        match plain(self) {
             PyValue::None => visitor.visit_unit(),
             PyValue::Bool(b) => visitor.visit_bool(b),
             PyValue::Int(i) => visitor.visit_i64(i),
@@ -330,7 +394,7 @@ impl<'de> de::Deserializer<'de> for PyValue {
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        match self.into_unshared() {
+        match plain(self) {
             PyValue::None => visitor.visit_none(),
             other => visitor.visit_some(other),
         }
@@ -339,7 +403,7 @@ impl<'de> de::Deserializer<'de> for PyValue {
     /// `()` is Python's `None`, or an empty tuple (a call with no
     /// arguments).
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        match self.into_unshared() {
+        match plain(self) {
             PyValue::None => visitor.visit_unit(),
             PyValue::Tuple(t) | PyValue::List(t) if t.is_empty() => visitor.visit_unit(),
             other => Err(de::Error::invalid_type(unexpected(&other), &visitor)),
@@ -356,7 +420,7 @@ impl<'de> de::Deserializer<'de> for PyValue {
         _: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, ValueError> {
-        match self.into_unshared() {
+        match plain(self) {
             PyValue::Str(s) => visitor.visit_enum(s.into_deserializer()),
             PyValue::Dict(mut pairs) if pairs.len() == 1 => {
                 let (k, v) = pairs.pop().expect("one");
@@ -416,6 +480,38 @@ mod tests {
         New(u8),
         Pair(i32, String),
         Named { x: f64 },
+    }
+
+    /// Standard containers pickled as calls (what Python's pickle and
+    /// `multiprocessing` write for dict views, `OrderedDict`, `Counter`,
+    /// `defaultdict`, `deque`), read from real pickles, come out as data.
+    #[test]
+    fn standard_containers_written_as_calls_read_as_data() {
+        use crate::managers::pickle::loads;
+        // pickle.dumps(collections.OrderedDict([('z', 1), ('a', 2)]), 2)
+        let od = b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01(X\x01\x00\x00\x00zq\x02K\x01X\x01\x00\x00\x00aq\x03K\x02u.";
+        let v = loads(od).unwrap();
+        assert_eq!(from_value::<Vec<(String, i64)>>(v.clone()).err().map(|_| ()), Some(()), "a map is not a list");
+        assert_eq!(from_value::<BTreeMap<String, i64>>(v).unwrap(), [("a".into(), 2), ("z".into(), 1)].into());
+        let list = PyValue::reduce("builtins", "list", vec![PyValue::List(vec![PyValue::Int(1), PyValue::Int(2)])]);
+        assert_eq!(from_value::<Vec<i64>>(list).unwrap(), [1, 2]);
+        let counter = PyValue::reduce(
+            "collections",
+            "Counter",
+            vec![PyValue::Dict(vec![(PyValue::Str("x".into()), PyValue::Int(3))])],
+        );
+        assert_eq!(from_value::<BTreeMap<String, i64>>(counter).unwrap(), [("x".into(), 3)].into());
+        let deque =
+            PyValue::reduce("collections", "deque", vec![PyValue::List(vec![PyValue::Int(5)]), PyValue::Int(3)]);
+        assert_eq!(from_value::<Vec<i64>>(deque).unwrap(), [5]);
+        let mut dd = PyValue::reduce("collections", "defaultdict", vec![PyValue::global("builtins", "list")]);
+        if let PyValue::Object { dict_items, .. } = &mut dd {
+            dict_items.push((PyValue::Str("k".into()), PyValue::List(vec![])));
+        }
+        assert_eq!(from_value::<BTreeMap<String, Vec<i64>>>(dd).unwrap(), [("k".into(), vec![])].into());
+        // Anything else stays an object, and says so.
+        let other = PyValue::reduce("mymodule", "Thing", vec![PyValue::Int(1)]);
+        assert!(from_value::<Vec<i64>>(other).unwrap_err().to_string().contains("a Python object"));
     }
 
     #[test]
