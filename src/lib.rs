@@ -34,7 +34,7 @@
 #![deny(missing_docs)]
 
 mod bootstrap;
-mod connection;
+pub mod connection;
 mod context;
 mod error;
 pub mod managers;

@@ -530,6 +530,27 @@ impl<R> Process<R> {
         self.child.as_ref().map(|c| c.shared.pid)
     }
 
+    /// A descriptor that becomes readable when the process ends, and stays
+    /// so (Python's `sentinel`): for [`connection::wait`](crate::connection::wait)
+    /// or any poller. It lives as long as this `Process`.
+    /// [`Error::NotStarted`] before `start`.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn f() {}
+    /// let mut p = multiproc::Process::new(f, ());
+    /// assert!(p.sentinel().is_err());
+    /// p.start().unwrap();
+    /// let ended = multiproc::connection::wait(&[&p.sentinel().unwrap()], None).unwrap();
+    /// assert_eq!(ended, [0]);
+    /// p.join().unwrap();
+    /// # }
+    /// ```
+    pub fn sentinel(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        let child = self.child.as_ref().ok_or_else(|| Error::NotStarted(self.name.clone()))?;
+        Ok(child.shared.sentinel())
+    }
+
     /// The process's name (default `Process-N`, `Process-N:M` in a child).
     ///
     /// ```

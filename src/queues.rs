@@ -532,3 +532,15 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         self.core.ring.0.join().map_err(io("a queue's shared ring"))
     }
 }
+
+macro_rules! ring_of {
+    ($($q:ident),*) => {$(
+        impl<T> $q<T> {
+            /// Its ring, for `connection::wait`.
+            pub(crate) fn ring(&self) -> &Ring {
+                &self.core.ring.0
+            }
+        }
+    )*};
+}
+ring_of!(Queue, SimpleQueue, JoinableQueue);

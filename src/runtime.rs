@@ -146,6 +146,16 @@ impl ChildShared {
         }
     }
 
+    /// A descriptor readable from the child's end on, for good: its pidfd
+    /// (a forkserver child's status socket only when no pidfd could be
+    /// opened, as reading the status consumes it).
+    pub fn sentinel(&self) -> BorrowedFd<'_> {
+        match &self.watch {
+            ExitWatch::Pidfd(fd) | ExitWatch::Server { pidfd: Some(fd), .. } => fd.as_fd(),
+            ExitWatch::Server { status, pidfd: None } => status.as_fd(),
+        }
+    }
+
     /// The exit code if the child has ended (reaping it), else `None`.
     pub fn try_exitcode(&self) -> Result<Option<ExitCode>> {
         let mut code = self.exitcode.lock().unwrap_or_else(PoisonError::into_inner);

@@ -2,33 +2,18 @@
 //! own client code against our server, and our client against Python's
 //! server.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::python;
 use multiproc::Error;
 use multiproc::managers::objects::{Queue, Shared};
 use multiproc::managers::pickle::PyValue;
 use multiproc::managers::{Address, Client, Returned, ServerBuilder};
-
-/// pyenv's interpreter for `version` (such as "3.7"), which the project's
-/// machines have; a missing one fails the test rather than skip it.
-fn python(version: &str) -> PathBuf {
-    let root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".pyenv"));
-    let mut found: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
-        .unwrap_or_else(|e| panic!("no pyenv versions under {}: {e}", root.display()))
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{version}.")))
-        .map(|e| e.path().join("bin/python3"))
-        .filter(|p| p.exists())
-        .collect();
-    found.sort();
-    found.pop().unwrap_or_else(|| panic!("Python {version} is not installed with pyenv"))
-}
 
 const VERSIONS: [&str; 4] = ["3.7", "3.11", "3.12", "3.13"];
 

@@ -52,8 +52,8 @@ pub mod objects;
 pub mod pickle;
 mod proxies;
 mod serde_bridge;
-mod server;
-mod wire;
+pub(crate) mod server;
+pub(crate) mod wire;
 
 pub use client::{Client, Proxy, Returned};
 pub use proxies::{

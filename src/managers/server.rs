@@ -85,7 +85,24 @@ impl Stream {
         })
     }
 
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+    /// Its socket.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+
+    /// A writer through a shared reference (a socket's writes need no
+    /// exclusive access).
+    pub(crate) fn writer(&self) -> Box<dyn Write + '_> {
+        match self {
+            Stream::Tcp(s) => Box::new(s),
+            Stream::Unix(s) => Box::new(s),
+        }
+    }
+
+    pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(t),
             Stream::Unix(s) => s.set_read_timeout(t),
@@ -261,19 +278,7 @@ impl ServerBuilder {
         if self.authkey.is_empty() && !self.allow_empty_key && !self.address.is_loopback() {
             return Err(Error::InsecureManager(self.address.to_string()));
         }
-        let (listener, address) = match &self.address {
-            Address::Tcp(a) => {
-                let l =
-                    TcpListener::bind(a).map_err(|source| Error::Io { context: "bind a manager's address", source })?;
-                let local = l.local_addr().map_err(|source| Error::Io { context: "a manager's address", source })?;
-                (Listener::Tcp(l), Address::Tcp(local.to_string()))
-            }
-            Address::Unix(p) => {
-                let l =
-                    UnixListener::bind(p).map_err(|source| Error::Io { context: "bind a manager's socket", source })?;
-                (Listener::Unix(l, p.clone(), std::process::id().into()), self.address.clone())
-            }
-        };
+        let (listener, address) = Listener::bind(&self.address)?;
         Ok(Server {
             shared: Arc::new(State {
                 address,
@@ -289,12 +294,41 @@ impl ServerBuilder {
     }
 }
 
-enum Listener {
+/// A listening socket, TCP or Unix (Python's `SocketListener`).
+pub(crate) enum Listener {
     Tcp(TcpListener),
     /// The socket file is removed when the listener is dropped in the
     /// process that owns it (0: none, as in the parent of a started
     /// manager, whose child serves).
     Unix(UnixListener, PathBuf, std::sync::atomic::AtomicU32),
+}
+
+impl Listener {
+    /// Binds `address`; the listener and its address with the real port.
+    pub(crate) fn bind(address: &Address) -> Result<(Listener, Address)> {
+        Ok(match address {
+            Address::Tcp(a) => {
+                let l = TcpListener::bind(a).map_err(|source| Error::Io { context: "bind an address", source })?;
+                let local = l.local_addr().map_err(|source| Error::Io { context: "a bound address", source })?;
+                (Listener::Tcp(l), Address::Tcp(local.to_string()))
+            }
+            Address::Unix(p) => {
+                let l = UnixListener::bind(p).map_err(|source| Error::Io { context: "bind a socket path", source })?;
+                (Listener::Unix(l, p.clone(), std::process::id().into()), address.clone())
+            }
+        })
+    }
+
+    /// The next connection.
+    pub(crate) fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }),
+            Listener::Unix(l, _, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+        }
+    }
 }
 
 impl Drop for Listener {
@@ -371,13 +405,7 @@ impl Server {
     /// Serves until stopped (by a `shutdown` request or a [`Stopper`]).
     pub fn serve_forever(&self) -> Result<()> {
         loop {
-            let stream = match &self.listener {
-                Listener::Tcp(l) => l.accept().map(|(s, _)| {
-                    let _ = s.set_nodelay(true);
-                    Stream::Tcp(s)
-                }),
-                Listener::Unix(l, _, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
-            };
+            let stream = self.listener.accept();
             if self.shared.stopping.load(Ordering::SeqCst) {
                 return Ok(());
             }

@@ -46,12 +46,28 @@ pub(crate) fn read_frame(r: &mut impl Read, limit: usize) -> io::Result<Option<V
         n => n as u64,
     };
     if len > limit as u64 {
-        return Err(invalid(format!("a frame of {len} bytes, above the limit of {limit}")));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, FrameTooLarge { size: len, limit }));
     }
     let mut payload = vec![0u8; len as usize];
     r.read_exact(&mut payload)?;
     Ok(Some(payload))
 }
+
+/// The error inside `read_frame`'s `InvalidData` for a frame above its
+/// limit (the frame is not read).
+#[derive(Debug)]
+pub(crate) struct FrameTooLarge {
+    pub(crate) size: u64,
+    pub(crate) limit: usize,
+}
+
+impl std::fmt::Display for FrameTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a frame of {} bytes, above the limit of {}", self.size, self.limit)
+    }
+}
+
+impl std::error::Error for FrameTooLarge {}
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)

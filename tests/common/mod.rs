@@ -155,3 +155,20 @@ pub fn seed() -> u64 {
         t.as_nanos() as u64 ^ u64::from(std::process::id())
     })
 }
+
+/// pyenv's interpreter for `version` (such as "3.7"), which the project's
+/// machines have; a missing one fails the test rather than skip it.
+pub fn python(version: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".pyenv"));
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("versions"))
+        .unwrap_or_else(|e| panic!("no pyenv versions under {}: {e}", root.display()))
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{version}.")))
+        .map(|e| e.path().join("bin/python3"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| panic!("Python {version} is not installed with pyenv"))
+}

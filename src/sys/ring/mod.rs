@@ -431,6 +431,37 @@ impl<M: Medium> Ring<M> {
         look(&self.seen_tail, &self.header().put.index, enough)
     }
 
+    /// Waits, taking nothing, until the ring holds a record (`true`), or
+    /// `deadline` passes or `stop` says so (`false`): what a wait on many
+    /// things at once needs (`connection::wait`). A wake-up meant for one
+    /// consumer may land here; it is passed on, so that a consumer asleep
+    /// in [`pop_with`](Self::pop_with) is never left sleeping beside a
+    /// record. [`wake_watchers`](Self::wake_watchers) makes it look at
+    /// `stop` again.
+    pub(crate) fn wait_filled(&self, deadline: Option<Instant>, stop: &dyn Fn() -> bool) -> io::Result<bool> {
+        let h = self.header();
+        let filled = || {
+            let head = h.get.index.load(Ordering::Relaxed);
+            self.look_tail(|tail| tail > head) > head
+        };
+        self.wait(Until::NotEmpty, &|| stop() || filled(), deadline)?;
+        let filled = filled();
+        if filled {
+            self.wake(Until::NotEmpty);
+        }
+        Ok(filled)
+    }
+
+    /// Wakes every sleeping consumer, [`wait_filled`](Self::wait_filled)'s
+    /// included, to look again (a consumer that finds nothing sleeps on).
+    pub(crate) fn wake_watchers(&self) {
+        self.mem.light_fence();
+        let (sleepers, word) = self.sleepers(Until::NotEmpty);
+        if sleepers.load(Ordering::SeqCst) > 0 {
+            self.mem.wake(word, true);
+        }
+    }
+
     /// Items in the queue (exact when no put or get is half done).
     pub(crate) fn items(&self) -> usize {
         let h = self.header();

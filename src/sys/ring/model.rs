@@ -289,3 +289,30 @@ fn a_lost_count_is_repaired_by_the_next_holder() {
         assert_eq!(<AtomicU64 as Word64>::load(&h.put.count, Ordering::Relaxed), 1);
     });
 }
+
+/// A watcher (`connection::wait`) asleep on a ring beside a consumer: the
+/// one wake-up a push makes may land on the watcher, which passes it on,
+/// so the consumer is never left asleep beside a record. (Without the
+/// hand-on, loom finds the consumer parked for good.)
+#[test]
+fn a_watcher_never_keeps_a_consumers_wake_up() {
+    model(|| {
+        let m = Modeled::new(small());
+        let stop = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (m, stop) = (m.clone(), stop.clone());
+            loom::thread::spawn(move || ring(&m).wait_filled(None, &|| stop.load(Ordering::SeqCst)).unwrap())
+        };
+        let consumer = {
+            let m = m.clone();
+            loom::thread::spawn(move || take(&ring(&m)))
+        };
+        let r = ring(&m);
+        assert!(r.push(Some(&[7; 4]), None).unwrap());
+        assert_eq!(consumer.join().unwrap(), [7; 4]);
+        stop.store(true, Ordering::SeqCst);
+        r.wake_watchers();
+        watcher.join().unwrap();
+        assert_eq!(r.items(), 0, "the watcher took nothing");
+    });
+}

@@ -1,10 +1,19 @@
-//! `Pipe` and `Connection`: two connected ends that send serde values or raw
-//! bytes between processes (Python's `multiprocessing.connection`).
+//! Python's `multiprocessing.connection`: `Pipe` and `Connection`, two
+//! connected ends that send serde values or raw bytes between processes;
+//! [`Listener`] and [`Client`], authenticated connections over TCP or a
+//! Unix socket that speak Python's own framing; and [`wait`] for any of
+//! several connections, queues, processes and descriptors.
 //!
 //! Messages are framed (length and descriptor count, then the bytes) over a
 //! Unix socket. A `Connection` travels to children and to running pool
 //! workers as an argument, and can even be sent over another connection:
 //! its socket goes as a [`Handle`].
+
+mod listener;
+mod wait;
+
+pub use listener::{Client, Listener, SocketConnection};
+pub use wait::{Waitable, wait};
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
@@ -73,7 +82,13 @@ impl Connection {
         Connection { sock: Some(sock), reader: Reader::new(), readable, writable, limit: None, broken: None }
     }
 
-    fn socket(&self) -> Result<BorrowedFd<'_>> {
+    /// Whether a whole message has been read in already (so `recv` will
+    /// not touch the socket).
+    pub(crate) fn has_message(&self) -> bool {
+        self.reader.has_frame()
+    }
+
+    pub(crate) fn socket(&self) -> Result<BorrowedFd<'_>> {
         self.sock.as_ref().map(|s| s.as_fd()).ok_or(Error::Connection("it was closed"))
     }
 
