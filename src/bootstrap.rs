@@ -86,6 +86,11 @@ fn dispatch(args: &[&[u8]]) {
             let (control, parent) = unsafe { (sysproc::adopt_fd(control), sysproc::adopt_fd(parent)) };
             forkserver::serve(control, parent)
         }
+        Some(a) if *a == crate::shared_memory::TRACKER_FLAG.as_bytes() => {
+            let Some(fd) = fd_at(1) else { return };
+            // SAFETY: as above.
+            crate::shared_memory::serve_tracker(unsafe { sysproc::adopt_fd(fd) })
+        }
         _ => {}
     }
 }

@@ -271,6 +271,10 @@ pub enum Error {
     /// A shared memory block of zero bytes.
     #[error("a shared memory block needs a size above zero")]
     InvalidSize,
+    /// A [`ShareableList`](crate::shared_memory::ShareableList) was asked
+    /// for what it cannot hold, or a block is not laid out as one.
+    #[error("shareable list: {0}")]
+    ShareableList(String),
     /// An index past the end of a shared array.
     #[error("index {index} is out of range for an array of {len}")]
     IndexOutOfRange {

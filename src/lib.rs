@@ -45,7 +45,7 @@ mod process;
 mod queues;
 mod reduction;
 mod runtime;
-mod shared_memory;
+pub mod shared_memory;
 mod sharedctypes;
 pub mod subprocess;
 mod synchronize;

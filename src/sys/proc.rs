@@ -86,6 +86,22 @@ pub(crate) fn kill_me_when_parent_dies() -> io::Result<()> {
     Ok(rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?)
 }
 
+/// Ignores SIGINT and SIGTERM (a process that must outlive a Ctrl-C to
+/// its group long enough to clean up).
+pub(crate) fn ignore_stop_signals() {
+    // SAFETY: installing SIG_IGN has no handler code to race with.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+}
+
+/// Ends this process now: no destructors, no at-exit handlers.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
 /// Ignores SIGPIPE, as Rust's own `main` does, so that writing to a closed
 /// pipe is an error instead of a silent death.
 pub(crate) fn ignore_sigpipe() {

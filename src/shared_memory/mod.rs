@@ -1,5 +1,15 @@
 //! Named shared memory blocks (Python's
-//! `multiprocessing.shared_memory.SharedMemory`).
+//! `multiprocessing.shared_memory.SharedMemory`), lists of plain values
+//! laid out in one as Python's `ShareableList` lays them out, and
+//! Python's `SharedMemoryManager`, which frees the blocks it made when it
+//! ends, however its program ends.
+
+mod list;
+mod manager;
+
+pub use list::{Item, ShareableList};
+pub use manager::SharedMemoryManager;
+pub(crate) use manager::{TRACKER_FLAG, serve_tracker};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -74,6 +84,12 @@ impl SharedMemory {
         let map =
             Mapping::create_named(&name, size).map_err(|source| Error::Io { context: "shm_open (create)", source })?;
         Ok(SharedMemory { name, map, owner: true, unlinked: AtomicBool::new(false) })
+    }
+
+    /// Hands the name to someone else (a [`SharedMemoryManager`]): this
+    /// handle no longer removes it when dropped.
+    pub(crate) fn disown(&mut self) {
+        self.owner = false;
     }
 
     /// Attaches to the block another process created.
