@@ -262,6 +262,10 @@ try:
     mixed.sort()
 except TypeError as err:
     print('TypeError', mixed)
+import collections
+dq = m.list(collections.deque([1, 2], maxlen=5))
+dq.extend({'a': 1}.keys())
+print(dq[:], m.dict(collections.OrderedDict([('z', 1), ('a', 2)])).copy(), m.dict(collections.Counter('aab')).copy())
 "#;
 
 #[test]
@@ -291,6 +295,7 @@ fn pythons_sync_manager_client_against_our_server() {
                 "8 1 2 3 True 3",
                 "{'k': 1, 'j': 2} {'k': 1, 'j': 2} Value('i', 8) Namespace(x='hello')",
                 "TypeError [1, 'a']",
+                "[1, 2, 'a'] {'z': 1, 'a': 2} {'a': 2, 'b': 1}",
             ],
             "Python {version}"
         );
@@ -1037,4 +1042,69 @@ fn python_3_13_queue_shutdown_is_served() {
         ["woken: ShutDown", "put: ShutDown", "1", "get: ShutDown", "joined 0"]
     );
     server.stop().unwrap();
+}
+
+/// A Rust client (a child process with a proxy) parked in `method` and
+/// SIGKILLed there, as `park_and_kill` does with Python clients.
+mod rust_clients_killed {
+    use super::*;
+    use multiproc::managers::Proxy;
+    use multiproc::{Connection, Pipe, Process};
+
+    /// Calls `warm` (which returns at once: the connection is up), says
+    /// so, then parks in `method`.
+    fn park(proxy: Proxy, warm: (String, Vec<i64>), method: String, args: Vec<i64>, ready: Connection) {
+        proxy.call(&warm.0, warm.1.into_iter().map(PyValue::Int).collect()).unwrap();
+        ready.send("parking").unwrap();
+        let args = args.into_iter().map(PyValue::Int).collect();
+        let _ = proxy.call(&method, args);
+        unreachable!("killed while parked");
+    }
+
+    fn park_and_kill_rust(proxy: &Proxy, warm: (&str, Vec<i64>), method: &str, args: Vec<i64>) {
+        let (mut ours, theirs) = Pipe(true).unwrap();
+        let warm = (warm.0.to_string(), warm.1);
+        let mut p = Process::new(park, (proxy.clone(), warm, method.to_string(), args, theirs)).with_daemon(true);
+        p.start().unwrap();
+        assert_eq!(ours.recv::<String>().unwrap(), "parking");
+        wait_until_reading(p.pid().unwrap() as u32);
+        p.kill().unwrap();
+        assert!(p.join().is_err());
+    }
+
+    #[test]
+    fn a_rust_client_killed_in_a_parked_get_costs_no_item() {
+        let (server, _port) = sync_server_with(&["jobs"]);
+        let client = Client::connect(server.address(), b"abc").unwrap();
+        let jobs = client.create("jobs", vec![]).unwrap();
+        // get(True, 30): block, timeout 30 s.
+        park_and_kill_rust(&jobs, ("qsize", vec![]), "get", vec![1, 30]);
+        let taker = Client::connect(server.address(), b"abc").unwrap().create("jobs", vec![]).unwrap();
+        for i in 0..1000 {
+            jobs.call("put", vec![PyValue::Int(i)]).unwrap();
+        }
+        for i in 0..1000 {
+            assert_eq!(taker.get_timeout(Duration::from_secs(120)).unwrap(), Some(PyValue::Int(i)), "item {i}");
+        }
+        assert_eq!(jobs.call("qsize", vec![]).unwrap(), PyValue::Int(0), "an item twice");
+        drop((jobs, taker, client));
+        server.stop().unwrap();
+    }
+
+    #[test]
+    fn a_rust_client_killed_in_a_parked_acquire_takes_no_lock() {
+        let (server, _port) = server_sharing("gate", Arc::new(multiproc::managers::objects::Permits::lock()));
+        let holder = Client::connect(server.address(), b"abc").unwrap().create("gate", vec![]).unwrap();
+        assert_eq!(holder.call("acquire", vec![]).unwrap(), PyValue::Bool(true));
+        let parker = Client::connect(server.address(), b"abc").unwrap().create("gate", vec![]).unwrap();
+        // acquire(False) returns at once (the holder has the lock).
+        park_and_kill_rust(&parker, ("acquire", vec![0]), "acquire", vec![]);
+        holder.call("release", vec![]).unwrap();
+        let next = Client::connect(server.address(), b"abc").unwrap().create("gate", vec![]).unwrap();
+        let got = next.call("acquire", vec![PyValue::Bool(true), PyValue::Int(120)]).unwrap();
+        assert_eq!(got, PyValue::Bool(true), "the dead client's parked acquire took the lock");
+        next.call("release", vec![]).unwrap();
+        drop((holder, parker, next));
+        server.stop().unwrap();
+    }
 }

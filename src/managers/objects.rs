@@ -329,7 +329,8 @@ impl Dict {
 
     fn update(&self, args: &[PyValue], kwds: &[(PyValue, PyValue)]) -> Result<(), Raise> {
         let mut m = lock(&self.0);
-        match args.first().map(PyValue::unshared) {
+        let first = args.first().map(|a| super::serde_bridge::plain(a.clone()));
+        match first.as_ref().map(PyValue::unshared) {
             None => {}
             Some(PyValue::Dict(pairs)) => m.extend(pairs.iter().cloned()),
             Some(PyValue::List(items) | PyValue::Tuple(items)) => {
@@ -446,7 +447,10 @@ const MATERIALISE_LIMIT: i64 = 10_000_000;
 /// `manager.list(range(0, 5))`). `None` for anything else; an error for a
 /// range too large to hold.
 fn items_of(v: &PyValue) -> Option<Result<Vec<PyValue>, Raise>> {
-    Some(Ok(match v.unshared() {
+    // `deque(...)`, `OrderedDict(...)`, `list(...)` of a dict view and the
+    // like: standard containers written as calls, iterated as Python would.
+    let plain = super::serde_bridge::plain(v.clone());
+    Some(Ok(match plain.unshared() {
         PyValue::List(v) | PyValue::Tuple(v) | PyValue::Set(v) | PyValue::FrozenSet(v) => v.clone(),
         PyValue::Dict(d) => d.iter().map(|(k, _)| k.clone()).collect(),
         PyValue::Str(s) => s.chars().map(|c| PyValue::Str(c.into())).collect(),

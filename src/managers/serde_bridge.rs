@@ -304,7 +304,7 @@ fn unexpected(v: &PyValue) -> de::Unexpected<'_> {
 /// types (`OrderedDict`, `defaultdict` and `Counter` as maps, `deque` as a
 /// sequence). A Rust type reading it sees the items; anything else stays as
 /// it is (and fails to read as a container, saying it is a Python object).
-fn plain(v: PyValue) -> PyValue {
+pub(crate) fn plain(v: PyValue) -> PyValue {
     let v = v.into_unshared();
     let PyValue::Object { class, args, list_items, dict_items, state, .. } = &v else { return v };
     let PyValue::Global { module, name } = class.unshared() else { return v };
