@@ -460,6 +460,13 @@ mod typed {
         let err = mixed.call("sort", vec![]).unwrap_err();
         assert!(err.to_string().contains("TypeError"), "{err}");
         assert_eq!(mixed.to_string(), "[1, 'a']");
+        // NaN compares as Python's does (neither before nor after): no
+        // error, and no panic in the server.
+        let floats = vec![PyValue::Float(3.0), PyValue::Float(f64::NAN), PyValue::Float(1.0), PyValue::Int(2)];
+        let nan = manager.client().create("list", vec![PyValue::List(floats)]).unwrap();
+        nan.call("sort", vec![]).unwrap();
+        assert_eq!(nan.call("__len__", vec![]).unwrap(), PyValue::Int(4));
+        drop(nan);
 
         let q: QueueProxy<i32> = manager.queue(1).unwrap();
         assert!(q.empty().unwrap() && !q.full().unwrap());

@@ -642,29 +642,48 @@ impl Shared for List {
                     return Err(Raise::type_error("sort(key=...) would run a function: a manager server runs no code"));
                 }
                 let reverse = arg(&[], kwds, 0, "reverse").is_some_and(PyValue::truthy);
-                let mut sorted = l.clone();
-                let mut failed = None;
-                sorted.sort_by(|a, b| {
-                    let (a, b) = if reverse { (b, a) } else { (a, b) };
-                    compare(a, b).unwrap_or_else(|| {
-                        failed.get_or_insert_with(|| (a.clone(), b.clone()));
-                        std::cmp::Ordering::Equal
-                    })
-                });
-                if let Some((a, b)) = failed {
-                    // As Python's message; the list is left as it was.
-                    return Err(Raise::type_error(format!(
-                        "'<' not supported between instances of '{}' and '{}'",
-                        type_name(&a),
-                        type_name(&b)
-                    )));
-                }
+                let sorted = match merge_sort(l.clone(), reverse) {
+                    Ok(sorted) => sorted,
+                    Err((a, b)) => {
+                        // As Python's message; the list is left as it was.
+                        return Err(Raise::type_error(format!(
+                            "'<' not supported between instances of '{}' and '{}'",
+                            type_name(&a),
+                            type_name(&b)
+                        )));
+                    }
+                };
                 *l = sorted;
                 Ok(PyValue::None)
             }
             other => Err(Raise::Traceback(format!("no method {other} on a list"))),
         }
     }
+}
+
+/// A stable merge sort by [`compare`]: the pair that does not compare if
+/// any. Ours, not the standard library's, which panics on an order that is
+/// not total (NaN, or values a client made up): a server never panics on
+/// what a client sent.
+fn merge_sort(items: Vec<PyValue>, reverse: bool) -> Result<Vec<PyValue>, (PyValue, PyValue)> {
+    if items.len() <= 1 {
+        return Ok(items);
+    }
+    let mut right = items;
+    let left: Vec<PyValue> = right.drain(..right.len() / 2).collect();
+    let (left, right) = (merge_sort(left, reverse)?, merge_sort(right, reverse)?);
+    let mut out = Vec::with_capacity(left.len() + right.len());
+    let (mut a, mut b) = (left.into_iter().peekable(), right.into_iter().peekable());
+    while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+        let order = compare(x, y).ok_or_else(|| (x.clone(), y.clone()))?;
+        // Stable: the left one first unless the right one is strictly
+        // before it (after it, when reversed).
+        let take_right = if reverse { order == std::cmp::Ordering::Less } else { order == std::cmp::Ordering::Greater };
+        out.push(if take_right { b.next() } else { a.next() }.expect("peeked"));
+    }
+    out.extend(a);
+    out.extend(b);
+    Ok(out)
 }
 
 /// Python's name of a value's type, for messages.
