@@ -42,7 +42,7 @@ type LoadHook = extern "C" fn(c_int, *const *const c_char, *const *const c_char)
 static LOAD_HOOK: LoadHook = load_hook;
 
 extern "C" fn load_hook(argc: c_int, argv: *const *const c_char, _envp: *const *const c_char) {
-    if argc < 3 || argv.is_null() {
+    if argc < 1 || argv.is_null() {
         return;
     }
     let mut args: Vec<&[u8]> = Vec::with_capacity(3);
@@ -91,6 +91,9 @@ fn dispatch(args: &[&[u8]]) {
             // SAFETY: as above.
             crate::shared_memory::serve_tracker(unsafe { sysproc::adopt_fd(fd) })
         }
+        #[cfg(feature = "cluster")]
+        _ => crate::cluster::worker_from_environment(),
+        #[cfg(not(feature = "cluster"))]
         _ => {}
     }
 }

@@ -271,6 +271,27 @@ pub enum Error {
     /// A shared memory block of zero bytes.
     #[error("a shared memory block needs a size above zero")]
     InvalidSize,
+    /// A task of a Redis-backed pool killed its process in each of
+    /// `deliveries` deliveries; it is in the pool's dead letters.
+    #[error("the task killed its process in each of {deliveries} deliveries (last: {how}); it is a dead letter now")]
+    PoisonTask {
+        /// How many times it was delivered.
+        deliveries: u64,
+        /// How its process ended the last time (`killed by SIGSEGV`, ...).
+        how: String,
+    },
+    /// No worker of the task's build took it (workers never run a task
+    /// sent by another build of the program).
+    #[error("no worker of the task's build took it: task built as {task}, a worker as {worker}")]
+    BuildMismatch {
+        /// The submitting program's build identity.
+        task: String,
+        /// A worker's build identity.
+        worker: String,
+    },
+    /// A Redis-backed pool's task failed on its worker, as described.
+    #[error("the task failed on its worker: {0}")]
+    Cluster(String),
     /// A [`ShareableList`](crate::shared_memory::ShareableList) was asked
     /// for what it cannot hold, or a block is not laid out as one.
     #[error("shareable list: {0}")]

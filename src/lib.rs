@@ -34,6 +34,8 @@
 #![deny(missing_docs)]
 
 mod bootstrap;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod connection;
 mod context;
 mod error;

@@ -33,6 +33,78 @@ enum Command {
         #[command(subcommand)]
         command: ManagerCommand,
     },
+    /// The Redis-backed pool: look at it, and at its dead letters.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Backlog, tasks in flight per worker with lease ages, delivery
+    /// counts, live workers and dead letters.
+    Status(ClusterArgs),
+    /// The dead letters with their reasons; `--requeue` sends them back.
+    DeadLetters {
+        #[command(flatten)]
+        args: ClusterArgs,
+        /// Send every dead letter back to the task stream.
+        #[arg(long)]
+        requeue: bool,
+    },
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// The Redis URL (redis://, rediss://, redis+unix://).
+    #[arg(long)]
+    redis: String,
+    /// The pool's name.
+    #[arg(long)]
+    pool: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+fn cluster(command: ClusterCommand) -> Result<(), String> {
+    match command {
+        ClusterCommand::Status(a) => {
+            let s = multiproc::cluster::status(&a.redis, &a.pool).map_err(|e| e.to_string())?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?);
+            } else {
+                print!("{s}");
+            }
+        }
+        ClusterCommand::DeadLetters { args: a, requeue } => {
+            if requeue {
+                let n = multiproc::cluster::requeue_dead_letters(&a.redis, &a.pool).map_err(|e| e.to_string())?;
+                if a.json {
+                    println!("{{\"requeued\": {n}}}");
+                } else {
+                    println!("requeued {n} dead letters");
+                }
+                return Ok(());
+            }
+            let s = multiproc::cluster::status(&a.redis, &a.pool).map_err(|e| e.to_string())?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&s.dead_letters).map_err(|e| e.to_string())?);
+            } else {
+                for d in &s.dead_letters {
+                    println!(
+                        "{}  {}  after {} deliveries: {}",
+                        d.id,
+                        d.task.as_deref().unwrap_or("?"),
+                        d.deliveries,
+                        d.reason
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -135,6 +207,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Manager { command: ManagerCommand::Serve(args) } => serve(args),
+        Command::Cluster { command } => cluster(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

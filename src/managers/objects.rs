@@ -647,9 +647,7 @@ impl Shared for List {
                     Err((a, b)) => {
                         // As Python's message; the list is left as it was.
                         return Err(Raise::type_error(format!(
-                            "'<' not supported between instances of '{}' and '{}'",
-                            type_name(&a),
-                            type_name(&b)
+                            "'<' not supported between instances of '{a}' and '{b}'"
                         )));
                     }
                 };
@@ -661,11 +659,11 @@ impl Shared for List {
     }
 }
 
-/// A stable merge sort by [`compare`]: the pair that does not compare if
-/// any. Ours, not the standard library's, which panics on an order that is
+/// A stable merge sort by [`compare`]; the type names of a pair that does
+/// not compare, if any. Ours, not the standard library's, which panics on an order that is
 /// not total (NaN, or values a client made up): a server never panics on
 /// what a client sent.
-fn merge_sort(items: Vec<PyValue>, reverse: bool) -> Result<Vec<PyValue>, (PyValue, PyValue)> {
+fn merge_sort(items: Vec<PyValue>, reverse: bool) -> Result<Vec<PyValue>, (String, String)> {
     if items.len() <= 1 {
         return Ok(items);
     }
@@ -675,7 +673,7 @@ fn merge_sort(items: Vec<PyValue>, reverse: bool) -> Result<Vec<PyValue>, (PyVal
     let mut out = Vec::with_capacity(left.len() + right.len());
     let (mut a, mut b) = (left.into_iter().peekable(), right.into_iter().peekable());
     while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
-        let order = compare(x, y).ok_or_else(|| (x.clone(), y.clone()))?;
+        let order = compare(x, y).ok_or_else(|| (type_name(x), type_name(y)))?;
         // Stable: the left one first unless the right one is strictly
         // before it (after it, when reversed).
         let take_right = if reverse { order == std::cmp::Ordering::Less } else { order == std::cmp::Ordering::Greater };

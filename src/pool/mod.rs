@@ -8,8 +8,8 @@
 //! workers that are already running (Python refuses that).
 
 mod chunk;
-mod result;
-mod supervisor;
+pub(crate) mod result;
+pub(crate) mod supervisor;
 mod worker;
 
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -66,6 +66,8 @@ pub struct Pool {
     shared: Arc<Shared>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
     processes: usize,
+    /// Worker processes a Redis-backed pool started here.
+    helpers: Mutex<Vec<crate::Process<()>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -103,6 +105,10 @@ pub struct PoolBuilder {
     maxtasks: Option<u64>,
     method: Option<StartMethod>,
     task_timeout: Option<Duration>,
+    #[cfg(feature = "cluster")]
+    cluster: Option<crate::cluster::Config>,
+    #[cfg(feature = "cluster")]
+    local_workers: usize,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -159,6 +165,47 @@ impl PoolBuilder {
         self
     }
 
+    /// Sends the tasks through Redis, to the workers of pool `pool`
+    /// (feature `cluster`; see [`crate::cluster`]). Every call of the pool
+    /// works the same; the workers run wherever their programs were
+    /// started. [`processes`](Self::processes) is then how many tasks the
+    /// pool counts on running at once (for `map`'s default chunk size;
+    /// default: this machine's CPU count); use
+    /// [`local_workers`](Self::local_workers) to run some here.
+    ///
+    /// ```no_run
+    /// # #[multiproc::main] fn main() {
+    /// fn double(x: i32) -> i32 { x * 2 }
+    /// let pool = multiproc::Pool::builder().redis("redis://127.0.0.1/", "jobs").local_workers(2).build().unwrap();
+    /// assert_eq!(pool.map(double, [1, 2, 3]).unwrap(), [2, 4, 6]);
+    /// # }
+    /// ```
+    #[cfg(feature = "cluster")]
+    pub fn redis(mut self, url: &str, pool: &str) -> Self {
+        self.cluster = Some(crate::cluster::Config::new(url, pool));
+        self
+    }
+
+    /// Also runs a worker here, with `slots` slots, for a Redis-backed pool:
+    /// one machine then works with nothing but a Redis URL.
+    #[cfg(feature = "cluster")]
+    pub fn local_workers(mut self, slots: usize) -> Self {
+        self.local_workers = slots;
+        self
+    }
+
+    /// A Redis-backed pool's lease and deliveries before a dead letter
+    /// (for its local workers; remote ones have their own).
+    #[cfg(feature = "cluster")]
+    pub fn cluster_lease(mut self, lease: Duration, max_deliveries: u64) -> Self {
+        if let Some(c) = &mut self.cluster {
+            c.lease = lease;
+            c.reclaim = (lease / 4).max(Duration::from_millis(50));
+            c.max_deliveries = max_deliveries.max(1);
+        }
+        self
+    }
+
     /// Starts the pool.
     pub fn build(self) -> Result<Pool> {
         let processes = self.processes.unwrap_or_else(crate::os::process_cpu_count).max(1);
@@ -176,11 +223,35 @@ impl PoolBuilder {
         };
         let shared = Shared::new().map_err(|source| Error::Io { context: "eventfd for a pool", source })?;
         let thread_shared = shared.clone();
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster {
+            let mut helpers = Vec::new();
+            if self.local_workers > 0 {
+                let mut p = crate::Process::new(
+                    crate::cluster::local_worker,
+                    (cluster.url.clone(), cluster.pool.clone(), self.local_workers, cluster.lease.as_millis() as u64),
+                )
+                .with_daemon(true)
+                .with_name("ClusterWorker");
+                p.start()?;
+                helpers.push(p);
+            }
+            let transport = std::thread::Builder::new()
+                .name("multiproc-cluster".into())
+                .spawn(move || crate::cluster::run_submitter(thread_shared, cluster))
+                .map_err(|source| Error::Io { context: "starting the pool's transport thread", source })?;
+            return Ok(Pool {
+                shared,
+                supervisor: Mutex::new(Some(transport)),
+                processes,
+                helpers: Mutex::new(helpers),
+            });
+        }
         let supervisor = std::thread::Builder::new()
             .name("multiproc-pool".into())
             .spawn(move || supervisor::run(thread_shared, config))
             .map_err(|source| Error::Io { context: "starting the pool's supervisor thread", source })?;
-        Ok(Pool { shared, supervisor: Mutex::new(Some(supervisor)), processes })
+        Ok(Pool { shared, supervisor: Mutex::new(Some(supervisor)), processes, helpers: Mutex::new(Vec::new()) })
     }
 }
 
@@ -578,6 +649,21 @@ impl Pool {
             }
             None => self.shared.wait_stopped(),
         }
+        // Workers this pool started (a Redis-backed pool's local ones):
+        // SIGTERM hands their tasks back; then they are gone.
+        for mut p in std::mem::take(&mut *self.helpers.lock().unwrap_or_else(PoisonError::into_inner)) {
+            let _ = p.terminate();
+            if !matches!(p.join_timeout(Duration::from_secs(10)), Ok(Some(()))) {
+                let _ = p.kill();
+                let _ = p.join();
+            }
+        }
+    }
+
+    /// Queues tasks made elsewhere in the crate (a cluster worker's).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn submit_tasks(&self, tasks: impl IntoIterator<Item = supervisor::Task>) {
+        self.shared.submit(tasks);
     }
 }
 

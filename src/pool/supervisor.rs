@@ -134,6 +134,23 @@ impl Shared {
         self.wake();
     }
 
+    #[cfg(feature = "cluster")]
+    /// Waits at most `timeout` for a wake-up (a task queued, the pool's
+    /// status changed), and takes it.
+    pub(crate) fn wait_wake(&self, timeout: Duration) {
+        if let Ok(ready) = sys::poll_readable(&[self.wake.as_fd()], Some(timeout))
+            && ready[0]
+        {
+            sys::eventfd_drain(self.wake.as_fd());
+        }
+    }
+
+    #[cfg(feature = "cluster")]
+    /// Tells `join` that the pool has stopped (its status says so).
+    pub(crate) fn notify_stopped(&self) {
+        self.stopped.notify_all();
+    }
+
     /// Blocks until the supervisor has stopped.
     pub(crate) fn wait_stopped(&self) {
         let mut st = self.lock();

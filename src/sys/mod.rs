@@ -5,6 +5,8 @@
 //! `PR_SET_PDEATHSIG`, `/proc/self/exe`).
 
 pub(crate) mod barrier;
+#[cfg(feature = "cluster")]
+pub(crate) mod build_id;
 pub(crate) mod frame;
 pub(crate) mod futex;
 pub(crate) mod medium;

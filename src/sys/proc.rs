@@ -164,3 +164,36 @@ pub(crate) unsafe fn adopt_fd(fd: RawFd) -> OwnedFd {
 pub(crate) fn open_fd_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/fd")?.count().saturating_sub(1))
 }
+
+/// Set by SIGTERM or SIGINT once [`stop_signals_set_flag`] was called.
+#[cfg(feature = "cluster")]
+static STOP_SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(feature = "cluster")]
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP_SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// From now on SIGTERM and SIGINT, whichever thread they reach, only set
+/// the returned flag (for a process that must stop in its own time, as a
+/// cluster worker handing its tasks back). Programs it execs start with
+/// the default actions again.
+#[cfg(feature = "cluster")]
+pub(crate) fn stop_signals_set_flag() -> io::Result<&'static std::sync::atomic::AtomicBool> {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: a zeroed sigaction with a handler that only stores to an
+        // atomic; SA_RESTART keeps interrupted system calls going.
+        let r = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(&STOP_SIGNALLED)
+}

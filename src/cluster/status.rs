@@ -1,0 +1,240 @@
+//! What a Redis-backed pool looks like from outside: for
+//! `multiproc cluster status` and `multiproc cluster dead-letters`.
+
+use std::collections::HashMap;
+
+use redis::Value;
+use serde::Serialize;
+
+use super::protocol::{self, GROUP, Keys};
+use super::{Config, connect};
+use crate::{Error, Result};
+
+/// A pool's state in Redis (see [`status`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// The pool's name.
+    pub pool: String,
+    /// Tasks no worker has taken yet.
+    pub backlog: u64,
+    /// Tasks taken and not yet answered, oldest first.
+    pub in_flight: Vec<InFlight>,
+    /// Workers seen within the last three leases.
+    pub workers: Vec<WorkerSeen>,
+    /// The dead letters, oldest first.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// A task a worker holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct InFlight {
+    /// Its entry id in the task stream.
+    pub entry: String,
+    /// The worker holding it.
+    pub worker: String,
+    /// Milliseconds since its lease was last renewed (or since it was taken).
+    pub lease_age_ms: u64,
+    /// How many times it has been delivered.
+    pub deliveries: u64,
+}
+
+/// A worker that renewed its presence recently.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerSeen {
+    /// Its name (host, pid, random).
+    pub name: String,
+    /// Tasks it runs.
+    pub running: u64,
+    /// Tasks it can run at once.
+    pub slots: u64,
+}
+
+/// A task given up on.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// Its id in the dead letter stream.
+    pub id: String,
+    /// Why.
+    pub reason: String,
+    /// How many times it had been delivered.
+    pub deliveries: u64,
+    /// The submitter's task id, when the task could be read.
+    pub task: Option<String>,
+}
+
+fn redis_error(context: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
+    move |e| Error::Cluster(format!("{context}: {e}"))
+}
+
+fn int(v: &Value) -> u64 {
+    match v {
+        Value::Int(n) => (*n).max(0) as u64,
+        other => protocol::text(other).and_then(|t| t.parse().ok()).unwrap_or(0),
+    }
+}
+
+/// Field pairs of an XINFO reply (RESP2 flat list or RESP3 map).
+fn fields(v: &Value) -> HashMap<String, Value> {
+    match v {
+        Value::Array(kv) => {
+            kv.chunks(2).filter_map(|c| Some((protocol::text(c.first()?)?, c.get(1)?.clone()))).collect()
+        }
+        Value::Map(kv) => kv.iter().filter_map(|(k, v)| Some((protocol::text(k)?, v.clone()))).collect(),
+        _ => HashMap::new(),
+    }
+}
+
+/// Reads a pool's state: backlog, tasks in flight with their lease ages
+/// and delivery counts, live workers, dead letters.
+pub fn status(url: &str, pool: &str) -> Result<ClusterStatus> {
+    let config = Config::new(url, pool);
+    let keys = Keys::new(pool);
+    let mut c = connect(&config).map_err(redis_error("connect to Redis"))?;
+    let groups: Value = match redis::cmd("XINFO").arg("GROUPS").arg(keys.tasks()).query(&mut c) {
+        Ok(v) => v,
+        Err(e) if e.code() == Some("ERR") || e.to_string().contains("no such key") => Value::Array(Vec::new()),
+        Err(e) => return Err(redis_error("XINFO GROUPS")(e)),
+    };
+    let backlog = match &groups {
+        Value::Array(gs) => gs
+            .iter()
+            .map(fields)
+            .find(|g| g.get("name").and_then(protocol::text).as_deref() == Some(GROUP))
+            .and_then(|g| g.get("lag").map(int))
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let pending: Value = redis::cmd("XPENDING")
+        .arg(keys.tasks())
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(10_000)
+        .query(&mut c)
+        .unwrap_or(Value::Array(Vec::new()));
+    let in_flight = match &pending {
+        Value::Array(rows) => rows
+            .iter()
+            .filter_map(|r| {
+                let Value::Array(r) = r else { return None };
+                Some(InFlight {
+                    entry: protocol::text(r.first()?)?,
+                    worker: protocol::text(r.get(1)?)?,
+                    lease_age_ms: int(r.get(2)?),
+                    deliveries: int(r.get(3)?),
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    // SCAN, not KEYS: a shared Redis is not stopped to list them.
+    let mut names: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys.worker_pattern())
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut c)
+            .map_err(redis_error("the worker keys"))?;
+        names.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut workers = Vec::new();
+    for key in names {
+        let seen: Option<String> = redis::cmd("GET").arg(&key).query(&mut c).map_err(redis_error("a worker key"))?;
+        let Some(seen) = seen else { continue };
+        let mut parts = seen.split(' ').map(|p| p.parse().unwrap_or(0));
+        let name = key.rsplit_once(":worker:").map_or(key.clone(), |(_, n)| n.to_owned());
+        workers.push(WorkerSeen { name, running: parts.next().unwrap_or(0), slots: parts.next().unwrap_or(0) });
+    }
+    workers.sort_by(|a, b| a.name.cmp(&b.name));
+    let dead: Value = redis::cmd("XRANGE")
+        .arg(keys.dead())
+        .arg("-")
+        .arg("+")
+        .query(&mut c)
+        .map_err(redis_error("the dead letters"))?;
+    let dead_letters = protocol::entries(&dead)
+        .into_iter()
+        .map(|(id, f)| {
+            let text = |k: &str| f.get(k).map(|b| String::from_utf8_lossy(b).into_owned());
+            DeadLetter {
+                id,
+                reason: text("reason").unwrap_or_default(),
+                deliveries: text("deliveries").and_then(|d| d.parse().ok()).unwrap_or(0),
+                task: text("task"),
+            }
+        })
+        .collect();
+    Ok(ClusterStatus { pool: pool.to_owned(), backlog, in_flight, workers, dead_letters })
+}
+
+/// Sends every dead letter that holds its task back to the task stream
+/// (for a fixed bug, or a worker of the right build now running), and
+/// removes it from the dead letters; how many went back.
+pub fn requeue_dead_letters(url: &str, pool: &str) -> Result<usize> {
+    let config = Config::new(url, pool);
+    let keys = Keys::new(pool);
+    let mut c = connect(&config).map_err(redis_error("connect to Redis"))?;
+    let dead: Value = redis::cmd("XRANGE")
+        .arg(keys.dead())
+        .arg("-")
+        .arg("+")
+        .query(&mut c)
+        .map_err(redis_error("the dead letters"))?;
+    let mut n = 0;
+    for (id, f) in protocol::entries(&dead) {
+        let Some(task) = f.get("t") else { continue };
+        redis::pipe()
+            .atomic()
+            .cmd("XADD")
+            .arg(keys.tasks())
+            .arg("*")
+            .arg("t")
+            .arg(task.as_slice())
+            .ignore()
+            .cmd("XDEL")
+            .arg(keys.dead())
+            .arg(&id)
+            .ignore()
+            .query::<()>(&mut c)
+            .map_err(redis_error("requeue a dead letter"))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+impl std::fmt::Display for ClusterStatus {
+    /// For people: one section per kind.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "pool {}: backlog {}, in flight {}", self.pool, self.backlog, self.in_flight.len())?;
+        writeln!(f, "workers ({}):", self.workers.len())?;
+        for w in &self.workers {
+            writeln!(f, "  {}  running {}/{}", w.name, w.running, w.slots)?;
+        }
+        if let Some(oldest) = self.in_flight.iter().map(|t| t.lease_age_ms).max() {
+            writeln!(f, "oldest lease age: {oldest} ms")?;
+        }
+        for t in &self.in_flight {
+            writeln!(f, "  {}  {}  lease age {} ms  deliveries {}", t.entry, t.worker, t.lease_age_ms, t.deliveries)?;
+        }
+        writeln!(f, "dead letters ({}):", self.dead_letters.len())?;
+        for d in &self.dead_letters {
+            writeln!(
+                f,
+                "  {}  {}  after {} deliveries: {}",
+                d.id,
+                d.task.as_deref().unwrap_or("?"),
+                d.deliveries,
+                d.reason
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,301 @@
+//! The submitting side of a Redis-backed pool: what runs in place of the
+//! local pool's supervisor. It takes the pool's queued tasks, sends them as
+//! stream entries (keeping each until its result comes, so that it can be
+//! sent again), reads the results from its own stream and hands them to
+//! the same sinks a local pool feeds. Everything the user sees (ordering,
+//! callbacks, `AsyncResult`) is the local pool's code.
+//!
+//! Exactly one result per task: a result whose task has one already (a
+//! worker that stalled past its lease and came back, a task sent again
+//! after Redis lost data) is dropped and counted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use super::protocol::{self, Keys, ResultMessage, TaskMessage};
+use super::{Config, connect, ensure_group, pause};
+use crate::Error;
+use crate::pool::result::RawItem;
+use crate::pool::supervisor::{Shared, Status, Task};
+
+/// A task sent and not yet answered.
+struct Sent {
+    task: Task,
+    message: TaskMessage,
+}
+
+struct Books {
+    sent: Mutex<HashMap<String, Sent>>,
+    /// Results dropped because their task had one already.
+    duplicates: AtomicU64,
+    /// Set when Redis lost data: the reader starts its stream over.
+    restart_reading: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Books {
+    fn sent(&self) -> std::sync::MutexGuard<'_, HashMap<String, Sent>> {
+        self.sent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The transport thread's body.
+pub(crate) fn run(shared: Arc<Shared>, config: Config) {
+    let submitter = super::random_name();
+    let keys = Keys::new(&config.pool);
+    let books = Arc::new(Books {
+        sent: Mutex::new(HashMap::new()),
+        duplicates: AtomicU64::new(0),
+        restart_reading: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+    });
+    let reader = {
+        let (books, config, keys, submitter) = (books.clone(), config.clone(), keys.clone(), submitter.clone());
+        std::thread::Builder::new()
+            .name("multiproc-cluster-results".into())
+            .spawn(move || read_results(&books, &config, &keys.results(&submitter)))
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        dispatch(&shared, &config, &keys, &submitter, &books);
+    }));
+    books.stop.store(true, Ordering::SeqCst);
+    if let Ok(r) = reader {
+        let _ = r.join();
+    }
+    let message = outcome.err().map(|p| {
+        p.downcast_ref::<&str>().map(|s| (*s).to_owned()).unwrap_or_else(|| "the cluster transport panicked".into())
+    });
+    let fail = |t: Task| {
+        let m = message.clone();
+        for i in 0..t.calls {
+            t.sink.deliver(t.base + i, RawItem::Failed(m.clone().map_or(Error::PoolTerminated, Error::Protocol)));
+        }
+    };
+    for (_, s) in std::mem::take(&mut *books.sent()) {
+        fail(s.task);
+    }
+    for t in std::mem::take(&mut shared.lock().pending) {
+        fail(t);
+    }
+    shared.lock().status = Status::Stopped;
+    shared.notify_stopped();
+}
+
+/// Sends queued tasks while fewer than the limit are out, and watches the
+/// epoch; returns when the pool is done or terminated.
+fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, books: &Books) {
+    let epoch_key = keys.epoch(submitter);
+    let reply = keys.results(submitter);
+    let ttl_ms = config.bookkeeping_ttl.as_millis() as u64;
+    let mut con = None;
+    let mut next_seq = 0u64;
+    let mut next_epoch_look = Instant::now();
+    loop {
+        let status = shared.lock().status;
+        if matches!(status, Status::Terminating | Status::Stopped) {
+            return;
+        }
+        if status == Status::Closed && shared.lock().pending.is_empty() && books.sent().is_empty() {
+            return;
+        }
+        let c = match &mut con {
+            Some(c) => c,
+            None => match connect(config).and_then(|mut c| {
+                ensure_group(&mut c, &keys.tasks())?;
+                Ok(c)
+            }) {
+                Ok(c) => {
+                    next_epoch_look = Instant::now();
+                    con.insert(c)
+                }
+                Err(_) => {
+                    pause(shared);
+                    continue;
+                }
+            },
+        };
+        let step = (|| -> redis::RedisResult<()> {
+            if Instant::now() >= next_epoch_look {
+                next_epoch_look = Instant::now() + config.epoch_look;
+                let here: bool = redis::cmd("EXISTS").arg(&epoch_key).query(c)?;
+                if !here {
+                    // First time, or Redis lost what it had: our tasks may be
+                    // gone with it. The group again (at 0), then everything
+                    // unanswered once more.
+                    ensure_group(c, &keys.tasks())?;
+                    books.restart_reading.store(true, Ordering::SeqCst);
+                    let again: Vec<TaskMessage> = books.sent().values().map(|s| s.message.clone()).collect();
+                    send(c, keys, &again)?;
+                }
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(&epoch_key)
+                    .arg(submitter)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&reply)
+                    .arg(ttl_ms)
+                    .ignore()
+                    .query::<()>(c)?;
+            }
+            // New tasks, as many as the limit allows.
+            let room = config.max_in_flight.saturating_sub(books.sent().len());
+            let batch: Vec<Task> = {
+                let mut st = shared.lock();
+                let n = room.min(st.pending.len());
+                let batch = st.pending.drain(..n).collect();
+                st.sleeping = true;
+                batch
+            };
+            let mut messages = Vec::with_capacity(batch.len());
+            for task in batch {
+                next_seq += 1;
+                match message(task, format!("{submitter}:{next_seq}"), &reply) {
+                    Ok((task, m)) => {
+                        messages.push(m.clone());
+                        books.sent().insert(m.id.clone(), Sent { task, message: m });
+                    }
+                    Err((task, e)) => {
+                        for i in 0..task.calls {
+                            task.sink.deliver(task.base + i, RawItem::Failed(e.clone_error()));
+                        }
+                    }
+                }
+            }
+            // Sent after being noted: a fast result finds its task.
+            send(c, keys, &messages)
+        })();
+        if step.is_err() {
+            con = None;
+            continue;
+        }
+        // Until a task is queued, the pool changes, or the epoch is due.
+        let left = next_epoch_look.saturating_duration_since(Instant::now());
+        shared.wait_wake(left.min(Duration::from_millis(250)));
+        shared.lock().sleeping = false;
+    }
+}
+
+/// Encodes a task for the wire; its calls fail at once if they hold OS
+/// handles, which cannot reach another machine.
+fn message(task: Task, id: String, reply: &str) -> Result<(Task, TaskMessage), (Task, TravelError)> {
+    if task.items.iter().any(|i| !i.fds.is_empty()) {
+        return Err((task, TravelError));
+    }
+    let m = TaskMessage {
+        id,
+        reply: reply.to_owned(),
+        build: protocol::build_identity().to_owned(),
+        entry: task.entry,
+        batch: task.batch,
+        calls: task.calls,
+        items: task.items.iter().map(|i| i.bytes.clone()).collect(),
+    };
+    Ok((task, m))
+}
+
+/// Arguments that hold OS handles: they cannot travel through Redis.
+struct TravelError;
+
+impl TravelError {
+    fn clone_error(&self) -> Error {
+        Error::Encode {
+            what: crate::Payload::Arguments,
+            side: crate::Side::Parent,
+            message: "arguments holding OS handles (descriptors) cannot travel to another machine".into(),
+        }
+    }
+}
+
+fn send(c: &mut redis::Connection, keys: &Keys, messages: &[TaskMessage]) -> redis::RedisResult<()> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let tasks = keys.tasks();
+    let mut pipe = redis::pipe();
+    for m in messages {
+        pipe.cmd("XADD").arg(&tasks).arg("*").arg("t").arg(crate::reduction::encode_plain(m)).ignore();
+    }
+    pipe.query(c)
+}
+
+/// The result reader's loop (its own connection: it blocks).
+fn read_results(books: &Books, config: &Config, stream: &str) {
+    let mut con = None;
+    let mut last = "0-0".to_string();
+    while !books.stop.load(Ordering::SeqCst) {
+        let c = match &mut con {
+            Some(c) => c,
+            None => match connect(config) {
+                Ok(c) => con.insert(c),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            },
+        };
+        if books.restart_reading.swap(false, Ordering::SeqCst) {
+            last = "0-0".into();
+        }
+        let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(1000)
+            .arg("BLOCK")
+            .arg(config.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(&last)
+            .query(c);
+        let entries = match reply {
+            Ok(v) => protocol::read_reply(&v),
+            Err(_) => {
+                con = None;
+                continue;
+            }
+        };
+        if entries.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+        for (id, fields) in entries {
+            last = id;
+            deliver(books, &fields);
+        }
+        // Read: nobody else needs them.
+        let _ = redis::cmd("XDEL").arg(stream).arg(&ids).query::<i64>(c);
+    }
+}
+
+fn deliver(books: &Books, fields: &HashMap<String, Vec<u8>>) {
+    let (Some(id), Some(body)) = (fields.get("id"), fields.get("r")) else { return };
+    let Ok(id) = String::from_utf8(id.clone()) else { return };
+    let Some(sent) = books.sent().remove(&id) else {
+        books.duplicates.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let task = sent.task;
+    match crate::reduction::decode_plain::<ResultMessage>(body) {
+        Ok(ResultMessage::Outcome { outcome, worker, pid }) => {
+            task.sink.deliver(task.base, RawItem::Outcome { outcome, fds: Vec::new(), worker, pid });
+        }
+        Ok(ResultMessage::Batch { outcome, worker, pid, count }) => {
+            task.sink.deliver(task.base, RawItem::Batch { outcome, fds: Vec::new(), worker, pid, count });
+        }
+        Ok(ResultMessage::Failed(f)) => {
+            for i in 0..task.calls {
+                task.sink.deliver(task.base + i, RawItem::Failed(super::failure_error(&f)));
+            }
+        }
+        Err(message) => {
+            for i in 0..task.calls {
+                task.sink.deliver(task.base + i, RawItem::Failed(Error::Protocol(format!("a result: {message}"))));
+            }
+        }
+    }
+}

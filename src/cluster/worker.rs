@@ -1,0 +1,587 @@
+//! A worker of a Redis-backed pool: takes tasks from the pool's stream as
+//! it has free slots, runs each in a child process (a local pool of its
+//! own, so a task that crashes never takes the worker down), writes the
+//! result to the submitter's stream, then acknowledges and deletes the
+//! task. Three threads, each with its own connection: one takes tasks,
+//! one answers, one renews the leases of the tasks it runs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use super::protocol::{self, DEAD_LETTERS_KEPT, Failure, GROUP, Keys, ResultMessage, TaskMessage};
+use super::{Config, connect, ensure_group};
+use crate::pool::result::{RawItem, Sink};
+use crate::pool::supervisor::{PackedItem, Task};
+use crate::{Error, Pool, Result};
+
+/// A worker of the Redis-backed pool `pool` at `url`: any program built
+/// with multiproc becomes one with [`run`](Self::run), or with no code at
+/// all when started with `MULTIPROC_CLUSTER_REDIS` and
+/// `MULTIPROC_CLUSTER_POOL` in its environment (see [`crate::cluster`]).
+///
+/// It runs up to [`slots`](Self::slots) tasks at once (default: its CPU
+/// count), each in a child process. It never runs a task sent by another
+/// build of the program. On SIGTERM or SIGINT it hands its running tasks
+/// back at once, for other workers, and returns.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    config: Config,
+    slots: usize,
+    task_timeout: Option<Duration>,
+}
+
+impl Worker {
+    /// A worker of pool `pool` on the Redis at `url` (`redis://`,
+    /// `redis+unix://`; with a password in the URL if Redis wants one).
+    pub fn new(url: &str, pool: &str) -> Worker {
+        Worker { config: Config::new(url, pool), slots: crate::os::process_cpu_count().max(1), task_timeout: None }
+    }
+
+    /// How many tasks it runs at once.
+    pub fn slots(mut self, n: usize) -> Worker {
+        self.slots = n.max(1);
+        self
+    }
+
+    /// How long a task stays its own without a renewal (default 5 s; it
+    /// renews every third of that while the task runs, however long the
+    /// task). A worker that dies loses its tasks to others after this, plus
+    /// the reclaim interval.
+    pub fn lease(mut self, lease: Duration) -> Worker {
+        self.config.lease = lease.max(Duration::from_millis(100));
+        self.config.reclaim = (self.config.lease / 4).max(Duration::from_millis(50));
+        self
+    }
+
+    /// After how many deliveries a task that kills its process every time
+    /// goes to the dead letters (default 3).
+    pub fn max_deliveries(mut self, n: u64) -> Worker {
+        self.config.max_deliveries = n.max(1);
+        self
+    }
+
+    /// Kills a task's process when it runs longer than `timeout`; its
+    /// caller gets [`Error::TaskTimeout`].
+    pub fn task_timeout(mut self, timeout: Duration) -> Worker {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Works until SIGTERM or SIGINT (or [`Error`] from a local pool that
+    /// cannot start).
+    pub fn run(self) -> Result<()> {
+        let signalled = crate::sys::proc::stop_signals_set_flag()
+            .map_err(|source| Error::Io { context: "a handler for SIGTERM", source })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let local = self.local_pool()?;
+        // The flag the handler sets, seen by the worker's threads.
+        let watcher = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("multiproc-cluster-signals".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        if signalled.load(Ordering::SeqCst) {
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+                .map_err(|source| Error::Io { context: "a thread for SIGTERM", source })?
+        };
+        let result = self.run_until(&stop, local);
+        stop.store(true, Ordering::SeqCst);
+        let _ = watcher.join();
+        result
+    }
+
+    fn local_pool(&self) -> Result<Pool> {
+        let mut builder = Pool::builder().processes(self.slots);
+        if let Some(t) = self.task_timeout {
+            builder = builder.task_timeout(t);
+        }
+        builder.build()
+    }
+
+    /// Works until `stop` is set.
+    pub(crate) fn run_until(self, stop: &Arc<AtomicBool>, local: Pool) -> Result<()> {
+        let name = super::random_name();
+        let state = Arc::new(State {
+            config: self.config.clone(),
+            keys: Keys::new(&self.config.pool),
+            name,
+            slots: self.slots,
+            running: Mutex::new(HashMap::new()),
+            freed: Condvar::new(),
+            stop: stop.clone(),
+        });
+        let (done_tx, done_rx) = mpsc::channel();
+        let threads = [
+            {
+                let state = state.clone();
+                std::thread::Builder::new()
+                    .name("multiproc-cluster-answer".into())
+                    .spawn(move || answer(&state, &done_rx))
+            },
+            {
+                let state = state.clone();
+                std::thread::Builder::new().name("multiproc-cluster-lease".into()).spawn(move || renew(&state))
+            },
+        ];
+        take(&state, &local, &done_tx);
+        // Stopping: what still runs goes back at once, for others.
+        hand_back_all(&state);
+        local.terminate();
+        state.freed.notify_all();
+        for t in threads.into_iter().flatten() {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+}
+
+struct State {
+    config: Config,
+    keys: Keys,
+    name: String,
+    slots: usize,
+    /// Stream ids of the tasks running here, with their messages.
+    running: Mutex<HashMap<String, TaskMessage>>,
+    freed: Condvar,
+    stop: Arc<AtomicBool>,
+}
+
+impl State {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskMessage>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// How a task ended here.
+enum Done {
+    Answer(ResultMessage),
+    /// Its process died: it goes back (or to the dead letters).
+    Crashed(String),
+}
+
+/// Collects one task's results from the local pool.
+struct TaskSink {
+    stream_id: String,
+    calls: usize,
+    failed: Mutex<Vec<Error>>,
+    done: Mutex<mpsc::Sender<(String, Done)>>,
+}
+
+impl Sink for TaskSink {
+    fn deliver(&self, _index: usize, item: RawItem) {
+        let send = |d: Done| {
+            let _ = self.done.lock().unwrap_or_else(PoisonError::into_inner).send((self.stream_id.clone(), d));
+        };
+        match item {
+            RawItem::Outcome { outcome, worker, pid, .. } => {
+                send(Done::Answer(ResultMessage::Outcome { outcome, worker, pid }));
+            }
+            RawItem::Batch { outcome, worker, pid, count, .. } => {
+                send(Done::Answer(ResultMessage::Batch { outcome, worker, pid, count }));
+            }
+            RawItem::Failed(e) => {
+                let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+                failed.push(e);
+                if failed.len() < self.calls {
+                    return;
+                }
+                let done = match &failed[0] {
+                    Error::WorkerDied { how, .. } => Done::Crashed(how.clone()),
+                    Error::TaskTimeout { name, pid, timeout } => {
+                        Done::Answer(ResultMessage::Failed(Failure::Timeout {
+                            worker: name.clone(),
+                            pid: *pid,
+                            millis: timeout.as_millis() as u64,
+                        }))
+                    }
+                    other => Done::Answer(ResultMessage::Failed(Failure::Other(other.to_string()))),
+                };
+                send(done);
+            }
+        }
+    }
+}
+
+/// The taking loop: new tasks as slots free up, and those whose workers
+/// stopped renewing them.
+fn take(state: &State, local: &Pool, done: &mpsc::Sender<(String, Done)>) {
+    let tasks = state.keys.tasks();
+    let mut con = None;
+    let mut next_reclaim = Instant::now();
+    while !state.stopping() {
+        let free = {
+            let mut running = state.running();
+            while running.len() >= state.slots && !state.stopping() {
+                running = state
+                    .freed
+                    .wait_timeout(running, Duration::from_millis(200))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            state.slots.saturating_sub(running.len())
+        };
+        if state.stopping() {
+            return;
+        }
+        let c = match &mut con {
+            Some(c) => c,
+            None => match connect(&state.config).and_then(|mut c| {
+                ensure_group(&mut c, &tasks)?;
+                Ok(c)
+            }) {
+                Ok(c) => con.insert(c),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            },
+        };
+        let got: redis::RedisResult<Vec<protocol::Entry>> = (|| {
+            if Instant::now() >= next_reclaim {
+                next_reclaim = Instant::now() + state.config.reclaim;
+                let v: Value = redis::cmd("XAUTOCLAIM")
+                    .arg(&tasks)
+                    .arg(GROUP)
+                    .arg(&state.name)
+                    .arg(state.config.lease.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(free)
+                    .query(c)?;
+                let claimed = match &v {
+                    Value::Array(parts) if parts.len() >= 2 => protocol::entries(&parts[1]),
+                    _ => Vec::new(),
+                };
+                if !claimed.is_empty() {
+                    return Ok(claimed);
+                }
+            }
+            let v: Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&state.name)
+                .arg("COUNT")
+                .arg(free)
+                .arg("BLOCK")
+                .arg(state.config.block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&tasks)
+                .arg(">")
+                .query(c)?;
+            Ok(protocol::read_reply(&v))
+        })();
+        match got {
+            Ok(entries) => {
+                for (stream_id, fields) in entries {
+                    accept(state, c, local, done, stream_id, &fields);
+                }
+            }
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // Redis lost the group (a restart): make it again.
+                let _ = ensure_group(c, &tasks);
+            }
+            Err(_) => con = None,
+        }
+    }
+}
+
+/// Starts one task here, or sends it where it belongs.
+fn accept(
+    state: &State,
+    c: &mut redis::Connection,
+    local: &Pool,
+    done: &mpsc::Sender<(String, Done)>,
+    stream_id: String,
+    fields: &HashMap<String, Vec<u8>>,
+) {
+    let message = fields.get("t").map(|b| crate::reduction::decode_plain::<TaskMessage>(b));
+    let message = match message {
+        Some(Ok(m)) => m,
+        other => {
+            // Nobody can answer a task that cannot be read: a dead letter.
+            let why = match other {
+                Some(Err(e)) => format!("unreadable task: {e}"),
+                _ => "a task entry without a task".into(),
+            };
+            let _ = dead_letter(state, c, &stream_id, None, &why, 0);
+            let _ = ack(state, c, &stream_id);
+            return;
+        }
+    };
+    let mine = protocol::build_identity();
+    if message.build != mine {
+        let deliveries = deliveries(state, c, &stream_id).unwrap_or(u64::MAX);
+        if deliveries >= state.config.max_deliveries {
+            let failure = Failure::BuildMismatch { task: message.build.clone(), worker: mine.to_owned() };
+            let why = format!("no worker of its build took it: task {}, worker {mine}", message.build);
+            let _ = dead_letter(state, c, &stream_id, Some(&message), &why, deliveries);
+            let _ = answer_once(state, c, &stream_id, &message, &ResultMessage::Failed(failure));
+        } else {
+            let _ = hand_back(state, c, &stream_id);
+        }
+        return;
+    }
+    let task = Task {
+        entry: message.entry,
+        items: message.items.iter().map(|b| PackedItem { bytes: b.clone(), fds: Vec::new() }).collect(),
+        base: 0,
+        batch: message.batch,
+        calls: message.calls,
+        sink: Arc::new(TaskSink {
+            stream_id: stream_id.clone(),
+            calls: message.calls,
+            failed: Mutex::new(Vec::new()),
+            done: Mutex::new(done.clone()),
+        }),
+    };
+    state.running().insert(stream_id, message);
+    local.submit_tasks([task]);
+}
+
+/// The answering loop: results out, tasks acknowledged; crashed tasks back
+/// or to the dead letters. A write that fails is tried again on a new
+/// connection: an answer is never dropped while the worker lives.
+fn answer(state: &State, done: &mpsc::Receiver<(String, Done)>) {
+    let mut con: Option<redis::Connection> = None;
+    loop {
+        let (stream_id, outcome) = match done.recv_timeout(Duration::from_millis(200)) {
+            Ok(d) => d,
+            Err(mpsc::RecvTimeoutError::Timeout) if state.stopping() => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let Some(message) = state.running().get(&stream_id).cloned() else { continue };
+        loop {
+            if state.stopping() && !state.running().contains_key(&stream_id) {
+                break;
+            }
+            let c = match &mut con {
+                Some(c) => c,
+                None => match connect(&state.config) {
+                    Ok(c) => con.insert(c),
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                },
+            };
+            let r = match &outcome {
+                Done::Answer(result) => answer_once(state, c, &stream_id, &message, result),
+                Done::Crashed(how) => crashed(state, c, &stream_id, &message, how),
+            };
+            match r {
+                Ok(()) => break,
+                Err(_) => con = None,
+            }
+        }
+        state.running().remove(&stream_id);
+        state.freed.notify_all();
+    }
+}
+
+/// The result first, then the acknowledgement: a worker that dies between
+/// the two leaves a task that runs again, and its second result is dropped
+/// by the submitter.
+fn answer_once(
+    state: &State,
+    c: &mut redis::Connection,
+    stream_id: &str,
+    message: &TaskMessage,
+    result: &ResultMessage,
+) -> redis::RedisResult<()> {
+    redis::pipe()
+        .cmd("XADD")
+        .arg(&message.reply)
+        .arg("*")
+        .arg("id")
+        .arg(&message.id)
+        .arg("r")
+        .arg(crate::reduction::encode_plain(result))
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&message.reply)
+        .arg(state.config.bookkeeping_ttl.as_millis() as u64)
+        .ignore()
+        .query::<()>(c)?;
+    ack(state, c, stream_id)
+}
+
+fn ack(state: &State, c: &mut redis::Connection, stream_id: &str) -> redis::RedisResult<()> {
+    let tasks = state.keys.tasks();
+    redis::pipe()
+        .atomic()
+        .cmd("XACK")
+        .arg(&tasks)
+        .arg(GROUP)
+        .arg(stream_id)
+        .ignore()
+        .cmd("XDEL")
+        .arg(&tasks)
+        .arg(stream_id)
+        .ignore()
+        .query(c)
+}
+
+/// How often the task has been delivered (Redis counts).
+fn deliveries(state: &State, c: &mut redis::Connection, stream_id: &str) -> redis::RedisResult<u64> {
+    let v: Value =
+        redis::cmd("XPENDING").arg(state.keys.tasks()).arg(GROUP).arg(stream_id).arg(stream_id).arg(1).query(c)?;
+    let count = match &v {
+        Value::Array(rows) => match rows.first() {
+            Some(Value::Array(row)) => match row.get(3) {
+                Some(Value::Int(n)) => *n as u64,
+                _ => 1,
+            },
+            _ => 1,
+        },
+        _ => 1,
+    };
+    Ok(count)
+}
+
+/// A task whose process died: back for another delivery, or, after
+/// `max_deliveries`, a dead letter and a typed error to its caller.
+fn crashed(
+    state: &State,
+    c: &mut redis::Connection,
+    stream_id: &str,
+    message: &TaskMessage,
+    how: &str,
+) -> redis::RedisResult<()> {
+    let n = deliveries(state, c, stream_id)?;
+    if n < state.config.max_deliveries {
+        return hand_back(state, c, stream_id);
+    }
+    let why = format!("its process was {how} in each of {n} deliveries");
+    dead_letter(state, c, stream_id, Some(message), &why, n)?;
+    let failure = Failure::Poison { deliveries: n, how: how.to_owned() };
+    answer_once(state, c, stream_id, message, &ResultMessage::Failed(failure))
+}
+
+fn dead_letter(
+    state: &State,
+    c: &mut redis::Connection,
+    stream_id: &str,
+    message: Option<&TaskMessage>,
+    why: &str,
+    deliveries: u64,
+) -> redis::RedisResult<()> {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(state.keys.dead())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(DEAD_LETTERS_KEPT)
+        .arg("*")
+        .arg("entry")
+        .arg(stream_id)
+        .arg("reason")
+        .arg(why)
+        .arg("deliveries")
+        .arg(deliveries)
+        .arg("worker")
+        .arg(&state.name);
+    if let Some(m) = message {
+        cmd.arg("task").arg(&m.id).arg("t").arg(crate::reduction::encode_plain(m));
+    }
+    cmd.query(c)
+}
+
+/// Gives a task back at once: idle for longer than any lease, so the next
+/// reclaim anywhere takes it.
+fn hand_back(state: &State, c: &mut redis::Connection, stream_id: &str) -> redis::RedisResult<()> {
+    let idle = (state.config.lease.as_millis() as u64).saturating_mul(1000).max(3_600_000);
+    redis::cmd("XCLAIM")
+        .arg(state.keys.tasks())
+        .arg(GROUP)
+        .arg(&state.name)
+        .arg(0)
+        .arg(stream_id)
+        .arg("IDLE")
+        .arg(idle)
+        .arg("JUSTID")
+        .query::<Value>(c)
+        .map(drop)
+}
+
+fn hand_back_all(state: &State) {
+    let ids: Vec<String> = state.running().keys().cloned().collect();
+    if ids.is_empty() {
+        return;
+    }
+    for _ in 0..3 {
+        if let Ok(mut c) = connect(&state.config)
+            && ids.iter().all(|id| hand_back(state, &mut c, id).is_ok())
+        {
+            break;
+        }
+    }
+    state.running().clear();
+}
+
+/// Renews, every third of the lease, the lease of each task running here
+/// that is still ours (a task another worker took from us after a stall
+/// stays theirs).
+fn renew(state: &State) {
+    let script = redis::Script::new(
+        r"
+        local n = 0
+        for i = 3, #ARGV do
+            local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+            if p[1] and p[1][2] == ARGV[2] then
+                redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+                n = n + 1
+            end
+        end
+        return n
+        ",
+    );
+    let mut con = None;
+    let every = state.config.lease / 3;
+    let mut next = Instant::now();
+    while !state.stopping() {
+        let now = Instant::now();
+        if now < next {
+            let running = state.running();
+            let _ = state.freed.wait_timeout(running, (next - now).min(Duration::from_millis(200)));
+            continue;
+        }
+        next = now + every;
+        let ids: Vec<String> = state.running().keys().cloned().collect();
+        let c = match &mut con {
+            Some(c) => c,
+            None => match connect(&state.config) {
+                Ok(c) => con.insert(c),
+                Err(_) => continue,
+            },
+        };
+        let mut call = script.key(state.keys.tasks());
+        call.arg(GROUP).arg(&state.name);
+        for id in &ids {
+            call.arg(id);
+        }
+        // Who is here, and how busy, for `cluster status`.
+        let seen = redis::cmd("SET")
+            .arg(state.keys.worker(&state.name))
+            .arg(format!("{} {}", ids.len(), state.slots))
+            .arg("PX")
+            .arg((state.config.lease.as_millis() as u64).saturating_mul(3))
+            .query::<()>(c);
+        if call.invoke::<i64>(c).is_err() || seen.is_err() {
+            con = None;
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The Redis-backed pool against a real redis-server (Debian's), with
+//! workers as separate processes of this same test binary (started with
+//! the worker environment variables, taken by the load hook before the
+//! test harness's `main`).
+#![cfg(feature = "cluster")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::GUARD;
+use multiproc::{Error, Pool};
+
+/// A redis-server of our own on a Unix socket, no persistence; stopped
+/// (SIGKILL) when dropped.
+struct Redis {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+fn redis_server() -> PathBuf {
+    for p in ["/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("redis-server is missing: `apt-get install redis-server` (the README's test command does it)");
+}
+
+impl Redis {
+    fn start(name: &str) -> Redis {
+        let dir = std::env::temp_dir().join(format!("multiproc-redis-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Redis { child: None, dir };
+        r.up();
+        r
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    fn up(&mut self) {
+        let child = Command::new(redis_server())
+            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let until = Instant::now() + GUARD;
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(Instant::now() < until, "redis-server did not start");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Kills it (losing everything: no persistence) and starts it again.
+    fn restart(&mut self) {
+        self.down();
+        self.up();
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(self.socket());
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let mut con = redis::Client::open(self.url()).unwrap().get_connection().unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        match cmd.query::<redis::Value>(&mut con).unwrap() {
+            redis::Value::Int(n) => n.to_string(),
+            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A worker: this test binary, started with the worker environment.
+struct WorkerProc(Child);
+
+fn worker(redis: &Redis, pool: &str, slots: usize, lease_ms: u64) -> WorkerProc {
+    worker_of(&std::env::current_exe().unwrap(), redis, pool, slots, lease_ms)
+}
+
+fn worker_of(exe: &Path, redis: &Redis, pool: &str, slots: usize, lease_ms: u64) -> WorkerProc {
+    let child = Command::new(exe)
+        .env(multiproc::cluster::WORKER_REDIS_ENV, redis.url())
+        .env(multiproc::cluster::WORKER_POOL_ENV, pool)
+        .env(multiproc::cluster::WORKER_SLOTS_ENV, slots.to_string())
+        .env(multiproc::cluster::WORKER_LEASE_ENV, lease_ms.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    WorkerProc(child)
+}
+
+impl WorkerProc {
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, sig) };
+    }
+
+    /// Waits (bounded) for it to exit; its code.
+    fn wait(mut self) -> Option<i32> {
+        let until = Instant::now() + GUARD;
+        loop {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(Instant::now() < until, "the worker did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pool(redis: &Redis, name: &str) -> Pool {
+    Pool::builder().redis(&redis.url(), name).build().unwrap()
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+fn fail_on_three(x: u32) -> u32 {
+    assert_ne!(x, 3, "three is refused");
+    x
+}
+
+#[test]
+fn every_pool_call_works_through_redis() {
+    let redis = Redis::start("calls");
+    let _w1 = worker(&redis, "calls", 2, 2000);
+    let _w2 = worker(&redis, "calls", 2, 2000);
+    let pool = pool(&redis, "calls");
+    assert_eq!(pool.apply(square, (12,)).unwrap(), 144);
+    assert_eq!(pool.map(square, 0..200u64).unwrap(), (0..200u64).map(|x| x * x).collect::<Vec<_>>());
+    assert_eq!(pool.map_chunksize(square, 0..1000u64, 37).unwrap().len(), 1000);
+    assert_eq!(pool.starmap(add, [(1, 2), (3, 4)]).unwrap(), [3, 7]);
+    let ordered: Vec<u64> = pool.imap(square, 0..50u64).map(Result::unwrap).collect();
+    assert_eq!(ordered, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+    let mut unordered: Vec<u64> = pool.imap_unordered(square, 0..50u64).map(Result::unwrap).collect();
+    unordered.sort();
+    assert_eq!(unordered, ordered);
+    let results: Vec<_> = pool.imap(fail_on_three, 0..5u32).collect();
+    assert!(matches!(&results[3], Err(Error::Panicked { message, .. }) if message.contains("three is refused")));
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 4);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut r = pool.apply_async(square, (9,)).callback(move |v| tx.send(*v).unwrap());
+    assert_eq!(r.get().unwrap(), 81);
+    assert_eq!(rx.recv_timeout(GUARD).unwrap(), 81);
+    pool.close();
+    pool.join().unwrap();
+    // Redis holds nothing of the run but the group's empty stream.
+    assert_eq!(redis.cli(&["XLEN", "{mp:calls}:tasks"]), "0");
+}
+
+/// Runs for `millis`, after noting its run in `dir` (one file per run).
+fn noted_nap(dir: String, millis: u64) -> u32 {
+    let n = std::fs::read_dir(&dir).unwrap().count();
+    std::fs::write(Path::new(&dir).join(format!("{}-{n}", std::process::id())), b"").unwrap();
+    std::thread::sleep(Duration::from_millis(millis));
+    7
+}
+
+fn runs(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+fn wait_for_runs(dir: &Path, n: usize) {
+    let until = Instant::now() + GUARD;
+    while runs(dir) < n {
+        assert!(Instant::now() < until, "the task never ran");
+        std::thread::yield_now();
+    }
+}
+
+/// A worker SIGKILLed while its task runs: another worker runs the task,
+/// and its caller gets one result.
+#[test]
+fn a_killed_workers_task_runs_elsewhere_and_answers_once() {
+    let redis = Redis::start("killed");
+    let dir = redis.dir.join("runs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = Pool::builder().redis(&redis.url(), "killed").build().unwrap();
+    let first = worker(&redis, "killed", 1, 500);
+    let mut r = pool.apply_async(noted_nap, (dir.display().to_string(), 1500));
+    wait_for_runs(&dir, 1);
+    first.signal(libc::SIGKILL);
+    first.wait();
+    let _second = worker(&redis, "killed", 1, 500);
+    assert_eq!(r.get_timeout(GUARD).unwrap(), Some(7));
+    assert_eq!(runs(&dir), 2, "ran once on each worker");
+}
+
+/// A task ten times its lease, on a worker that lives: never delivered
+/// twice, because the worker renews the lease while it runs.
+#[test]
+fn a_long_task_on_a_live_worker_is_never_redelivered() {
+    let redis = Redis::start("long");
+    let dir = redis.dir.join("runs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _w1 = worker(&redis, "long", 1, 200);
+    let _w2 = worker(&redis, "long", 1, 200);
+    let pool = pool(&redis, "long");
+    assert_eq!(pool.apply(noted_nap, (dir.display().to_string(), 2000)).unwrap(), 7);
+    assert_eq!(runs(&dir), 1, "the task was delivered again while its worker lived");
+}
+
+fn crash(_: u32) -> u32 {
+    std::process::abort()
+}
+
+/// A task that kills its process every time goes to the dead letters after
+/// three deliveries; its caller gets a typed error, and the workers live on.
+#[test]
+fn a_poison_task_becomes_a_dead_letter() {
+    let redis = Redis::start("poison");
+    let w = worker(&redis, "poison", 1, 300);
+    let pool = pool(&redis, "poison");
+    match pool.apply(crash, (1,)) {
+        Err(Error::PoisonTask { deliveries, how }) => {
+            assert_eq!(deliveries, 3);
+            assert!(how.contains("SIGABRT"), "{how}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(redis.cli(&["XLEN", "{mp:poison}:dead"]), "1");
+    assert_eq!(pool.apply(square, (3,)).unwrap(), 9, "the worker goes on");
+    // What `multiproc cluster status` shows.
+    let status = multiproc::cluster::status(&redis.url(), "poison").unwrap();
+    assert_eq!((status.backlog, status.in_flight.len()), (0, 0));
+    assert_eq!(status.workers.len(), 1, "{status}");
+    assert_eq!(status.dead_letters.len(), 1);
+    let dead = &status.dead_letters[0];
+    assert_eq!(dead.deliveries, 3);
+    assert!(dead.reason.contains("SIGABRT") && dead.task.is_some(), "{dead:?}");
+    assert!(status.to_string().contains("dead letters (1)"), "{status}");
+    // Requeued, it is delivered again (and, poison still, comes back).
+    assert_eq!(multiproc::cluster::requeue_dead_letters(&redis.url(), "poison").unwrap(), 1);
+    assert!(multiproc::cluster::status(&redis.url(), "poison").unwrap().dead_letters.is_empty());
+    let until = Instant::now() + GUARD;
+    while multiproc::cluster::status(&redis.url(), "poison").unwrap().dead_letters.is_empty() {
+        assert!(Instant::now() < until, "the requeued task never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(w);
+}
+
+/// Redis restarted (losing everything) in the middle of a map: every
+/// result still comes, once, in order.
+#[test]
+fn a_redis_restart_mid_map_loses_nothing() {
+    let mut redis = Redis::start("restart");
+    let _w1 = worker(&redis, "restart", 2, 500);
+    let pool = pool(&redis, "restart");
+    let mut results = pool.map_async(slow_square, 0..400u64);
+    // Some are done, most are not.
+    let until = Instant::now() + GUARD;
+    while redis.cli(&["XLEN", "{mp:restart}:tasks"]) == "0" {
+        assert!(Instant::now() < until);
+        std::thread::yield_now();
+    }
+    redis.restart();
+    let got = results.get_timeout(GUARD).unwrap().expect("every result after the restart");
+    assert_eq!(got, (0..400u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+fn slow_square(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(2));
+    x * x
+}
+
+/// SIGTERM: a worker hands back what it runs at once (not after its
+/// lease) and exits cleanly; another worker finishes the task.
+#[test]
+fn sigterm_hands_tasks_back_at_once() {
+    let redis = Redis::start("term");
+    let dir = redis.dir.join("runs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = pool(&redis, "term");
+    // A long lease: only a hand-back lets the second worker have it soon.
+    let first = worker(&redis, "term", 1, 60_000);
+    let mut r = pool.apply_async(noted_nap, (dir.display().to_string(), 500));
+    wait_for_runs(&dir, 1);
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait(), Some(0));
+    let _second = worker(&redis, "term", 1, 60_000);
+    assert_eq!(r.get_timeout(Duration::from_secs(30)).unwrap(), Some(7), "handed back, not waiting for the lease");
+    assert_eq!(runs(&dir), 2);
+}
