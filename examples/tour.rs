@@ -3,8 +3,12 @@
 //! touch the next. Each line of the listing names the seeds
 //! (`../shared/seeds/00N_*`) whose programs the example ports.
 //!
-//! `cargo run --example tour`
+//! `cargo run --example tour --all-features` (without the `cluster` feature the
+//! Redis-backed pool's program says how to get it)
 
+#[cfg(feature = "cluster")]
+#[path = "cluster.rs"]
+mod cluster;
 #[path = "daemon.rs"]
 mod daemon;
 #[path = "distributed_master.rs"]
@@ -91,7 +95,21 @@ const PROGRAMS: &[(&str, &str, fn())] = &[
     ),
     ("subprocess_run", "run into a file, run with a pipe, check_output (seed 003)", subprocess_run::main),
     ("distributed_master", "a manager master and a worker process over TCP (seed 002)", distributed),
+    ("cluster", "the distributed master and workers on the Redis-backed pool (seed 002)", cluster_program),
 ];
+
+/// The Redis-backed pool's program, when it can run here.
+fn cluster_program() {
+    #[cfg(feature = "cluster")]
+    {
+        if cluster::redis_server().is_some() {
+            return cluster::main();
+        }
+        println!("(skipped: redis-server is not installed; `apt-get install redis-server`, then run the tour again)");
+    }
+    #[cfg(not(feature = "cluster"))]
+    println!("(skipped: it needs the cluster feature: `cargo run --example tour --all-features`)");
+}
 
 /// The distributed pair: the master here, its worker in a child process
 /// that connects over loopback once the manager listens.

@@ -289,6 +289,15 @@ pub enum Error {
         /// A worker's build identity.
         worker: String,
     },
+    /// Redis refused or could not be reached (a Redis-backed pool's set-up,
+    /// `cluster::status`).
+    #[error("Redis: {what}: {message}")]
+    Redis {
+        /// What was being done, with the URL where it matters.
+        what: String,
+        /// Redis's or the connection's message.
+        message: String,
+    },
     /// A Redis-backed pool's task failed on its worker, as described.
     #[error("the task failed on its worker: {0}")]
     Cluster(String),

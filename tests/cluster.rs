@@ -189,6 +189,15 @@ fn every_pool_call_works_through_redis() {
     assert_eq!(redis.cli(&["XLEN", "{mp:calls}:tasks"]), "0");
 }
 
+/// A Redis that cannot be reached is an error when the pool is built, not
+/// a wait forever.
+#[test]
+fn an_unreachable_redis_is_an_error_at_build() {
+    let err = Pool::builder().redis("redis+unix:///nonexistent/redis.sock", "x").build().unwrap_err();
+    assert!(matches!(&err, Error::Redis { what, .. } if what.contains("/nonexistent/redis.sock")), "{err}");
+    assert!(matches!(Pool::builder().redis("not a url", "x").build(), Err(Error::Redis { .. })));
+}
+
 /// Runs for `millis`, after noting its run in `dir` (one file per run).
 fn noted_nap(dir: String, millis: u64) -> u32 {
     let n = std::fs::read_dir(&dir).unwrap().count();
@@ -322,4 +331,79 @@ fn sigterm_hands_tasks_back_at_once() {
     let _second = worker(&redis, "term", 1, 60_000);
     assert_eq!(r.get_timeout(Duration::from_secs(30)).unwrap(), Some(7), "handed back, not waiting for the lease");
     assert_eq!(runs(&dir), 2);
+}
+
+/// Every connection (the submitter's and the workers', blocking reads and
+/// acknowledgements alike) killed with CLIENT KILL, again and again,
+/// while a map runs: every result still comes, once, in order.
+#[test]
+fn connections_killed_mid_command_lose_nothing() {
+    let redis = Redis::start("clientkill");
+    let _w1 = worker(&redis, "clientkill", 2, 500);
+    let _w2 = worker(&redis, "clientkill", 2, 500);
+    let pool = pool(&redis, "clientkill");
+    let mut results = pool.map_async_chunksize(slow_square, 0..300u64, 1);
+    let mut admin = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let mut kills = 0;
+    while !results.ready() {
+        // SKIPME yes (the default): our own connection stays.
+        let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").query(&mut admin).unwrap();
+        kills += usize::from(killed > 0);
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    assert!(kills > 3, "the connections were killed {kills} times");
+    assert_eq!(results.get().unwrap(), (0..300u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+fn nothing(_: u32) {}
+
+fn used_memory(redis: &Redis) -> i64 {
+    let info = redis.cli(&["INFO", "memory"]);
+    info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
+}
+
+/// 100,000 no-op tasks: afterwards Redis holds what it held before, give
+/// or take its own allocator's slack (results and tasks are deleted as
+/// they are used; bookkeeping keys expire).
+#[test]
+fn a_hundred_thousand_tasks_leave_redis_memory_at_baseline() {
+    let redis = Redis::start("memory");
+    let _w1 = worker(&redis, "memory", 2, 2000);
+    let pool = pool(&redis, "memory");
+    pool.map_chunksize(nothing, 0..100u32, 1).unwrap();
+    let before = used_memory(&redis);
+    pool.map_chunksize(nothing, 0..100_000u32, 10).unwrap();
+    pool.close();
+    pool.join().unwrap();
+    let after = used_memory(&redis);
+    assert!(after < before + 256 * 1024, "Redis grew from {before} to {after} bytes");
+    assert_eq!(redis.cli(&["XLEN", "{mp:memory}:tasks"]), "0");
+}
+
+/// A worker of another build (the `cluster` example: another executable)
+/// never runs our tasks; with no worker of our build, the caller learns it,
+/// naming both builds.
+#[test]
+fn a_worker_of_another_build_never_runs_a_task() {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+        .args(["build", "--quiet", "--example", "cluster", "--features", "cluster", "--manifest-path", manifest])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exe = std::env::current_exe().unwrap();
+    let other = exe.parent().unwrap().parent().unwrap().join("examples/cluster");
+    let redis = Redis::start("build");
+    let dir = redis.dir.join("runs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _stranger = worker_of(&other, &redis, "build", 1, 300);
+    let pool = pool(&redis, "build");
+    match pool.apply(noted_nap, (dir.display().to_string(), 0)) {
+        Err(Error::BuildMismatch { task, worker }) => assert_ne!(task, worker),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(runs(&dir), 0, "another build ran it");
+    // With a worker of our build, tasks run.
+    let _ours = worker(&redis, "build", 1, 300);
+    assert_eq!(pool.apply(square, (5,)).unwrap(), 25);
 }

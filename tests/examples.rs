@@ -14,7 +14,7 @@ fn example(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
         let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args(["build", "--quiet", "--examples", "--manifest-path", manifest])
+            .args(["build", "--quiet", "--examples", "--all-features", "--manifest-path", manifest])
             .status()
             .expect("running cargo build --examples");
         assert!(status.success(), "cargo build --examples failed");
@@ -399,6 +399,22 @@ fn queue_writer_and_reader() {
     assert!(lines.iter().any(|l| l.starts_with("Process to write: ")));
     assert!(lines.iter().any(|l| l.starts_with("Process to read: ")));
     assert_eq!(lines.last().map(String::as_str), Some("a"), "seed 004's consumer prints what its producer put");
+}
+
+/// Seed 002's master and workers on the Redis-backed pool: workers are
+/// copies of the example started with the worker environment.
+#[test]
+fn cluster_master_and_workers_square_random_numbers() {
+    let lines = run("cluster");
+    let puts: Vec<i64> =
+        lines.iter().filter(|l| l.starts_with("Put task")).map(|l| number(l, "Put task ", "...") as i64).collect();
+    assert_eq!(puts.len(), 10);
+    let results: Vec<&String> = lines.iter().filter(|l| l.starts_with("Result: ")).collect();
+    assert_eq!(results.len(), 10);
+    for (n, line) in puts.iter().zip(results) {
+        assert_eq!(line, &format!("Result: {n} * {n} = {}", n * n));
+    }
+    assert_eq!(lines.last().unwrap(), "master exit");
 }
 
 #[test]

@@ -126,6 +126,16 @@ pub(crate) fn connect(config: &Config) -> redis::RedisResult<redis::Connection> 
     Ok(c)
 }
 
+/// Connects once and makes the group: a pool whose Redis is wrong (a
+/// typo in its URL, a wrong password) fails when it is built, not by
+/// waiting forever. (After that, lost connections are retried.)
+pub(crate) fn check_reachable(config: &Config) -> crate::Result<()> {
+    let fail =
+        |e: redis::RedisError| Error::Redis { what: format!("connect to {}", config.url), message: e.to_string() };
+    let mut c = connect(config).map_err(fail)?;
+    ensure_group(&mut c, &protocol::Keys::new(&config.pool).tasks()).map_err(fail)
+}
+
 /// The task stream's consumer group, made at `0` if missing.
 pub(crate) fn ensure_group(c: &mut redis::Connection, tasks: &str) -> redis::RedisResult<()> {
     match redis::cmd("XGROUP").arg("CREATE").arg(tasks).arg(protocol::GROUP).arg("0").arg("MKSTREAM").query::<()>(c) {

@@ -63,7 +63,7 @@ pub struct DeadLetter {
 }
 
 fn redis_error(context: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
-    move |e| Error::Cluster(format!("{context}: {e}"))
+    move |e| Error::Redis { what: context.into(), message: e.to_string() }
 }
 
 fn int(v: &Value) -> u64 {

@@ -225,6 +225,7 @@ impl PoolBuilder {
         let thread_shared = shared.clone();
         #[cfg(feature = "cluster")]
         if let Some(cluster) = self.cluster {
+            crate::cluster::check_reachable(&cluster)?;
             let mut helpers = Vec::new();
             if self.local_workers > 0 {
                 let mut p = crate::Process::new(
@@ -447,6 +448,30 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.starmap_async_chunksize(f, items.into_iter().map(|a| (a,)), None)
+    }
+
+    /// [`map_async`](Self::map_async) with tasks of `chunksize` items
+    /// (Python's `map_async(f, items, chunksize)`).
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn inc(x: u32) -> u32 { x + 1 }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// assert_eq!(pool.map_async_chunksize(inc, 0..5, 2).get().unwrap(), [1, 2, 3, 4, 5]);
+    /// # }
+    /// ```
+    pub fn map_async_chunksize<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> AsyncResult<Vec<R>>
+    where
+        F: Target<(A,), Output = R>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.starmap_async_chunksize(f, items.into_iter().map(|a| (a,)), Some(chunksize))
     }
 
     /// `f(a, b, …)` for every tuple of arguments, in input order (Python's
