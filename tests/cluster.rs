@@ -407,3 +407,81 @@ fn a_worker_of_another_build_never_runs_a_task() {
     let _ours = worker(&redis, "build", 1, 300);
     assert_eq!(pool.apply(square, (5,)).unwrap(), 25);
 }
+
+/// A worker stopped (SIGSTOP) past its lease: another takes its task and
+/// answers; resumed, the first answers too, and that second result is
+/// dropped and counted, never delivered.
+#[test]
+fn a_stalled_workers_late_result_is_dropped() {
+    let redis = Redis::start("stalled");
+    let dir = redis.dir.join("runs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = pool(&redis, "stalled");
+    let first = worker(&redis, "stalled", 1, 300);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut r = pool.apply_async(noted_nap, (dir.display().to_string(), 1000)).callback(move |v| tx.send(*v).unwrap());
+    wait_for_runs(&dir, 1);
+    first.signal(libc::SIGSTOP);
+    let _second = worker(&redis, "stalled", 1, 300);
+    assert_eq!(r.get_timeout(GUARD).unwrap(), Some(7));
+    assert_eq!(runs(&dir), 2);
+    first.signal(libc::SIGCONT);
+    let until = Instant::now() + GUARD;
+    while pool.duplicate_results() == 0 {
+        assert!(Instant::now() < until, "the stalled worker's result never came");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(pool.duplicate_results(), 1);
+    assert_eq!(rx.recv_timeout(GUARD).unwrap(), 7);
+    assert!(rx.try_recv().is_err(), "the callback ran twice");
+}
+
+/// Seeded random faults: whatever the schedule of worker kills, stalls,
+/// connection kills and Redis restarts, every submitted task ends with
+/// exactly one result (here, always a value: no fault is the task's).
+#[test]
+fn random_faults_leave_every_task_one_result() {
+    for seed in [1u64, 7, 42] {
+        let mut redis = Redis::start(&format!("faults{seed}"));
+        let name = format!("faults{seed}");
+        let mut workers: Vec<WorkerProc> = (0..3).map(|_| worker(&redis, &name, 2, 300)).collect();
+        let pool = pool(&redis, &name);
+        let mut results = pool.map_async_chunksize(slow_square, 0..300u64, 3);
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut schedule = Vec::new();
+        for _ in 0..6 {
+            if results.ready() {
+                break;
+            }
+            let event = next() % 4;
+            schedule.push(event);
+            match event {
+                0 => {
+                    let i = (next() % workers.len() as u64) as usize;
+                    workers[i].signal(libc::SIGKILL);
+                    workers[i] = worker(&redis, &name, 2, 300);
+                }
+                1 => {
+                    let i = (next() % workers.len() as u64) as usize;
+                    workers[i].signal(libc::SIGSTOP);
+                    std::thread::sleep(Duration::from_millis(400));
+                    workers[i].signal(libc::SIGCONT);
+                }
+                2 => {
+                    let _ = redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+                }
+                _ => redis.restart(),
+            }
+            std::thread::sleep(Duration::from_millis(next() % 150));
+        }
+        let got =
+            results.get_timeout(GUARD).unwrap().unwrap_or_else(|| panic!("seed {seed}: no result ({schedule:?})"));
+        assert_eq!(got, (0..300u64).map(|x| x * x).collect::<Vec<_>>(), "seed {seed}, faults {schedule:?}");
+    }
+}

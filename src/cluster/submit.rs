@@ -30,8 +30,9 @@ struct Sent {
 
 struct Books {
     sent: Mutex<HashMap<String, Sent>>,
-    /// Results dropped because their task had one already.
-    duplicates: AtomicU64,
+    /// Results dropped because their task had one already (shared with
+    /// the pool's handle).
+    duplicates: Arc<AtomicU64>,
     /// Set when Redis lost data: the reader starts its stream over.
     restart_reading: AtomicBool,
     stop: AtomicBool,
@@ -44,12 +45,12 @@ impl Books {
 }
 
 /// The transport thread's body.
-pub(crate) fn run(shared: Arc<Shared>, config: Config) {
+pub(crate) fn run(shared: Arc<Shared>, config: Config, duplicates: Arc<AtomicU64>) {
     let submitter = super::random_name();
     let keys = Keys::new(&config.pool);
     let books = Arc::new(Books {
         sent: Mutex::new(HashMap::new()),
-        duplicates: AtomicU64::new(0),
+        duplicates,
         restart_reading: AtomicBool::new(false),
         stop: AtomicBool::new(false),
     });

@@ -68,6 +68,8 @@ pub struct Pool {
     processes: usize,
     /// Worker processes a Redis-backed pool started here.
     helpers: Mutex<Vec<crate::Process<()>>>,
+    /// Results a Redis-backed pool dropped as second ones.
+    duplicates: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -237,22 +239,31 @@ impl PoolBuilder {
                 p.start()?;
                 helpers.push(p);
             }
+            let duplicates = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counted = duplicates.clone();
             let transport = std::thread::Builder::new()
                 .name("multiproc-cluster".into())
-                .spawn(move || crate::cluster::run_submitter(thread_shared, cluster))
+                .spawn(move || crate::cluster::run_submitter(thread_shared, cluster, counted))
                 .map_err(|source| Error::Io { context: "starting the pool's transport thread", source })?;
             return Ok(Pool {
                 shared,
                 supervisor: Mutex::new(Some(transport)),
                 processes,
                 helpers: Mutex::new(helpers),
+                duplicates,
             });
         }
         let supervisor = std::thread::Builder::new()
             .name("multiproc-pool".into())
             .spawn(move || supervisor::run(thread_shared, config))
             .map_err(|source| Error::Io { context: "starting the pool's supervisor thread", source })?;
-        Ok(Pool { shared, supervisor: Mutex::new(Some(supervisor)), processes, helpers: Mutex::new(Vec::new()) })
+        Ok(Pool {
+            shared,
+            supervisor: Mutex::new(Some(supervisor)),
+            processes,
+            helpers: Mutex::new(Vec::new()),
+            duplicates: Arc::default(),
+        })
     }
 }
 
@@ -683,6 +694,20 @@ impl Pool {
                 let _ = p.join();
             }
         }
+    }
+
+    /// How many results a Redis-backed pool dropped because their task had
+    /// one already (a worker that stalled past its lease and answered after
+    /// another did; a task sent again after Redis lost data). Always 0 for
+    /// a local pool, whose tasks run exactly once.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// assert_eq!(multiproc::Pool::new(1).unwrap().duplicate_results(), 0);
+    /// # }
+    /// ```
+    pub fn duplicate_results(&self) -> u64 {
+        self.duplicates.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues tasks made elsewhere in the crate (a cluster worker's).
