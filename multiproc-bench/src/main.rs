@@ -12,6 +12,7 @@
 //! drift between machines and runs; the ratios, taken in the same run, are
 //! the claim.
 
+mod cluster;
 mod ipc;
 mod managers;
 mod pool;
@@ -45,6 +46,9 @@ enum Command {
     /// A manager's queue (one client, then many) and dict against Python
     /// 3.11's SyncManager.
     Managers(managers::Args),
+    /// The Redis-backed pool against Celery 5 and RQ on the same Redis,
+    /// and Redis's own floors (pipelined XADD, PING).
+    Cluster(cluster::Args),
 }
 
 /// Prints the column names, as a comment line above the rows.
@@ -78,6 +82,7 @@ fn main() {
         Command::Pool(args) => pool::run(&args),
         Command::Ipc(args) => ipc::run(&args),
         Command::Subprocess(args) => subprocess::run(&args),
+        Command::Cluster(args) => cluster::run(&args),
         Command::Managers(args) => managers::run(&args),
     };
     if let Err(e) = result {
