@@ -31,8 +31,8 @@
 //! the executable, so every task carries the submitter's build identity
 //! (its GNU build-id, or a hash of the executable) and a worker of another
 //! build never runs it. If no worker of its build takes it within
-//! `max_deliveries` deliveries, its caller gets [`Error::BuildMismatch`]
-//! naming both builds.
+//! `max_deliveries` deliveries and ten leases, its caller gets
+//! [`Error::BuildMismatch`] naming both builds.
 //!
 //! # Delivery: at least once, one result
 //!

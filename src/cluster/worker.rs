@@ -59,7 +59,8 @@ impl Worker {
     }
 
     /// After how many deliveries a task that kills its process every time
-    /// goes to the dead letters (default 3).
+    /// goes to the dead letters (default 3). A task of another build is
+    /// given up after as many deliveries and ten leases of waiting.
     pub fn max_deliveries(mut self, n: u64) -> Worker {
         self.config.max_deliveries = n.max(1);
         self
@@ -325,7 +326,12 @@ fn accept(
     let mine = protocol::build_identity();
     if message.build != mine {
         let deliveries = deliveries(state, c, &stream_id).unwrap_or(u64::MAX);
-        if deliveries >= state.config.max_deliveries {
+        // Given up only when it has also waited ten leases: a worker of its
+        // build may just be busy (this one reclaims what it refused as fast
+        // as anyone).
+        let waited = entry_age_ms(c, &stream_id).unwrap_or(u64::MAX);
+        let patience = (state.config.lease.as_millis() as u64).saturating_mul(10);
+        if deliveries >= state.config.max_deliveries && waited >= patience {
             let failure = Failure::BuildMismatch { task: message.build.clone(), worker: mine.to_owned() };
             let why = format!("no worker of its build took it: task {}, worker {mine}", message.build);
             let _ = dead_letter(state, c, &stream_id, Some(&message), &why, deliveries);
@@ -434,6 +440,14 @@ fn ack(state: &State, c: &mut redis::Connection, stream_id: &str) -> redis::Redi
         .arg(stream_id)
         .ignore()
         .query(c)
+}
+
+/// How long ago the entry was added (its id starts with Redis's clock in
+/// milliseconds; compared with Redis's clock now).
+fn entry_age_ms(c: &mut redis::Connection, stream_id: &str) -> redis::RedisResult<u64> {
+    let added: u64 = stream_id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0);
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(c)?;
+    Ok((secs * 1000 + micros / 1000).saturating_sub(added))
 }
 
 /// How often the task has been delivered (Redis counts).
