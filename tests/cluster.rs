@@ -485,3 +485,21 @@ fn random_faults_leave_every_task_one_result() {
         assert_eq!(got, (0..300u64).map(|x| x * x).collect::<Vec<_>>(), "seed {seed}, faults {schedule:?}");
     }
 }
+
+/// The submitting pool's task timeout travels with each task: the worker
+/// kills the task's process and its caller gets `TaskTimeout`; the worker
+/// goes on.
+#[test]
+fn a_task_past_its_timeout_is_killed_and_the_worker_goes_on() {
+    let redis = Redis::start("timeout");
+    let _w = worker(&redis, "timeout", 1, 2000);
+    let pool = Pool::builder().redis(&redis.url(), "timeout").task_timeout(Duration::from_millis(300)).build().unwrap();
+    let dir = redis.dir.join("runs");
+    std::fs::create_dir_all(&dir).unwrap();
+    match pool.apply(noted_nap, (dir.display().to_string(), 60_000)) {
+        Err(Error::TaskTimeout { timeout, .. }) => assert_eq!(timeout, Duration::from_millis(300)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(runs(&dir), 1, "a timed-out task is not run again");
+    assert_eq!(pool.apply(square, (4,)).unwrap(), 16);
+}

@@ -98,6 +98,8 @@ pub(crate) struct Config {
     pub epoch_look: Duration,
     /// How long results and bookkeeping keys outlive their last use.
     pub bookkeeping_ttl: Duration,
+    /// The submitting pool's task timeout, carried by each task.
+    pub task_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -112,6 +114,7 @@ impl Config {
             block: Duration::from_millis(1000),
             epoch_look: Duration::from_millis(500),
             bookkeeping_ttl: Duration::from_secs(600),
+            task_timeout: None,
         }
     }
 }

@@ -79,6 +79,8 @@ pub(crate) struct TaskMessage {
     pub entry: EntryRef,
     pub batch: bool,
     pub calls: usize,
+    /// The submitting pool's task timeout, in milliseconds.
+    pub timeout_ms: Option<u64>,
     /// Each call's encoded arguments.
     pub items: Vec<Vec<u8>>,
 }

@@ -157,7 +157,7 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
             let mut messages = Vec::with_capacity(batch.len());
             for task in batch {
                 next_seq += 1;
-                match message(task, format!("{submitter}:{next_seq}"), &reply) {
+                match message(task, format!("{submitter}:{next_seq}"), &reply, config.task_timeout) {
                     Ok((task, m)) => {
                         messages.push(m.clone());
                         books.sent().insert(m.id.clone(), Sent { task, message: m });
@@ -185,7 +185,12 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
 
 /// Encodes a task for the wire; its calls fail at once if they hold OS
 /// handles, which cannot reach another machine.
-fn message(task: Task, id: String, reply: &str) -> Result<(Task, TaskMessage), (Task, TravelError)> {
+fn message(
+    task: Task,
+    id: String,
+    reply: &str,
+    timeout: Option<Duration>,
+) -> Result<(Task, TaskMessage), (Task, TravelError)> {
     if task.items.iter().any(|i| !i.fds.is_empty()) {
         return Err((task, TravelError));
     }
@@ -196,6 +201,7 @@ fn message(task: Task, id: String, reply: &str) -> Result<(Task, TaskMessage), (
         entry: task.entry,
         batch: task.batch,
         calls: task.calls,
+        timeout_ms: timeout.map(|t| t.as_millis() as u64),
         items: task.items.iter().map(|i| i.bytes.clone()).collect(),
     };
     Ok((task, m))

@@ -353,6 +353,7 @@ fn accept(
             failed: Mutex::new(Vec::new()),
             done: Mutex::new(done.clone()),
         }),
+        timeout: message.timeout_ms.map(Duration::from_millis),
     };
     state.running().insert(stream_id, message);
     local.submit_tasks([task]);

@@ -161,7 +161,8 @@ impl PoolBuilder {
     }
 
     /// Kill a worker whose task runs longer than this; the task fails with
-    /// [`Error::TaskTimeout`] and the worker is replaced.
+    /// [`Error::TaskTimeout`] and the worker is replaced. On a Redis-backed
+    /// pool, each task carries it to the worker that runs it.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
@@ -226,7 +227,8 @@ impl PoolBuilder {
         let shared = Shared::new().map_err(|source| Error::Io { context: "eventfd for a pool", source })?;
         let thread_shared = shared.clone();
         #[cfg(feature = "cluster")]
-        if let Some(cluster) = self.cluster {
+        if let Some(mut cluster) = self.cluster {
+            cluster.task_timeout = self.task_timeout;
             crate::cluster::check_reachable(&cluster)?;
             let mut helpers = Vec::new();
             if self.local_workers > 0 {
@@ -343,6 +345,7 @@ impl Pool {
                     batch: true,
                     calls,
                     sink: sink.clone(),
+                    timeout: None,
                 });
                 base += calls;
                 continue;
@@ -356,6 +359,7 @@ impl Pool {
                         batch: false,
                         calls: 1,
                         sink: sink.clone(),
+                        timeout: None,
                     }),
                     Err(e) => sink.deliver(base, RawItem::Failed(e)),
                 }
@@ -403,6 +407,7 @@ impl Pool {
                 batch: false,
                 calls: 1,
                 sink: slot.clone(),
+                timeout: None,
             }]),
             Err(e) => slot.complete(Err(e)),
         }

@@ -42,6 +42,9 @@ pub(crate) struct Task {
     pub batch: bool,
     pub calls: usize,
     pub sink: Arc<dyn Sink>,
+    /// This task's own time limit, over the pool's (a Redis-backed pool's
+    /// task carries its submitter's).
+    pub timeout: Option<Duration>,
 }
 
 impl Task {
@@ -385,16 +388,20 @@ impl Supervisor {
         }
     }
 
+    /// The time limit of the task a worker runs, if any.
+    fn limit(&self, w: &Slot) -> Option<Duration> {
+        w.inflight.front().and_then(|(_, t)| t.timeout).or(self.config.task_timeout)
+    }
+
     fn wait_for_events(&mut self) {
         let now = Instant::now();
-        let timeout = self.config.task_timeout.and_then(|limit| {
-            self.workers
-                .iter()
-                .filter(|w| !w.timed_out)
-                .filter_map(|w| w.running_since)
-                .map(|since| (since + limit).saturating_duration_since(now))
-                .min()
-        });
+        let timeout = self
+            .workers
+            .iter()
+            .filter(|w| !w.timed_out)
+            .filter_map(|w| Some((w.running_since?, self.limit(w)?)))
+            .map(|(since, limit)| (since + limit).saturating_duration_since(now))
+            .min();
         let ready = {
             let mut fds: Vec<(BorrowedFd<'_>, Interest)> = vec![(self.shared.wake.as_fd(), Interest::Read)];
             for w in &self.workers {
@@ -424,13 +431,13 @@ impl Supervisor {
                 dead.push(i);
             }
         }
-        if let Some(limit) = self.config.task_timeout {
-            let now = Instant::now();
-            for w in &mut self.workers {
-                if !w.timed_out && w.running_since.is_some_and(|s| now.duration_since(s) >= limit) {
-                    w.timed_out = true;
-                    let _ = w.process.kill();
-                }
+        let now = Instant::now();
+        let limits: Vec<Option<Duration>> = self.workers.iter().map(|w| self.limit(w)).collect();
+        for (w, limit) in self.workers.iter_mut().zip(limits) {
+            let over = limit.is_some_and(|l| w.running_since.is_some_and(|s| now.duration_since(s) >= l));
+            if !w.timed_out && over {
+                w.timed_out = true;
+                let _ = w.process.kill();
             }
         }
         for i in dead.into_iter().rev() {
@@ -500,7 +507,7 @@ impl Supervisor {
         // its own after its quota (then nothing was).
         let clean = code == 0 && finished_quota;
         if !clean && let Some((_, running)) = inflight.pop_front() {
-            let (name, pid, timeout) = (w.name.clone(), w.pid, self.config.task_timeout);
+            let (name, pid, timeout) = (w.name.clone(), w.pid, running.timeout.or(self.config.task_timeout));
             if w.timed_out {
                 running.fail(|| Error::TaskTimeout { name: name.clone(), pid, timeout: timeout.unwrap_or_default() });
             } else {
