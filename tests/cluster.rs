@@ -503,3 +503,130 @@ fn a_task_past_its_timeout_is_killed_and_the_worker_goes_on() {
     assert_eq!(runs(&dir), 1, "a timed-out task is not run again");
     assert_eq!(pool.apply(square, (4,)).unwrap(), 16);
 }
+
+/// Two hosts on one machine: a worker in a network namespace of its own,
+/// reaching Redis over a veth link that is cut while it runs a task. The
+/// task runs again on the other host; when the link comes back, the cut
+/// worker's late result is dropped: one result.
+#[test]
+fn a_worker_host_cut_off_mid_task_costs_one_rerun_and_no_second_result() {
+    let host = Host::new();
+    let redis = TcpRedis::start(&host.root_ip);
+    let dir = std::env::temp_dir().join(format!("multiproc-netns-runs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = Pool::builder().redis(&redis.url, "hosts").build().unwrap();
+    let far = host.worker(&redis.url, "hosts", 500);
+    let mut r = pool.apply_async(noted_nap, (dir.display().to_string(), 1500));
+    wait_for_runs(&dir, 1);
+    host.link(false);
+    // The worker here takes the task once the far one's lease runs out.
+    let near = Command::new(std::env::current_exe().unwrap())
+        .env(multiproc::cluster::WORKER_REDIS_ENV, &redis.url)
+        .env(multiproc::cluster::WORKER_POOL_ENV, "hosts")
+        .env(multiproc::cluster::WORKER_SLOTS_ENV, "1")
+        .env(multiproc::cluster::WORKER_LEASE_ENV, "500")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _near = WorkerProc(near);
+    assert_eq!(r.get_timeout(GUARD).unwrap(), Some(7));
+    assert_eq!(runs(&dir), 2, "ran on each host");
+    host.link(true);
+    let until = Instant::now() + GUARD;
+    while pool.duplicate_results() == 0 {
+        assert!(Instant::now() < until, "the cut-off worker never answered after the link came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(far);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A network namespace joined to this one by a veth pair.
+struct Host {
+    ns: String,
+    veth: String,
+    root_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("iproute2's ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Host {
+    fn new() -> Host {
+        let id = std::process::id();
+        let (ns, veth, peer) = (format!("mpns{id}"), format!("mpv{id}a"), format!("mpv{id}b"));
+        let net = format!("10.{}.{}", 100 + (id >> 16) % 100, (id >> 8) % 250);
+        let sub = (id % 60) * 4;
+        let (root_ip, far_ip) = (format!("{net}.{}", sub + 1), format!("{net}.{}", sub + 2));
+        ip(&["netns", "add", &ns]);
+        let host = Host { ns: ns.clone(), veth: veth.clone(), root_ip: root_ip.clone() };
+        ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &peer, "netns", &ns]);
+        ip(&["addr", "add", &format!("{root_ip}/30"), "dev", &veth]);
+        ip(&["link", "set", &veth, "up"]);
+        ip(&["netns", "exec", &ns, "ip", "addr", "add", &format!("{far_ip}/30"), "dev", &peer]);
+        ip(&["netns", "exec", &ns, "ip", "link", "set", &peer, "up"]);
+        ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        host
+    }
+
+    fn link(&self, up: bool) {
+        ip(&["link", "set", &self.veth, if up { "up" } else { "down" }]);
+    }
+
+    fn worker(&self, url: &str, pool: &str, lease_ms: u64) -> WorkerProc {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(std::env::current_exe().unwrap())
+            .env(multiproc::cluster::WORKER_REDIS_ENV, url)
+            .env(multiproc::cluster::WORKER_POOL_ENV, pool)
+            .env(multiproc::cluster::WORKER_SLOTS_ENV, "1")
+            .env(multiproc::cluster::WORKER_LEASE_ENV, lease_ms.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        WorkerProc(child)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// A redis-server on TCP at `bind`, on a port that was free.
+struct TcpRedis {
+    child: Child,
+    url: String,
+}
+
+impl TcpRedis {
+    fn start(bind: &str) -> TcpRedis {
+        let port = std::net::TcpListener::bind((bind, 0)).unwrap().local_addr().unwrap().port();
+        let child = Command::new(redis_server())
+            .args(["--port", &port.to_string(), "--bind", bind, "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--dir"])
+            .arg(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + GUARD;
+        while std::net::TcpStream::connect((bind, port)).is_err() {
+            assert!(Instant::now() < until, "redis-server did not start");
+            std::thread::yield_now();
+        }
+        TcpRedis { child, url: format!("redis://{bind}:{port}/") }
+    }
+}
+
+impl Drop for TcpRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
