@@ -18,6 +18,7 @@ use multiproc::{Error, Pool};
 struct Redis {
     child: Option<Child>,
     dir: PathBuf,
+    extra: Vec<String>,
 }
 
 fn redis_server() -> PathBuf {
@@ -31,10 +32,14 @@ fn redis_server() -> PathBuf {
 
 impl Redis {
     fn start(name: &str) -> Redis {
+        Redis::start_with(name, &[])
+    }
+
+    fn start_with(name: &str, extra: &[&str]) -> Redis {
         let dir = std::env::temp_dir().join(format!("multiproc-redis-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut r = Redis { child: None, dir };
+        let mut r = Redis { child: None, dir, extra: extra.iter().map(|s| (*s).to_owned()).collect() };
         r.up();
         r
     }
@@ -53,6 +58,7 @@ impl Redis {
             .arg(self.socket())
             .args(["--unixsocketperm", "700", "--dir"])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -629,4 +635,43 @@ impl Drop for TcpRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A lazy `imap` over an endless input keeps the task stream short: the
+/// pool reads its input only as results come back.
+#[test]
+fn an_endless_imap_keeps_the_stream_bounded() {
+    let redis = Redis::start("endless");
+    let _w = worker(&redis, "endless", 2, 2000);
+    let pool = Pool::builder().redis(&redis.url(), "endless").processes(2).build().unwrap();
+    let mut longest = 0u64;
+    for (i, r) in pool.imap(square, 0u64..).take(3000).enumerate() {
+        assert_eq!(r.unwrap(), (i as u64) * (i as u64));
+        if i % 100 == 0 {
+            longest = longest.max(redis.cli(&["XLEN", "{mp:endless}:tasks"]).parse().unwrap());
+        }
+    }
+    // The read-ahead is 64 tasks per counted process: 128 here.
+    assert!(longest <= 128, "the task stream grew to {longest}");
+}
+
+/// A Redis with a password: the password in the URL works for the pool and
+/// its workers; a wrong one is an error when the pool is built.
+#[test]
+fn a_password_in_the_url_is_used_and_a_wrong_one_refused() {
+    let redis = Redis::start_with("password", &["--requirepass", "s3cret"]);
+    let base = redis.url();
+    let url = format!("{base}?pass=s3cret");
+    let wrong = format!("{base}?pass=nope");
+    assert!(matches!(Pool::builder().redis(&wrong, "pw").build(), Err(Error::Redis { .. })));
+    let child = Command::new(std::env::current_exe().unwrap())
+        .env(multiproc::cluster::WORKER_REDIS_ENV, &url)
+        .env(multiproc::cluster::WORKER_POOL_ENV, "pw")
+        .env(multiproc::cluster::WORKER_SLOTS_ENV, "1")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _w = WorkerProc(child);
+    let pool = Pool::builder().redis(&url, "pw").build().unwrap();
+    assert_eq!(pool.apply(square, (6,)).unwrap(), 36);
 }
