@@ -219,6 +219,9 @@ pub enum Error {
     /// (Python: `ValueError: Pool is still running`).
     #[error("the pool is still running: close or terminate it before join")]
     PoolStillRunning,
+    /// The call was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel)).
+    #[error("the call was cancelled")]
+    Cancelled,
     /// The pool was terminated before this task finished.
     #[error("the pool was terminated before this task finished")]
     PoolTerminated,

@@ -675,3 +675,28 @@ fn a_password_in_the_url_is_used_and_a_wrong_one_refused() {
     let pool = Pool::builder().redis(&url, "pw").build().unwrap();
     assert_eq!(pool.apply(square, (6,)).unwrap(), 36);
 }
+
+/// `cancel` on a Redis-backed pool: a task no worker took yet is never
+/// delivered; a running one's process is killed by its worker (which then
+/// takes the next task); neither counts as a second result.
+#[test]
+fn cancel_stops_a_waiting_task_and_kills_a_running_one() {
+    let redis = Redis::start("cancel");
+    let dir = redis.dir.join("runs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    let _w = worker(&redis, "cancel", 1, 600);
+    let pool = pool(&redis, "cancel");
+    let mut running = pool.apply_async(noted_nap, (d.clone(), 60_000));
+    wait_for_runs(&dir, 1);
+    let mut waiting = pool.apply_async(noted_nap, (d.clone(), 0));
+    assert!(waiting.cancel() && running.cancel());
+    assert!(matches!(running.get(), Err(Error::Cancelled)));
+    assert!(matches!(waiting.get(), Err(Error::Cancelled)));
+    // One slot: this runs only once the cancelled task's process is gone
+    // (long before its 60 s).
+    let mut next = pool.apply_async(square, (8,));
+    assert_eq!(next.get_timeout(Duration::from_secs(30)).unwrap(), Some(64));
+    assert_eq!(runs(&dir), 1, "the cancelled waiting task ran");
+    assert_eq!(pool.duplicate_results(), 0);
+}

@@ -470,3 +470,58 @@ fn async_tasks_run_on_the_workers_runtime() {
         assert_eq!(proc.join().unwrap(), 42, "{m}");
     }
 }
+
+/// Writes a file named `name` in `dir` (the task ran), then naps.
+fn mark_and_nap(dir: String, name: String, millis: u64) -> u64 {
+    std::fs::write(std::path::Path::new(&dir).join(name), b"").unwrap();
+    std::thread::sleep(Duration::from_millis(millis));
+    millis
+}
+
+fn my_pid() -> u32 {
+    std::process::id()
+}
+
+fn wait_for_file(path: &std::path::Path) {
+    let until = Instant::now() + GUARD;
+    while !path.exists() {
+        assert!(Instant::now() < until, "{} never appeared", path.display());
+        std::thread::yield_now();
+    }
+}
+
+/// `AsyncResult::cancel`: a queued task never runs; a running one's
+/// process is killed (and replaced); a finished one is not cancelled; a
+/// map's every call.
+#[test]
+fn cancel_stops_queued_and_running_tasks() {
+    let dir = std::env::temp_dir().join(format!("multiproc-cancel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    let pool = Pool::new(1).unwrap();
+    let before = pool.apply(my_pid, ()).unwrap();
+    let mut running = pool.apply_async(mark_and_nap, (d.clone(), "running".to_string(), 60_000));
+    let mut queued = pool.apply_async(mark_and_nap, (d.clone(), "queued".to_string(), 0));
+    wait_for_file(&dir.join("running"));
+    assert!(queued.cancel(), "a queued task is cancelled");
+    assert!(!queued.cancel(), "twice: not again");
+    assert!(running.cancel(), "a running task is cancelled");
+    assert!(matches!(running.get(), Err(Error::Cancelled)));
+    assert!(matches!(queued.get(), Err(Error::Cancelled)));
+    let after = pool.apply(my_pid, ()).unwrap();
+    assert_ne!(before, after, "the cancelled task's process was killed and replaced");
+    let mut done = pool.apply_async(mark_and_nap, (d.clone(), "done".to_string(), 0));
+    assert_eq!(done.get().unwrap(), 0);
+    assert!(!done.cancel(), "a finished task is not cancelled");
+    assert!(!dir.join("queued").exists(), "the cancelled queued task ran");
+    let mut all = pool.starmap_async(mark_and_nap, (0..4).map(|i| (d.clone(), format!("m{i}"), 60_000u64)));
+    wait_for_file(&dir.join("m0"));
+    assert!(all.cancel());
+    assert!(matches!(all.get(), Err(Error::Cancelled)));
+    assert_eq!(pool.apply(inc, (1,)).unwrap(), 2, "the pool goes on");
+    assert!(!dir.join("m3").exists(), "a cancelled map's queued call ran");
+    pool.close();
+    pool.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -14,6 +14,8 @@
 //!   renews. When it is missing, Redis lost data (a restart without
 //!   persistence, a failover): the submitter re-creates the group and sends
 //!   again every task it has no result for.
+//! - `{mp:P}:cancel:<task>`: set (with a TTL) when a task's caller cancels
+//!   it; a worker running the task kills its process.
 //! - `{mp:P}:dead`: the dead letters (poison tasks, tasks no worker of
 //!   their build took), with their reasons; capped in length.
 
@@ -55,6 +57,11 @@ impl Keys {
 
     pub(crate) fn epoch(&self, submitter: &str) -> String {
         format!("{}:epoch:{submitter}", self.prefix)
+    }
+
+    /// Set when task `id`'s caller cancelled it.
+    pub(crate) fn cancel(&self, id: &str) -> String {
+        format!("{}:cancel:{id}", self.prefix)
     }
 
     pub(crate) fn worker(&self, name: &str) -> String {

@@ -26,6 +26,8 @@ use crate::pool::supervisor::{Shared, Status, Task};
 struct Sent {
     task: Task,
     message: TaskMessage,
+    /// Its entry in the task stream, once sent.
+    entry: Option<String>,
 }
 
 struct Books {
@@ -33,6 +35,8 @@ struct Books {
     /// Results dropped because their task had one already (shared with
     /// the pool's handle).
     duplicates: Arc<AtomicU64>,
+    /// Tasks their callers cancelled: a result of theirs is no duplicate.
+    cancelled: Mutex<std::collections::HashSet<String>>,
     /// Set when Redis lost data: the reader starts its stream over.
     restart_reading: AtomicBool,
     stop: AtomicBool,
@@ -51,6 +55,7 @@ pub(crate) fn run(shared: Arc<Shared>, config: Config, duplicates: Arc<AtomicU64
     let books = Arc::new(Books {
         sent: Mutex::new(HashMap::new()),
         duplicates,
+        cancelled: Mutex::new(std::collections::HashSet::new()),
         restart_reading: AtomicBool::new(false),
         stop: AtomicBool::new(false),
     });
@@ -130,7 +135,8 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
                     ensure_group(c, &keys.tasks())?;
                     books.restart_reading.store(true, Ordering::SeqCst);
                     let again: Vec<TaskMessage> = books.sent().values().map(|s| s.message.clone()).collect();
-                    send(c, keys, &again)?;
+                    let entries = send(c, keys, &again)?;
+                    note_entries(books, &again, entries);
                 }
                 redis::pipe()
                     .cmd("SET")
@@ -145,10 +151,20 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
                     .ignore()
                     .query::<()>(c)?;
             }
+            let cancels = shared.take_cancels();
+            if cancels && let Err(e) = cancel(c, keys, books, ttl_ms) {
+                // Looked at again on the next connection.
+                shared.note_cancel();
+                return Err(e);
+            }
             // New tasks, as many as the limit allows.
             let room = config.max_in_flight.saturating_sub(books.sent().len());
             let batch: Vec<Task> = {
                 let mut st = shared.lock();
+                // Cancelled before they were sent: never sent.
+                if cancels {
+                    st.pending.retain(|t| !t.sink.cancelled());
+                }
                 let n = room.min(st.pending.len());
                 let batch = st.pending.drain(..n).collect();
                 st.sleeping = true;
@@ -160,7 +176,7 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
                 match message(task, format!("{submitter}:{next_seq}"), &reply, config.task_timeout) {
                     Ok((task, m)) => {
                         messages.push(m.clone());
-                        books.sent().insert(m.id.clone(), Sent { task, message: m });
+                        books.sent().insert(m.id.clone(), Sent { task, message: m, entry: None });
                     }
                     Err((task, e)) => {
                         for i in 0..task.calls {
@@ -170,7 +186,9 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
                 }
             }
             // Sent after being noted: a fast result finds its task.
-            send(c, keys, &messages)
+            let entries = send(c, keys, &messages)?;
+            note_entries(books, &messages, entries);
+            Ok(())
         })();
         if step.is_err() {
             con = None;
@@ -220,15 +238,48 @@ impl TravelError {
     }
 }
 
-fn send(c: &mut redis::Connection, keys: &Keys, messages: &[TaskMessage]) -> redis::RedisResult<()> {
+/// Adds the tasks to the stream; their entry ids, in order.
+fn send(c: &mut redis::Connection, keys: &Keys, messages: &[TaskMessage]) -> redis::RedisResult<Vec<String>> {
     if messages.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let tasks = keys.tasks();
     let mut pipe = redis::pipe();
     for m in messages {
-        pipe.cmd("XADD").arg(&tasks).arg("*").arg("t").arg(crate::reduction::encode_plain(m)).ignore();
+        pipe.cmd("XADD").arg(&tasks).arg("*").arg("t").arg(crate::reduction::encode_plain(m));
     }
+    pipe.query(c)
+}
+
+fn note_entries(books: &Books, messages: &[TaskMessage], entries: Vec<String>) {
+    let mut sent = books.sent();
+    for (m, entry) in messages.iter().zip(entries) {
+        if let Some(s) = sent.get_mut(&m.id) {
+            s.entry = Some(entry);
+        }
+    }
+}
+
+/// Tasks sent whose callers cancelled them: out of the books; out of the
+/// stream if no worker took them yet (XDEL: never delivered), and a cancel
+/// key that a worker running one looks for (it kills the task's process).
+fn cancel(c: &mut redis::Connection, keys: &Keys, books: &Books, ttl_ms: u64) -> redis::RedisResult<()> {
+    let gone: Vec<Sent> = {
+        let mut sent = books.sent();
+        let ids: Vec<String> = sent.iter().filter(|(_, s)| s.task.sink.cancelled()).map(|(id, _)| id.clone()).collect();
+        ids.iter().filter_map(|id| sent.remove(id)).collect()
+    };
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for s in &gone {
+        pipe.cmd("SET").arg(keys.cancel(&s.message.id)).arg(1).arg("PX").arg(ttl_ms).ignore();
+        if let Some(entry) = &s.entry {
+            pipe.cmd("XDEL").arg(keys.tasks()).arg(entry).ignore();
+        }
+    }
+    books.cancelled.lock().unwrap_or_else(PoisonError::into_inner).extend(gone.iter().map(|s| s.message.id.clone()));
     pipe.query(c)
 }
 
@@ -283,7 +334,10 @@ fn deliver(books: &Books, fields: &HashMap<String, Vec<u8>>) {
     let (Some(id), Some(body)) = (fields.get("id"), fields.get("r")) else { return };
     let Ok(id) = String::from_utf8(id.clone()) else { return };
     let Some(sent) = books.sent().remove(&id) else {
-        books.duplicates.fetch_add(1, Ordering::Relaxed);
+        // A cancelled task's answer is expected; anything else is a second.
+        if !books.cancelled.lock().unwrap_or_else(PoisonError::into_inner).remove(&id) {
+            books.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
         return;
     };
     let task = sent.task;

@@ -118,6 +118,7 @@ impl Worker {
             name,
             slots: self.slots,
             running: Mutex::new(HashMap::new()),
+            wake_local: local.nudge(),
             freed: Condvar::new(),
             stop: stop.clone(),
         });
@@ -151,14 +152,23 @@ struct State {
     keys: Keys,
     name: String,
     slots: usize,
-    /// Stream ids of the tasks running here, with their messages.
-    running: Mutex<HashMap<String, TaskMessage>>,
+    /// Stream ids of the tasks running here, with their messages and sinks.
+    running: Mutex<HashMap<String, Running>>,
+    /// Makes the local pool look at its tasks (one was cancelled).
+    wake_local: crate::pool::result::Nudge,
     freed: Condvar,
     stop: Arc<AtomicBool>,
 }
 
+/// A task running here.
+#[derive(Clone)]
+struct Running {
+    message: TaskMessage,
+    sink: Arc<TaskSink>,
+}
+
 impl State {
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskMessage>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -178,11 +188,17 @@ enum Done {
 struct TaskSink {
     stream_id: String,
     calls: usize,
+    /// Its caller cancelled it: the local pool kills its process.
+    cancelled: AtomicBool,
     failed: Mutex<Vec<Error>>,
     done: Mutex<mpsc::Sender<(String, Done)>>,
 }
 
 impl Sink for TaskSink {
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
     fn deliver(&self, _index: usize, item: RawItem) {
         let send = |d: Done| {
             let _ = self.done.lock().unwrap_or_else(PoisonError::into_inner).send((self.stream_id.clone(), d));
@@ -341,21 +357,28 @@ fn accept(
         }
         return;
     }
+    // Cancelled before it reached a worker: not run.
+    if redis::cmd("EXISTS").arg(state.keys.cancel(&message.id)).query::<bool>(c).unwrap_or(false) {
+        let _ = ack(state, c, &stream_id);
+        return;
+    }
+    let sink = Arc::new(TaskSink {
+        stream_id: stream_id.clone(),
+        calls: message.calls,
+        cancelled: AtomicBool::new(false),
+        failed: Mutex::new(Vec::new()),
+        done: Mutex::new(done.clone()),
+    });
     let task = Task {
         entry: message.entry,
         items: message.items.iter().map(|b| PackedItem { bytes: b.clone(), fds: Vec::new() }).collect(),
         base: 0,
         batch: message.batch,
         calls: message.calls,
-        sink: Arc::new(TaskSink {
-            stream_id: stream_id.clone(),
-            calls: message.calls,
-            failed: Mutex::new(Vec::new()),
-            done: Mutex::new(done.clone()),
-        }),
+        sink: sink.clone(),
         timeout: message.timeout_ms.map(Duration::from_millis),
     };
-    state.running().insert(stream_id, message);
+    state.running().insert(stream_id, Running { message, sink });
     local.submit_tasks([task]);
 }
 
@@ -371,7 +394,7 @@ fn answer(state: &State, done: &mpsc::Receiver<(String, Done)>) {
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        let Some(message) = state.running().get(&stream_id).cloned() else { continue };
+        let Some(message) = state.running().get(&stream_id).map(|r| r.message.clone()) else { continue };
         loop {
             if state.stopping() && !state.running().contains_key(&stream_id) {
                 break;
@@ -575,7 +598,8 @@ fn renew(state: &State) {
             continue;
         }
         next = now + every;
-        let ids: Vec<String> = state.running().keys().cloned().collect();
+        let running: Vec<(String, Running)> = state.running().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
         let c = match &mut con {
             Some(c) => c,
             None => match connect(&state.config) {
@@ -595,7 +619,25 @@ fn renew(state: &State) {
             .arg("PX")
             .arg((state.config.lease.as_millis() as u64).saturating_mul(3))
             .query::<()>(c);
-        if call.invoke::<i64>(c).is_err() || seen.is_err() {
+        // Tasks whose callers cancelled them: their processes go.
+        let cancelled = if running.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let keys: Vec<String> = running.iter().map(|(_, r)| state.keys.cancel(&r.message.id)).collect();
+            redis::cmd("MGET").arg(&keys).query::<Vec<Option<String>>>(c)
+        };
+        if let Ok(flags) = &cancelled {
+            let mut any = false;
+            for ((_, r), flag) in running.iter().zip(flags) {
+                if flag.is_some() && !r.sink.cancelled.swap(true, Ordering::SeqCst) {
+                    any = true;
+                }
+            }
+            if any {
+                (state.wake_local)();
+            }
+        }
+        if call.invoke::<i64>(c).is_err() || seen.is_err() || cancelled.is_err() {
             con = None;
         }
     }

@@ -398,6 +398,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let slot = Slot::<R>::new();
+        slot.on_cancel(self.nudge());
         let entry = entry_ref(entry_of::<F, A>());
         match pack(&args) {
             Ok(item) => self.shared.submit([Task {
@@ -552,6 +553,7 @@ impl Pool {
         let calls: Vec<T> = items.into_iter().collect();
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(calls.len(), self.processes));
         let slot = Slot::<Vec<R>>::new();
+        slot.on_cancel(self.nudge());
         let sink = MapSink::<R>::new(calls.len(), slot.clone());
         if !calls.is_empty() {
             self.submit_calls(Entries::of::<F, T>(), calls, chunksize, sink);
@@ -713,6 +715,17 @@ impl Pool {
     /// ```
     pub fn duplicate_results(&self) -> u64 {
         self.duplicates.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What a cancelled call uses to make the supervisor look at once (a
+    /// weak reference: a forgotten result keeps no pool alive).
+    pub(crate) fn nudge(&self) -> result::Nudge {
+        let shared = Arc::downgrade(&self.shared);
+        Box::new(move || {
+            if let Some(s) = shared.upgrade() {
+                s.note_cancel();
+            }
+        })
     }
 
     /// Queues tasks made elsewhere in the crate (a cluster worker's).

@@ -67,7 +67,16 @@ impl RawItem {
 pub(crate) trait Sink: Send + Sync {
     /// The result of call `index` of the submission.
     fn deliver(&self, index: usize, item: RawItem);
+
+    /// Whether its caller cancelled it: a task not started is not run, a
+    /// running one's process is killed.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
+
+/// What a cancel calls to make the pool look (its supervisor's wake-up).
+pub(crate) type Nudge = Box<dyn Fn() + Send + Sync>;
 
 type Callback<R> = Box<dyn FnOnce(&R) + Send>;
 type ErrorCallback = Box<dyn FnOnce(&Error) + Send>;
@@ -87,6 +96,8 @@ struct SlotState<R> {
 pub(crate) struct Slot<R> {
     state: Mutex<SlotState<R>>,
     ready: Condvar,
+    cancelled: std::sync::atomic::AtomicBool,
+    nudge: Mutex<Option<Nudge>>,
 }
 
 impl<R> Slot<R> {
@@ -102,7 +113,18 @@ impl<R> Slot<R> {
                 wakers: Vec::new(),
             }),
             ready: Condvar::new(),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
+            nudge: Mutex::new(None),
         })
+    }
+
+    /// What [`AsyncResult::cancel`] calls so that the pool looks at once.
+    pub(crate) fn on_cancel(&self, nudge: Nudge) {
+        *self.nudge.lock().unwrap_or_else(PoisonError::into_inner) = Some(nudge);
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotState<R>> {
@@ -144,6 +166,10 @@ impl<R: DeserializeOwned + Send> Sink for Slot<R> {
         let result = item.into_results().into_iter().next();
         self.complete(result.unwrap_or_else(|| Err(Error::Protocol("an empty answer".into()))));
     }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
 }
 
 /// The result of [`Pool::apply_async`](crate::Pool::apply_async) and the
@@ -174,6 +200,39 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
 impl<R> AsyncResult<R> {
     pub(crate) fn new(slot: Arc<Slot<R>>) -> Self {
         AsyncResult { slot }
+    }
+
+    /// Cancels the call (Python's `Future.cancel`, and more): if it has
+    /// not finished, it never will — a task not yet started never runs, a
+    /// running one's process is killed (its pool starts another) — and
+    /// [`get`](Self::get) gives [`Error::Cancelled`]. `true` if it was
+    /// cancelled now, `false` if it had already finished (or was cancelled
+    /// before). For a map, every call of it.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let mut running = pool.apply_async(nap, (60_000,));
+    /// let mut waiting = pool.apply_async(nap, (1,));
+    /// assert!(waiting.cancel() && running.cancel());
+    /// assert!(matches!(running.get(), Err(multiproc::Error::Cancelled)));
+    /// assert!(matches!(waiting.get(), Err(multiproc::Error::Cancelled)));
+    /// assert_eq!(pool.apply(nap, (1,)).unwrap(), 1, "the pool goes on");
+    /// # }
+    /// ```
+    pub fn cancel(&self) -> bool {
+        if self.slot.lock().done {
+            return false;
+        }
+        if self.slot.cancelled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        self.slot.complete(Err(Error::Cancelled));
+        if let Some(nudge) = &*self.slot.nudge.lock().unwrap_or_else(PoisonError::into_inner) {
+            nudge();
+        }
+        true
     }
 
     /// Whether the call has finished.
@@ -387,6 +446,10 @@ impl<R> MapSink<R> {
 }
 
 impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
+    fn cancelled(&self) -> bool {
+        self.slot.is_cancelled()
+    }
+
     fn deliver(&self, index: usize, item: RawItem) {
         for (k, result) in item.into_results::<R>().into_iter().enumerate() {
             match result {

@@ -78,6 +78,9 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     stopped: Condvar,
     wake: OwnedFd,
+    /// A call was cancelled since the last look: queued tasks are sifted
+    /// only then (a pool may hold a million).
+    cancels: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -91,11 +94,23 @@ impl Shared {
             }),
             stopped: Condvar::new(),
             wake: sys::eventfd()?,
+            cancels: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A call was cancelled: look.
+    pub(crate) fn note_cancel(&self) {
+        self.cancels.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Whether a call was cancelled since the last time this was asked.
+    pub(crate) fn take_cancels(&self) -> bool {
+        self.cancels.swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Tells the supervisor that something changed.
@@ -302,6 +317,10 @@ impl Supervisor {
             }
             return;
         }
+        // Cancelled before they started: never run.
+        if self.shared.take_cancels() {
+            st.pending.retain(|t| !t.sink.cancelled());
+        }
         let room = |w: &Slot, maxtasks: Option<u64>| -> usize {
             if !w.ready || w.exited || w.timed_out {
                 return 0;
@@ -435,7 +454,9 @@ impl Supervisor {
         let limits: Vec<Option<Duration>> = self.workers.iter().map(|w| self.limit(w)).collect();
         for (w, limit) in self.workers.iter_mut().zip(limits) {
             let over = limit.is_some_and(|l| w.running_since.is_some_and(|s| now.duration_since(s) >= l));
-            if !w.timed_out && over {
+            // A running task whose caller cancelled it: its process goes.
+            let cancelled = w.inflight.front().is_some_and(|(_, t)| t.sink.cancelled());
+            if !w.timed_out && (over || cancelled) {
                 w.timed_out = true;
                 let _ = w.process.kill();
             }
