@@ -52,6 +52,13 @@
 //! makes the consumer group again and sends every task it has no result
 //! for once more.
 //!
+//! [`AsyncResult::cancel`](crate::AsyncResult::cancel) works here too: a
+//! task no worker took yet is deleted from the stream (never delivered); a
+//! running one's worker sees the cancellation at its next lease renewal (a
+//! third of the lease) and kills the task's process. A pool's
+//! [`task_timeout`](crate::PoolBuilder::task_timeout) travels with each
+//! task to the worker that runs it.
+//!
 //! Arguments and results that hold OS handles cannot travel between
 //! machines: such a call fails with [`Error::Encode`].
 //!
