@@ -700,3 +700,21 @@ fn cancel_stops_a_waiting_task_and_kills_a_running_one() {
     assert_eq!(runs(&dir), 1, "the cancelled waiting task ran");
     assert_eq!(pool.duplicate_results(), 0);
 }
+
+/// A task entry that is not one (garbage bytes, a missing field) becomes a
+/// dead letter; the worker goes on.
+#[test]
+fn garbage_in_the_task_stream_is_a_dead_letter_not_a_crash() {
+    let redis = Redis::start("garbage");
+    let _w = worker(&redis, "garbage", 1, 500);
+    let pool = pool(&redis, "garbage");
+    assert_eq!(pool.apply(square, (2,)).unwrap(), 4);
+    redis.cli(&["XADD", "{mp:garbage}:tasks", "*", "t", "\u{1}\u{ff}garbage"]);
+    redis.cli(&["XADD", "{mp:garbage}:tasks", "*", "other", "field"]);
+    let until = Instant::now() + GUARD;
+    while multiproc::cluster::status(&redis.url(), "garbage").unwrap().dead_letters.len() < 2 {
+        assert!(Instant::now() < until, "the garbage never became dead letters");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(pool.apply(square, (3,)).unwrap(), 9, "the worker goes on");
+}

@@ -92,6 +92,22 @@ pub(crate) struct TaskMessage {
     pub items: Vec<Vec<u8>>,
 }
 
+/// The most calls one task may stand for (a chunk); more is malformed.
+const MAX_CALLS: usize = 1 << 24;
+
+impl TaskMessage {
+    /// Whether its sizes agree (one item per call, or one chunk of at most
+    /// `MAX_CALLS` calls): checked before a worker makes anything for it.
+    pub(crate) fn well_formed(&self) -> Result<(), String> {
+        let shaped = if self.batch { self.items.len() == 1 } else { self.items.len() == self.calls };
+        if shaped && (1..=MAX_CALLS).contains(&self.calls) {
+            Ok(())
+        } else {
+            Err(format!("a malformed task: {} calls in {} items", self.calls, self.items.len()))
+        }
+    }
+}
+
 /// Why calls failed without an outcome of their own.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Failure {
@@ -179,4 +195,44 @@ pub(crate) fn build_identity() -> &'static str {
             Err(_) => "unknown".into(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(batch: bool, calls: usize, items: usize) -> TaskMessage {
+        TaskMessage {
+            id: "s:1".into(),
+            reply: "r".into(),
+            build: "b".into(),
+            entry: EntryRef { offset: 0, check: 0 },
+            batch,
+            calls,
+            timeout_ms: None,
+            items: vec![Vec::new(); items],
+        }
+    }
+
+    #[test]
+    fn a_task_whose_sizes_disagree_is_refused() {
+        assert!(task(false, 1, 1).well_formed().is_ok());
+        assert!(task(true, 100, 1).well_formed().is_ok());
+        assert!(task(false, 2, 1).well_formed().is_err());
+        assert!(task(false, 0, 0).well_formed().is_err());
+        assert!(task(true, 5, 2).well_formed().is_err());
+        assert!(task(true, usize::MAX, 1).well_formed().is_err(), "a count nobody should allocate for");
+    }
+
+    #[test]
+    fn stream_replies_are_read_and_nil_payloads_skipped() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let entry = Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("t"), bulk("x")])]);
+        let deleted = Value::Array(vec![bulk("2-0"), Value::Nil]);
+        let reply = Value::Array(vec![Value::Array(vec![bulk("k"), Value::Array(vec![entry, deleted])])]);
+        let got = read_reply(&reply);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "1-0");
+        assert_eq!(got[0].1["t"], b"x");
+    }
 }

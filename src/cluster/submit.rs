@@ -345,8 +345,10 @@ fn deliver(books: &Books, fields: &HashMap<String, Vec<u8>>) {
         Ok(ResultMessage::Outcome { outcome, worker, pid }) => {
             task.sink.deliver(task.base, RawItem::Outcome { outcome, fds: Vec::new(), worker, pid });
         }
-        Ok(ResultMessage::Batch { outcome, worker, pid, count }) => {
-            task.sink.deliver(task.base, RawItem::Batch { outcome, fds: Vec::new(), worker, pid, count });
+        Ok(ResultMessage::Batch { outcome, worker, pid, count: _ }) => {
+            // The count is ours, not what came from Redis: a wrong one
+            // there cannot make us allocate for it.
+            task.sink.deliver(task.base, RawItem::Batch { outcome, fds: Vec::new(), worker, pid, count: task.calls });
         }
         Ok(ResultMessage::Failed(f)) => {
             for i in 0..task.calls {

@@ -339,6 +339,12 @@ fn accept(
             return;
         }
     };
+    // Sizes from Redis are checked before anything is made for them.
+    if let Err(why) = message.well_formed() {
+        let _ = dead_letter(state, c, &stream_id, None, &why, 0);
+        let _ = ack(state, c, &stream_id);
+        return;
+    }
     let mine = protocol::build_identity();
     if message.build != mine {
         let deliveries = deliveries(state, c, &stream_id).unwrap_or(u64::MAX);
