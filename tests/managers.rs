@@ -947,14 +947,9 @@ fn server_sharing(
     (server, port)
 }
 
-/// A client killed while its `get(timeout=30)` waits takes nothing: every
-/// item put afterwards reaches the living, once, in order.
-#[test]
-fn a_client_killed_in_a_parked_get_costs_no_item() {
-    let (server, port) = sync_server_with(&["jobs"]);
-    park_and_kill(&port, "jobs", "qsize()", "get(timeout=30)");
-    let client = Client::connect(server.address(), b"abc").unwrap();
-    let jobs = client.create("jobs", vec![]).unwrap();
+/// 1,000 items put on `jobs` after a parked client was killed, taken by
+/// another client: every one, once, in order.
+fn every_item_reaches_the_living(server: &multiproc::managers::RunningServer, jobs: &multiproc::managers::Proxy) {
     let taker = Client::connect(server.address(), b"abc").unwrap().create("jobs", vec![]).unwrap();
     for i in 0..1000 {
         jobs.call("put", vec![PyValue::Int(i)]).unwrap();
@@ -963,7 +958,28 @@ fn a_client_killed_in_a_parked_get_costs_no_item() {
         assert_eq!(taker.get_timeout(Duration::from_secs(120)).unwrap(), Some(PyValue::Int(i)), "item {i}");
     }
     assert_eq!(jobs.call("qsize", vec![]).unwrap(), PyValue::Int(0), "an item twice");
-    drop((jobs, taker, client));
+}
+
+/// `holder` releases the lock `gate`; the next acquirer gets it (not a
+/// killed client's parked acquire).
+fn the_next_acquirer_gets_it(server: &multiproc::managers::RunningServer, holder: &multiproc::managers::Proxy) {
+    holder.call("release", vec![]).unwrap();
+    let next = Client::connect(server.address(), b"abc").unwrap().create("gate", vec![]).unwrap();
+    let got = next.call("acquire", vec![PyValue::Bool(true), PyValue::Int(120)]).unwrap();
+    assert_eq!(got, PyValue::Bool(true), "the dead client's parked acquire took the lock");
+    next.call("release", vec![]).unwrap();
+}
+
+/// A client killed while its `get(timeout=30)` waits takes nothing: every
+/// item put afterwards reaches the living, once, in order.
+#[test]
+fn a_client_killed_in_a_parked_get_costs_no_item() {
+    let (server, port) = sync_server_with(&["jobs"]);
+    park_and_kill(&port, "jobs", "qsize()", "get(timeout=30)");
+    let client = Client::connect(server.address(), b"abc").unwrap();
+    let jobs = client.create("jobs", vec![]).unwrap();
+    every_item_reaches_the_living(&server, &jobs);
+    drop((jobs, client));
     server.stop().unwrap();
 }
 
@@ -975,12 +991,8 @@ fn a_client_killed_in_a_parked_acquire_takes_no_lock() {
     let holder = Client::connect(server.address(), b"abc").unwrap().create("gate", vec![]).unwrap();
     assert_eq!(holder.call("acquire", vec![]).unwrap(), PyValue::Bool(true));
     park_and_kill(&port, "gate", "acquire(False)", "acquire()");
-    holder.call("release", vec![]).unwrap();
-    let next = Client::connect(server.address(), b"abc").unwrap().create("gate", vec![]).unwrap();
-    let got = next.call("acquire", vec![PyValue::Bool(true), PyValue::Int(120)]).unwrap();
-    assert_eq!(got, PyValue::Bool(true), "the dead client's parked acquire took the lock");
-    next.call("release", vec![]).unwrap();
-    drop((holder, next));
+    the_next_acquirer_gets_it(&server, &holder);
+    drop(holder);
     server.stop().unwrap();
 }
 
@@ -1086,15 +1098,8 @@ mod rust_clients_killed {
         let jobs = client.create("jobs", vec![]).unwrap();
         // get(True, 30): block, timeout 30 s.
         park_and_kill_rust(&jobs, ("qsize", vec![]), "get", vec![1, 30]);
-        let taker = Client::connect(server.address(), b"abc").unwrap().create("jobs", vec![]).unwrap();
-        for i in 0..1000 {
-            jobs.call("put", vec![PyValue::Int(i)]).unwrap();
-        }
-        for i in 0..1000 {
-            assert_eq!(taker.get_timeout(Duration::from_secs(120)).unwrap(), Some(PyValue::Int(i)), "item {i}");
-        }
-        assert_eq!(jobs.call("qsize", vec![]).unwrap(), PyValue::Int(0), "an item twice");
-        drop((jobs, taker, client));
+        every_item_reaches_the_living(&server, &jobs);
+        drop((jobs, client));
         server.stop().unwrap();
     }
 
@@ -1106,12 +1111,8 @@ mod rust_clients_killed {
         let parker = Client::connect(server.address(), b"abc").unwrap().create("gate", vec![]).unwrap();
         // acquire(False) returns at once (the holder has the lock).
         park_and_kill_rust(&parker, ("acquire", vec![0]), "acquire", vec![]);
-        holder.call("release", vec![]).unwrap();
-        let next = Client::connect(server.address(), b"abc").unwrap().create("gate", vec![]).unwrap();
-        let got = next.call("acquire", vec![PyValue::Bool(true), PyValue::Int(120)]).unwrap();
-        assert_eq!(got, PyValue::Bool(true), "the dead client's parked acquire took the lock");
-        next.call("release", vec![]).unwrap();
-        drop((holder, parker, next));
+        the_next_acquirer_gets_it(&server, &holder);
+        drop((holder, parker));
         server.stop().unwrap();
     }
 }

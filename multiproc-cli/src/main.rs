@@ -93,13 +93,7 @@ fn cluster(command: ClusterCommand) -> Result<(), String> {
                 println!("{}", serde_json::to_string_pretty(&s.dead_letters).map_err(|e| e.to_string())?);
             } else {
                 for d in &s.dead_letters {
-                    println!(
-                        "{}  {}  after {} deliveries: {}",
-                        d.id,
-                        d.task.as_deref().unwrap_or("?"),
-                        d.deliveries,
-                        d.reason
-                    );
+                    println!("{d}");
                 }
             }
         }

@@ -136,6 +136,28 @@ pub(crate) fn connect(config: &Config) -> redis::RedisResult<redis::Connection> 
     Ok(c)
 }
 
+/// The connection kept in `con`, made (and set up by `setup`) when there
+/// is none; `None` while Redis cannot be reached (the caller waits a little
+/// and tries again). A caller drops a connection that failed by setting
+/// `con` to `None`.
+pub(crate) fn kept<'a>(
+    con: &'a mut Option<redis::Connection>,
+    config: &Config,
+    setup: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<()>,
+) -> Option<&'a mut redis::Connection> {
+    if con.is_none() {
+        let mut c = connect(config).ok()?;
+        setup(&mut c).ok()?;
+        *con = Some(c);
+    }
+    con.as_mut()
+}
+
+/// No set-up beyond connecting.
+pub(crate) fn as_is(_: &mut redis::Connection) -> redis::RedisResult<()> {
+    Ok(())
+}
+
 /// Connects once and makes the group: a pool whose Redis is wrong (a
 /// typo in its URL, a wrong password) fails when it is built, not by
 /// waiting forever. (After that, lost connections are retried.)

@@ -84,6 +84,13 @@ fn fields(v: &Value) -> HashMap<String, Value> {
     }
 }
 
+/// The dead letter stream's entries, oldest first.
+fn dead_entries(c: &mut redis::Connection, keys: &Keys) -> Result<Vec<protocol::Entry>> {
+    let dead: Value =
+        redis::cmd("XRANGE").arg(keys.dead()).arg("-").arg("+").query(c).map_err(redis_error("the dead letters"))?;
+    Ok(protocol::entries(&dead))
+}
+
 /// Reads a pool's state: backlog, tasks in flight with their lease ages
 /// and delivery counts, live workers, dead letters.
 pub fn status(url: &str, pool: &str) -> Result<ClusterStatus> {
@@ -154,13 +161,7 @@ pub fn status(url: &str, pool: &str) -> Result<ClusterStatus> {
         workers.push(WorkerSeen { name, running: parts.next().unwrap_or(0), slots: parts.next().unwrap_or(0) });
     }
     workers.sort_by(|a, b| a.name.cmp(&b.name));
-    let dead: Value = redis::cmd("XRANGE")
-        .arg(keys.dead())
-        .arg("-")
-        .arg("+")
-        .query(&mut c)
-        .map_err(redis_error("the dead letters"))?;
-    let dead_letters = protocol::entries(&dead)
+    let dead_letters = dead_entries(&mut c, &keys)?
         .into_iter()
         .map(|(id, f)| {
             let text = |k: &str| f.get(k).map(|b| String::from_utf8_lossy(b).into_owned());
@@ -182,14 +183,8 @@ pub fn requeue_dead_letters(url: &str, pool: &str) -> Result<usize> {
     let config = Config::new(url, pool);
     let keys = Keys::new(pool);
     let mut c = connect(&config).map_err(redis_error("connect to Redis"))?;
-    let dead: Value = redis::cmd("XRANGE")
-        .arg(keys.dead())
-        .arg("-")
-        .arg("+")
-        .query(&mut c)
-        .map_err(redis_error("the dead letters"))?;
     let mut n = 0;
-    for (id, f) in protocol::entries(&dead) {
+    for (id, f) in dead_entries(&mut c, &keys)? {
         let Some(task) = f.get("t") else { continue };
         redis::pipe()
             .atomic()
@@ -226,15 +221,16 @@ impl std::fmt::Display for ClusterStatus {
         }
         writeln!(f, "dead letters ({}):", self.dead_letters.len())?;
         for d in &self.dead_letters {
-            writeln!(
-                f,
-                "  {}  {}  after {} deliveries: {}",
-                d.id,
-                d.task.as_deref().unwrap_or("?"),
-                d.deliveries,
-                d.reason
-            )?;
+            writeln!(f, "  {d}")?;
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Display for DeadLetter {
+    /// One line: its id, its task, how often it was delivered, why.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let task = self.task.as_deref().unwrap_or("?");
+        write!(f, "{}  {task}  after {} deliveries: {}", self.id, self.deliveries, self.reason)
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 use super::protocol::{self, Keys, ResultMessage, TaskMessage};
-use super::{Config, connect, ensure_group, pause};
+use super::{Config, as_is, ensure_group, kept, pause};
 use crate::Error;
 use crate::pool::result::RawItem;
 use crate::pool::supervisor::{Shared, Status, Task};
@@ -108,21 +108,14 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
         if status == Status::Closed && shared.lock().pending.is_empty() && books.sent().is_empty() {
             return;
         }
-        let c = match &mut con {
-            Some(c) => c,
-            None => match connect(config).and_then(|mut c| {
-                ensure_group(&mut c, &keys.tasks())?;
-                Ok(c)
-            }) {
-                Ok(c) => {
-                    next_epoch_look = Instant::now();
-                    con.insert(c)
-                }
-                Err(_) => {
-                    pause(shared);
-                    continue;
-                }
-            },
+        let tasks = keys.tasks();
+        let setup = |c: &mut redis::Connection| {
+            next_epoch_look = Instant::now();
+            ensure_group(c, &tasks)
+        };
+        let Some(c) = kept(&mut con, config, setup) else {
+            pause(shared);
+            continue;
         };
         let step = (|| -> redis::RedisResult<()> {
             if Instant::now() >= next_epoch_look {
@@ -151,7 +144,9 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
                     .ignore()
                     .query::<()>(c)?;
             }
-            let cancels = shared.take_cancels();
+            // Cancelled before they were sent: never sent; sent ones are
+            // withdrawn.
+            let cancels = shared.drop_cancelled(&mut shared.lock());
             if cancels && let Err(e) = cancel(c, keys, books, ttl_ms) {
                 // Looked at again on the next connection.
                 shared.note_cancel();
@@ -161,10 +156,6 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
             let room = config.max_in_flight.saturating_sub(books.sent().len());
             let batch: Vec<Task> = {
                 let mut st = shared.lock();
-                // Cancelled before they were sent: never sent.
-                if cancels {
-                    st.pending.retain(|t| !t.sink.cancelled());
-                }
                 let n = room.min(st.pending.len());
                 let batch = st.pending.drain(..n).collect();
                 st.sleeping = true;
@@ -288,15 +279,9 @@ fn read_results(books: &Books, config: &Config, stream: &str) {
     let mut con = None;
     let mut last = "0-0".to_string();
     while !books.stop.load(Ordering::SeqCst) {
-        let c = match &mut con {
-            Some(c) => c,
-            None => match connect(config) {
-                Ok(c) => con.insert(c),
-                Err(_) => {
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-            },
+        let Some(c) = kept(&mut con, config, as_is) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
         };
         if books.restart_reading.swap(false, Ordering::SeqCst) {
             last = "0-0".into();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 use super::protocol::{self, DEAD_LETTERS_KEPT, Failure, GROUP, Keys, ResultMessage, TaskMessage};
-use super::{Config, connect, ensure_group};
+use super::{Config, as_is, connect, ensure_group, kept};
 use crate::pool::result::{RawItem, Sink};
 use crate::pool::supervisor::{PackedItem, Task};
 use crate::{Error, Pool, Result};
@@ -78,27 +78,8 @@ impl Worker {
     pub fn run(self) -> Result<()> {
         let signalled = crate::sys::proc::stop_signals_set_flag()
             .map_err(|source| Error::Io { context: "a handler for SIGTERM", source })?;
-        let stop = Arc::new(AtomicBool::new(false));
         let local = self.local_pool()?;
-        // The flag the handler sets, seen by the worker's threads.
-        let watcher = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("multiproc-cluster-signals".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::SeqCst) {
-                        if signalled.load(Ordering::SeqCst) {
-                            stop.store(true, Ordering::SeqCst);
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                })
-                .map_err(|source| Error::Io { context: "a thread for SIGTERM", source })?
-        };
-        let result = self.run_until(&stop, local);
-        stop.store(true, Ordering::SeqCst);
-        let _ = watcher.join();
-        result
+        self.run_until(signalled, local)
     }
 
     fn local_pool(&self) -> Result<Pool> {
@@ -109,8 +90,8 @@ impl Worker {
         builder.build()
     }
 
-    /// Works until `stop` is set.
-    pub(crate) fn run_until(self, stop: &Arc<AtomicBool>, local: Pool) -> Result<()> {
+    /// Works until `stop` is set (by SIGTERM or SIGINT).
+    fn run_until(self, stop: &'static AtomicBool, local: Pool) -> Result<()> {
         let name = super::random_name();
         let state = Arc::new(State {
             config: self.config.clone(),
@@ -120,7 +101,7 @@ impl Worker {
             running: Mutex::new(HashMap::new()),
             wake_local: local.nudge(),
             freed: Condvar::new(),
-            stop: stop.clone(),
+            stop,
         });
         let (done_tx, done_rx) = mpsc::channel();
         let threads = [
@@ -157,7 +138,8 @@ struct State {
     /// Makes the local pool look at its tasks (one was cancelled).
     wake_local: crate::pool::result::Nudge,
     freed: Condvar,
-    stop: Arc<AtomicBool>,
+    /// The flag SIGTERM and SIGINT set.
+    stop: &'static AtomicBool,
 }
 
 /// A task running here.
@@ -254,18 +236,9 @@ fn take(state: &State, local: &Pool, done: &mpsc::Sender<(String, Done)>) {
         if state.stopping() {
             return;
         }
-        let c = match &mut con {
-            Some(c) => c,
-            None => match connect(&state.config).and_then(|mut c| {
-                ensure_group(&mut c, &tasks)?;
-                Ok(c)
-            }) {
-                Ok(c) => con.insert(c),
-                Err(_) => {
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-            },
+        let Some(c) = kept(&mut con, &state.config, |c| ensure_group(c, &tasks)) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
         };
         let got: redis::RedisResult<Vec<protocol::Entry>> = (|| {
             if Instant::now() >= next_reclaim {
@@ -405,15 +378,9 @@ fn answer(state: &State, done: &mpsc::Receiver<(String, Done)>) {
             if state.stopping() && !state.running().contains_key(&stream_id) {
                 break;
             }
-            let c = match &mut con {
-                Some(c) => c,
-                None => match connect(&state.config) {
-                    Ok(c) => con.insert(c),
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                },
+            let Some(c) = kept(&mut con, &state.config, as_is) else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
             };
             let r = match &outcome {
                 Done::Answer(result) => answer_once(state, c, &stream_id, &message, result),
@@ -606,13 +573,7 @@ fn renew(state: &State) {
         next = now + every;
         let running: Vec<(String, Running)> = state.running().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
-        let c = match &mut con {
-            Some(c) => c,
-            None => match connect(&state.config) {
-                Ok(c) => con.insert(c),
-                Err(_) => continue,
-            },
-        };
+        let Some(c) = kept(&mut con, &state.config, as_is) else { continue };
         let mut call = script.key(state.keys.tasks());
         call.arg(GROUP).arg(&state.name);
         for id in &ids {

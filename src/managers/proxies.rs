@@ -113,6 +113,16 @@ macro_rules! typed_proxy {
     };
 }
 
+/// A call's answer decoded, or `None` where Python raised `missing` (a
+/// `KeyError` for a key not there, ...).
+fn or_none<T>(answer: Result<PyValue>, missing: &str, decode: impl FnOnce(PyValue) -> Result<T>) -> Result<Option<T>> {
+    match answer {
+        Ok(v) => decode(v).map(Some),
+        Err(e) if is_exception(&e, missing) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn is_exception(e: &Error, name: &str) -> bool {
     matches!(e, Error::RemoteException { class, .. } if class.rsplit('.').next() == Some(name))
 }
@@ -352,11 +362,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     pub fn get(&self, key: &K) -> Result<Option<V>> {
         // `None` cannot tell a missing key from a stored None: ask for
         // the item, and a KeyError says it is missing.
-        match self.proxy.call("__getitem__", vec![value(key)?]) {
-            Ok(v) => back(v).map(Some),
-            Err(e) if is_exception(&e, "KeyError") => Ok(None),
-            Err(e) => Err(e),
-        }
+        or_none(self.proxy.call("__getitem__", vec![value(key)?]), "KeyError", back)
     }
 
     /// `key in d`.
@@ -366,11 +372,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 
     /// Removes `key`, giving its value if it was there.
     pub fn remove(&self, key: &K) -> Result<Option<V>> {
-        match self.proxy.call("pop", vec![value(key)?]) {
-            Ok(v) => back(v).map(Some),
-            Err(e) if is_exception(&e, "KeyError") => Ok(None),
-            Err(e) => Err(e),
-        }
+        or_none(self.proxy.call("pop", vec![value(key)?]), "KeyError", back)
     }
 
     /// `d.pop(key)`: its value, or Python's `KeyError` as
@@ -381,11 +383,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 
     /// `d.popitem()`: the last pair inserted, taken out; `None` when empty.
     pub fn popitem(&self) -> Result<Option<(K, V)>> {
-        match self.proxy.call("popitem", vec![]) {
-            Ok(v) => back(v).map(Some),
-            Err(e) if is_exception(&e, "KeyError") => Ok(None),
-            Err(e) => Err(e),
-        }
+        or_none(self.proxy.call("popitem", vec![]), "KeyError", back)
     }
 
     /// `d.setdefault(key, default)`: the value at `key`, inserting
@@ -503,11 +501,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 
     /// `l.pop()`: the last item, taken out; `None` when empty.
     pub fn pop(&self) -> Result<Option<T>> {
-        match self.proxy.call("pop", vec![]) {
-            Ok(v) => back(v).map(Some),
-            Err(e) if is_exception(&e, "IndexError") => Ok(None),
-            Err(e) => Err(e),
-        }
+        or_none(self.proxy.call("pop", vec![]), "IndexError", back)
     }
 
     /// `l.pop(index)`; Python's `IndexError` as [`Error::RemoteException`] past the end.
@@ -523,11 +517,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 
     /// `l.index(item)`: where the first equal item is, if any.
     pub fn index(&self, item: &T) -> Result<Option<usize>> {
-        match self.proxy.call("index", vec![value(item)?]) {
-            Ok(v) => int(v).map(Some),
-            Err(e) if is_exception(&e, "ValueError") => Ok(None),
-            Err(e) => Err(e),
-        }
+        or_none(self.proxy.call("index", vec![value(item)?]), "ValueError", int)
     }
 
     /// `l.count(item)`.

@@ -108,9 +108,14 @@ impl Shared {
         self.wake();
     }
 
-    /// Whether a call was cancelled since the last time this was asked.
-    pub(crate) fn take_cancels(&self) -> bool {
-        self.cancels.swap(false, std::sync::atomic::Ordering::SeqCst)
+    /// Drops the queued tasks whose callers cancelled them (they never
+    /// run), if a call was cancelled since the last look; whether one was.
+    pub(crate) fn drop_cancelled(&self, st: &mut State) -> bool {
+        let cancels = self.cancels.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if cancels {
+            st.pending.retain(|t| !t.sink.cancelled());
+        }
+        cancels
     }
 
     /// Tells the supervisor that something changed.
@@ -317,10 +322,7 @@ impl Supervisor {
             }
             return;
         }
-        // Cancelled before they started: never run.
-        if self.shared.take_cancels() {
-            st.pending.retain(|t| !t.sink.cancelled());
-        }
+        self.shared.drop_cancelled(&mut st);
         let room = |w: &Slot, maxtasks: Option<u64>| -> usize {
             if !w.ready || w.exited || w.timed_out {
                 return 0;
@@ -451,8 +453,9 @@ impl Supervisor {
             }
         }
         let now = Instant::now();
-        let limits: Vec<Option<Duration>> = self.workers.iter().map(|w| self.limit(w)).collect();
-        for (w, limit) in self.workers.iter_mut().zip(limits) {
+        for i in 0..self.workers.len() {
+            let limit = self.limit(&self.workers[i]);
+            let w = &mut self.workers[i];
             let over = limit.is_some_and(|l| w.running_since.is_some_and(|s| now.duration_since(s) >= l));
             // A running task whose caller cancelled it: its process goes.
             let cancelled = w.inflight.front().is_some_and(|(_, t)| t.sink.cancelled());
