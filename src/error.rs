@@ -285,12 +285,15 @@ pub enum Error {
     },
     /// No worker of the task's build took it (workers never run a task
     /// sent by another build of the program).
-    #[error("no worker of the task's build took it: task built as {task}, a worker as {worker}")]
+    #[error("no worker of the task's build took it: {function}, built as {task}, a worker as {worker}")]
     BuildMismatch {
         /// The submitting program's build identity.
         task: String,
         /// A worker's build identity.
         worker: String,
+        /// The task's function with its argument and result types
+        /// (`path::to::f: (u64,) -> u64`).
+        function: String,
     },
     /// Redis refused or could not be reached (a Redis-backed pool's set-up,
     /// `cluster::status`).

@@ -217,6 +217,33 @@ where
 
 /// The entry function that calls `F` with arguments `A`, for callers that
 /// send calls to running processes (the pool).
+/// What a task's function takes and gives, by type name. A Redis-backed
+/// pool's task carries it beside its build identity, so that an error
+/// about a task (a worker of another build, a dead letter) says which
+/// function it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Signature {
+    pub function: &'static str,
+    pub args: &'static str,
+    pub output: &'static str,
+}
+
+impl Signature {
+    pub(crate) fn of<F: Target<A>, A>() -> Signature {
+        Signature {
+            function: std::any::type_name::<F>(),
+            args: std::any::type_name::<A>(),
+            output: std::any::type_name::<F::Output>(),
+        }
+    }
+}
+
+impl std::fmt::Display for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} -> {}", self.function, self.args, self.output)
+    }
+}
+
 pub(crate) fn entry_of<F, A>() -> EntryFn
 where
     F: Target<A>,

@@ -284,6 +284,8 @@ fn a_poison_task_becomes_a_dead_letter() {
     let dead = &status.dead_letters[0];
     assert_eq!(dead.deliveries, 3);
     assert!(dead.reason.contains("SIGABRT") && dead.task.is_some(), "{dead:?}");
+    assert!(dead.function.as_deref().is_some_and(|f| f.contains("crash: (u32,) -> u32")), "{dead:?}");
+    assert!(dead.to_string().contains("crash: (u32,) -> u32"), "{dead}");
     assert!(status.to_string().contains("dead letters (1)"), "{status}");
     // Requeued, it is delivered again (and, poison still, comes back).
     assert_eq!(multiproc::cluster::requeue_dead_letters(&redis.url(), "poison").unwrap(), 1);
@@ -405,7 +407,10 @@ fn a_worker_of_another_build_never_runs_a_task() {
     let _stranger = worker_of(&other, &redis, "build", 1, 300);
     let pool = pool(&redis, "build");
     match pool.apply(noted_nap, (dir.display().to_string(), 0)) {
-        Err(Error::BuildMismatch { task, worker }) => assert_ne!(task, worker),
+        Err(Error::BuildMismatch { task, worker, function }) => {
+            assert_ne!(task, worker);
+            assert!(function.contains("noted_nap: (alloc::string::String, u64) -> u32"), "{function}");
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(runs(&dir), 0, "another build ran it");

@@ -29,10 +29,13 @@
 //! Programs with flags of their own call [`Worker::run`] instead. Run the
 //! **same build** everywhere: a task names its function by its place in
 //! the executable, so every task carries the submitter's build identity
-//! (its GNU build-id, or a hash of the executable) and a worker of another
-//! build never runs it. If no worker of its build takes it within
+//! (its GNU build-id, or a hash of the executable) and the fingerprint of
+//! its function (its path, argument and result types), and a worker of
+//! another build never runs it. If no worker of its build takes it within
 //! `max_deliveries` deliveries and ten leases, its caller gets
-//! [`Error::BuildMismatch`] naming both builds.
+//! [`Error::BuildMismatch`] naming both builds and the function. A program
+//! whose build cannot be told (no build-id, no readable
+//! `/proc/self/exe`) neither submits nor works: [`Error::Cluster`].
 //!
 //! # Delivery: at least once, one result
 //!
@@ -65,6 +68,7 @@
 //! [`Error::BuildMismatch`]: crate::Error::BuildMismatch
 //! [`Error::PoisonTask`]: crate::Error::PoisonTask
 //! [`Error::Encode`]: crate::Error::Encode
+//! [`Error::Cluster`]: crate::Error::Cluster
 
 mod protocol;
 mod status;
@@ -162,6 +166,7 @@ pub(crate) fn as_is(_: &mut redis::Connection) -> redis::RedisResult<()> {
 /// typo in its URL, a wrong password) fails when it is built, not by
 /// waiting forever. (After that, lost connections are retried.)
 pub(crate) fn check_reachable(config: &Config) -> crate::Result<()> {
+    protocol::known_build_identity()?;
     let fail =
         |e: redis::RedisError| Error::Redis { what: format!("connect to {}", config.url), message: e.to_string() };
     let mut c = connect(config).map_err(fail)?;
@@ -196,8 +201,8 @@ fn failure_error(f: &protocol::Failure) -> Error {
         protocol::Failure::Poison { deliveries, how } => {
             Error::PoisonTask { deliveries: *deliveries, how: how.clone() }
         }
-        protocol::Failure::BuildMismatch { task, worker } => {
-            Error::BuildMismatch { task: task.clone(), worker: worker.clone() }
+        protocol::Failure::BuildMismatch { task, worker, function } => {
+            Error::BuildMismatch { task: task.clone(), worker: worker.clone(), function: function.clone() }
         }
         protocol::Failure::Timeout { worker, pid, millis } => {
             Error::TaskTimeout { name: worker.clone(), pid: *pid, timeout: Duration::from_millis(*millis) }

@@ -83,6 +83,8 @@ pub(crate) struct TaskMessage {
     pub reply: String,
     /// The submitting executable's identity (hex).
     pub build: String,
+    /// The function's name and types ([`Signature`](crate::process::Signature)).
+    pub function: String,
     pub entry: EntryRef,
     pub batch: bool,
     pub calls: usize,
@@ -114,7 +116,7 @@ pub(crate) enum Failure {
     /// The task killed its process every time it ran.
     Poison { deliveries: u64, how: String },
     /// No worker of the task's build took it.
-    BuildMismatch { task: String, worker: String },
+    BuildMismatch { task: String, worker: String, function: String },
     /// It ran past the pool's task timeout.
     Timeout { worker: String, pid: i32, millis: u64 },
     /// Anything else, in words.
@@ -180,6 +182,23 @@ pub(crate) fn read_reply(v: &Value) -> Vec<Entry> {
     }
 }
 
+/// What stands for an identity that could not be found out.
+const UNKNOWN: &str = "unknown";
+
+/// This executable's identity, or the error that says it cannot be told:
+/// two programs of unknown identity must never take each other's tasks, so
+/// neither submits nor works.
+pub(crate) fn known_build_identity() -> crate::Result<&'static str> {
+    match build_identity() {
+        UNKNOWN => Err(crate::Error::Cluster(
+            "this executable has no GNU build-id and /proc/self/exe cannot be read: \
+             its build cannot be told apart from another's"
+                .into(),
+        )),
+        id => Ok(id),
+    }
+}
+
 /// This executable's identity: its GNU build-id, else a SHA-256 of the
 /// executable file, in hex.
 pub(crate) fn build_identity() -> &'static str {
@@ -192,7 +211,7 @@ pub(crate) fn build_identity() -> &'static str {
         use sha2::Digest;
         match std::fs::read("/proc/self/exe") {
             Ok(exe) => format!("sha256:{}", hex(&sha2::Sha256::digest(&exe))),
-            Err(_) => "unknown".into(),
+            Err(_) => UNKNOWN.into(),
         }
     })
 }
@@ -206,6 +225,7 @@ mod tests {
             id: "s:1".into(),
             reply: "r".into(),
             build: "b".into(),
+            function: "f: (u8,) -> u8".into(),
             entry: EntryRef { offset: 0, check: 0 },
             batch,
             calls,

@@ -60,6 +60,9 @@ pub struct DeadLetter {
     pub deliveries: u64,
     /// The submitter's task id, when the task could be read.
     pub task: Option<String>,
+    /// The task's function with its argument and result types, when the
+    /// task could be read.
+    pub function: Option<String>,
 }
 
 fn redis_error(context: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
@@ -170,6 +173,11 @@ pub fn status(url: &str, pool: &str) -> Result<ClusterStatus> {
                 reason: text("reason").unwrap_or_default(),
                 deliveries: text("deliveries").and_then(|d| d.parse().ok()).unwrap_or(0),
                 task: text("task"),
+                function: f
+                    .get("t")
+                    .and_then(|t| crate::reduction::decode_plain::<protocol::TaskMessage>(t).ok())
+                    .map(|m| m.function)
+                    .filter(|f| !f.is_empty()),
             }
         })
         .collect();
@@ -231,6 +239,10 @@ impl std::fmt::Display for DeadLetter {
     /// One line: its id, its task, how often it was delivered, why.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let task = self.task.as_deref().unwrap_or("?");
-        write!(f, "{}  {task}  after {} deliveries: {}", self.id, self.deliveries, self.reason)
+        write!(f, "{}  {task}  after {} deliveries: {}", self.id, self.deliveries, self.reason)?;
+        match &self.function {
+            Some(function) => write!(f, "  ({function})"),
+            None => Ok(()),
+        }
     }
 }

@@ -76,6 +76,7 @@ impl Worker {
     /// Works until SIGTERM or SIGINT (or [`Error`] from a local pool that
     /// cannot start).
     pub fn run(self) -> Result<()> {
+        protocol::known_build_identity()?;
         let signalled = crate::sys::proc::stop_signals_set_flag()
             .map_err(|source| Error::Io { context: "a handler for SIGTERM", source })?;
         let local = self.local_pool()?;
@@ -327,8 +328,12 @@ fn accept(
         let waited = entry_age_ms(c, &stream_id).unwrap_or(u64::MAX);
         let patience = (state.config.lease.as_millis() as u64).saturating_mul(10);
         if deliveries >= state.config.max_deliveries && waited >= patience {
-            let failure = Failure::BuildMismatch { task: message.build.clone(), worker: mine.to_owned() };
-            let why = format!("no worker of its build took it: task {}, worker {mine}", message.build);
+            let failure = Failure::BuildMismatch {
+                task: message.build.clone(),
+                worker: mine.to_owned(),
+                function: message.function.clone(),
+            };
+            let why = format!("no worker of its build took it: {}, task {}, worker {mine}", message.function, message.build);
             let _ = dead_letter(state, c, &stream_id, Some(&message), &why, deliveries);
             let _ = answer_once(state, c, &stream_id, &message, &ResultMessage::Failed(failure));
         } else {
@@ -356,6 +361,7 @@ fn accept(
         calls: message.calls,
         sink: sink.clone(),
         timeout: message.timeout_ms.map(Duration::from_millis),
+        signature: None,
     };
     state.running().insert(stream_id, Running { message, sink });
     local.submit_tasks([task]);

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 
 use crate::bootstrap::entry_ref;
 use crate::error::{Payload, Side};
-use crate::process::{Target, entry_of};
+use crate::process::{Signature, Target, entry_of};
 use crate::reduction;
 use crate::wire::EntryRef;
 use crate::{Error, Handle, Result, StartMethod};
@@ -283,6 +283,7 @@ fn pack<T: Serialize + ?Sized>(args: &T) -> std::result::Result<PackedItem, Erro
 struct Entries {
     single: EntryRef,
     chunk: EntryRef,
+    signature: Signature,
 }
 
 impl Entries {
@@ -292,7 +293,11 @@ impl Entries {
         F::Output: Serialize,
         T: DeserializeOwned,
     {
-        Entries { single: entry_ref(entry_of::<F, T>()), chunk: entry_ref(chunk::chunk_entry_of::<F, T>()) }
+        Entries {
+            single: entry_ref(entry_of::<F, T>()),
+            chunk: entry_ref(chunk::chunk_entry_of::<F, T>()),
+            signature: Signature::of::<F, T>(),
+        }
     }
 }
 
@@ -346,6 +351,7 @@ impl Pool {
                     calls,
                     sink: sink.clone(),
                     timeout: None,
+                    signature: Some(entries.signature),
                 });
                 base += calls;
                 continue;
@@ -360,6 +366,7 @@ impl Pool {
                         calls: 1,
                         sink: sink.clone(),
                         timeout: None,
+                        signature: Some(entries.signature),
                     }),
                     Err(e) => sink.deliver(base, RawItem::Failed(e)),
                 }
@@ -409,6 +416,7 @@ impl Pool {
                 calls: 1,
                 sink: slot.clone(),
                 timeout: None,
+                signature: Some(Signature::of::<F, A>()),
             }]),
             Err(e) => slot.complete(Err(e)),
         }

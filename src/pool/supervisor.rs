@@ -45,6 +45,10 @@ pub(crate) struct Task {
     /// This task's own time limit, over the pool's (a Redis-backed pool's
     /// task carries its submitter's).
     pub timeout: Option<Duration>,
+    /// The function's types (for a Redis-backed pool's messages); none on a
+    /// task a worker read from Redis, whose message has its own.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub signature: Option<crate::process::Signature>,
 }
 
 impl Task {
