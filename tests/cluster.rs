@@ -618,21 +618,117 @@ struct TcpRedis {
 
 impl TcpRedis {
     fn start(bind: &str) -> TcpRedis {
+        TcpRedis::launch(bind, None)
+    }
+
+    /// With TLS only (`rediss://`), the certificates of [`certificates`] in
+    /// `certs`, clients asked for theirs, and a password.
+    #[cfg(feature = "cluster-tls")]
+    fn start_tls(bind: &str, certs: &Path) -> TcpRedis {
+        TcpRedis::launch(bind, Some(certs))
+    }
+
+    fn launch(bind: &str, tls: Option<&Path>) -> TcpRedis {
         let port = std::net::TcpListener::bind((bind, 0)).unwrap().local_addr().unwrap().port();
-        let child = Command::new(redis_server())
-            .args(["--port", &port.to_string(), "--bind", bind, "--save", "", "--appendonly", "no"])
-            .args(["--protected-mode", "no", "--dir"])
+        let mut cmd = Command::new(redis_server());
+        cmd.args(["--bind", bind, "--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir"])
             .arg(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::null());
+        let url = match tls {
+            None => {
+                cmd.args(["--port", &port.to_string()]);
+                format!("redis://{bind}:{port}/")
+            }
+            Some(certs) => {
+                cmd.args(["--port", "0", "--tls-port", &port.to_string(), "--tls-auth-clients", "yes"])
+                    .args(["--requirepass", "sesame", "--tls-cert-file"])
+                    .arg(certs.join("server.pem"))
+                    .arg("--tls-key-file")
+                    .arg(certs.join("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(certs.join("ca.pem"));
+                format!("rediss://:sesame@{bind}:{port}/")
+            }
+        };
+        let child = cmd.spawn().unwrap();
         let until = Instant::now() + GUARD;
         while std::net::TcpStream::connect((bind, port)).is_err() {
             assert!(Instant::now() < until, "redis-server did not start");
             std::thread::yield_now();
         }
-        TcpRedis { child, url: format!("redis://{bind}:{port}/") }
+        TcpRedis { child, url }
     }
+}
+
+/// A CA (`ca.pem`), a server certificate for 127.0.0.1 (`server.pem`,
+/// `server.key`) and a client's (`client.pem`, `client.key`), signed by it.
+#[cfg(feature = "cluster-tls")]
+fn certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    // Every certificate its own name: one named as its issuer would be
+    // taken for self-signed.
+    let named = |sans: Vec<String>, name: &str| {
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+    };
+    let mut params = named(Vec::new(), "multiproc test CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for (name, host) in [("server", "127.0.0.1"), ("client", "worker.example")] {
+        let key = KeyPair::generate().unwrap();
+        let cert = named(vec![host.to_owned()], name).signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// `rediss://` with a password: refused without the CA or without a
+/// client certificate; with both, tasks go to a worker configured by its
+/// environment and to a pool's local worker configured by the pool.
+#[cfg(feature = "cluster-tls")]
+#[test]
+fn rediss_urls_work_with_a_ca_and_a_client_certificate() {
+    use multiproc::cluster::Tls;
+    let dir = std::env::temp_dir().join(format!("multiproc-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    certificates(&dir);
+    let redis = TcpRedis::start_tls("127.0.0.1", &dir);
+    let full = Tls::default().ca(dir.join("ca.pem")).client(dir.join("client.pem"), dir.join("client.key"));
+    for (tls, why) in [
+        (Tls::default(), "a server whose CA is not trusted"),
+        (Tls::default().ca(dir.join("ca.pem")), "no client certificate"),
+        (Tls { ca_file: None, ..full.clone() }, "a server whose CA is not trusted, with a client certificate"),
+    ] {
+        match Pool::builder().redis(&redis.url, "tls").redis_tls(tls).build() {
+            Err(e @ Error::Redis { .. }) => assert!(!e.to_string().contains("sesame"), "the password shows: {e}"),
+            Err(other) => panic!("{why}: {other:?}"),
+            Ok(_) => panic!("{why}: connected"),
+        }
+    }
+    let mut worker = WorkerProc(
+        Command::new(std::env::current_exe().unwrap())
+            .env(multiproc::cluster::WORKER_REDIS_ENV, &redis.url)
+            .env(multiproc::cluster::WORKER_POOL_ENV, "tls")
+            .env(multiproc::cluster::WORKER_SLOTS_ENV, "2")
+            .env(multiproc::cluster::TLS_CA_ENV, dir.join("ca.pem"))
+            .env(multiproc::cluster::TLS_CERT_ENV, dir.join("client.pem"))
+            .env(multiproc::cluster::TLS_KEY_ENV, dir.join("client.key"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pool = Pool::builder().redis(&redis.url, "tls").redis_tls(full.clone()).build().unwrap();
+    assert_eq!(pool.map(square, 0..100u64).unwrap(), (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    assert!(worker.0.try_wait().unwrap().is_none(), "the worker is alive");
+    drop(pool);
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait(), Some(0));
+    let pool = Pool::builder().redis(&redis.url, "tls").redis_tls(full).local_workers(1).build().unwrap();
+    assert_eq!(pool.apply(add, (40, 2)).unwrap(), 42);
+    drop(pool);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 impl Drop for TcpRedis {

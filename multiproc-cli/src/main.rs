@@ -57,7 +57,9 @@ enum ClusterCommand {
 
 #[derive(Args)]
 struct ClusterArgs {
-    /// The Redis URL (redis://, rediss://, redis+unix://).
+    /// The Redis URL (redis://, rediss://, redis+unix://). For rediss://,
+    /// MULTIPROC_REDIS_TLS_CA, MULTIPROC_REDIS_TLS_CERT and
+    /// MULTIPROC_REDIS_TLS_KEY name the CA and client certificate files.
     #[arg(long)]
     redis: String,
     /// The pool's name.

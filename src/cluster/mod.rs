@@ -37,6 +37,16 @@
 //! whose build cannot be told (no build-id, no readable
 //! `/proc/self/exe`) neither submits nor works: [`Error::Cluster`].
 //!
+//! # Security
+//!
+//! A password goes in the URL (`redis://:secret@host/`; errors never show
+//! it). With the feature `cluster-tls`, `rediss://` URLs are encrypted and
+//! checked: [`Tls`] names the CA to trust and the client certificate to show
+//! (from `MULTIPROC_REDIS_TLS_CA`, `MULTIPROC_REDIS_TLS_CERT`,
+//! `MULTIPROC_REDIS_TLS_KEY` unless given in code). A worker never runs a
+//! task of another build, and checks every size it reads from Redis before
+//! it makes anything for it.
+//!
 //! # Delivery: at least once, one result
 //!
 //! A task runs at least once: a worker that dies (killed, its machine
@@ -73,11 +83,13 @@
 mod protocol;
 mod status;
 mod submit;
+mod tls;
 mod worker;
 
 use std::time::Duration;
 
 pub use status::{ClusterStatus, DeadLetter, InFlight, WorkerSeen, requeue_dead_letters, status};
+pub use tls::{TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV, Tls};
 pub use worker::Worker;
 
 pub(crate) use submit::run as run_submitter;
@@ -111,6 +123,8 @@ pub(crate) struct Config {
     pub bookkeeping_ttl: Duration,
     /// The submitting pool's task timeout, carried by each task.
     pub task_timeout: Option<Duration>,
+    /// Certificates for a `rediss://` URL.
+    pub tls: Tls,
 }
 
 impl Config {
@@ -126,6 +140,7 @@ impl Config {
             epoch_look: Duration::from_millis(500),
             bookkeeping_ttl: Duration::from_secs(600),
             task_timeout: None,
+            tls: Tls::from_env(),
         }
     }
 }
@@ -133,7 +148,7 @@ impl Config {
 /// A dedicated blocking connection, with read timeouts longer than any
 /// blocking read.
 pub(crate) fn connect(config: &Config) -> redis::RedisResult<redis::Connection> {
-    let client = redis::Client::open(config.url.as_str())?;
+    let client = tls::client(&config.url, &config.tls)?;
     let c = client.get_connection_with_timeout(Duration::from_secs(5))?;
     c.set_read_timeout(Some(config.block + Duration::from_secs(5)))?;
     c.set_write_timeout(Some(Duration::from_secs(10)))?;
@@ -167,10 +182,22 @@ pub(crate) fn as_is(_: &mut redis::Connection) -> redis::RedisResult<()> {
 /// waiting forever. (After that, lost connections are retried.)
 pub(crate) fn check_reachable(config: &Config) -> crate::Result<()> {
     protocol::known_build_identity()?;
-    let fail =
-        |e: redis::RedisError| Error::Redis { what: format!("connect to {}", config.url), message: e.to_string() };
+    let fail = |e: redis::RedisError| Error::Redis {
+        what: format!("connect to {}", redacted(&config.url)),
+        message: e.to_string(),
+    };
     let mut c = connect(config).map_err(fail)?;
     ensure_group(&mut c, &protocol::Keys::new(&config.pool).tasks()).map_err(fail)
+}
+
+/// `url` with its password (and user name) hidden, for messages.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 /// The task stream's consumer group, made at `0` if missing.
@@ -212,8 +239,8 @@ fn failure_error(f: &protocol::Failure) -> Error {
 }
 
 /// A worker started by [`PoolBuilder::local_workers`](crate::PoolBuilder::local_workers).
-pub(crate) fn local_worker(url: String, pool: String, slots: usize, lease_ms: u64) {
-    if let Err(e) = Worker::new(&url, &pool).slots(slots).lease(Duration::from_millis(lease_ms)).run() {
+pub(crate) fn local_worker(url: String, pool: String, slots: usize, lease_ms: u64, tls: Tls) {
+    if let Err(e) = Worker::new(&url, &pool).slots(slots).lease(Duration::from_millis(lease_ms)).tls(tls).run() {
         // The worker's process ends with the error, for its pool to see.
         panic!("the local cluster worker failed: {e}");
     }
@@ -248,4 +275,15 @@ pub(crate) fn worker_from_environment() {
         }
     };
     crate::bootstrap::exit_child(code)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_password_never_shows_in_a_message() {
+        assert_eq!(super::redacted("rediss://:sesame@h:6380/0"), "rediss://***@h:6380/0");
+        assert_eq!(super::redacted("redis://me:p@ss@h/"), "redis://***@h/");
+        assert_eq!(super::redacted("redis://h:1/?x=a@b"), "redis://h:1/?x=a@b");
+        assert_eq!(super::redacted("redis+unix:///tmp/r.sock"), "redis+unix:///tmp/r.sock");
+    }
 }

@@ -207,7 +207,7 @@ fn message(
         id,
         reply: reply.to_owned(),
         build: protocol::build_identity().to_owned(),
-        function: task.signature.map(|s| s.to_string()).unwrap_or_default(),
+        function: task.signature.map(|s| s().to_string()).unwrap_or_default(),
         entry: task.entry,
         batch: task.batch,
         calls: task.calls,

@@ -37,9 +37,17 @@ pub struct Worker {
 
 impl Worker {
     /// A worker of pool `pool` on the Redis at `url` (`redis://`,
-    /// `redis+unix://`; with a password in the URL if Redis wants one).
+    /// `redis+unix://`, `rediss://` under the `cluster-tls` feature; with a
+    /// password in the URL if Redis wants one).
     pub fn new(url: &str, pool: &str) -> Worker {
         Worker { config: Config::new(url, pool), slots: crate::os::process_cpu_count().max(1), task_timeout: None }
+    }
+
+    /// Certificates for a `rediss://` URL (default: from the environment,
+    /// see [`Tls`](crate::cluster::Tls)).
+    pub fn tls(mut self, tls: crate::cluster::Tls) -> Worker {
+        self.config.tls = tls;
+        self
     }
 
     /// How many tasks it runs at once.
@@ -333,7 +341,8 @@ fn accept(
                 worker: mine.to_owned(),
                 function: message.function.clone(),
             };
-            let why = format!("no worker of its build took it: {}, task {}, worker {mine}", message.function, message.build);
+            let why =
+                format!("no worker of its build took it: {}, task {}, worker {mine}", message.function, message.build);
             let _ = dead_letter(state, c, &stream_id, Some(&message), &why, deliveries);
             let _ = answer_once(state, c, &stream_id, &message, &ResultMessage::Failed(failure));
         } else {

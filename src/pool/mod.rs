@@ -111,6 +111,10 @@ pub struct PoolBuilder {
     cluster: Option<crate::cluster::Config>,
     #[cfg(feature = "cluster")]
     local_workers: usize,
+    #[cfg(feature = "cluster")]
+    cluster_tls: Option<crate::cluster::Tls>,
+    #[cfg(feature = "cluster")]
+    cluster_lease: Option<(Duration, u64)>,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -189,6 +193,23 @@ impl PoolBuilder {
         self
     }
 
+    /// Certificates for a Redis-backed pool's `rediss://` URL (default: from
+    /// the environment, see [`cluster::Tls`](crate::cluster::Tls)); its
+    /// local workers use them too.
+    ///
+    /// ```no_run
+    /// # #[multiproc::main] fn main() {
+    /// use multiproc::{Pool, cluster::Tls};
+    /// let tls = Tls::default().ca("ca.pem").client("me.pem", "me.key");
+    /// let pool = Pool::builder().redis("rediss://redis.example:6380/", "jobs").redis_tls(tls).build().unwrap();
+    /// # }
+    /// ```
+    #[cfg(feature = "cluster")]
+    pub fn redis_tls(mut self, tls: crate::cluster::Tls) -> Self {
+        self.cluster_tls = Some(tls);
+        self
+    }
+
     /// Also runs a worker here, with `slots` slots, for a Redis-backed pool:
     /// one machine then works with nothing but a Redis URL.
     #[cfg(feature = "cluster")]
@@ -201,11 +222,7 @@ impl PoolBuilder {
     /// (for its local workers; remote ones have their own).
     #[cfg(feature = "cluster")]
     pub fn cluster_lease(mut self, lease: Duration, max_deliveries: u64) -> Self {
-        if let Some(c) = &mut self.cluster {
-            c.lease = lease;
-            c.reclaim = (lease / 4).max(Duration::from_millis(50));
-            c.max_deliveries = max_deliveries.max(1);
-        }
+        self.cluster_lease = Some((lease, max_deliveries));
         self
     }
 
@@ -229,12 +246,26 @@ impl PoolBuilder {
         #[cfg(feature = "cluster")]
         if let Some(mut cluster) = self.cluster {
             cluster.task_timeout = self.task_timeout;
+            if let Some(tls) = self.cluster_tls {
+                cluster.tls = tls;
+            }
+            if let Some((lease, max_deliveries)) = self.cluster_lease {
+                cluster.lease = lease;
+                cluster.reclaim = (lease / 4).max(Duration::from_millis(50));
+                cluster.max_deliveries = max_deliveries.max(1);
+            }
             crate::cluster::check_reachable(&cluster)?;
             let mut helpers = Vec::new();
             if self.local_workers > 0 {
                 let mut p = crate::Process::new(
                     crate::cluster::local_worker,
-                    (cluster.url.clone(), cluster.pool.clone(), self.local_workers, cluster.lease.as_millis() as u64),
+                    (
+                        cluster.url.clone(),
+                        cluster.pool.clone(),
+                        self.local_workers,
+                        cluster.lease.as_millis() as u64,
+                        cluster.tls.clone(),
+                    ),
                 )
                 .with_daemon(true)
                 .with_name("ClusterWorker");
@@ -283,7 +314,7 @@ fn pack<T: Serialize + ?Sized>(args: &T) -> std::result::Result<PackedItem, Erro
 struct Entries {
     single: EntryRef,
     chunk: EntryRef,
-    signature: Signature,
+    signature: fn() -> Signature,
 }
 
 impl Entries {
@@ -296,7 +327,7 @@ impl Entries {
         Entries {
             single: entry_ref(entry_of::<F, T>()),
             chunk: entry_ref(chunk::chunk_entry_of::<F, T>()),
-            signature: Signature::of::<F, T>(),
+            signature: Signature::of::<F, T>,
         }
     }
 }
@@ -416,7 +447,7 @@ impl Pool {
                 calls: 1,
                 sink: slot.clone(),
                 timeout: None,
-                signature: Some(Signature::of::<F, A>()),
+                signature: Some(Signature::of::<F, A>),
             }]),
             Err(e) => slot.complete(Err(e)),
         }

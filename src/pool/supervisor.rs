@@ -48,7 +48,7 @@ pub(crate) struct Task {
     /// The function's types (for a Redis-backed pool's messages); none on a
     /// task a worker read from Redis, whose message has its own.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub signature: Option<crate::process::Signature>,
+    pub signature: Option<fn() -> crate::process::Signature>,
 }
 
 impl Task {
