@@ -275,10 +275,13 @@ fn cancel(c: &mut redis::Connection, keys: &Keys, books: &Books, ttl_ms: u64) ->
     pipe.query(c)
 }
 
-/// The result reader's loop (its own connection: it blocks).
+/// The result reader's loop (its own connection: it blocks). Entries read
+/// are deleted with the next read, in the same write: no round trip of its
+/// own while a caller waits for the next result.
 fn read_results(books: &Books, config: &Config, stream: &str) {
     let mut con = None;
     let mut last = "0-0".to_string();
+    let mut read: Vec<String> = Vec::new();
     while !books.stop.load(Ordering::SeqCst) {
         let Some(c) = kept(&mut con, config, as_is) else {
             std::thread::sleep(Duration::from_millis(100));
@@ -287,32 +290,27 @@ fn read_results(books: &Books, config: &Config, stream: &str) {
         if books.restart_reading.swap(false, Ordering::SeqCst) {
             last = "0-0".into();
         }
-        let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(1000)
-            .arg("BLOCK")
-            .arg(config.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(stream)
-            .arg(&last)
-            .query(c);
-        let entries = match reply {
-            Ok(v) => protocol::read_reply(&v),
+        let mut pipe = redis::pipe();
+        if !read.is_empty() {
+            pipe.cmd("XDEL").arg(stream).arg(&read).ignore();
+        }
+        pipe.cmd("XREAD").arg("COUNT").arg(1000).arg("BLOCK").arg(config.block.as_millis() as u64);
+        pipe.arg("STREAMS").arg(stream).arg(&last);
+        let entries = match pipe.query::<(Value,)>(c) {
+            Ok((v,)) => protocol::read_reply(&v),
             Err(_) => {
+                // Whether or not the deletion went through, it is tried
+                // again with the next read (deleting twice is harmless).
                 con = None;
                 continue;
             }
         };
-        if entries.is_empty() {
-            continue;
-        }
-        let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+        read.clear();
         for (id, fields) in entries {
+            read.push(id.clone());
             last = id;
             deliver(books, &fields);
         }
-        // Read: nobody else needs them.
-        let _ = redis::cmd("XDEL").arg(stream).arg(&ids).query::<i64>(c);
     }
 }
 

@@ -350,11 +350,10 @@ fn accept(
         }
         return;
     }
-    // Cancelled before it reached a worker: not run.
-    if redis::cmd("EXISTS").arg(state.keys.cancel(&message.id)).query::<bool>(c).unwrap_or(false) {
-        let _ = ack(state, c, &stream_id);
-        return;
-    }
+    // A cancel is not looked for here: one made before this read deleted
+    // the entry (it was never delivered), one made since is found by the
+    // next lease renewal, which kills the task's process. Looking here
+    // would cost every task a round trip and close no window.
     let sink = Arc::new(TaskSink {
         stream_id: stream_id.clone(),
         calls: message.calls,
@@ -411,9 +410,10 @@ fn answer(state: &State, done: &mpsc::Receiver<(String, Done)>) {
     }
 }
 
-/// The result first, then the acknowledgement: a worker that dies between
-/// the two leaves a task that runs again, and its second result is dropped
-/// by the submitter.
+/// The result and the acknowledgement in one transaction (one round trip;
+/// all or nothing). When its reply is lost with the connection, it is sent
+/// again on a new one: the second result is dropped by the submitter, the
+/// second acknowledgement does nothing.
 fn answer_once(
     state: &State,
     c: &mut redis::Connection,
@@ -421,7 +421,9 @@ fn answer_once(
     message: &TaskMessage,
     result: &ResultMessage,
 ) -> redis::RedisResult<()> {
+    let tasks = state.keys.tasks();
     redis::pipe()
+        .atomic()
         .cmd("XADD")
         .arg(&message.reply)
         .arg("*")
@@ -434,8 +436,16 @@ fn answer_once(
         .arg(&message.reply)
         .arg(state.config.bookkeeping_ttl.as_millis() as u64)
         .ignore()
-        .query::<()>(c)?;
-    ack(state, c, stream_id)
+        .cmd("XACK")
+        .arg(&tasks)
+        .arg(GROUP)
+        .arg(stream_id)
+        .ignore()
+        .cmd("XDEL")
+        .arg(&tasks)
+        .arg(stream_id)
+        .ignore()
+        .query::<()>(c)
 }
 
 fn ack(state: &State, c: &mut redis::Connection, stream_id: &str) -> redis::RedisResult<()> {
