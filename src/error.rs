@@ -228,6 +228,15 @@ pub enum Error {
     /// The pool's initializer failed in a worker; no task can run.
     #[error("the pool's initializer failed: {0}")]
     InitializerFailed(String),
+    /// `as_completed` gave up: its timeout passed with calls unfinished
+    /// (Python's `TimeoutError` from `concurrent.futures.as_completed`).
+    #[error("{unfinished} (of {of}) calls unfinished when the timeout passed")]
+    WaitTimeout {
+        /// Calls not finished.
+        unfinished: usize,
+        /// Calls watched.
+        of: usize,
+    },
     /// The asynchronous result is not ready yet.
     #[error("the result is not ready yet")]
     NotReady,

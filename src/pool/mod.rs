@@ -8,6 +8,7 @@
 //! workers that are already running (Python refuses that).
 
 mod chunk;
+mod completion;
 pub(crate) mod result;
 pub(crate) mod supervisor;
 mod worker;
@@ -26,10 +27,12 @@ use crate::reduction;
 use crate::wire::EntryRef;
 use crate::{Error, Handle, Result, StartMethod};
 
+pub use completion::{AsCompleted, CallState, Completion, ReturnWhen, Waited, as_completed, wait};
 pub use result::AsyncResult;
 use result::{ChannelSink, MapSink, RawItem, Reorder, Sink, Slot};
 use supervisor::{Config, PackedItem, Shared, Status, Task};
 use worker::Init;
+pub use worker::worker_id;
 
 /// A pool of worker processes (Python's `multiprocessing.Pool`).
 ///
@@ -683,6 +686,66 @@ impl Pool {
     /// See [`Pool`] for an example.
     pub fn close(&self) {
         self.shared.set_status(Status::Closed);
+    }
+
+    /// Python's `Executor.shutdown(wait=True, cancel_futures=...)`: no new
+    /// tasks; with `cancel_pending`, every task not yet started is
+    /// cancelled (its result is [`Error::Cancelled`]; it never runs); then
+    /// waits for the rest and for the workers to leave.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// use multiproc::{Event, Pool};
+    /// fn nap(started: Event, ms: u64) -> u64 {
+    ///     started.set().unwrap();
+    ///     std::thread::sleep(std::time::Duration::from_millis(ms));
+    ///     ms
+    /// }
+    /// let pool = Pool::new(1).unwrap();
+    /// let started = Event::new().unwrap();
+    /// let mut running = pool.apply_async(nap, (started.clone(), 200));
+    /// started.wait(None).unwrap();
+    /// let mut queued = pool.apply_async(nap, (Event::new().unwrap(), 1));
+    /// pool.shutdown(true).unwrap();
+    /// assert_eq!(running.get().unwrap(), 200);
+    /// assert!(matches!(queued.get(), Err(multiproc::Error::Cancelled)));
+    /// # }
+    /// ```
+    pub fn shutdown(&self, cancel_pending: bool) -> Result<()> {
+        if cancel_pending {
+            let queued = {
+                let mut st = self.shared.lock();
+                if st.status == Status::Running {
+                    st.status = Status::Closed;
+                }
+                std::mem::take(&mut st.pending)
+            };
+            for t in queued {
+                for i in 0..t.calls {
+                    t.sink.deliver(t.base + i, RawItem::Failed(Error::Cancelled));
+                }
+            }
+        }
+        self.close();
+        self.join()
+    }
+
+    /// The pids of the pool's worker processes now, in worker order
+    /// (`worker_id` 0 first); a worker that died and was replaced has its
+    /// replacement's. Empty for a Redis-backed pool (its workers are
+    /// elsewhere) and once the pool has stopped.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn pid(_: u32) -> u32 { std::process::id() }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// let seen = pool.map(pid, 0..4).unwrap();
+    /// let pids = pool.pids();
+    /// assert!(pids.len() <= 2 && seen.iter().all(|p| pids.contains(&(*p as i32))));
+    /// # }
+    /// ```
+    pub fn pids(&self) -> Vec<i32> {
+        self.shared.lock().pids.values().copied().collect()
     }
 
     /// Stops the workers now; unfinished tasks fail with

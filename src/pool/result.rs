@@ -202,6 +202,26 @@ impl<R> AsyncResult<R> {
         AsyncResult { slot }
     }
 
+    /// `Some(true)` once it succeeded, `Some(false)` once it failed.
+    pub(crate) fn slot_outcome(&self) -> Option<bool> {
+        self.slot.lock().succeeded
+    }
+
+    pub(crate) fn was_cancelled(&self) -> bool {
+        self.slot.is_cancelled()
+    }
+
+    /// Wakes `waker` once the outcome is known (at once if it is).
+    pub(crate) fn watch_slot(&self, waker: &Waker) {
+        let mut st = self.slot.lock();
+        if st.succeeded.is_some() {
+            drop(st);
+            waker.wake_by_ref();
+        } else if !st.wakers.iter().any(|w| w.will_wake(waker)) {
+            st.wakers.push(waker.clone());
+        }
+    }
+
     /// Cancels the call (Python's `Future.cancel`, and more): if it has
     /// not finished, it never will — a task not yet started never runs, a
     /// running one's process is killed (its pool starts another) — and

@@ -75,6 +75,8 @@ pub(crate) struct State {
     pub status: Status,
     /// Set when the initializer failed: no task can run.
     pub broken: Option<String>,
+    /// The live workers' pids, by worker index.
+    pub pids: std::collections::BTreeMap<usize, i32>,
 }
 
 /// What the pool's handle and the supervisor share.
@@ -95,6 +97,7 @@ impl Shared {
                 sleeping: false,
                 status: Status::Running,
                 broken: None,
+                pids: std::collections::BTreeMap::new(),
             }),
             stopped: Condvar::new(),
             wake: sys::eventfd()?,
@@ -197,6 +200,9 @@ pub(crate) struct Config {
 }
 
 struct Slot {
+    /// Its place among the workers (`worker_id()` in its tasks); a
+    /// replacement takes the place of the worker it replaces.
+    index: usize,
     process: Process<()>,
     name: String,
     pid: i32,
@@ -244,14 +250,18 @@ pub(crate) fn run(shared: Arc<Shared>, config: Config) {
     for t in pending {
         t.fail(|| message.clone().map_or(Error::PoolTerminated, Error::Protocol));
     }
-    sup.shared.lock().status = Status::Stopped;
+    {
+        let mut st = sup.shared.lock();
+        st.pids.clear();
+        st.status = Status::Stopped;
+    }
     sup.shared.stopped.notify_all();
 }
 
 impl Supervisor {
     fn main_loop(&mut self) {
-        for _ in 0..self.config.processes {
-            if let Err(e) = self.spawn_worker() {
+        for index in 0..self.config.processes {
+            if let Err(e) = self.spawn_worker(index) {
                 self.shared.lock().broken = Some(format!("could not start a worker: {e}"));
                 break;
             }
@@ -274,7 +284,7 @@ impl Supervisor {
         }
     }
 
-    fn spawn_worker(&mut self) -> crate::Result<()> {
+    fn spawn_worker(&mut self, index: usize) -> crate::Result<()> {
         let (conn, theirs) =
             sys::stream_pair().map_err(|source| Error::Io { context: "socketpair for a worker", source })?;
         let init = match &self.config.init {
@@ -283,13 +293,15 @@ impl Supervisor {
             }
             None => None,
         };
-        let worker = Worker { conn: Handle::new(theirs), init, maxtasks: self.config.maxtasks };
+        let worker = Worker { conn: Handle::new(theirs), init, maxtasks: self.config.maxtasks, index };
         let mut process = Process::from_run(worker).with_start_method(self.config.method).with_daemon(true);
         let name = format!("PoolWorker-{}", process.name().trim_start_matches("Process-"));
         process.set_name(name.clone());
         process.start()?;
         let pid = process.pid().expect("started");
+        self.shared.lock().pids.insert(index, pid);
         self.workers.push(Slot {
+            index,
             process,
             name,
             pid,
@@ -525,6 +537,7 @@ impl Supervisor {
     fn reap(&mut self, i: usize) {
         self.read_replies(i);
         let mut w = self.workers.remove(i);
+        self.shared.lock().pids.remove(&w.index);
         let code = match w.process.join_timeout(Duration::from_secs(5)) {
             Ok(Some(())) => 0,
             _ => w.process.exitcode().unwrap_or(-libc::SIGKILL),
@@ -558,7 +571,7 @@ impl Supervisor {
             wanted && st.broken.is_none()
         };
         if more_work
-            && let Err(e) = self.spawn_worker()
+            && let Err(e) = self.spawn_worker(w.index)
             && self.workers.is_empty()
         {
             self.shared.lock().broken = Some(format!("could not replace a worker: {e}"));

@@ -35,12 +35,34 @@ pub(crate) struct Worker {
     pub conn: Handle,
     pub init: Option<Init>,
     pub maxtasks: Option<u64>,
+    /// Its place among its pool's workers.
+    pub index: usize,
+}
+
+/// This process's place among its pool's workers, once it is one.
+static WORKER_ID: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Which of its pool's workers runs the calling task: `0..processes`
+/// (a worker that replaces a dead one takes its number); `None` outside a
+/// pool's worker. mpire's `worker_id`.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// fn who(_: u32) -> Option<usize> { multiproc::worker_id() }
+/// let pool = multiproc::Pool::new(2).unwrap();
+/// assert!(pool.map(who, 0..20).unwrap().iter().all(|id| matches!(id, Some(0 | 1))));
+/// assert_eq!(multiproc::worker_id(), None);
+/// # }
+/// ```
+pub fn worker_id() -> Option<usize> {
+    WORKER_ID.get().copied()
 }
 
 impl Run for Worker {
     type Output = ();
 
     fn run(self) {
+        let _ = WORKER_ID.set(self.index);
         let conn = self.conn.into_owned_fd();
         if let Some(init) = self.init {
             let fds = init.fds.into_iter().map(OwnedFd::from).collect();

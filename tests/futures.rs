@@ -1,0 +1,197 @@
+//! concurrent.futures in Rust: `wait`, `as_completed`, `Pool::shutdown`,
+//! and the pool's worker numbers and pids. Completion order is steered by
+//! events the tasks wait for, never by sleeps.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::GUARD;
+use multiproc::{CallState, Completion, Error, Event, Pool, ReturnWhen, as_completed, wait};
+
+/// Waits for `go`, then answers `x`.
+fn when(go: Event, x: u64) -> u64 {
+    assert!(go.wait(Some(GUARD)).unwrap(), "never told to go");
+    x
+}
+
+fn fail_when(go: Event) -> u64 {
+    assert!(go.wait(Some(GUARD)).unwrap(), "never told to go");
+    panic!("refused")
+}
+
+fn words(n: usize) -> Vec<String> {
+    (0..n).map(|i| i.to_string()).collect()
+}
+
+#[test]
+fn wait_first_completed_returns_with_the_first_and_leaves_the_rest() {
+    let pool = Pool::new(2).unwrap();
+    let (slow, fast) = (Event::new().unwrap(), Event::new().unwrap());
+    let calls = vec![pool.apply_async(when, (slow.clone(), 1)), pool.apply_async(when, (fast.clone(), 2))];
+    fast.set().unwrap();
+    let mut w = wait(calls, ReturnWhen::FirstCompleted, Some(GUARD));
+    assert_eq!((w.done.len(), w.not_done.len()), (1, 1));
+    assert_eq!(w.done[0].get().unwrap(), 2);
+    assert_eq!(w.not_done[0].state(), CallState::Pending);
+    slow.set().unwrap();
+    assert_eq!(w.not_done[0].get().unwrap(), 1);
+}
+
+#[test]
+fn wait_first_exception_returns_at_a_failure_and_not_at_a_cancel() {
+    let pool = Pool::new(3).unwrap();
+    let (never, fail) = (Event::new().unwrap(), Event::new().unwrap());
+    let long = pool.apply_async(when, (never.clone(), 1));
+    let cancelled = pool.apply_async(when, (never.clone(), 2));
+    assert!(cancelled.cancel());
+    let failing = pool.apply_async(fail_when, (fail.clone(),));
+    // A cancel alone is no exception: still waiting when the timeout ends.
+    let w = wait([&long, &cancelled], ReturnWhen::FirstException, Some(Duration::from_millis(100)));
+    assert_eq!((w.done.len(), w.not_done.len()), (1, 1));
+    assert_eq!(w.done[0].state(), CallState::Cancelled);
+    fail.set().unwrap();
+    let w = wait([&long, &cancelled, &failing], ReturnWhen::FirstException, Some(GUARD));
+    assert_eq!(w.not_done.len(), 1, "the long call is still running");
+    assert!(w.done.iter().any(|c| c.state() == CallState::Failed));
+    never.set().unwrap();
+    let w = wait([&long, &cancelled, &failing], ReturnWhen::AllCompleted, Some(GUARD));
+    assert_eq!(w.done.len(), 3);
+    // Without a failure, FirstException waits for them all.
+    let go = Event::new().unwrap();
+    let calls: Vec<_> = (0..3).map(|i| pool.apply_async(when, (go.clone(), i))).collect();
+    go.set().unwrap();
+    let w = wait(calls, ReturnWhen::FirstException, Some(GUARD));
+    assert_eq!((w.done.len(), w.not_done.len()), (3, 0));
+}
+
+#[test]
+fn wait_all_completed_over_any_mix_of_pools_and_calls() {
+    let (a, b) = (Pool::new(1).unwrap(), Pool::new(2).unwrap());
+    let go = Event::new().unwrap();
+    let mut one = a.apply_async(when, (go.clone(), 7));
+    let mut many = b.map_async(words, [1, 2, 3]);
+    let mixed: Vec<&dyn Completion> = vec![&one, &many];
+    let w = wait(mixed.clone(), ReturnWhen::AllCompleted, Some(Duration::from_millis(50)));
+    assert_eq!(w.not_done.len(), 1, "one call waits for its event");
+    go.set().unwrap();
+    let w = wait(mixed, ReturnWhen::AllCompleted, None);
+    assert!(w.not_done.is_empty() && w.done.iter().all(|c| c.state() == CallState::Succeeded));
+    assert_eq!(one.get().unwrap(), 7);
+    assert_eq!(many.get().unwrap(), vec![words(1), words(2), words(3)]);
+}
+
+#[test]
+fn as_completed_gives_calls_in_the_order_they_finish() {
+    let pool = Pool::new(3).unwrap();
+    let events: Vec<Event> = (0..3).map(|_| Event::new().unwrap()).collect();
+    let calls: Vec<_> = (0..3).map(|i| pool.apply_async(when, (events[i].clone(), i as u64))).collect();
+    // Finish them as 2, 0, 1: each set once the one before came out.
+    let order = [2usize, 0, 1];
+    events[order[0]].set().unwrap();
+    let mut seen = Vec::new();
+    for (k, call) in as_completed(calls).enumerate() {
+        seen.push(call.unwrap().get().unwrap());
+        if let Some(next) = order.get(k + 1) {
+            events[*next].set().unwrap();
+        }
+    }
+    assert_eq!(seen, [2, 0, 1]);
+}
+
+#[test]
+fn as_completed_with_a_timeout_ends_with_a_typed_error_and_leaves_the_rest() {
+    let pool = Pool::new(2).unwrap();
+    let (now, never) = (Event::new().unwrap(), Event::new().unwrap());
+    now.set().unwrap();
+    let calls = vec![pool.apply_async(when, (never.clone(), 1)), pool.apply_async(when, (now, 2))];
+    let start = Instant::now();
+    let mut it = as_completed(calls).timeout(Duration::from_millis(200));
+    assert_eq!(it.next().unwrap().unwrap().get().unwrap(), 2);
+    match it.next() {
+        Some(Err(Error::WaitTimeout { unfinished: 1, of: 2 })) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    assert!(it.next().is_none(), "nothing after the timeout");
+    let rest = it.remaining();
+    assert_eq!(rest.len(), 1);
+    never.set().unwrap();
+    let mut last = rest.into_iter().next().unwrap();
+    assert_eq!(last.get().unwrap(), 1);
+}
+
+#[test]
+fn shutdown_cancels_what_has_not_started_and_finishes_the_rest() {
+    let pool = Pool::new(1).unwrap();
+    let (started, go) = (Event::new().unwrap(), Event::new().unwrap());
+    fn started_then(started: Event, go: Event) -> u64 {
+        started.set().unwrap();
+        when(go, 5)
+    }
+    let mut running = pool.apply_async(started_then, (started.clone(), go.clone()));
+    assert!(started.wait(Some(GUARD)).unwrap());
+    let mut queued: Vec<_> = (0..5).map(|i| pool.apply_async(when, (go.clone(), i))).collect();
+    let mut mapped = pool.map_async(words, [1, 2]);
+    go.set().unwrap();
+    pool.shutdown(true).unwrap();
+    assert_eq!(running.get().unwrap(), 5);
+    for q in &mut queued {
+        assert!(matches!(q.get(), Err(Error::Cancelled)));
+    }
+    assert!(matches!(mapped.get(), Err(Error::Cancelled)));
+    assert!(matches!(pool.apply_async(words, (1,)).get(), Err(Error::PoolNotRunning)));
+
+    // Without cancelling, everything queued runs.
+    let pool = Pool::new(1).unwrap();
+    let go = Event::new().unwrap();
+    let mut queued: Vec<_> = (0..5).map(|i| pool.apply_async(when, (go.clone(), i))).collect();
+    go.set().unwrap();
+    pool.shutdown(false).unwrap();
+    for (i, q) in queued.iter_mut().enumerate() {
+        assert_eq!(q.get().unwrap(), i as u64);
+    }
+}
+
+fn whoami(_: u32) -> (usize, u32) {
+    (multiproc::worker_id().expect("in a worker"), std::process::id())
+}
+
+fn die_if(x: u32) -> u32 {
+    if x == 0 {
+        std::process::abort();
+    }
+    x
+}
+
+#[test]
+fn worker_ids_and_pids_name_the_workers_and_a_replacement_takes_its_place() {
+    let pool = Pool::new(3).unwrap();
+    assert_eq!(multiproc::worker_id(), None, "the parent is no worker");
+    let seen = pool.map_chunksize(whoami, 0..300, 1).unwrap();
+    let ids: BTreeSet<usize> = seen.iter().map(|(id, _)| *id).collect();
+    assert!(ids.iter().all(|id| *id < 3), "{ids:?}");
+    let pids = pool.pids();
+    assert_eq!(pids.len(), 3);
+    for (id, pid) in &seen {
+        assert_eq!(pids[*id], *pid as i32, "worker {id}'s pid");
+    }
+    // One dies; its replacement takes its number, with a new pid.
+    assert!(matches!(pool.apply(die_if, (0,)), Err(Error::WorkerDied { .. })));
+    let until = Instant::now() + GUARD;
+    while pool.pids().len() < 3 || pool.pids() == pids {
+        assert!(Instant::now() < until, "the dead worker was never replaced");
+        std::thread::yield_now();
+    }
+    let after = pool.pids();
+    assert_eq!(after.iter().filter(|p| !pids.contains(p)).count(), 1, "{pids:?} -> {after:?}");
+    let seen = pool.map_chunksize(whoami, 0..300, 1).unwrap();
+    for (id, pid) in &seen {
+        assert!(*id < 3);
+        assert_eq!(after[*id], *pid as i32);
+    }
+    pool.close();
+    pool.join().unwrap();
+    assert!(pool.pids().is_empty(), "no workers once stopped");
+}
