@@ -525,3 +525,61 @@ fn cancel_stops_queued_and_running_tasks() {
     pool.join().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn echo_sum(bytes: serde_bytes::ByteBuf) -> (usize, u64) {
+    (bytes.len(), bytes.iter().map(|b| *b as u64).sum())
+}
+
+fn abort_now(_: u64) -> u64 {
+    std::process::abort()
+}
+
+fn overstay(_: u64) -> u64 {
+    std::thread::sleep(GUARD);
+    0
+}
+
+/// Many callers at once, each call going straight to an idle worker when
+/// one is on offer (or through the supervisor when not), while workers
+/// abort, overstay their timeout and are cancelled mid-task: every call
+/// ends once, with its own value or the typed error of what happened to it.
+#[test]
+fn direct_handoffs_survive_concurrent_callers_deaths_timeouts_and_cancels() {
+    let pool = Pool::builder().processes(2).task_timeout(Duration::from_secs(1)).build().unwrap();
+    std::thread::scope(|s| {
+        for caller in 0..4u64 {
+            let pool = &pool;
+            s.spawn(move || {
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ caller;
+                for i in 0..100u64 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    match seed % 20 {
+                        0 => assert!(matches!(pool.apply(abort_now, (i,)), Err(Error::WorkerDied { .. }))),
+                        1 => {
+                            let mut r = pool.apply_async(overstay, (i,));
+                            if seed.is_multiple_of(3) {
+                                assert!(r.cancel());
+                                assert!(matches!(r.get(), Err(Error::Cancelled)));
+                            } else {
+                                assert!(matches!(r.get(), Err(Error::TaskTimeout { .. })), "{i}");
+                            }
+                        }
+                        // Around the direct path's size limit (16 KiB) and far over.
+                        2 | 3 => {
+                            let n = [16 * 1024 - 40, 16 * 1024 + 1, 300_000][(seed / 20 % 3) as usize];
+                            let bytes: Vec<u8> = (0..n).map(|k| (k as u64 * 31 + i) as u8).collect();
+                            let want = (n, bytes.iter().map(|b| *b as u64).sum());
+                            assert_eq!(pool.apply(echo_sum, (serde_bytes::ByteBuf::from(bytes),)).unwrap(), want);
+                        }
+                        _ => assert_eq!(pool.apply(inc, (i * 1000 + caller,)).unwrap(), i * 1000 + caller + 1),
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(pool.map(inc, 0..100u64).unwrap(), (1..101u64).collect::<Vec<_>>());
+    pool.close();
+    pool.join().unwrap();
+}

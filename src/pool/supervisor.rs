@@ -11,6 +11,17 @@
 //! while another worker idles). A worker runs its tasks in order, so when it
 //! dies, the oldest unanswered task is the one it was running: that task
 //! fails with the worker's pid and signal, the others go back to the queue.
+//!
+//! The direct path: an idle worker is offered to callers (its socket, in
+//! the shared state). A caller whose single small task finds the queue
+//! empty and a worker on offer writes the task to that worker itself and
+//! leaves it in `handed` — the worker starts at once, without waking the
+//! supervisor first. The supervisor takes handed tasks over (`absorb`)
+//! before it reads a reply, reaps a worker or plans; from then on the task
+//! is in flight as any other, so deaths, timeouts and cancels are handled
+//! as before. A worker on offer has an empty outbox and nothing in
+//! flight, so nobody else writes to it meanwhile; what of the frame the
+//! socket did not take goes to the front of its outbox.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -77,7 +88,35 @@ pub(crate) struct State {
     pub broken: Option<String>,
     /// The live workers' pids, by worker index.
     pub pids: std::collections::BTreeMap<usize, i32>,
+    /// Idle workers a caller may send a task to itself.
+    offered: Vec<Offered>,
+    /// Tasks callers sent to offered workers, for the supervisor to take
+    /// over.
+    handed: Vec<Handed>,
+    /// The pool has a task timeout: a handed task must wake the supervisor
+    /// (it times the task).
+    timed: bool,
 }
+
+/// An idle worker on offer: its index and (a duplicate of) its socket.
+struct Offered {
+    index: usize,
+    conn: Arc<OwnedFd>,
+}
+
+/// A task a caller sent to an offered worker.
+struct Handed {
+    index: usize,
+    id: u64,
+    task: Task,
+    /// The part of its frame the socket did not take.
+    rest: Vec<u8>,
+    at: Instant,
+}
+
+/// Tasks up to this size go the direct path: a frame this small fits an
+/// idle worker's empty socket buffer at once.
+const DIRECT_MAX: usize = 16 * 1024;
 
 /// What the pool's handle and the supervisor share.
 pub(crate) struct Shared {
@@ -87,6 +126,8 @@ pub(crate) struct Shared {
     /// A call was cancelled since the last look: queued tasks are sifted
     /// only then (a pool may hold a million).
     cancels: std::sync::atomic::AtomicBool,
+    /// Task ids, for the supervisor and for callers on the direct path.
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -98,7 +139,11 @@ impl Shared {
                 status: Status::Running,
                 broken: None,
                 pids: std::collections::BTreeMap::new(),
+                offered: Vec::new(),
+                handed: Vec::new(),
+                timed: false,
             }),
+            next_id: std::sync::atomic::AtomicU64::new(0),
             stopped: Condvar::new(),
             wake: sys::eventfd()?,
             cancels: std::sync::atomic::AtomicBool::new(false),
@@ -130,12 +175,39 @@ impl Shared {
         sys::eventfd_bump(self.wake.as_fd());
     }
 
-    /// Queues tasks, or fails them if the pool cannot run them.
+    fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Queues tasks, or fails them if the pool cannot run them. A single
+    /// small task that would wait for nobody goes straight to an idle
+    /// worker.
     pub(crate) fn submit(&self, tasks: impl IntoIterator<Item = Task>) {
+        let mut tasks = tasks.into_iter();
         let mut st = self.lock();
         let refusal = if st.status != Status::Running { Some(None) } else { st.broken.clone().map(Some) };
         match refusal {
             None => {
+                let first = tasks.next();
+                let Some(first) = first else { return };
+                let lone = tasks.next();
+                let first = match lone {
+                    None if st.pending.is_empty() && !st.offered.is_empty() && direct(&first) => {
+                        match self.hand(&mut st, first) {
+                            Ok(wake) => {
+                                drop(st);
+                                if wake {
+                                    self.wake();
+                                }
+                                return;
+                            }
+                            Err(first) => first,
+                        }
+                    }
+                    _ => first,
+                };
+                st.pending.push_back(first);
+                st.pending.extend(lone);
                 st.pending.extend(tasks);
                 let sleeping = st.sleeping;
                 drop(st);
@@ -153,6 +225,22 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Sends `task` to an offered worker (the lock held: nobody else
+    /// writes to it meanwhile); whether the supervisor must be woken.
+    fn hand(&self, st: &mut State, task: Task) -> Result<bool, Task> {
+        let Some(offered) = st.offered.pop() else { return Err(task) };
+        let id = self.new_id();
+        let mut frame = Vec::new();
+        frame::encode_into(&mut frame, &reduction::encode_plain(&task_message(id, &task)), 0);
+        // An error here is a worker that is gone: its exit settles the task.
+        let sent = frame::send_some(offered.conn.as_fd(), &frame, &[]).unwrap_or(0);
+        let rest = frame.split_off(sent);
+        // The supervisor times tasks and writes what did not fit.
+        let wake = st.sleeping && (st.timed || task.timeout.is_some() || !rest.is_empty());
+        st.handed.push(Handed { index: offered.index, id, task, rest, at: Instant::now() });
+        Ok(wake)
     }
 
     pub(crate) fn set_status(&self, status: Status) {
@@ -190,6 +278,20 @@ impl Shared {
     }
 }
 
+/// Whether a task may take the direct path: small, no descriptors.
+fn direct(task: &Task) -> bool {
+    task.items.iter().all(|i| i.fds.is_empty()) && task.items.iter().map(|i| i.bytes.len()).sum::<usize>() <= DIRECT_MAX
+}
+
+/// The message that carries `task` to a worker.
+fn task_message(id: u64, task: &Task) -> ToWorker {
+    ToWorker::Task {
+        id,
+        entry: task.entry,
+        items: task.items.iter().map(|it| Packed { bytes: it.bytes.clone(), nfds: it.fds.len() as u32 }).collect(),
+    }
+}
+
 /// How the pool's workers are made.
 pub(crate) struct Config {
     pub processes: usize,
@@ -207,6 +309,8 @@ struct Slot {
     name: String,
     pid: i32,
     conn: OwnedFd,
+    /// The same socket, for callers while the worker is on offer.
+    offer_conn: Arc<OwnedFd>,
     reader: Reader,
     ready: bool,
     /// Sent, not yet answered; the front one is running.
@@ -224,14 +328,13 @@ struct Supervisor {
     shared: Arc<Shared>,
     config: Config,
     workers: Vec<Slot>,
-    next_id: u64,
     /// Smoothed time a task takes in a worker.
     service: Duration,
 }
 
 /// The supervisor thread's body.
 pub(crate) fn run(shared: Arc<Shared>, config: Config) {
-    let mut sup = Supervisor { shared, config, workers: Vec::new(), next_id: 0, service: Duration::from_millis(1) };
+    let mut sup = Supervisor { shared, config, workers: Vec::new(), service: Duration::from_millis(1) };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sup.main_loop()));
     // Whatever happened, nobody may wait forever for a task.
     let message = match outcome {
@@ -246,7 +349,14 @@ pub(crate) fn run(shared: Arc<Shared>, config: Config) {
             t.fail(|| message.clone().map_or(Error::PoolTerminated, Error::Protocol));
         }
     }
-    let pending = std::mem::take(&mut sup.shared.lock().pending);
+    let pending = {
+        let mut st = sup.shared.lock();
+        st.offered.clear();
+        let handed = std::mem::take(&mut st.handed);
+        let mut pending = std::mem::take(&mut st.pending);
+        pending.extend(handed.into_iter().map(|h| h.task));
+        pending
+    };
     for t in pending {
         t.fail(|| message.clone().map_or(Error::PoolTerminated, Error::Protocol));
     }
@@ -260,6 +370,7 @@ pub(crate) fn run(shared: Arc<Shared>, config: Config) {
 
 impl Supervisor {
     fn main_loop(&mut self) {
+        self.shared.lock().timed = self.config.task_timeout.is_some();
         for index in 0..self.config.processes {
             if let Err(e) = self.spawn_worker(index) {
                 self.shared.lock().broken = Some(format!("could not start a worker: {e}"));
@@ -299,6 +410,8 @@ impl Supervisor {
         process.set_name(name.clone());
         process.start()?;
         let pid = process.pid().expect("started");
+        let offer_conn =
+            Arc::new(conn.try_clone().map_err(|source| Error::Io { context: "dup of a worker's socket", source })?);
         self.shared.lock().pids.insert(index, pid);
         self.workers.push(Slot {
             index,
@@ -306,6 +419,7 @@ impl Supervisor {
             name,
             pid,
             conn,
+            offer_conn,
             reader: Reader::new(),
             ready: false,
             inflight: VecDeque::new(),
@@ -338,6 +452,7 @@ impl Supervisor {
             }
             return;
         }
+        absorb(&mut self.workers, &mut st);
         self.shared.drop_cancelled(&mut st);
         let room = |w: &Slot, maxtasks: Option<u64>| -> usize {
             if !w.ready || w.exited || w.timed_out {
@@ -377,6 +492,17 @@ impl Supervisor {
                 }
             }
         }
+        // Idle workers without a plan go on offer; a worker with
+        // `maxtasksperchild` never does (its quota is counted here).
+        st.offered.clear();
+        if self.config.maxtasks.is_none() {
+            for (w, p) in self.workers.iter().zip(&plan) {
+                if p.is_empty() && w.ready && !w.exited && !w.timed_out && w.inflight.is_empty() && w.outbox.is_empty()
+                {
+                    st.offered.push(Offered { index: w.index, conn: w.offer_conn.clone() });
+                }
+            }
+        }
         // From here until the next dispatch, new tasks must wake us.
         st.sleeping = true;
         drop(st);
@@ -389,16 +515,10 @@ impl Supervisor {
 
     /// Frames a task into a worker's outbox.
     fn enqueue(&mut self, i: usize, task: Task) {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.shared.new_id();
         let w = &mut self.workers[i];
         let nfds: usize = task.items.iter().map(|it| it.fds.len()).sum();
-        let msg = ToWorker::Task {
-            id,
-            entry: task.entry,
-            items: task.items.iter().map(|it| Packed { bytes: it.bytes.clone(), nfds: it.fds.len() as u32 }).collect(),
-        };
-        let bytes = reduction::encode_plain(&msg);
+        let bytes = reduction::encode_plain(&task_message(id, &task));
         // Descriptors ride on the next write; keep each write under the limit.
         if w.out_fds.len() + nfds > MAX_FDS && !w.outbox.is_empty() {
             flush(w);
@@ -451,7 +571,11 @@ impl Supervisor {
                 Err(_) => return,
             }
         };
-        self.shared.lock().sleeping = false;
+        {
+            let mut st = self.shared.lock();
+            st.sleeping = false;
+            absorb(&mut self.workers, &mut st);
+        }
         if ready[0].0 {
             sys::eventfd_drain(self.shared.wake.as_fd());
         }
@@ -535,6 +659,12 @@ impl Supervisor {
 
     /// A worker has ended: settle its tasks and replace it.
     fn reap(&mut self, i: usize) {
+        {
+            let mut st = self.shared.lock();
+            let index = self.workers[i].index;
+            st.offered.retain(|o| o.index != index);
+            absorb(&mut self.workers, &mut st);
+        }
         self.read_replies(i);
         let mut w = self.workers.remove(i);
         self.shared.lock().pids.remove(&w.index);
@@ -580,6 +710,7 @@ impl Supervisor {
 
     /// Close: every task is done; tell the workers to leave and wait for them.
     fn stop_workers(&mut self) {
+        self.shared.lock().offered.clear();
         for w in self.workers.drain(..) {
             let Slot { process: mut p, conn, .. } = w;
             // Exit is a few bytes into an idle socket; closing our end right
@@ -592,6 +723,11 @@ impl Supervisor {
 
     /// Terminate: stop the workers now (SIGTERM, as Python does).
     fn terminate_workers(&mut self) {
+        {
+            let mut st = self.shared.lock();
+            st.offered.clear();
+            absorb(&mut self.workers, &mut st);
+        }
         for w in &self.workers {
             let _ = w.process.terminate();
         }
@@ -603,6 +739,29 @@ impl Supervisor {
             for (_, t) in w.inflight {
                 t.fail(|| Error::PoolTerminated);
             }
+        }
+    }
+}
+
+/// Takes over the tasks callers sent to offered workers: in flight from
+/// when they were sent, the unsent rest of a frame first in the outbox.
+fn absorb(workers: &mut [Slot], st: &mut State) {
+    for h in std::mem::take(&mut st.handed) {
+        let Some(w) = workers.iter_mut().find(|w| w.index == h.index) else {
+            // Not possible while offers are withdrawn before a worker goes;
+            // were it, the task would wait for the next worker.
+            st.pending.push_front(h.task);
+            continue;
+        };
+        if w.inflight.is_empty() {
+            w.running_since = Some(h.at);
+        }
+        w.inflight.push_back((h.id, h.task));
+        w.sent += 1;
+        if !h.rest.is_empty() {
+            let mut out = h.rest;
+            out.append(&mut w.outbox);
+            w.outbox = out;
         }
     }
 }
