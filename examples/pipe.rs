@@ -28,7 +28,7 @@ fn producer(pipe: Connection) {
     pipe.send("scott").expect("send");
 }
 
-fn consumer(mut pipe: Connection) {
+fn consumer(pipe: Connection) {
     let data: String = pipe.recv().expect("recv");
     println!("{data}");
 }
@@ -36,7 +36,7 @@ fn consumer(mut pipe: Connection) {
 #[multiproc::main]
 pub fn main() {
     // Seed 000: a child writes, the parent reads.
-    let (mut parent_conn, child_conn) = Pipe(true).expect("pipe");
+    let (parent_conn, child_conn) = Pipe(true).expect("pipe");
     let mut p = Process::new(write_process, (child_conn,));
     p.start().expect("start");
     let received: (i32, Option<i32>, String) = parent_conn.recv().expect("recv");
@@ -44,7 +44,7 @@ pub fn main() {
     p.join().expect("join");
 
     // Seed 001: both directions.
-    let (mut conn_1, mut conn_2) = Pipe(true).expect("pipe");
+    let (conn_1, conn_2) = Pipe(true).expect("pipe");
     conn_1.send("pipe: [message] from conn_1").expect("send");
     println!("{}", conn_2.recv::<String>().expect("recv"));
     conn_2.send("pipe: [message] from conn_2").expect("send");

@@ -30,7 +30,7 @@ fn do_something(n: u64) -> u64 {
 #[multiproc::main]
 pub fn main() {
     let pool = Pool::new(multiproc::os::cpu_count().max(3)).expect("pool");
-    let mut result = pool.apply_async(do_something, (3,));
+    let result = pool.apply_async(do_something, (3,));
     println!("apply_async: {}", result.get().expect("get"));
     for order in [[1, 3, 5], [5, 3, 1]] {
         let ordered: Vec<u64> = pool.imap(do_something, order).map(|r| r.expect("task")).collect();

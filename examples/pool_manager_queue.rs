@@ -56,7 +56,7 @@ pub fn main() {
     pool.close();
     pool.join().expect("join");
     // Python drops a failed async task's error silently; we look.
-    for mut result in [produced, consumed] {
+    for result in [produced, consumed] {
         result.get().expect("the task");
     }
 }

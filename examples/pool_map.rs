@@ -55,7 +55,7 @@ pub fn main() {
     let p = Pool::new(4).expect("pool");
     let results = p.map(square, 0..10).expect("map");
     println!("map: {results:?}");
-    let mut later = p.map_async(square, 0..5).callback(|outputs| println!("callback {outputs:?}"));
+    let later = p.map_async(square, 0..5).callback(|outputs| println!("callback {outputs:?}"));
     println!("map_async get: {:?}", later.get().expect("get"));
     println!("starmap: {:?}", p.starmap(power, [(2, 10), (3, 4), (10, 3)]).expect("starmap"));
     println!("chunksize=10: {} results", p.map_chunksize(square, 0..100, 10).expect("map").len());

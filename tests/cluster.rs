@@ -186,7 +186,7 @@ fn every_pool_call_works_through_redis() {
     assert!(matches!(&results[3], Err(Error::Panicked { message, .. }) if message.contains("three is refused")));
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 4);
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut r = pool.apply_async(square, (9,)).callback(move |v| tx.send(*v).unwrap());
+    let r = pool.apply_async(square, (9,)).callback(move |v| tx.send(*v).unwrap());
     assert_eq!(r.get().unwrap(), 81);
     assert_eq!(rx.recv_timeout(GUARD).unwrap(), 81);
     pool.close();
@@ -233,7 +233,7 @@ fn a_killed_workers_task_runs_elsewhere_and_answers_once() {
     std::fs::create_dir_all(&dir).unwrap();
     let pool = Pool::builder().redis(&redis.url(), "killed").build().unwrap();
     let first = worker(&redis, "killed", 1, 500);
-    let mut r = pool.apply_async(noted_nap, (dir.display().to_string(), 1500));
+    let r = pool.apply_async(noted_nap, (dir.display().to_string(), 1500));
     wait_for_runs(&dir, 1);
     first.signal(libc::SIGKILL);
     first.wait();
@@ -305,7 +305,7 @@ fn a_redis_restart_mid_map_loses_nothing() {
     let mut redis = Redis::start("restart");
     let _w1 = worker(&redis, "restart", 2, 500);
     let pool = pool(&redis, "restart");
-    let mut results = pool.map_async(slow_square, 0..400u64);
+    let results = pool.map_async(slow_square, 0..400u64);
     // Some are done, most are not.
     let until = Instant::now() + GUARD;
     while redis.cli(&["XLEN", "{mp:restart}:tasks"]) == "0" {
@@ -332,7 +332,7 @@ fn sigterm_hands_tasks_back_at_once() {
     let pool = pool(&redis, "term");
     // A long lease: only a hand-back lets the second worker have it soon.
     let first = worker(&redis, "term", 1, 60_000);
-    let mut r = pool.apply_async(noted_nap, (dir.display().to_string(), 500));
+    let r = pool.apply_async(noted_nap, (dir.display().to_string(), 500));
     wait_for_runs(&dir, 1);
     first.signal(libc::SIGTERM);
     assert_eq!(first.wait(), Some(0));
@@ -350,7 +350,7 @@ fn connections_killed_mid_command_lose_nothing() {
     let _w1 = worker(&redis, "clientkill", 2, 500);
     let _w2 = worker(&redis, "clientkill", 2, 500);
     let pool = pool(&redis, "clientkill");
-    let mut results = pool.map_async_chunksize(slow_square, 0..300u64, 1);
+    let results = pool.map_async_chunksize(slow_square, 0..300u64, 1);
     let mut admin = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
     let mut kills = 0;
     while !results.ready() {
@@ -430,7 +430,7 @@ fn a_stalled_workers_late_result_is_dropped() {
     let pool = pool(&redis, "stalled");
     let first = worker(&redis, "stalled", 1, 300);
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut r = pool.apply_async(noted_nap, (dir.display().to_string(), 1000)).callback(move |v| tx.send(*v).unwrap());
+    let r = pool.apply_async(noted_nap, (dir.display().to_string(), 1000)).callback(move |v| tx.send(*v).unwrap());
     wait_for_runs(&dir, 1);
     first.signal(libc::SIGSTOP);
     let _second = worker(&redis, "stalled", 1, 300);
@@ -457,7 +457,7 @@ fn random_faults_leave_every_task_one_result() {
         let name = format!("faults{seed}");
         let mut workers: Vec<WorkerProc> = (0..3).map(|_| worker(&redis, &name, 2, 300)).collect();
         let pool = pool(&redis, &name);
-        let mut results = pool.map_async_chunksize(slow_square, 0..300u64, 3);
+        let results = pool.map_async_chunksize(slow_square, 0..300u64, 3);
         let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         let mut next = || {
             x ^= x << 13;
@@ -528,7 +528,7 @@ fn a_worker_host_cut_off_mid_task_costs_one_rerun_and_no_second_result() {
     std::fs::create_dir_all(&dir).unwrap();
     let pool = Pool::builder().redis(&redis.url, "hosts").build().unwrap();
     let far = host.worker(&redis.url, "hosts", 500);
-    let mut r = pool.apply_async(noted_nap, (dir.display().to_string(), 1500));
+    let r = pool.apply_async(noted_nap, (dir.display().to_string(), 1500));
     wait_for_runs(&dir, 1);
     host.link(false);
     // The worker here takes the task once the far one's lease runs out.
@@ -788,15 +788,15 @@ fn cancel_stops_a_waiting_task_and_kills_a_running_one() {
     let d = dir.display().to_string();
     let _w = worker(&redis, "cancel", 1, 600);
     let pool = pool(&redis, "cancel");
-    let mut running = pool.apply_async(noted_nap, (d.clone(), 60_000));
+    let running = pool.apply_async(noted_nap, (d.clone(), 60_000));
     wait_for_runs(&dir, 1);
-    let mut waiting = pool.apply_async(noted_nap, (d.clone(), 0));
+    let waiting = pool.apply_async(noted_nap, (d.clone(), 0));
     assert!(waiting.cancel() && running.cancel());
     assert!(matches!(running.get(), Err(Error::Cancelled)));
     assert!(matches!(waiting.get(), Err(Error::Cancelled)));
     // One slot: this runs only once the cancelled task's process is gone
     // (long before its 60 s).
-    let mut next = pool.apply_async(square, (8,));
+    let next = pool.apply_async(square, (8,));
     assert_eq!(next.get_timeout(Duration::from_secs(30)).unwrap(), Some(64));
     assert_eq!(runs(&dir), 1, "the cancelled waiting task ran");
     assert_eq!(pool.duplicate_results(), 0);

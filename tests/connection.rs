@@ -9,7 +9,7 @@ use multiproc::{Connection, Error, Pipe, Pool, Process, StartMethod};
 
 /// Echoes doubled words until an empty one. (Not until end of stream: a
 /// forked child holds a copy of the parent's end too, as in Python.)
-fn echo_twice(mut conn: Connection) -> usize {
+fn echo_twice(conn: Connection) -> usize {
     let mut n = 0;
     loop {
         let s: String = conn.recv().unwrap();
@@ -24,7 +24,7 @@ fn echo_twice(mut conn: Connection) -> usize {
 #[test]
 fn a_connection_works_from_a_child_under_every_method() {
     each_method(|m| {
-        let (mut ours, theirs) = Pipe(true).unwrap();
+        let (ours, theirs) = Pipe(true).unwrap();
         let mut p = Process::new(echo_twice, (theirs,)).with_start_method(m);
         p.start().unwrap();
         for word in ["a", "bc", "def"] {
@@ -38,11 +38,11 @@ fn a_connection_works_from_a_child_under_every_method() {
 
 #[test]
 fn one_way_pipes_refuse_the_wrong_direction() {
-    let (mut r, w) = Pipe(false).unwrap();
+    let (r, w) = Pipe(false).unwrap();
     assert!(matches!(r.send(&1), Err(Error::Connection(_))));
     assert!(matches!(w.send(&1), Ok(())));
     assert_eq!(r.recv::<i32>().unwrap(), 1);
-    let mut w = w;
+    let w = w;
     assert!(matches!(w.recv::<i32>(), Err(Error::Connection(_))));
     assert!(matches!(w.poll(Some(Duration::ZERO)), Err(Error::Connection(_))));
 }
@@ -51,14 +51,14 @@ fn exits_at_once(_conn: Connection) {}
 
 #[test]
 fn a_closed_or_dead_peer_is_a_typed_eof() {
-    let (mut a, b) = Pipe(true).unwrap();
+    let (a, b) = Pipe(true).unwrap();
     a.send(&"sent before close").unwrap();
     drop(b);
     assert!(matches!(a.recv::<String>(), Err(Error::Eof)));
     assert!(matches!(a.send(&"x"), Err(Error::Eof)));
 
     each_method(|m| {
-        let (mut ours, theirs) = Pipe(true).unwrap();
+        let (ours, theirs) = Pipe(true).unwrap();
         let mut p = Process::new(exits_at_once, (theirs,)).with_start_method(m);
         p.start().unwrap();
         join(&mut p).unwrap();
@@ -68,7 +68,7 @@ fn a_closed_or_dead_peer_is_a_typed_eof() {
 
 #[test]
 fn data_sent_before_close_is_still_received() {
-    let (mut a, b) = Pipe(true).unwrap();
+    let (a, b) = Pipe(true).unwrap();
     b.send(&1u8).unwrap();
     b.send(&2u8).unwrap();
     b.close();
@@ -79,7 +79,7 @@ fn data_sent_before_close_is_still_received() {
 
 #[test]
 fn bytes_offsets_and_short_buffers() {
-    let (mut a, b) = Pipe(true).unwrap();
+    let (a, b) = Pipe(true).unwrap();
     b.send_bytes_range(b"abcdefgh", 2, 4).unwrap();
     let mut buf = [0u8; 3];
     match a.recv_bytes_into(&mut buf, 0) {
@@ -97,7 +97,7 @@ fn bytes_offsets_and_short_buffers() {
 
 #[test]
 fn poll_waits_at_most_the_timeout() {
-    let (mut a, b) = Pipe(true).unwrap();
+    let (a, b) = Pipe(true).unwrap();
     assert!(!a.poll(Some(Duration::from_millis(20))).unwrap());
     b.send(&7u8).unwrap();
     assert!(a.poll(None).unwrap());
@@ -120,7 +120,7 @@ fn the_message_size_limit_is_enforced_on_receive() {
     assert!(sender.join().unwrap().is_err());
 }
 
-fn sum_big(mut conn: Connection) -> u64 {
+fn sum_big(conn: Connection) -> u64 {
     let v: Vec<u8> = conn.recv().unwrap();
     v.iter().map(|b| *b as u64).sum()
 }
@@ -136,8 +136,8 @@ fn a_64_mib_message_crosses() {
 
 #[test]
 fn a_connection_can_be_sent_over_a_connection() {
-    let (mut a, b) = Pipe(true).unwrap();
-    let (mut inner_a, inner_b) = Pipe(true).unwrap();
+    let (a, b) = Pipe(true).unwrap();
+    let (inner_a, inner_b) = Pipe(true).unwrap();
     b.send(&inner_b).unwrap();
     drop(inner_b);
     let received: Connection = a.recv().unwrap();
@@ -147,7 +147,7 @@ fn a_connection_can_be_sent_over_a_connection() {
 
 #[test]
 fn a_connection_with_unread_data_refuses_to_travel() {
-    let (mut a, b) = Pipe(true).unwrap();
+    let (a, b) = Pipe(true).unwrap();
     b.send(&1u8).unwrap();
     b.send(&2u8).unwrap();
     assert_eq!(a.recv::<u8>().unwrap(), 1); // the second is now buffered here
@@ -164,7 +164,7 @@ fn reply(conn: Connection, n: u32) -> u32 {
 fn connections_reach_running_pool_workers() {
     let pool = Pool::new(2).unwrap();
     pool.map(|x: u32| x, 0..4).unwrap();
-    let (mut ours, theirs) = Pipe(true).unwrap();
+    let (ours, theirs) = Pipe(true).unwrap();
     assert_eq!(pool.apply(reply, (theirs, 4)).unwrap(), 4);
     assert_eq!(ours.recv::<u32>().unwrap(), 40);
 }

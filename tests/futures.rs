@@ -31,7 +31,7 @@ fn wait_first_completed_returns_with_the_first_and_leaves_the_rest() {
     let (slow, fast) = (Event::new().unwrap(), Event::new().unwrap());
     let calls = vec![pool.apply_async(when, (slow.clone(), 1)), pool.apply_async(when, (fast.clone(), 2))];
     fast.set().unwrap();
-    let mut w = wait(calls, ReturnWhen::FirstCompleted, Some(GUARD));
+    let w = wait(calls, ReturnWhen::FirstCompleted, Some(GUARD));
     assert_eq!((w.done.len(), w.not_done.len()), (1, 1));
     assert_eq!(w.done[0].get().unwrap(), 2);
     assert_eq!(w.not_done[0].state(), CallState::Pending);
@@ -70,8 +70,8 @@ fn wait_first_exception_returns_at_a_failure_and_not_at_a_cancel() {
 fn wait_all_completed_over_any_mix_of_pools_and_calls() {
     let (a, b) = (Pool::new(1).unwrap(), Pool::new(2).unwrap());
     let go = Event::new().unwrap();
-    let mut one = a.apply_async(when, (go.clone(), 7));
-    let mut many = b.map_async(words, [1, 2, 3]);
+    let one = a.apply_async(when, (go.clone(), 7));
+    let many = b.map_async(words, [1, 2, 3]);
     let mixed: Vec<&dyn Completion> = vec![&one, &many];
     let w = wait(mixed.clone(), ReturnWhen::AllCompleted, Some(Duration::from_millis(50)));
     assert_eq!(w.not_done.len(), 1, "one call waits for its event");
@@ -118,7 +118,7 @@ fn as_completed_with_a_timeout_ends_with_a_typed_error_and_leaves_the_rest() {
     let rest = it.remaining();
     assert_eq!(rest.len(), 1);
     never.set().unwrap();
-    let mut last = rest.into_iter().next().unwrap();
+    let last = rest.into_iter().next().unwrap();
     assert_eq!(last.get().unwrap(), 1);
 }
 
@@ -130,10 +130,10 @@ fn shutdown_cancels_what_has_not_started_and_finishes_the_rest() {
         started.set().unwrap();
         when(go, 5)
     }
-    let mut running = pool.apply_async(started_then, (started.clone(), go.clone()));
+    let running = pool.apply_async(started_then, (started.clone(), go.clone()));
     assert!(started.wait(Some(GUARD)).unwrap());
     let mut queued: Vec<_> = (0..5).map(|i| pool.apply_async(when, (go.clone(), i))).collect();
-    let mut mapped = pool.map_async(words, [1, 2]);
+    let mapped = pool.map_async(words, [1, 2]);
     go.set().unwrap();
     pool.shutdown(true).unwrap();
     assert_eq!(running.get().unwrap(), 5);

@@ -190,7 +190,7 @@ fn wait_sees_connections_queues_processes_and_descriptors() {
         std::io::Write::write_all(&mut &w, b"x").unwrap();
         assert_eq!(wait(&[&a, &q, &sq, &jq, &r], Some(GUARD)).unwrap(), [0, 2, 3, 4], "{m}");
         drop(b);
-        let mut a = a;
+        let a = a;
         assert_eq!(a.recv::<u8>().unwrap(), 3);
         assert_eq!(wait(&[&a], Some(GUARD)).unwrap(), [0], "{m}: the closed end is ready (a recv says Eof)");
         assert!(matches!(a.recv::<u8>(), Err(Error::Eof)));

@@ -491,8 +491,8 @@ mod typed {
         let manager = Manager::start().unwrap();
         let queue = manager.queue::<String>(10).unwrap();
         let pool = Pool::new(2).unwrap();
-        let mut got = pool.apply_async(consumer, (queue.clone(),));
-        let mut put = pool.apply_async(producer, (queue.clone(),));
+        let got = pool.apply_async(consumer, (queue.clone(),));
+        let put = pool.apply_async(producer, (queue.clone(),));
         assert_eq!(got.get().unwrap(), "a");
         put.get().unwrap();
         pool.close();
@@ -1081,7 +1081,7 @@ mod rust_clients_killed {
     }
 
     fn park_and_kill_rust(proxy: &Proxy, warm: (&str, Vec<i64>), method: &str, args: Vec<i64>) {
-        let (mut ours, theirs) = Pipe(true).unwrap();
+        let (ours, theirs) = Pipe(true).unwrap();
         let warm = (warm.0.to_string(), warm.1);
         let mut p = Process::new(park, (proxy.clone(), warm, method.to_string(), args, theirs)).with_daemon(true);
         p.start().unwrap();

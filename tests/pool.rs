@@ -30,7 +30,7 @@ fn every_call_gives_python_results() {
     for m in StartMethod::ALL {
         let p = pool(2, m);
         assert_eq!(p.apply(add, (2, 3)).unwrap(), 5, "{m}");
-        let mut r = p.apply_async(inc, (41,));
+        let r = p.apply_async(inc, (41,));
         assert_eq!(r.get().unwrap(), 42);
         assert!(r.ready() && r.successful().unwrap());
         assert!(matches!(r.get(), Err(Error::ResultTaken(_))));
@@ -79,7 +79,7 @@ fn imap_unordered_yields_in_completion_order() {
 fn async_results_wait_poll_and_time_out() {
     let p = pool(1, StartMethod::Forkserver);
     let (reader, mut writer) = std::io::pipe().unwrap();
-    let mut r = p.apply_async(gated, (9, Some(Handle::from(reader))));
+    let r = p.apply_async(gated, (9, Some(Handle::from(reader))));
     assert!(!r.ready());
     assert!(matches!(r.successful(), Err(Error::NotReady)));
     assert!(!r.wait_timeout(Duration::from_millis(20)));
@@ -94,7 +94,7 @@ fn callbacks_run_in_the_parent() {
     let me = os::getpid();
     let (tx, rx) = mpsc::channel();
     let tx2 = tx.clone();
-    let mut ok = p.apply_async(inc, (1,)).callback(move |v| tx.send((os::getpid(), format!("ok {v}"))).unwrap());
+    let ok = p.apply_async(inc, (1,)).callback(move |v| tx.send((os::getpid(), format!("ok {v}"))).unwrap());
     let failed = p
         .apply_async(|_: u8| -> u8 { panic!("nope") }, (0,))
         .error_callback(move |e| tx2.send((os::getpid(), format!("err {e}"))).unwrap());
@@ -163,7 +163,7 @@ fn maxtasksperchild_replaces_workers() {
 fn close_join_terminate_follow_python() {
     let p = pool(1, StartMethod::Forkserver);
     assert!(matches!(p.join(), Err(Error::PoolStillRunning)));
-    let mut queued = p.apply_async(inc, (1,));
+    let queued = p.apply_async(inc, (1,));
     p.close();
     assert!(matches!(p.apply(inc, (1,)), Err(Error::PoolNotRunning)));
     p.join().unwrap();
@@ -171,8 +171,8 @@ fn close_join_terminate_follow_python() {
     assert_eq!(queued.get().unwrap(), 2);
 
     let p = pool(1, StartMethod::Forkserver);
-    let mut running = p.apply_async(|_: u8| sleep_forever(), (0,));
-    let mut waiting = p.apply_async(inc, (1,));
+    let running = p.apply_async(|_: u8| sleep_forever(), (0,));
+    let waiting = p.apply_async(inc, (1,));
     p.terminate();
     assert!(matches!(running.get(), Err(Error::PoolTerminated)));
     assert!(matches!(waiting.get(), Err(Error::PoolTerminated)));
@@ -306,7 +306,7 @@ fn report_and_sleep(out: Handle) -> u64 {
 fn a_worker_killed_from_outside_fails_only_its_task() {
     let p = pool(2, StartMethod::Forkserver);
     let (reader, writer) = std::io::pipe().unwrap();
-    let mut victim = p.apply_async(report_and_sleep, (Handle::from(writer),));
+    let victim = p.apply_async(report_and_sleep, (Handle::from(writer),));
     let others: Vec<_> = (0..50).map(|i| p.apply_async(inc, (i,))).collect();
     let mut line = String::new();
     BufReader::new(reader).read_line(&mut line).unwrap();
@@ -317,7 +317,7 @@ fn a_worker_killed_from_outside_fails_only_its_task() {
         Err(Error::WorkerDied { pid: got, exitcode: -9, .. }) => assert_eq!(got, pid),
         other => panic!("{other:?}"),
     }
-    for (i, mut r) in others.into_iter().enumerate() {
+    for (i, r) in others.into_iter().enumerate() {
         assert_eq!(r.get().unwrap(), i as u64 + 1);
     }
 }
@@ -340,7 +340,7 @@ fn sleep_forever_u64() -> u64 {
 #[test]
 fn an_overdue_task_kills_its_worker_and_fails() {
     let p = Pool::builder().processes(1).task_timeout(Duration::from_millis(200)).build().unwrap();
-    let mut r = p.apply_async(|_: u8| sleep_forever_u64(), (0,));
+    let r = p.apply_async(|_: u8| sleep_forever_u64(), (0,));
     match r.get() {
         Err(Error::TaskTimeout { timeout, .. }) => assert_eq!(timeout, Duration::from_millis(200)),
         other => panic!("{other:?}"),
@@ -501,8 +501,8 @@ fn cancel_stops_queued_and_running_tasks() {
     let d = dir.display().to_string();
     let pool = Pool::new(1).unwrap();
     let before = pool.apply(my_pid, ()).unwrap();
-    let mut running = pool.apply_async(mark_and_nap, (d.clone(), "running".to_string(), 60_000));
-    let mut queued = pool.apply_async(mark_and_nap, (d.clone(), "queued".to_string(), 0));
+    let running = pool.apply_async(mark_and_nap, (d.clone(), "running".to_string(), 60_000));
+    let queued = pool.apply_async(mark_and_nap, (d.clone(), "queued".to_string(), 0));
     wait_for_file(&dir.join("running"));
     assert!(queued.cancel(), "a queued task is cancelled");
     assert!(!queued.cancel(), "twice: not again");
@@ -511,11 +511,11 @@ fn cancel_stops_queued_and_running_tasks() {
     assert!(matches!(queued.get(), Err(Error::Cancelled)));
     let after = pool.apply(my_pid, ()).unwrap();
     assert_ne!(before, after, "the cancelled task's process was killed and replaced");
-    let mut done = pool.apply_async(mark_and_nap, (d.clone(), "done".to_string(), 0));
+    let done = pool.apply_async(mark_and_nap, (d.clone(), "done".to_string(), 0));
     assert_eq!(done.get().unwrap(), 0);
     assert!(!done.cancel(), "a finished task is not cancelled");
     assert!(!dir.join("queued").exists(), "the cancelled queued task ran");
-    let mut all = pool.starmap_async(mark_and_nap, (0..4).map(|i| (d.clone(), format!("m{i}"), 60_000u64)));
+    let all = pool.starmap_async(mark_and_nap, (0..4).map(|i| (d.clone(), format!("m{i}"), 60_000u64)));
     wait_for_file(&dir.join("m0"));
     assert!(all.cancel());
     assert!(matches!(all.get(), Err(Error::Cancelled)));
@@ -558,7 +558,7 @@ fn direct_handoffs_survive_concurrent_callers_deaths_timeouts_and_cancels() {
                     match seed % 20 {
                         0 => assert!(matches!(pool.apply(abort_now, (i,)), Err(Error::WorkerDied { .. }))),
                         1 => {
-                            let mut r = pool.apply_async(overstay, (i,));
+                            let r = pool.apply_async(overstay, (i,));
                             if seed.is_multiple_of(3) {
                                 assert!(r.cancel());
                                 assert!(matches!(r.get(), Err(Error::Cancelled)));

@@ -68,7 +68,7 @@ fn values_reach_running_pool_workers() {
 
 #[test]
 fn types_must_match_on_arrival() {
-    let (mut a, b) = Pipe(true).unwrap();
+    let (a, b) = Pipe(true).unwrap();
     b.send(&Value::new(1i32).unwrap()).unwrap();
     assert!(a.recv::<Value<i64>>().is_err());
     b.send(&RawArray::new(&[1u16, 2]).unwrap()).unwrap();
@@ -88,7 +88,7 @@ fn indexes_past_the_end_are_errors() {
 #[test]
 fn the_memory_outlives_its_creator_while_others_hold_it() {
     let v = Value::new(7i32).unwrap();
-    let (mut a, b) = Pipe(true).unwrap();
+    let (a, b) = Pipe(true).unwrap();
     b.send(&v).unwrap();
     drop(v);
     let v: Value<i32> = a.recv().unwrap();
@@ -97,7 +97,7 @@ fn the_memory_outlives_its_creator_while_others_hold_it() {
 
 #[test]
 fn an_array_cannot_arrive_as_a_value() {
-    let (mut a, b) = Pipe(true).unwrap();
+    let (a, b) = Pipe(true).unwrap();
     b.send(&RawArray::new(&[1i32, 2, 3]).unwrap()).unwrap();
     assert!(a.recv::<RawValue<i32>>().is_err());
     b.send(&RawArray::<i32>::new(&[]).unwrap()).unwrap();

@@ -160,7 +160,7 @@ fn locks_reach_running_pool_workers() {
 
 #[test]
 fn a_lock_and_an_rlock_are_not_interchangeable() {
-    let (mut a, b) = multiproc::Pipe(true).unwrap();
+    let (a, b) = multiproc::Pipe(true).unwrap();
     b.send(&Lock::new().unwrap()).unwrap();
     assert!(a.recv::<RLock>().is_err());
 }

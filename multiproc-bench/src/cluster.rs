@@ -162,7 +162,7 @@ pub(crate) fn run(args: &Args) -> Res<()> {
     let roundtrip_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
 
     // Recovery: the worker running a task SIGKILLed; until another answers.
-    let mut r = pool.apply_async(nap, (300u64,));
+    let r = pool.apply_async(nap, (300u64,));
     let until = Instant::now() + Duration::from_secs(30);
     let holder = loop {
         let s = multiproc::cluster::status(&redis.url(), "bench").map_err(e)?;

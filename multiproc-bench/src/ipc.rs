@@ -44,7 +44,7 @@ fn drain<M: Serialize + DeserializeOwned + 'static>(q: Queue<M>, n: usize) {
     }
 }
 
-fn echo_pipe(mut conn: Connection, n: usize) {
+fn echo_pipe(conn: Connection, n: usize) {
     for _ in 0..n {
         let m = conn.recv_bytes().unwrap();
         conn.send_bytes(&m).unwrap();
@@ -96,7 +96,7 @@ fn queue_stream_once<M: Serialize + DeserializeOwned + 'static>(
 }
 
 fn pipe_roundtrip(rounds: usize) -> Res<f64> {
-    let (mut a, b) = Pipe(true).map_err(err)?;
+    let (a, b) = Pipe(true).map_err(err)?;
     let mut p = Process::new(echo_pipe, (b, rounds));
     p.start().map_err(err)?;
     let mut times = Vec::with_capacity(rounds);

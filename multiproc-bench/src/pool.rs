@@ -100,7 +100,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
 
     let t = Instant::now();
     let results: Vec<_> = (0..args.tasks as u64).map(|i| pool.apply_async(inc, (i,))).collect();
-    for mut r in results {
+    for r in results {
         r.get().map_err(err)?;
     }
     let apply_async = per_s(args.tasks, t);

@@ -16,6 +16,7 @@ pub use listener::{Client, Listener, SocketConnection};
 pub use wait::{Waitable, wait};
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -37,11 +38,11 @@ use crate::{Error, Handle, Result};
 /// # #[multiproc::main] fn main() {
 /// use multiproc::{Connection, Pipe, Process};
 ///
-/// fn write_process(mut conn: Connection) {
+/// fn write_process(conn: Connection) {
 ///     conn.send(&(42, None::<u8>, "Hello".to_string())).unwrap();
 /// }
 ///
-/// let (mut parent_conn, child_conn) = Pipe(true).unwrap();
+/// let (parent_conn, child_conn) = Pipe(true).unwrap();
 /// let mut p = Process::new(write_process, (child_conn,));
 /// p.start().unwrap();
 /// let got: (i32, Option<u8>, String) = parent_conn.recv().unwrap();
@@ -52,10 +53,20 @@ use crate::{Error, Handle, Result};
 #[derive(Debug)]
 pub struct Connection {
     sock: Option<OwnedFd>,
-    reader: Reader,
+    /// What was read but not yet received. Behind a lock so that receiving
+    /// takes `&self`, as `std::sync::mpsc::Receiver::recv` does: threads
+    /// sharing a connection receive whole messages, one at a time.
+    rx: Mutex<Rx>,
     readable: bool,
     writable: bool,
     limit: Option<usize>,
+}
+
+#[derive(Debug)]
+struct Rx {
+    reader: Reader,
+    /// Set once a message over the limit was refused: the stream cannot be
+    /// read past it.
     broken: Option<(usize, usize)>,
 }
 
@@ -64,7 +75,7 @@ pub struct Connection {
 ///
 /// ```
 /// use multiproc::Pipe;
-/// let (mut a, mut b) = Pipe(true).unwrap();
+/// let (a, b) = Pipe(true).unwrap();
 /// a.send(&"pipe: [message] from conn_1").unwrap();
 /// assert_eq!(b.recv::<String>().unwrap(), "pipe: [message] from conn_1");
 /// b.send(&"pipe: [message] from conn_2").unwrap();
@@ -79,13 +90,20 @@ pub fn Pipe(duplex: bool) -> Result<(Connection, Connection)> {
 
 impl Connection {
     fn new(sock: OwnedFd, readable: bool, writable: bool) -> Self {
-        Connection { sock: Some(sock), reader: Reader::new(), readable, writable, limit: None, broken: None }
+        Connection {
+            sock: Some(sock),
+            rx: Mutex::new(Rx { reader: Reader::new(), broken: None }),
+            readable,
+            writable,
+            limit: None,
+        }
     }
 
     /// Whether a whole message has been read in already (so `recv` will
-    /// not touch the socket).
+    /// not touch the socket). While another thread receives, the socket
+    /// alone tells.
     pub(crate) fn has_message(&self) -> bool {
-        self.reader.has_frame()
+        self.rx.try_lock().is_ok_and(|rx| rx.reader.has_frame())
     }
 
     pub(crate) fn socket(&self) -> Result<BorrowedFd<'_>> {
@@ -113,14 +131,14 @@ impl Connection {
     /// or allocating them.
     ///
     /// ```
-    /// let (mut a, mut b) = multiproc::Pipe(true).unwrap();
+    /// let (a, mut b) = multiproc::Pipe(true).unwrap();
     /// b.set_max_message_size(Some(16));
     /// a.send_bytes(&[0; 1000]).unwrap();
     /// assert!(matches!(b.recv_bytes(), Err(multiproc::Error::MessageTooLarge { size: 1000, limit: 16 })));
     /// ```
     pub fn set_max_message_size(&mut self, limit: Option<usize>) {
         self.limit = limit;
-        self.reader.set_limit(limit);
+        self.rx.get_mut().unwrap_or_else(PoisonError::into_inner).reader.set_limit(limit);
     }
 
     /// Sends a serde value (and any [`Handle`]s inside it).
@@ -139,7 +157,7 @@ impl Connection {
     /// Sends raw bytes as one message.
     ///
     /// ```
-    /// let (mut a, mut b) = multiproc::Pipe(true).unwrap();
+    /// let (a, b) = multiproc::Pipe(true).unwrap();
     /// a.send_bytes(b"raw").unwrap();
     /// assert_eq!(b.recv_bytes().unwrap(), b"raw");
     /// ```
@@ -151,7 +169,7 @@ impl Connection {
     /// offset, size)`); out-of-range values are an error.
     ///
     /// ```
-    /// let (mut a, mut b) = multiproc::Pipe(true).unwrap();
+    /// let (a, b) = multiproc::Pipe(true).unwrap();
     /// a.send_bytes_range(b"0123456789", 2, 3).unwrap();
     /// assert_eq!(b.recv_bytes().unwrap(), b"234");
     /// assert!(a.send_bytes_range(b"0123", 3, 2).is_err());
@@ -176,10 +194,21 @@ impl Connection {
     }
 
     /// Receives a serde value; [`Error::Eof`] once the other end is closed
-    /// and everything it sent has been read.
+    /// and everything it sent has been read. Takes `&self`: threads that
+    /// share a connection each receive whole messages.
     ///
-    /// See [`Pipe`] for an example.
-    pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
+    /// ```
+    /// let (a, b) = multiproc::Pipe(true).unwrap();
+    /// for i in 0..4u32 { a.send(&i).unwrap(); }
+    /// let got: Vec<u32> = std::thread::scope(|s| {
+    ///     let readers: Vec<_> = (0..2).map(|_| s.spawn(|| (0..2).map(|_| b.recv::<u32>().unwrap()).collect::<Vec<_>>())).collect();
+    ///     readers.into_iter().flat_map(|r| r.join().unwrap()).collect()
+    /// });
+    /// let mut got = got;
+    /// got.sort();
+    /// assert_eq!(got, [0, 1, 2, 3]);
+    /// ```
+    pub fn recv<T: DeserializeOwned>(&self) -> Result<T> {
         let frame = self.next_frame()?;
         reduction::decode(&frame.bytes, frame.fds).map_err(|message| Error::Decode {
             what: Payload::Arguments,
@@ -191,7 +220,7 @@ impl Connection {
     /// Receives one message as bytes.
     ///
     /// See [`send_bytes`](Self::send_bytes) for an example.
-    pub fn recv_bytes(&mut self) -> Result<Vec<u8>> {
+    pub fn recv_bytes(&self) -> Result<Vec<u8>> {
         Ok(self.next_frame()?.bytes)
     }
 
@@ -199,13 +228,13 @@ impl Connection {
     /// [`Error::BufferTooShort`] (carrying the message) if it does not fit.
     ///
     /// ```
-    /// let (mut a, mut b) = multiproc::Pipe(true).unwrap();
+    /// let (a, b) = multiproc::Pipe(true).unwrap();
     /// a.send_bytes(b"hello").unwrap();
     /// let mut buf = [0u8; 8];
     /// assert_eq!(b.recv_bytes_into(&mut buf, 2).unwrap(), 5);
     /// assert_eq!(&buf[2..7], b"hello");
     /// ```
-    pub fn recv_bytes_into(&mut self, buf: &mut [u8], offset: usize) -> Result<usize> {
+    pub fn recv_bytes_into(&self, buf: &mut [u8], offset: usize) -> Result<usize> {
         let message = self.recv_bytes()?;
         match buf.get_mut(offset..offset.saturating_add(message.len())) {
             Some(dst) => {
@@ -221,16 +250,16 @@ impl Connection {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let (mut a, mut b) = multiproc::Pipe(true).unwrap();
+    /// let (a, b) = multiproc::Pipe(true).unwrap();
     /// assert!(!b.poll(Some(Duration::ZERO)).unwrap());
     /// a.send(&1).unwrap();
     /// assert!(b.poll(Some(Duration::from_secs(5))).unwrap());
     /// ```
-    pub fn poll(&mut self, timeout: Option<Duration>) -> Result<bool> {
+    pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
         if !self.readable {
             return Err(Error::Connection("this end is write-only"));
         }
-        if self.reader.has_frame() {
+        if self.has_message() {
             return Ok(true);
         }
         let ready = crate::sys::poll_readable(&[self.socket()?], timeout)
@@ -242,7 +271,7 @@ impl Connection {
     /// Dropping it does the same.
     ///
     /// ```
-    /// let (mut a, b) = multiproc::Pipe(true).unwrap();
+    /// let (a, b) = multiproc::Pipe(true).unwrap();
     /// b.close();
     /// assert!(matches!(a.recv::<u8>(), Err(multiproc::Error::Eof)));
     /// ```
@@ -250,21 +279,22 @@ impl Connection {
         self.sock = None;
     }
 
-    fn next_frame(&mut self) -> Result<frame::Frame> {
+    fn next_frame(&self) -> Result<frame::Frame> {
         if !self.readable {
             return Err(Error::Connection("this end is write-only"));
         }
-        if let Some((size, limit)) = self.broken {
+        let mut rx = self.rx.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((size, limit)) = rx.broken {
             return Err(Error::MessageTooLarge { size, limit });
         }
         let sock = self.sock.as_ref().ok_or(Error::Connection("it was closed"))?;
-        match self.reader.read(sock.as_fd(), true) {
+        match rx.reader.read(sock.as_fd(), true) {
             Ok(Progress::Frame(f)) => Ok(f),
             Ok(Progress::Eof) => Err(Error::Eof),
             Ok(Progress::Pending) => Err(Error::Protocol("a blocking read returned without data".into())),
             Err(e) => {
                 if let Some(o) = e.get_ref().and_then(|i| i.downcast_ref::<Oversize>()) {
-                    self.broken = Some((o.size, o.limit));
+                    rx.broken = Some((o.size, o.limit));
                     return Err(Error::MessageTooLarge { size: o.size, limit: o.limit });
                 }
                 if e.kind() == std::io::ErrorKind::UnexpectedEof || crate::popen::is_disconnect(&e) {
@@ -288,7 +318,7 @@ struct Wire {
 impl Serialize for Connection {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::Error as _;
-        if self.reader.has_buffered() {
+        if self.rx.lock().unwrap_or_else(PoisonError::into_inner).reader.has_buffered() {
             // Those bytes would be lost on the way.
             return Err(S::Error::custom("a Connection with received but unread data cannot be sent"));
         }

@@ -108,7 +108,7 @@ ring_waitable!(Queue, SimpleQueue, JoinableQueue);
 ///
 /// fn answer(q: Queue<u32>) { q.put(&42).unwrap(); }
 ///
-/// let (mut a, b) = Pipe(true).unwrap();
+/// let (a, b) = Pipe(true).unwrap();
 /// let q = Queue::new(0).unwrap();
 /// let mut p = Process::new(answer, (q.clone(),));
 /// assert!(wait(&[&a, &q], Some(Duration::from_millis(10))).unwrap().is_empty());

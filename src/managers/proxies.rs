@@ -142,8 +142,8 @@ fn is_exception(e: &Error, name: &str) -> bool {
 /// let manager = Manager::start().unwrap();
 /// let queue = manager.queue::<String>(10).unwrap();
 /// let pool = Pool::new(2).unwrap();
-/// let mut got = pool.apply_async(consume, (queue.clone(),));
-/// let mut put = pool.apply_async(produce, (queue.clone(),));
+/// let got = pool.apply_async(consume, (queue.clone(),));
+/// let put = pool.apply_async(produce, (queue.clone(),));
 /// assert_eq!(got.get().unwrap(), "a");
 /// put.get().unwrap();
 /// # }

@@ -45,7 +45,7 @@ pub use worker::worker_id;
 /// let pool = Pool::new(4).unwrap();
 /// assert_eq!(pool.map(square, 1..=5).unwrap(), [1, 4, 9, 16, 25]);
 /// assert_eq!(pool.apply(square, (12,)).unwrap(), 144);
-/// let mut r = pool.apply_async(square, (3,));
+/// let r = pool.apply_async(square, (3,));
 /// assert_eq!(r.get().unwrap(), 9);
 /// let sum: u64 = pool.imap_unordered(square, 0..100).map(Result::unwrap).sum();
 /// assert_eq!(sum, 328350);
@@ -496,7 +496,7 @@ impl Pool {
     /// # #[multiproc::main] fn main() {
     /// fn inc(x: u32) -> u32 { x + 1 }
     /// let pool = multiproc::Pool::new(2).unwrap();
-    /// let mut all = pool.map_async(inc, [1, 2, 3]).callback(|v| println!("got {v:?}"));
+    /// let all = pool.map_async(inc, [1, 2, 3]).callback(|v| println!("got {v:?}"));
     /// assert_eq!(all.get().unwrap(), [2, 3, 4]);
     /// # }
     /// ```
@@ -577,7 +577,7 @@ impl Pool {
     /// # #[multiproc::main] fn main() {
     /// fn add(a: i32, b: i32) -> i32 { a + b }
     /// let pool = multiproc::Pool::new(2).unwrap();
-    /// let mut r = pool.starmap_async_chunksize(add, [(1, 2), (3, 4), (5, 6)], Some(2));
+    /// let r = pool.starmap_async_chunksize(add, [(1, 2), (3, 4), (5, 6)], Some(2));
     /// assert_eq!(r.get().unwrap(), [3, 7, 11]);
     /// # }
     /// ```
@@ -703,9 +703,9 @@ impl Pool {
     /// }
     /// let pool = Pool::new(1).unwrap();
     /// let started = Event::new().unwrap();
-    /// let mut running = pool.apply_async(nap, (started.clone(), 200));
+    /// let running = pool.apply_async(nap, (started.clone(), 200));
     /// started.wait(None).unwrap();
-    /// let mut queued = pool.apply_async(nap, (Event::new().unwrap(), 1));
+    /// let queued = pool.apply_async(nap, (Event::new().unwrap(), 1));
     /// pool.shutdown(true).unwrap();
     /// assert_eq!(running.get().unwrap(), 200);
     /// assert!(matches!(queued.get(), Err(multiproc::Error::Cancelled)));
@@ -755,7 +755,7 @@ impl Pool {
     /// # #[multiproc::main] fn main() {
     /// fn nap() { std::thread::sleep(std::time::Duration::from_secs(60)) }
     /// let pool = multiproc::Pool::new(1).unwrap();
-    /// let mut r = pool.apply_async(nap, ());
+    /// let r = pool.apply_async(nap, ());
     /// pool.terminate();
     /// assert!(matches!(r.get(), Err(multiproc::Error::PoolTerminated)));
     /// pool.join().unwrap();

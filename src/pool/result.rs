@@ -180,7 +180,7 @@ impl<R: DeserializeOwned + Send> Sink for Slot<R> {
 /// # #[multiproc::main] fn main() {
 /// fn square(x: u64) -> u64 { x * x }
 /// let pool = multiproc::Pool::new(2).unwrap();
-/// let mut r = pool.apply_async(square, (9,));
+/// let r = pool.apply_async(square, (9,));
 /// r.wait();
 /// assert!(r.ready());
 /// assert!(r.successful().unwrap());
@@ -233,8 +233,8 @@ impl<R> AsyncResult<R> {
     /// # #[multiproc::main] fn main() {
     /// fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
     /// let pool = multiproc::Pool::new(1).unwrap();
-    /// let mut running = pool.apply_async(nap, (60_000,));
-    /// let mut waiting = pool.apply_async(nap, (1,));
+    /// let running = pool.apply_async(nap, (60_000,));
+    /// let waiting = pool.apply_async(nap, (1,));
     /// assert!(waiting.cancel() && running.cancel());
     /// assert!(matches!(running.get(), Err(multiproc::Error::Cancelled)));
     /// assert!(matches!(waiting.get(), Err(multiproc::Error::Cancelled)));
@@ -322,7 +322,7 @@ impl<R> AsyncResult<R> {
     /// [`Error::ResultTaken`].
     ///
     /// See [`AsyncResult`] for an example.
-    pub fn get(&mut self) -> Result<R> {
+    pub fn get(&self) -> Result<R> {
         self.wait();
         self.take()
     }
@@ -335,19 +335,19 @@ impl<R> AsyncResult<R> {
     /// use std::time::Duration;
     /// fn nap() { std::thread::sleep(Duration::from_secs(60)) }
     /// let pool = multiproc::Pool::new(1).unwrap();
-    /// let mut r = pool.apply_async(nap, ());
+    /// let r = pool.apply_async(nap, ());
     /// assert!(r.get_timeout(Duration::from_millis(10)).unwrap().is_none());
     /// pool.terminate();
     /// # }
     /// ```
-    pub fn get_timeout(&mut self, timeout: Duration) -> Result<Option<R>> {
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Option<R>> {
         if !self.wait_timeout(timeout) {
             return Ok(None);
         }
         self.take().map(Some)
     }
 
-    fn take(&mut self) -> Result<R> {
+    fn take(&self) -> Result<R> {
         let mut st = self.slot.lock();
         if st.taken {
             return Err(Error::ResultTaken("a pool task".into()));
@@ -366,7 +366,7 @@ impl<R> AsyncResult<R> {
     /// fn square(x: u64) -> u64 { x * x }
     /// let pool = multiproc::Pool::new(1).unwrap();
     /// let (tx, rx) = mpsc::channel();
-    /// let mut r = pool.apply_async(square, (7,)).callback(move |v| tx.send(*v).unwrap());
+    /// let r = pool.apply_async(square, (7,)).callback(move |v| tx.send(*v).unwrap());
     /// assert_eq!(r.get().unwrap(), 49);
     /// assert_eq!(rx.recv().unwrap(), 49);
     /// # }
