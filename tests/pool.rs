@@ -583,3 +583,31 @@ fn direct_handoffs_survive_concurrent_callers_deaths_timeouts_and_cancels() {
     pool.close();
     pool.join().unwrap();
 }
+
+/// `buffersize` bounds how far ahead of the consumer the input is read, in
+/// tasks of `chunksize` calls, ordered or not, over an endless input.
+#[test]
+fn imap_buffersize_bounds_the_read_ahead() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pool = Pool::new(2).unwrap();
+    for (tasks, chunk) in [(1usize, 1usize), (3, 1), (2, 5)] {
+        for ordered in [true, false] {
+            let read = AtomicUsize::new(0);
+            let input = (0u64..).inspect(|_| {
+                read.fetch_add(1, Ordering::SeqCst);
+            });
+            let it = if ordered {
+                pool.imap_chunksize(inc, input, chunk)
+            } else {
+                pool.imap_unordered_chunksize(inc, input, chunk)
+            };
+            let mut sum = 0;
+            for (yielded, r) in it.buffersize(tasks).take(200).enumerate() {
+                sum += r.unwrap();
+                let ahead = read.load(Ordering::SeqCst) - yielded;
+                assert!(ahead <= tasks * chunk, "{ahead} read ahead with {tasks} tasks of {chunk}");
+            }
+            assert_eq!(sum, (1..=200u64).sum::<u64>());
+        }
+    }
+}

@@ -888,6 +888,29 @@ where
         }
     }
 
+    /// At most `tasks` tasks (of `chunksize` calls each) submitted ahead of
+    /// what has been consumed (Python 3.14's `buffersize`); the input is
+    /// read no further ahead than that. The default keeps every worker's
+    /// pipeline full: 64 calls per process (or two chunks).
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// let read = AtomicUsize::new(0);
+    /// let input = (0..100u64).inspect(|_| { read.fetch_add(1, Ordering::SeqCst); });
+    /// let mut squares = pool.imap(square, input).buffersize(4);
+    /// assert_eq!(squares.next().unwrap().unwrap(), 0);
+    /// assert!(read.load(Ordering::SeqCst) <= 4, "read ahead no further than 4 tasks");
+    /// assert_eq!(squares.map(Result::unwrap).sum::<u64>(), (1..100u64).map(|x| x * x).sum());
+    /// # }
+    /// ```
+    pub fn buffersize(mut self, tasks: usize) -> Self {
+        self.limit = tasks.max(1) * self.chunksize;
+        self
+    }
+
     /// Reads as much input as may be in flight and submits it in one go.
     fn fill(&mut self) {
         let room = self.limit.saturating_sub(self.submitted - self.yielded);
