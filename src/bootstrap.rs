@@ -275,7 +275,10 @@ std::thread_local! {
     static IN_TARGET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-static PANIC: Mutex<Option<(String, Option<String>)>> = Mutex::new(None);
+/// The last panic in a target: message, location, backtrace (when
+/// `RUST_BACKTRACE` asks for one).
+type Panic = (String, Option<String>, Option<String>);
+static PANIC: Mutex<Option<Panic>> = Mutex::new(None);
 static HOOK: Once = Once::new();
 
 /// Runs the target with its panic (message and location) captured. The
@@ -294,7 +297,11 @@ pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, Outcome> {
             if IN_TARGET.with(|t| t.get()) {
                 let message = info.payload_as_str().unwrap_or("Box<dyn Any>").to_owned();
                 let location = info.location().map(|l| l.to_string());
-                *PANIC.lock().unwrap_or_else(PoisonError::into_inner) = Some((message, location));
+                // `capture` follows RUST_BACKTRACE / RUST_LIB_BACKTRACE.
+                let trace = std::backtrace::Backtrace::capture();
+                let backtrace =
+                    (trace.status() == std::backtrace::BacktraceStatus::Captured).then(|| trace.to_string());
+                *PANIC.lock().unwrap_or_else(PoisonError::into_inner) = Some((message, location, backtrace));
             }
             previous(info);
         }));
@@ -303,15 +310,16 @@ pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, Outcome> {
     let result = panic::catch_unwind(AssertUnwindSafe(f));
     IN_TARGET.with(|t| t.set(outer));
     result.map_err(|payload| {
-        let (message, location) = PANIC.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_else(|| {
-            let text = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "Box<dyn Any>".into());
-            (text, None)
-        });
-        Outcome::Panicked { message, location }
+        let (message, location, backtrace) =
+            PANIC.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_else(|| {
+                let text = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "Box<dyn Any>".into());
+                (text, None, None)
+            });
+        Outcome::Panicked { message, location, backtrace }
     })
 }
 

@@ -99,6 +99,9 @@ pub enum Error {
         message: String,
         /// `file:line:column` of the panic, when known.
         location: Option<String>,
+        /// The child's backtrace at the panic, when `RUST_BACKTRACE` (or
+        /// `RUST_LIB_BACKTRACE`) asked for one in the child.
+        backtrace: Option<String>,
     },
     /// The child was killed by a signal before it returned a value.
     #[error("process {name} (pid {pid}) was killed by {signal_name} (exitcode {exitcode})")]

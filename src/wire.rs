@@ -44,7 +44,7 @@ pub(crate) enum Outcome {
     /// The target returned; this is its encoded value.
     Returned(Vec<u8>),
     /// The target panicked.
-    Panicked { message: String, location: Option<String> },
+    Panicked { message: String, location: Option<String>, backtrace: Option<String> },
     /// The value could not be decoded or encoded in the child.
     Codec { what: Payload, decode: bool, message: String },
     /// The bootstrap itself failed.

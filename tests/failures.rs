@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Picky, each_method, join};
+use common::{Picky, each_method, isolated_with_env, join};
 use multiproc::{Error, Payload, Process, Side};
 
 fn panics(n: i32) -> i32 {
@@ -30,6 +30,44 @@ fn a_panic_comes_back_with_message_and_location() {
         // Python's exit code after an exception.
         assert_eq!(p.exitcode(), Some(1));
     });
+}
+
+/// Whether a child's panic carries a backtrace (naming the function that
+/// panicked) through a process of each start method and a pool.
+fn backtraces_come_back(wanted: bool) {
+    each_method(|m| {
+        let mut p = Process::new(panics, (7,)).with_start_method(m);
+        p.start().unwrap();
+        match join(&mut p) {
+            Err(Error::Panicked { backtrace, .. }) => {
+                assert_eq!(backtrace.is_some(), wanted, "{m}");
+                if let Some(b) = backtrace {
+                    assert!(b.contains("failures::panics"), "{m}: {b}");
+                }
+            }
+            other => panic!("{m}: {other:?}"),
+        }
+    });
+    let pool = multiproc::Pool::new(1).unwrap();
+    match pool.apply(panics, (3,)) {
+        Err(Error::Panicked { backtrace, message, .. }) => {
+            assert_eq!(message, "the number was 3");
+            assert_eq!(backtrace.is_some(), wanted);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_childs_backtrace_comes_back_with_rust_backtrace_1() {
+    let env = [("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")];
+    isolated_with_env("a_childs_backtrace_comes_back_with_rust_backtrace_1", &env, || backtraces_come_back(true));
+}
+
+#[test]
+fn no_backtrace_comes_back_with_rust_backtrace_0() {
+    let env = [("RUST_BACKTRACE", "0"), ("RUST_LIB_BACKTRACE", "0")];
+    isolated_with_env("no_backtrace_comes_back_with_rust_backtrace_0", &env, || backtraces_come_back(false));
 }
 
 fn panics_with_string() -> u8 {

@@ -623,7 +623,7 @@ impl Supervisor {
                 FromWorker::Ready => w.ready = true,
                 FromWorker::InitFailed(outcome) => {
                     let why = match outcome {
-                        crate::wire::Outcome::Panicked { message, location } => {
+                        crate::wire::Outcome::Panicked { message, location, .. } => {
                             format!("panicked at {}: {message}", location.unwrap_or_default())
                         }
                         other => format!("{other:?}"),

@@ -206,7 +206,9 @@ pub(crate) fn outcome_into_result<R: DeserializeOwned>(
             side: Side::Parent,
             message,
         }),
-        Outcome::Panicked { message, location } => Err(Error::Panicked { name, pid, message, location }),
+        Outcome::Panicked { message, location, backtrace } => {
+            Err(Error::Panicked { name, pid, message, location, backtrace })
+        }
         Outcome::Codec { what, decode: true, message } => Err(Error::Decode { what, side: Side::Child, message }),
         Outcome::Codec { what, decode: false, message } => Err(Error::Encode { what, side: Side::Child, message }),
         Outcome::Bootstrap(message) => Err(Error::Protocol(format!("{name} could not start: {message}"))),

@@ -82,6 +82,11 @@ pub fn sleep_forever() {
 /// (open descriptors, children, zombies), which other tests running as
 /// threads of the same process (`cargo test`) would disturb.
 pub fn isolated(name: &str, body: impl FnOnce()) {
+    isolated_with_env(name, &[], body)
+}
+
+/// [`isolated`], with `env` set in the process of its own.
+pub fn isolated_with_env(name: &str, env: &[(&str, &str)], body: impl FnOnce()) {
     const MARK: &str = "MULTIPROC_TEST_ISOLATED";
     if std::env::var(MARK).as_deref() == Ok(name) {
         body();
@@ -90,6 +95,7 @@ pub fn isolated(name: &str, body: impl FnOnce()) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--test-threads=1", "--nocapture"])
         .env(MARK, name)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
