@@ -57,6 +57,8 @@ mod subprocess_call;
 mod subprocess_communicate;
 #[path = "subprocess_run.rs"]
 mod subprocess_run;
+#[path = "worker_state.rs"]
+mod worker_state;
 
 use multiproc::{Process, StartMethod};
 
@@ -71,6 +73,11 @@ const PROGRAMS: &[(&str, &str, fn())] = &[
     ("pool_map", "map, map_async, starmap, chunksize, callback, maxtasksperchild (seeds 001, 003)", pool_map::main),
     ("pool_imap", "imap against imap_unordered (seed 004)", pool_imap::main),
     ("pool_async", "async tasks inside worker processes (seed 000)", pool_async::main),
+    (
+        "worker_state",
+        "a heavy state loaded once per worker, handed to each task (beyond the seeds: mpire's worker_state)",
+        worker_state::main,
+    ),
     (
         "pipe",
         "Pipe: a child writes, the parent reads (seed 000); both directions (seed 001); producer and consumer processes (seed 004)",

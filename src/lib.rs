@@ -59,8 +59,8 @@ pub use connection::{Connection, Pipe};
 pub use context::{Context, StartMethod, get_context, get_start_method, set_start_method};
 pub use error::{Error, Payload, Result, Side};
 pub use pool::{
-    AsCompleted, AsyncResult, CallState, Completion, IMap, Pool, PoolBuilder, ReturnWhen, Waited, as_completed, wait,
-    worker_id,
+    AsCompleted, AsyncResult, CallState, Completion, IMap, Pool, PoolBuilder, ReturnWhen, Waited, WithState,
+    as_completed, wait, worker_id,
 };
 pub use process::{
     Async, ParentProcess, Process, ProcessInfo, Run, Target, active_children, current_process, parent_process,

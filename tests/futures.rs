@@ -195,3 +195,59 @@ fn worker_ids_and_pids_name_the_workers_and_a_replacement_takes_its_place() {
     pool.join().unwrap();
     assert!(pool.pids().is_empty(), "no workers once stopped");
 }
+
+struct Counter {
+    worker: usize,
+    calls: u64,
+}
+
+fn make_counter() -> Counter {
+    Counter { worker: multiproc::worker_id().expect("made in a worker"), calls: 0 }
+}
+
+fn count(c: &mut Counter, x: u64) -> (usize, u64, u64) {
+    c.calls += 1;
+    (c.worker, c.calls, x)
+}
+
+fn count_pair(c: &mut Counter, a: u64, b: u64) -> u64 {
+    c.calls += 1;
+    a + b
+}
+
+fn failing_make() -> Counter {
+    panic!("no model today")
+}
+
+/// Each worker makes its state once; every task gets it by `&mut`, through
+/// every kind of call; a replacement worker makes its own; a maker that
+/// panics fails the tasks with a typed error; a task wanting a state the
+/// pool lacks says so.
+#[test]
+fn worker_state_is_made_once_per_worker_and_handed_to_each_task() {
+    let pool = Pool::builder().processes(2).worker_state(make_counter).build().unwrap();
+    let out = pool.map_chunksize(multiproc::WithState::new(count), 0..200u64, 1).unwrap();
+    // Per worker, its calls were counted 1, 2, 3, ... with no gap.
+    for w in 0..2 {
+        let mut calls: Vec<u64> = out.iter().filter(|(id, _, _)| *id == w).map(|(_, n, _)| *n).collect();
+        calls.sort();
+        assert_eq!(calls, (1..=calls.len() as u64).collect::<Vec<_>>(), "worker {w}");
+    }
+    assert_eq!(out.iter().map(|(_, _, x)| x).sum::<u64>(), (0..200).sum());
+    assert_eq!(pool.starmap(multiproc::WithState::new(count_pair), [(1, 2), (3, 4)]).unwrap(), [3, 7]);
+    let lazy: Vec<u64> = pool.imap(multiproc::WithState::new(count), 0..10u64).map(|r| r.unwrap().2).collect();
+    assert_eq!(lazy, (0..10).collect::<Vec<_>>());
+    assert_eq!(pool.apply_async(multiproc::WithState::new(count), (5,)).get().unwrap().2, 5);
+
+    let broken = Pool::builder().processes(1).worker_state(failing_make).build().unwrap();
+    match broken.apply(multiproc::WithState::new(count), (1,)) {
+        Err(Error::InitializerFailed(why)) => assert!(why.contains("no model today"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+
+    let stateless = Pool::new(1).unwrap();
+    match stateless.apply(multiproc::WithState::new(count), (1,)) {
+        Err(Error::Panicked { message, .. }) => assert!(message.contains("worker_state"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -232,9 +232,9 @@ pub fn wait<T: Completion>(
 
 /// The calls in the order they finish (Python's
 /// `concurrent.futures.as_completed`): each as it finishes (those finished
-/// already first), ready for `get`. With a [`timeout`](Self::timeout), an
+/// already first), ready for `get`. With a [`timeout`](AsCompleted::timeout), an
 /// [`Error::WaitTimeout`] once it passes, and then the end; what had not
-/// finished is in [`remaining`](Self::remaining).
+/// finished is in [`remaining`](AsCompleted::remaining).
 ///
 /// ```
 /// # #[multiproc::main] fn main() {

@@ -10,6 +10,7 @@
 mod chunk;
 mod completion;
 pub(crate) mod result;
+mod state;
 pub(crate) mod supervisor;
 mod worker;
 
@@ -30,6 +31,7 @@ use crate::{Error, Handle, Result, StartMethod};
 pub use completion::{AsCompleted, CallState, Completion, ReturnWhen, Waited, as_completed, wait};
 pub use result::AsyncResult;
 use result::{ChannelSink, MapSink, RawItem, Reorder, Sink, Slot};
+pub use state::WithState;
 use supervisor::{Config, PackedItem, Shared, Status, Task};
 use worker::Init;
 pub use worker::worker_id;
@@ -107,6 +109,7 @@ impl std::fmt::Debug for Pool {
 pub struct PoolBuilder {
     processes: Option<usize>,
     init: Option<std::result::Result<Init, String>>,
+    state: Option<Init>,
     maxtasks: Option<u64>,
     method: Option<StartMethod>,
     task_timeout: Option<Duration>,
@@ -152,6 +155,33 @@ impl PoolBuilder {
             payload,
             fds: fds.into_iter().map(Handle::new).collect(),
         }));
+        self
+    }
+
+    /// A state each worker makes once, with `make`, before its first task
+    /// (and before the [`initializer`](Self::initializer)), and hands to
+    /// every task wrapped in [`WithState`] by `&mut`: a model loaded once
+    /// per worker, a database connection (mpire's `worker_state`). It lives
+    /// in the worker only: it needs no serde. If `make` panics, every task
+    /// fails with [`Error::InitializerFailed`].
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// use multiproc::{Pool, WithState};
+    /// fn connect() -> Vec<String> { Vec::new() }
+    /// fn log(seen: &mut Vec<String>, line: String) -> usize { seen.push(line); seen.len() }
+    /// let pool = Pool::builder().processes(1).worker_state(connect).build().unwrap();
+    /// assert_eq!(pool.apply(WithState::new(log), ("a".to_string(),)).unwrap(), 1);
+    /// assert_eq!(pool.apply(WithState::new(log), ("b".to_string(),)).unwrap(), 2);
+    /// # }
+    /// ```
+    pub fn worker_state<F, S>(mut self, _make: F) -> Self
+    where
+        F: Target<(), Output = S>,
+        S: 'static,
+    {
+        let entry = entry_ref(entry_of::<state::MakeState<F, S>, ()>());
+        self.state = Some(Init { entry, payload: reduction::encode_plain(&()), fds: Vec::new() });
         self
     }
 
@@ -241,6 +271,7 @@ impl PoolBuilder {
             processes,
             method: self.method.unwrap_or_else(crate::get_start_method),
             init,
+            state: self.state,
             maxtasks: self.maxtasks,
             task_timeout: self.task_timeout,
         };

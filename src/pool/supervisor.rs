@@ -297,6 +297,8 @@ pub(crate) struct Config {
     pub processes: usize,
     pub method: StartMethod,
     pub init: Option<Init>,
+    /// What makes each worker's state (`PoolBuilder::worker_state`).
+    pub state: Option<Init>,
     pub maxtasks: Option<u64>,
     pub task_timeout: Option<Duration>,
 }
@@ -404,7 +406,13 @@ impl Supervisor {
             }
             None => None,
         };
-        let worker = Worker { conn: Handle::new(theirs), init, maxtasks: self.config.maxtasks, index };
+        let state = match &self.config.state {
+            Some(i) => {
+                Some(i.try_clone().map_err(|source| Error::Io { context: "dup of worker state handles", source })?)
+            }
+            None => None,
+        };
+        let worker = Worker { conn: Handle::new(theirs), init, state, maxtasks: self.config.maxtasks, index };
         let mut process = Process::from_run(worker).with_start_method(self.config.method).with_daemon(true);
         let name = format!("PoolWorker-{}", process.name().trim_start_matches("Process-"));
         process.set_name(name.clone());

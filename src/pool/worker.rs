@@ -34,6 +34,8 @@ impl Init {
 pub(crate) struct Worker {
     pub conn: Handle,
     pub init: Option<Init>,
+    /// Makes the worker's state, before the initializer.
+    pub state: Option<Init>,
     pub maxtasks: Option<u64>,
     /// Its place among its pool's workers.
     pub index: usize,
@@ -64,7 +66,7 @@ impl Run for Worker {
     fn run(self) {
         let _ = WORKER_ID.set(self.index);
         let conn = self.conn.into_owned_fd();
-        if let Some(init) = self.init {
+        for init in self.state.into_iter().chain(self.init) {
             let fds = init.fds.into_iter().map(OwnedFd::from).collect();
             let reply = call(&resolve(init.entry), &init.payload, fds);
             if !matches!(reply.outcome, Outcome::Returned(_)) {
