@@ -30,6 +30,44 @@ use crate::{Error, Result, StartMethod};
 /// use multiproc::Target;
 /// assert_eq!(Target::call(add, (2, 3)), 5);
 /// ```
+///
+/// What is refused, at compile time: something that is no function…
+///
+/// ```compile_fail,E0277
+/// # #[multiproc::main] fn main() {
+/// let pool = multiproc::Pool::new(1).unwrap();
+/// let _ = pool.apply(5u32, ());
+/// # }
+/// ```
+///
+/// …a closure that captures (its captures could not reach a spawned
+/// child)…
+///
+/// ```compile_fail
+/// # #[multiproc::main] fn main() {
+/// let pool = multiproc::Pool::new(1).unwrap();
+/// let n = 5;
+/// let _ = pool.apply(move |x: u32| x + n, (1,));
+/// # }
+/// ```
+///
+/// …and borrowed arguments (they travel by value: take `String`).
+///
+/// ```compile_fail
+/// # #[multiproc::main] fn main() {
+/// fn f(name: &str) -> usize { name.len() }
+/// let pool = multiproc::Pool::new(1).unwrap();
+/// let _ = pool.apply(f, ("test",));
+/// # }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be called with the arguments `{Args}` in another process",
+    label = "not a task target for arguments `{Args}`",
+    note = "a target is a `fn` item or a closure that captures nothing, called with the elements of a tuple: \
+            `f(a, b)` takes `(a, b)`, `f(a)` takes `(a,)`, `f()` takes `()`",
+    note = "arguments travel by value: take owned types (`String`, not `&str`; `Vec<T>`, not `&[T]`)",
+    note = "to run a closure that captures, use `Process::from_closure` (fork only)"
+)]
 pub trait Target<Args>: Copy + Send + 'static {
     /// What the function returns.
     type Output;
