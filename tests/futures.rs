@@ -251,3 +251,41 @@ fn worker_state_is_made_once_per_worker_and_handed_to_each_task() {
         other => panic!("{other:?}"),
     }
 }
+
+fn double(x: u64) -> u64 {
+    2 * x
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+/// `on_progress` hears every result of every map-like call once, counting
+/// up to the total (when known), and changes no result.
+#[test]
+fn on_progress_reports_every_result_of_every_map_like_call() {
+    use std::sync::{Arc, Mutex};
+    type Reports = Vec<(usize, Option<usize>)>;
+    let seen: Arc<Mutex<Reports>> = Arc::default();
+    let log = seen.clone();
+    let pool = Pool::builder()
+        .processes(2)
+        .on_progress(move |done, total| log.lock().unwrap().push((done, total)))
+        .build()
+        .unwrap();
+    let take = || std::mem::take(&mut *seen.lock().unwrap());
+    let counted = |n: usize, total: Option<usize>| (1..=n).map(|d| (d, total)).collect::<Vec<_>>();
+
+    assert_eq!(pool.map_chunksize(double, 0..100u64, 7).unwrap(), (0..100u64).map(|x| 2 * x).collect::<Vec<_>>());
+    assert_eq!(take(), counted(100, Some(100)));
+    assert_eq!(pool.starmap(add, [(1, 2), (3, 4), (5, 6)]).unwrap(), [3, 7, 11]);
+    assert_eq!(take(), counted(3, Some(3)));
+    let v: Vec<u64> = pool.imap(double, 0..50u64).map(Result::unwrap).collect();
+    assert_eq!(v.len(), 50);
+    assert_eq!(take(), counted(50, Some(50)));
+    let n = pool.imap_unordered(double, (0u64..).take_while(|x| *x < 30)).count();
+    assert_eq!(n, 30);
+    assert_eq!(take(), counted(30, None), "an input of unknown length");
+    pool.map_async(double, 0..10u64).get().unwrap();
+    assert_eq!(take(), counted(10, Some(10)));
+}

@@ -75,7 +75,12 @@ pub struct Pool {
     helpers: Mutex<Vec<crate::Process<()>>>,
     /// Results a Redis-backed pool dropped as second ones.
     duplicates: Arc<std::sync::atomic::AtomicU64>,
+    /// Told how far each map-like call has come.
+    progress: Option<Progress>,
 }
+
+/// A progress callback: `(done, total)`, the total when known.
+pub(crate) type Progress = Arc<dyn Fn(usize, Option<usize>) + Send + Sync>;
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,6 +115,7 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     init: Option<std::result::Result<Init, String>>,
     state: Option<Init>,
+    progress: Option<Progress>,
     maxtasks: Option<u64>,
     method: Option<StartMethod>,
     task_timeout: Option<Duration>,
@@ -182,6 +188,34 @@ impl PoolBuilder {
     {
         let entry = entry_ref(entry_of::<state::MakeState<F, S>, ()>());
         self.state = Some(Init { entry, payload: reduction::encode_plain(&()), fds: Vec::new() });
+        self
+    }
+
+    /// Calls `report(done, total)` as the results of every `map`,
+    /// `starmap` (and their `_async` forms), `imap` and `imap_unordered`
+    /// of the pool come in: `done` of that call so far, `total` when known
+    /// (an `imap`'s input with an exact size). A tqdm-style bar hangs on
+    /// it; it changes no result and no order. For `map`-like calls it runs
+    /// on the pool's own thread, for `imap` on the consumer's: keep it
+    /// quick.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// use std::sync::{Arc, Mutex};
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// let pool = multiproc::Pool::builder()
+    ///     .processes(2)
+    ///     .on_progress(move |done, total| log.lock().unwrap().push((done, total)))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(pool.map(square, 1..=4).unwrap(), [1, 4, 9, 16]);
+    /// assert_eq!(*seen.lock().unwrap(), [(1, Some(4)), (2, Some(4)), (3, Some(4)), (4, Some(4))]);
+    /// # }
+    /// ```
+    pub fn on_progress(mut self, report: impl Fn(usize, Option<usize>) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(report));
         self
     }
 
@@ -318,6 +352,7 @@ impl PoolBuilder {
                 processes,
                 helpers: Mutex::new(helpers),
                 duplicates,
+                progress: self.progress,
             });
         }
         let supervisor = std::thread::Builder::new()
@@ -330,6 +365,7 @@ impl PoolBuilder {
             processes,
             helpers: Mutex::new(Vec::new()),
             duplicates: Arc::default(),
+            progress: self.progress,
         })
     }
 }
@@ -627,7 +663,7 @@ impl Pool {
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(calls.len(), self.processes));
         let slot = Slot::<Vec<R>>::new();
         slot.on_cancel(self.nudge());
-        let sink = MapSink::<R>::new(calls.len(), slot.clone());
+        let sink = MapSink::<R>::new(calls.len(), slot.clone(), self.progress.clone());
         if !calls.is_empty() {
             self.submit_calls(Entries::of::<F, T>(), calls, chunksize, sink);
         }
@@ -887,6 +923,8 @@ pub struct IMap<'p, I, R> {
     tx: mpsc::Sender<(usize, RawItem)>,
     rx: mpsc::Receiver<(usize, RawItem)>,
     results: Reorder<Result<R>>,
+    /// The input's length when it says exactly, for progress reports.
+    total: Option<usize>,
 }
 
 impl<I, R> std::fmt::Debug for IMap<'_, I, R> {
@@ -905,7 +943,12 @@ where
         let (tx, rx) = mpsc::channel();
         // Enough in flight to keep every worker's pipeline full, no more.
         let limit = (pool.processes * 64).max(pool.processes * chunksize * 2);
+        let total = match input.size_hint() {
+            (low, Some(high)) if low == high => Some(low),
+            _ => None,
+        };
         IMap {
+            total,
             pool,
             entries,
             input: Some(input),
@@ -990,6 +1033,9 @@ where
             self.fill();
             if let Some(result) = self.results.pop() {
                 self.yielded += 1;
+                if let Some(report) = &self.pool.progress {
+                    report(self.yielded, self.total);
+                }
                 return Some(result);
             }
             if self.yielded == self.submitted && self.input.is_none() {

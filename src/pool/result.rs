@@ -453,11 +453,14 @@ impl<R> Unpin for AsyncResult<R> {}
 pub(crate) struct MapSink<R> {
     slot: Arc<Slot<Vec<R>>>,
     values: Mutex<(Vec<Option<R>>, usize)>,
+    progress: Option<super::Progress>,
+    len: usize,
 }
 
 impl<R> MapSink<R> {
-    pub(crate) fn new(len: usize, slot: Arc<Slot<Vec<R>>>) -> Arc<Self> {
-        let sink = Arc::new(MapSink { slot, values: Mutex::new(((0..len).map(|_| None).collect(), len)) });
+    pub(crate) fn new(len: usize, slot: Arc<Slot<Vec<R>>>, progress: Option<super::Progress>) -> Arc<Self> {
+        let values = Mutex::new(((0..len).map(|_| None).collect(), len));
+        let sink = Arc::new(MapSink { slot, values, progress, len });
         if len == 0 {
             sink.slot.complete(Ok(Vec::new()));
         }
@@ -483,6 +486,9 @@ impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
                     if list.get(index + k).is_some_and(Option::is_none) {
                         list[index + k] = Some(v);
                         *remaining -= 1;
+                        if let Some(report) = &self.progress {
+                            report(self.len - *remaining, Some(self.len));
+                        }
                     }
                     if *remaining == 0 {
                         let all = std::mem::take(list).into_iter().map(|v| v.expect("every value arrived")).collect();
