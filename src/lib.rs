@@ -55,7 +55,7 @@ mod sys;
 mod wire;
 
 pub use bootstrap::init;
-pub use connection::{Connection, Pipe};
+pub use connection::{Connection, Pipe, duplex_pipe};
 pub use context::{Context, StartMethod, get_context, get_start_method, set_start_method};
 pub use error::{Error, Payload, Result, Side};
 pub use pool::{

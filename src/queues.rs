@@ -424,6 +424,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Ok(Queue { core: Core::new(maxsize)?, _t: std::marker::PhantomData })
     }
 
+    /// Python's `Queue()`: no bound.
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u32>::unbounded().unwrap();
+    /// for i in 0..10_000 { q.put(&i).unwrap(); }
+    /// assert_eq!(q.get().unwrap(), 0);
+    /// ```
+    pub fn unbounded() -> Result<Self> {
+        Queue::new(0)
+    }
+
     queue_common!();
 }
 
@@ -517,6 +528,19 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// A queue holding at most `maxsize` items (0: unbounded).
     pub fn new(maxsize: usize) -> Result<Self> {
         Ok(JoinableQueue { core: Core::new(maxsize)?, _t: std::marker::PhantomData })
+    }
+
+    /// Python's `JoinableQueue()`: no bound.
+    ///
+    /// ```
+    /// let q = multiproc::JoinableQueue::<u8>::unbounded().unwrap();
+    /// q.put(&1).unwrap();
+    /// q.get().unwrap();
+    /// q.task_done().unwrap();
+    /// q.join().unwrap();
+    /// ```
+    pub fn unbounded() -> Result<Self> {
+        JoinableQueue::new(0)
     }
 
     queue_common!();

@@ -88,6 +88,20 @@ pub fn Pipe(duplex: bool) -> Result<(Connection, Connection)> {
     Ok((Connection::new(a, ra, wa), Connection::new(b, rb, wb)))
 }
 
+/// Python's `Pipe()`: two connected ends, each can send and receive
+/// ([`Pipe(true)`](Pipe)).
+///
+/// ```
+/// let (a, b) = multiproc::duplex_pipe().unwrap();
+/// a.send(&"ping").unwrap();
+/// assert_eq!(b.recv::<String>().unwrap(), "ping");
+/// b.send(&"pong").unwrap();
+/// assert_eq!(a.recv::<String>().unwrap(), "pong");
+/// ```
+pub fn duplex_pipe() -> Result<(Connection, Connection)> {
+    Pipe(true)
+}
+
 impl Connection {
     fn new(sock: OwnedFd, readable: bool, writable: bool) -> Self {
         Connection {

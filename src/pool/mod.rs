@@ -408,6 +408,22 @@ fn default_chunksize(items: usize, workers: usize) -> usize {
 }
 
 impl Pool {
+    /// Python's `Pool()`: one worker per CPU this process may use
+    /// ([`os::process_cpu_count`](crate::os::process_cpu_count)), default
+    /// options.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = multiproc::Pool::auto().unwrap();
+    /// assert_eq!(pool.processes(), multiproc::os::process_cpu_count());
+    /// assert_eq!(pool.map(square, [3]).unwrap(), [9]);
+    /// # }
+    /// ```
+    pub fn auto() -> Result<Pool> {
+        Pool::builder().build()
+    }
+
     /// A pool of `processes` workers with the default options.
     ///
     /// See [`Pool`] for an example.
