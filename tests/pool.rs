@@ -611,3 +611,20 @@ fn imap_buffersize_bounds_the_read_ahead() {
         }
     }
 }
+
+/// A call made just before `close` completes, whichever way it went to a
+/// worker (straight to an idle one, or through the queue): close lets
+/// accepted work finish.
+#[test]
+fn a_call_made_just_before_close_completes() {
+    for _ in 0..300 {
+        let pool = Pool::new(2).unwrap();
+        // Both workers up; one answers while the other is idle, on offer.
+        assert_eq!(pool.map_chunksize(inc, 0..4u64, 1).unwrap(), [1, 2, 3, 4]);
+        assert_eq!(pool.apply(inc, (0,)).unwrap(), 1);
+        let r = pool.apply_async(inc, (1,));
+        pool.close();
+        pool.join().unwrap();
+        assert_eq!(r.get().unwrap(), 2);
+    }
+}

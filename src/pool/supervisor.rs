@@ -380,8 +380,12 @@ impl Supervisor {
             }
         }
         loop {
+            // Handed tasks are taken over under the same lock as the look
+            // at the status: one handed just before `close` is in flight,
+            // not forgotten.
             let (status, idle) = {
-                let st = self.shared.lock();
+                let mut st = self.shared.lock();
+                absorb(&mut self.workers, &mut st);
                 (st.status, st.pending.is_empty())
             };
             match status {
