@@ -113,15 +113,20 @@ fn worker(redis: &Redis, pool: &str, slots: usize, lease_ms: u64) -> WorkerProc 
 }
 
 fn worker_of(exe: &Path, redis: &Redis, pool: &str, slots: usize, lease_ms: u64) -> WorkerProc {
-    let child = Command::new(exe)
-        .env(multiproc::cluster::WORKER_REDIS_ENV, redis.url())
+    spawn_worker(Command::new(exe), &redis.url(), pool, slots, Some(lease_ms))
+}
+
+/// Runs `cmd` (this test binary, or a command that runs it) with the
+/// worker environment for pool `pool` at `url` (the default lease when
+/// `lease_ms` is `None`).
+fn spawn_worker(mut cmd: Command, url: &str, pool: &str, slots: usize, lease_ms: Option<u64>) -> WorkerProc {
+    cmd.env(multiproc::cluster::WORKER_REDIS_ENV, url)
         .env(multiproc::cluster::WORKER_POOL_ENV, pool)
-        .env(multiproc::cluster::WORKER_SLOTS_ENV, slots.to_string())
-        .env(multiproc::cluster::WORKER_LEASE_ENV, lease_ms.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    WorkerProc(child)
+        .env(multiproc::cluster::WORKER_SLOTS_ENV, slots.to_string());
+    if let Some(ms) = lease_ms {
+        cmd.env(multiproc::cluster::WORKER_LEASE_ENV, ms.to_string());
+    }
+    WorkerProc(cmd.stdout(Stdio::null()).spawn().unwrap())
 }
 
 impl WorkerProc {
@@ -532,15 +537,7 @@ fn a_worker_host_cut_off_mid_task_costs_one_rerun_and_no_second_result() {
     wait_for_runs(&dir, 1);
     host.link(false);
     // The worker here takes the task once the far one's lease runs out.
-    let near = Command::new(std::env::current_exe().unwrap())
-        .env(multiproc::cluster::WORKER_REDIS_ENV, &redis.url)
-        .env(multiproc::cluster::WORKER_POOL_ENV, "hosts")
-        .env(multiproc::cluster::WORKER_SLOTS_ENV, "1")
-        .env(multiproc::cluster::WORKER_LEASE_ENV, "500")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _near = WorkerProc(near);
+    let _near = spawn_worker(Command::new(std::env::current_exe().unwrap()), &redis.url, "hosts", 1, Some(500));
     assert_eq!(r.get_timeout(GUARD).unwrap(), Some(7));
     assert_eq!(runs(&dir), 2, "ran on each host");
     host.link(true);
@@ -589,17 +586,9 @@ impl Host {
     }
 
     fn worker(&self, url: &str, pool: &str, lease_ms: u64) -> WorkerProc {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(std::env::current_exe().unwrap())
-            .env(multiproc::cluster::WORKER_REDIS_ENV, url)
-            .env(multiproc::cluster::WORKER_POOL_ENV, pool)
-            .env(multiproc::cluster::WORKER_SLOTS_ENV, "1")
-            .env(multiproc::cluster::WORKER_LEASE_ENV, lease_ms.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        WorkerProc(child)
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns]).arg(std::env::current_exe().unwrap());
+        spawn_worker(cmd, url, pool, 1, Some(lease_ms))
     }
 }
 
@@ -707,18 +696,11 @@ fn rediss_urls_work_with_a_ca_and_a_client_certificate() {
             Ok(_) => panic!("{why}: connected"),
         }
     }
-    let mut worker = WorkerProc(
-        Command::new(std::env::current_exe().unwrap())
-            .env(multiproc::cluster::WORKER_REDIS_ENV, &redis.url)
-            .env(multiproc::cluster::WORKER_POOL_ENV, "tls")
-            .env(multiproc::cluster::WORKER_SLOTS_ENV, "2")
-            .env(multiproc::cluster::TLS_CA_ENV, dir.join("ca.pem"))
-            .env(multiproc::cluster::TLS_CERT_ENV, dir.join("client.pem"))
-            .env(multiproc::cluster::TLS_KEY_ENV, dir.join("client.key"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(multiproc::cluster::TLS_CA_ENV, dir.join("ca.pem"))
+        .env(multiproc::cluster::TLS_CERT_ENV, dir.join("client.pem"))
+        .env(multiproc::cluster::TLS_KEY_ENV, dir.join("client.key"));
+    let mut worker = spawn_worker(cmd, &redis.url, "tls", 2, None);
     let pool = Pool::builder().redis(&redis.url, "tls").redis_tls(full.clone()).build().unwrap();
     assert_eq!(pool.map(square, 0..100u64).unwrap(), (0..100u64).map(|x| x * x).collect::<Vec<_>>());
     assert!(worker.0.try_wait().unwrap().is_none(), "the worker is alive");
@@ -765,14 +747,7 @@ fn a_password_in_the_url_is_used_and_a_wrong_one_refused() {
     let url = format!("{base}?pass=s3cret");
     let wrong = format!("{base}?pass=nope");
     assert!(matches!(Pool::builder().redis(&wrong, "pw").build(), Err(Error::Redis { .. })));
-    let child = Command::new(std::env::current_exe().unwrap())
-        .env(multiproc::cluster::WORKER_REDIS_ENV, &url)
-        .env(multiproc::cluster::WORKER_POOL_ENV, "pw")
-        .env(multiproc::cluster::WORKER_SLOTS_ENV, "1")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _w = WorkerProc(child);
+    let _w = spawn_worker(Command::new(std::env::current_exe().unwrap()), &url, "pw", 1, None);
     let pool = Pool::builder().redis(&url, "pw").build().unwrap();
     assert_eq!(pool.apply(square, (6,)).unwrap(), 36);
 }

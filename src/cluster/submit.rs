@@ -75,12 +75,7 @@ pub(crate) fn run(shared: Arc<Shared>, config: Config, duplicates: Arc<AtomicU64
     let message = outcome.err().map(|p| {
         p.downcast_ref::<&str>().map(|s| (*s).to_owned()).unwrap_or_else(|| "the cluster transport panicked".into())
     });
-    let fail = |t: Task| {
-        let m = message.clone();
-        for i in 0..t.calls {
-            t.sink.deliver(t.base + i, RawItem::Failed(m.clone().map_or(Error::PoolTerminated, Error::Protocol)));
-        }
-    };
+    let fail = |t: Task| t.fail(|| message.clone().map_or(Error::PoolTerminated, Error::Protocol));
     for (_, s) in std::mem::take(&mut *books.sent()) {
         fail(s.task);
     }
@@ -170,9 +165,7 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
                         books.sent().insert(m.id.clone(), Sent { task, message: m, entry: None });
                     }
                     Err((task, e)) => {
-                        for i in 0..task.calls {
-                            task.sink.deliver(task.base + i, RawItem::Failed(e.clone_error()));
-                        }
+                        task.fail(|| e.clone_error());
                     }
                 }
             }
@@ -335,14 +328,10 @@ fn deliver(books: &Books, fields: &HashMap<String, Vec<u8>>) {
             task.sink.deliver(task.base, RawItem::Batch { outcome, fds: Vec::new(), worker, pid, count: task.calls });
         }
         Ok(ResultMessage::Failed(f)) => {
-            for i in 0..task.calls {
-                task.sink.deliver(task.base + i, RawItem::Failed(super::failure_error(&f)));
-            }
+            task.fail(|| super::failure_error(&f));
         }
         Err(message) => {
-            for i in 0..task.calls {
-                task.sink.deliver(task.base + i, RawItem::Failed(Error::Protocol(format!("a result: {message}"))));
-            }
+            task.fail(|| Error::Protocol(format!("a result: {message}")));
         }
     }
 }

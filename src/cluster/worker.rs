@@ -421,9 +421,8 @@ fn answer_once(
     message: &TaskMessage,
     result: &ResultMessage,
 ) -> redis::RedisResult<()> {
-    let tasks = state.keys.tasks();
-    redis::pipe()
-        .atomic()
+    let mut pipe = redis::pipe();
+    pipe.atomic()
         .cmd("XADD")
         .arg(&message.reply)
         .arg("*")
@@ -435,33 +434,19 @@ fn answer_once(
         .cmd("PEXPIRE")
         .arg(&message.reply)
         .arg(state.config.bookkeeping_ttl.as_millis() as u64)
-        .ignore()
-        .cmd("XACK")
-        .arg(&tasks)
-        .arg(GROUP)
-        .arg(stream_id)
-        .ignore()
-        .cmd("XDEL")
-        .arg(&tasks)
-        .arg(stream_id)
-        .ignore()
-        .query::<()>(c)
+        .ignore();
+    acknowledge(state, &mut pipe, stream_id).query(c)
 }
 
 fn ack(state: &State, c: &mut redis::Connection, stream_id: &str) -> redis::RedisResult<()> {
+    acknowledge(state, redis::pipe().atomic(), stream_id).query(c)
+}
+
+/// Adds the task's acknowledgement (XACK, then XDEL: nobody needs it any
+/// more) to `pipe`.
+fn acknowledge<'p>(state: &State, pipe: &'p mut redis::Pipeline, stream_id: &str) -> &'p mut redis::Pipeline {
     let tasks = state.keys.tasks();
-    redis::pipe()
-        .atomic()
-        .cmd("XACK")
-        .arg(&tasks)
-        .arg(GROUP)
-        .arg(stream_id)
-        .ignore()
-        .cmd("XDEL")
-        .arg(&tasks)
-        .arg(stream_id)
-        .ignore()
-        .query(c)
+    pipe.cmd("XACK").arg(&tasks).arg(GROUP).arg(stream_id).ignore().cmd("XDEL").arg(&tasks).arg(stream_id).ignore()
 }
 
 /// How long ago the entry was added (its id starts with Redis's clock in

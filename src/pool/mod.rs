@@ -804,9 +804,7 @@ impl Pool {
                 std::mem::take(&mut st.pending)
             };
             for t in queued {
-                for i in 0..t.calls {
-                    t.sink.deliver(t.base + i, RawItem::Failed(Error::Cancelled));
-                }
+                t.fail(|| Error::Cancelled);
             }
         }
         self.close();

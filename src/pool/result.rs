@@ -454,13 +454,12 @@ pub(crate) struct MapSink<R> {
     slot: Arc<Slot<Vec<R>>>,
     values: Mutex<(Vec<Option<R>>, usize)>,
     progress: Option<super::Progress>,
-    len: usize,
 }
 
 impl<R> MapSink<R> {
     pub(crate) fn new(len: usize, slot: Arc<Slot<Vec<R>>>, progress: Option<super::Progress>) -> Arc<Self> {
         let values = Mutex::new(((0..len).map(|_| None).collect(), len));
-        let sink = Arc::new(MapSink { slot, values, progress, len });
+        let sink = Arc::new(MapSink { slot, values, progress });
         if len == 0 {
             sink.slot.complete(Ok(Vec::new()));
         }
@@ -487,7 +486,7 @@ impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
                         list[index + k] = Some(v);
                         *remaining -= 1;
                         if let Some(report) = &self.progress {
-                            report(self.len - *remaining, Some(self.len));
+                            report(list.len() - *remaining, Some(list.len()));
                         }
                     }
                     if *remaining == 0 {

@@ -63,7 +63,8 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    fn fail(self, mut error: impl FnMut() -> Error) {
+    /// Every call of the task ends with `error()`.
+    pub(crate) fn fail(self, mut error: impl FnMut() -> Error) {
         for i in 0..self.calls {
             self.sink.deliver(self.base + i, RawItem::Failed(error()));
         }
@@ -188,27 +189,24 @@ impl Shared {
         let refusal = if st.status != Status::Running { Some(None) } else { st.broken.clone().map(Some) };
         match refusal {
             None => {
-                let first = tasks.next();
-                let Some(first) = first else { return };
-                let lone = tasks.next();
-                let first = match lone {
-                    None if st.pending.is_empty() && !st.offered.is_empty() && direct(&first) => {
-                        match self.hand(&mut st, first) {
-                            Ok(wake) => {
-                                drop(st);
-                                if wake {
-                                    self.wake();
-                                }
-                                return;
+                let Some(first) = tasks.next() else { return };
+                let mut rest = tasks.peekable();
+                let first = if rest.peek().is_none() && st.pending.is_empty() && direct(&first) {
+                    match self.hand(&mut st, first) {
+                        Ok(wake) => {
+                            drop(st);
+                            if wake {
+                                self.wake();
                             }
-                            Err(first) => first,
+                            return;
                         }
+                        Err(first) => first,
                     }
-                    _ => first,
+                } else {
+                    first
                 };
                 st.pending.push_back(first);
-                st.pending.extend(lone);
-                st.pending.extend(tasks);
+                st.pending.extend(rest);
                 let sleeping = st.sleeping;
                 drop(st);
                 if sleeping {
@@ -404,18 +402,11 @@ impl Supervisor {
     fn spawn_worker(&mut self, index: usize) -> crate::Result<()> {
         let (conn, theirs) =
             sys::stream_pair().map_err(|source| Error::Io { context: "socketpair for a worker", source })?;
-        let init = match &self.config.init {
-            Some(i) => {
-                Some(i.try_clone().map_err(|source| Error::Io { context: "dup of initializer handles", source })?)
-            }
-            None => None,
+        let copy = |init: &Option<Init>, context| {
+            init.as_ref().map(Init::try_clone).transpose().map_err(|source| Error::Io { context, source })
         };
-        let state = match &self.config.state {
-            Some(i) => {
-                Some(i.try_clone().map_err(|source| Error::Io { context: "dup of worker state handles", source })?)
-            }
-            None => None,
-        };
+        let init = copy(&self.config.init, "dup of initializer handles")?;
+        let state = copy(&self.config.state, "dup of worker state handles")?;
         let worker = Worker { conn: Handle::new(theirs), init, state, maxtasks: self.config.maxtasks, index };
         let mut process = Process::from_run(worker).with_start_method(self.config.method).with_daemon(true);
         let name = format!("PoolWorker-{}", process.name().trim_start_matches("Process-"));
