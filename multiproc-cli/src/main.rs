@@ -9,6 +9,11 @@
 //! authkey=...).connect()` makes its queues, dicts, lists, locks... here.
 //! The first line on stdout is `listening on HOST:PORT` with the real port;
 //! SIGINT or SIGTERM stops it cleanly.
+//!
+//! `multiproc run [OPTIONS] COMMAND ::: ARGS...` is a parallel command
+//! runner for GNU parallel's users (see the `run` module).
+
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +37,14 @@ enum Command {
     Manager {
         #[command(subcommand)]
         command: ManagerCommand,
+    },
+    /// Run a command once per input, in parallel: GNU parallel's way
+    /// (`multiproc run --help` for the options).
+    #[command(disable_help_flag = true)]
+    Run {
+        /// Options, the command, and its inputs (`:::`, `::::`, or stdin).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
     },
     /// The Redis-backed pool: look at it, and at its dead letters.
     Cluster {
@@ -202,6 +215,7 @@ fn serve(args: Serve) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run { args } => return ExitCode::from(run::main(&args).clamp(0, 255) as u8),
         Command::Manager { command: ManagerCommand::Serve(args) } => serve(args),
         Command::Cluster { command } => cluster(command),
     };

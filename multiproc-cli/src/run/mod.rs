@@ -1,0 +1,468 @@
+//! `multiproc run`: GNU parallel's command runner on our library.
+//!
+//! The shape: the main thread reads the options, the template and the
+//! inputs (every error before the first job), then `-j` slot threads each
+//! take the next job from one shared feeder, run it (`exec`), and hand its
+//! outcome to one shared printer, which prints, logs, counts and decides
+//! about `--halt`. A signal thread turns SIGINT/SIGTERM into an orderly
+//! stop. Module by module: `options` (the command line), `input` (the
+//! values, streamed), `template` (replacement strings, quoting, shell or
+//! not), `exec` (one job attempt, its process group, its output), `joblog`.
+
+mod exec;
+mod input;
+mod joblog;
+pub mod options;
+mod template;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use exec::{Outcome, Running};
+use input::Inputs;
+use joblog::JobLog;
+use options::{Halt, HaltOn, HaltWhen, Options, Parsed};
+use template::{Job, Template};
+
+/// How long jobs get between the stop signal and SIGKILL.
+const GRACE: Duration = Duration::from_secs(2);
+/// How long jobs get between a `--halt now` TERM and KILL.
+const HALT_GRACE: Duration = Duration::from_millis(200);
+
+/// Runs `multiproc run ARGS...`; returns the exit status.
+pub fn main(args: &[OsString]) -> i32 {
+    let options = match options::parse(args) {
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Help) => {
+            print!("{}", options::HELP);
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("multiproc run: {e}");
+            return 255;
+        }
+    };
+    match run(*options) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("multiproc run: {e}");
+            255
+        }
+    }
+}
+
+/// The shell for jobs that need one: GNU parallel's choice.
+fn shell() -> OsString {
+    std::env::var_os("PARALLEL_SHELL")
+        .or_else(|| std::env::var_os("SHELL"))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/bin/sh".into())
+}
+
+fn run(o: Options) -> Result<i32, String> {
+    let sources = if o.colsep.is_some() { None } else { Some(o.groups.iter().map(Vec::len).sum()) };
+    let template = Template::parse(&o.command, sources)?;
+    let inputs = Inputs::open(&o.groups, o.null, o.colsep.as_deref())?;
+    let done_before = match (&o.joblog, o.resume || o.resume_failed) {
+        (Some(path), true) => joblog::read(path)?,
+        _ => HashMap::new(),
+    };
+    let skip = |seq: u64| done_before.get(&seq).is_some_and(|&ok| o.resume || ok);
+    if o.dry_run {
+        let mut out = io::stdout().lock();
+        for (seq, row) in (1..).zip(inputs) {
+            let row = row?;
+            if skip(seq) {
+                continue;
+            }
+            let mut line = template.shell_text(&Job { seq, slot: 1, values: &row });
+            line.push(b'\n');
+            if out.write_all(&line).is_err() {
+                break;
+            }
+        }
+        return Ok(0);
+    }
+    if o.redis.is_some() {
+        return Err("--redis/--pool: this build runs jobs only here".into());
+    }
+    let joblog = match &o.joblog {
+        Some(path) => Some(JobLog::create(path, o.resume || o.resume_failed)?),
+        None => None,
+    };
+    let slots = o.jobs.resolve(multiproc::os::process_cpu_count());
+    let total = inputs.total;
+    let bar = (o.bar || (total.is_some() && io::stderr().is_terminal())).then(|| {
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(10));
+        let style = ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} done, {msg} | {per_sec} ETA {eta}",
+        )
+        .expect("a valid template");
+        bar.set_style(style);
+        bar
+    });
+    let state =
+        Arc::new(State { stop: AtomicBool::new(false), signalled: AtomicI32::new(0), running: Running::default() });
+    let signals = signal_thread(Arc::clone(&state))?;
+    let shared = Shared {
+        o: &o,
+        template,
+        shell: shell(),
+        state: &state,
+        feed: Mutex::new(Feed { inputs, seq: 0, last_start: None, error: None }),
+        out: Mutex::new(Out {
+            next: 1,
+            pending: BTreeMap::new(),
+            joblog,
+            done: 0,
+            failed: 0,
+            succeeded: 0,
+            halt_code: None,
+            total,
+            bar,
+        }),
+        skip: &skip,
+    };
+    std::thread::scope(|scope| {
+        for slot in 1..=slots {
+            let shared = &shared;
+            std::thread::Builder::new()
+                .name(format!("slot-{slot}"))
+                .spawn_scoped(scope, move || shared.slot(slot))
+                .expect("a slot thread");
+        }
+    });
+    drop(signals);
+    let mut out = shared.out.into_inner().unwrap_or_else(|e| e.into_inner());
+    // Halted with gaps: what was kept back for order comes out now.
+    let rest: Vec<_> = std::mem::take(&mut out.pending).into_values().flatten().collect();
+    for f in rest {
+        out.print(&o, &f);
+    }
+    if let Some(bar) = &out.bar {
+        bar.finish();
+    }
+    if let Some(e) = shared.feed.into_inner().unwrap_or_else(|e| e.into_inner()).error {
+        return Err(e);
+    }
+    let signalled = state.signalled.load(Ordering::SeqCst);
+    if signalled != 0 {
+        return Ok(128 + signalled);
+    }
+    Ok(out.halt_code.unwrap_or(out.failed.min(101) as i32))
+}
+
+/// What the signal thread and the slots share.
+struct State {
+    stop: AtomicBool,
+    /// The stop signal received, else 0.
+    signalled: AtomicI32,
+    running: Running,
+}
+
+/// Blocks SIGINT and SIGTERM here (threads started later inherit the mask;
+/// jobs do not: std resets it in the child) and waits for them on a thread
+/// of its own: the first stops starting jobs, passes the signal to the
+/// running jobs' groups and kills what is left after [`GRACE`]; a second
+/// kills at once.
+fn signal_thread(state: Arc<State>) -> Result<std::thread::JoinHandle<()>, String> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().map_err(|e| format!("blocking SIGINT/SIGTERM: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(first) = set.wait() else { return };
+            state.signalled.store(first as i32, Ordering::SeqCst);
+            state.stop.store(true, Ordering::SeqCst);
+            state.running.signal_all(first as i32);
+            eprintln!(
+                "multiproc run: {}: stopping; {} running jobs signalled, killed in {}s or on a second signal",
+                first.as_str(),
+                state.running.count(),
+                GRACE.as_secs()
+            );
+            let timeout = libc::timespec { tv_sec: GRACE.as_secs() as libc::time_t, tv_nsec: 0 };
+            // SAFETY: the set and the timespec are valid for the call; no
+            // siginfo is asked for.
+            unsafe {
+                libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout);
+            }
+            state.running.signal_all(libc::SIGKILL);
+            // Later signals are taken and dropped: the run is ending.
+            while set.wait().is_ok() {}
+        })
+        .map_err(|e| format!("starting the signal thread: {e}"))
+}
+
+struct Feed {
+    inputs: Inputs,
+    seq: u64,
+    last_start: Option<Instant>,
+    error: Option<String>,
+}
+
+/// A finished job, as the printer needs it.
+struct Finished {
+    values: Vec<Vec<u8>>,
+    outcome: Outcome,
+}
+
+struct Out {
+    /// `--keep-order`: the next job number to print, and those waiting.
+    next: u64,
+    pending: BTreeMap<u64, Option<Finished>>,
+    joblog: Option<JobLog>,
+    done: u64,
+    failed: u64,
+    succeeded: u64,
+    halt_code: Option<i32>,
+    total: Option<u64>,
+    bar: Option<ProgressBar>,
+}
+
+fn tagged(tag: Option<&[u8]>, bytes: &[u8]) -> Vec<u8> {
+    let Some(tag) = tag else { return bytes.to_vec() };
+    let mut out = Vec::with_capacity(bytes.len() + tag.len() * 4);
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(tag);
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+fn tag_of(values: &[Vec<u8>]) -> Vec<u8> {
+    let mut tag = values.join(&b'\t');
+    tag.push(b'\t');
+    tag
+}
+
+impl Out {
+    fn print(&self, o: &Options, f: &Finished) {
+        let tag = o.tag.then(|| tag_of(&f.values));
+        let write = || {
+            if !f.outcome.stdout.is_empty() {
+                let mut out = io::stdout().lock();
+                if out.write_all(&tagged(tag.as_deref(), &f.outcome.stdout)).and_then(|()| out.flush()).is_err() {
+                    // Nobody reads any more (`| head`): like a shell
+                    // pipeline, stop.
+                    std::process::exit(255);
+                }
+            }
+            if !f.outcome.stderr.is_empty() {
+                let _ = io::stderr().lock().write_all(&tagged(tag.as_deref(), &f.outcome.stderr));
+            }
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+
+    fn halted(&self, halt: &Halt, f: &Outcome) -> Option<i32> {
+        let percent = |count: u64, p: f64| match self.total {
+            Some(total) => count as f64 * 100.0 >= p * total as f64,
+            None => self.done >= 3 && count as f64 * 100.0 >= p * self.done as f64,
+        };
+        let code = if f.exitval > 0 {
+            f.exitval
+        } else if f.signal > 0 {
+            128 + f.signal
+        } else {
+            1
+        };
+        match halt.on {
+            HaltOn::Fail(n) if f.failed() && self.failed >= n => Some(code),
+            HaltOn::FailPercent(p) if f.failed() && percent(self.failed, p) => Some(code),
+            HaltOn::Success(n) if !f.failed() && self.succeeded >= n => Some(0),
+            HaltOn::SuccessPercent(p) if !f.failed() && percent(self.succeeded, p) => Some(0),
+            HaltOn::Done(n) if self.done >= n => Some(if f.failed() { code } else { 0 }),
+            _ => None,
+        }
+    }
+}
+
+struct Shared<'a> {
+    o: &'a Options,
+    template: Template,
+    shell: OsString,
+    state: &'a Arc<State>,
+    feed: Mutex<Feed>,
+    out: Mutex<Out>,
+    skip: &'a (dyn Fn(u64) -> bool + Sync),
+}
+
+impl Shared<'_> {
+    /// The next job to run, or `None` when the input is over or the run
+    /// stops.
+    fn next_job(&self) -> Option<(u64, Vec<Vec<u8>>)> {
+        let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.state.stop.load(Ordering::SeqCst) || feed.error.is_some() {
+                return None;
+            }
+            let row = match feed.inputs.next()? {
+                Ok(row) => row,
+                Err(e) => {
+                    feed.error = Some(e);
+                    self.state.stop.store(true, Ordering::SeqCst);
+                    return None;
+                }
+            };
+            feed.seq += 1;
+            let seq = feed.seq;
+            if (self.skip)(seq) {
+                let mut out = self.lock_out();
+                out.pending.insert(seq, None);
+                self.flush_in_order(&mut out);
+                continue;
+            }
+            if let Some(delay) = self.o.delay {
+                if let Some(last) = feed.last_start {
+                    let wait = (last + delay).saturating_duration_since(Instant::now());
+                    std::thread::sleep(wait);
+                }
+                feed.last_start = Some(Instant::now());
+                if self.state.stop.load(Ordering::SeqCst) {
+                    return None;
+                }
+            }
+            return Some((seq, row));
+        }
+    }
+
+    fn lock_out(&self) -> std::sync::MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn flush_in_order(&self, out: &mut Out) {
+        while let Some(entry) = out.pending.remove(&out.next) {
+            if let Some(f) = entry {
+                out.print(self.o, &f);
+            }
+            out.next += 1;
+        }
+    }
+
+    fn show_progress(&self, out: &Out) {
+        if let Some(bar) = &out.bar {
+            bar.set_position(out.done);
+            bar.set_message(format!("{} failed, {} running", out.failed, self.state.running.count()));
+        }
+    }
+
+    fn slot(&self, slot: usize) {
+        let o = self.o;
+        let line_sink;
+        let lines: Option<exec::LineSink> = if o.line_buffer && !o.keep_order {
+            line_sink = |err: bool, bytes: &[u8]| {
+                let _ = if err { io::stderr().lock().write_all(bytes) } else { io::stdout().lock().write_all(bytes) };
+            };
+            Some(&line_sink)
+        } else {
+            None
+        };
+        while let Some((seq, values)) = self.next_job() {
+            let job = Job { seq, slot, values: &values };
+            let argv = self.template.exec(&job).argv(&self.shell);
+            let tag = o.tag.then(|| tag_of(&values));
+            let tagged_sink = |err: bool, bytes: &[u8]| {
+                if let Some(sink) = lines {
+                    sink(err, &tagged(tag.as_deref(), bytes));
+                }
+            };
+            let mut outcome;
+            let mut attempt = 1;
+            loop {
+                outcome = exec::run(
+                    argv.clone(),
+                    slot,
+                    o.timeout,
+                    lines.map(|_| &tagged_sink as exec::LineSink),
+                    &self.state.running,
+                );
+                if !outcome.failed() || attempt >= o.retries.max(1) || self.state.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                attempt += 1;
+            }
+            let command = self.template.shell_text(&job);
+            self.finish(seq, values, command, outcome);
+        }
+    }
+
+    fn finish(&self, seq: u64, values: Vec<Vec<u8>>, command: Vec<u8>, outcome: Outcome) {
+        let o = self.o;
+        let mut out = self.lock_out();
+        out.done += 1;
+        if outcome.failed() {
+            out.failed += 1;
+        } else {
+            out.succeeded += 1;
+        }
+        if outcome.timed_out {
+            let secs = o.timeout.unwrap_or_default().as_secs_f64();
+            let message = format!(
+                "multiproc run: job {seq} ran past --timeout {secs}s and was killed: {}\n",
+                String::from_utf8_lossy(&command)
+            );
+            let _ = io::stderr().write_all(message.as_bytes());
+        }
+        if let Some(log) = &mut out.joblog {
+            let row = joblog::Row {
+                seq,
+                start: outcome.start,
+                runtime: outcome.runtime,
+                received: (outcome.stdout.len() + outcome.stderr.len()) as u64,
+                exitval: outcome.exitval,
+                signal: outcome.signal,
+                command: &command,
+            };
+            if let Err(e) = log.write(&row) {
+                eprintln!("multiproc run: writing the joblog: {e}");
+            }
+        }
+        if out.halt_code.is_none()
+            && let Some(halt) = &o.halt
+            && let Some(code) = out.halted(halt, &outcome)
+        {
+            out.halt_code = Some(code);
+            self.state.stop.store(true, Ordering::SeqCst);
+            let running = self.state.running.count();
+            eprintln!(
+                "multiproc run: --halt: job {seq} {} ({}); {}",
+                if outcome.failed() { "failed" } else { "succeeded" },
+                String::from_utf8_lossy(&command),
+                match (halt.when, running) {
+                    (_, 0) => "starting no more jobs".to_owned(),
+                    (HaltWhen::Now, n) => format!("killing {n} running jobs"),
+                    (HaltWhen::Soon, n) => format!("starting no more jobs, waiting for {n} running"),
+                }
+            );
+            if halt.when == HaltWhen::Now {
+                self.state.running.signal_all(libc::SIGTERM);
+                let state = Arc::clone(self.state);
+                std::thread::spawn(move || {
+                    std::thread::sleep(HALT_GRACE);
+                    state.running.signal_all(libc::SIGKILL);
+                });
+            }
+        }
+        let finished = Finished { values, outcome };
+        if o.keep_order {
+            out.pending.insert(seq, Some(finished));
+            self.flush_in_order(&mut out);
+        } else {
+            out.print(o, &finished);
+        }
+        self.show_progress(&out);
+    }
+}
