@@ -21,12 +21,10 @@
 //! `apt-get install redis-server`).
 //! Needs the `cluster` feature: `cargo run --example cluster --features cluster`.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
 use multiproc::Pool;
-use multiproc::cluster::{WORKER_POOL_ENV, WORKER_REDIS_ENV, WORKER_SLOTS_ENV};
+use multiproc::cluster::{LocalRedis, WORKER_POOL_ENV, WORKER_REDIS_ENV, WORKER_SLOTS_ENV};
 
 fn square(n: u64) -> u64 {
     n * n
@@ -40,51 +38,13 @@ fn random_below(n: u64, state: &mut u64) -> u64 {
 }
 
 /// Where Debian puts redis-server, if it is installed.
-pub fn redis_server() -> Option<PathBuf> {
-    ["/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-/// A redis-server of our own, gone with this value.
-struct OwnRedis(Child, PathBuf);
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-fn own_redis() -> (OwnRedis, String) {
-    let server = redis_server().expect("redis-server is not installed: apt-get install redis-server");
-    let dir = std::env::temp_dir().join(format!("multiproc-cluster-example-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a directory for redis");
-    let socket = dir.join("redis.sock");
-    let child = Command::new(server)
-        .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
-        .arg(&socket)
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    let until = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < until, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    (OwnRedis(child, dir), format!("redis+unix://{}", socket.display()))
-}
-
 #[multiproc::main]
 pub fn main() {
     let (own, url) = match std::env::var("CLUSTER_REDIS") {
         Ok(url) => (None, url),
         Err(_) => {
-            let (r, url) = own_redis();
+            let r = LocalRedis::start().expect("a local redis-server (apt-get install redis-server)");
+            let url = r.url();
             (Some(r), url)
         }
     };

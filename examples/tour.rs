@@ -109,7 +109,7 @@ const PROGRAMS: &[(&str, &str, fn())] = &[
 fn cluster_program() {
     #[cfg(feature = "cluster")]
     {
-        if cluster::redis_server().is_some() {
+        if multiproc::cluster::LocalRedis::installed() {
             return cluster::main();
         }
         println!("(skipped: redis-server is not installed; `apt-get install redis-server`, then run the tour again)");

@@ -222,6 +222,7 @@ pub struct Command<O: Output = Vec<u8>> {
     timeout: Option<Duration>,
     check: bool,
     group: Group,
+    kill_with_parent: bool,
     output: PhantomData<O>,
 }
 
@@ -253,6 +254,7 @@ impl Command<Vec<u8>> {
             timeout: None,
             check: false,
             group: Group::Inherit,
+            kill_with_parent: false,
             output: PhantomData,
         }
     }
@@ -272,6 +274,7 @@ impl Command<Vec<u8>> {
             timeout: self.timeout,
             check: self.check,
             group: self.group,
+            kill_with_parent: self.kill_with_parent,
             output: PhantomData,
         }
     }
@@ -366,6 +369,21 @@ impl<O: Output> Command<O> {
     /// `process_group=0`).
     pub fn process_group(mut self) -> Self {
         self.group = Group::New;
+        self
+    }
+
+    /// Kills the child (SIGKILL) when the thread that started it ends, or
+    /// its process dies, even by SIGKILL (Linux's `PR_SET_PDEATHSIG`): for a
+    /// child that must not outlive a worker that may be killed. Only the
+    /// child itself: what it starts needs its own arrangement. Such a child
+    /// is started by fork and exec rather than `posix_spawn`.
+    ///
+    /// ```
+    /// use multiproc::subprocess::Command;
+    /// assert_eq!(Command::new(["true"]).kill_with_parent().call().unwrap(), 0);
+    /// ```
+    pub fn kill_with_parent(mut self) -> Self {
+        self.kill_with_parent = true;
         self
     }
 
@@ -508,6 +526,14 @@ impl<O: Output> Command<O> {
                 unsafe {
                     cmd.pre_exec(new_session);
                 }
+            }
+        }
+        if self.kill_with_parent {
+            let parent = rustix::process::getpid();
+            // SAFETY: prctl, getppid and kill are async-signal-safe and touch
+            // no memory of ours, as a pre-exec hook between fork and exec must.
+            unsafe {
+                cmd.pre_exec(move || crate::sys::proc::die_with_parent(parent));
             }
         }
         let mut child = cmd.spawn().map_err(|e| spawn_error(&program, self.cwd.as_ref(), e))?;

@@ -252,3 +252,24 @@ fn shorthands() {
     assert_eq!(subprocess::getstatusoutput("printf 'a\\n\\n'; exit 2").unwrap(), (2, "a\n".to_string()));
     assert_eq!(subprocess::getoutput("echo x; echo y >&2").unwrap(), "x\ny");
 }
+
+/// The middle process: starts `sleep 100` marked `kill_with_parent`, says
+/// its pid, then waits to be killed.
+fn start_sleeper_and_wait(report: multiproc::Connection) {
+    let child = Command::new(["sleep", "100"]).kill_with_parent().popen().unwrap();
+    report.send(&child.pid()).unwrap();
+    std::thread::sleep(Duration::from_secs(100));
+}
+
+#[test]
+fn kill_with_parent_ends_the_child_when_its_parent_is_killed() {
+    let (ours, theirs) = multiproc::duplex_pipe().unwrap();
+    let mut middle = multiproc::Process::new(start_sleeper_and_wait, (theirs,));
+    middle.start().unwrap();
+    let sleeper: i32 = ours.recv().unwrap();
+    let fd = common::pidfd(sleeper);
+    assert!(!common::exits_within(&fd, Duration::ZERO), "the sleeper ended on its own");
+    middle.kill().unwrap();
+    let _ = middle.join();
+    assert!(common::exits_within(&fd, GUARD), "the sleeper outlived its killed parent");
+}

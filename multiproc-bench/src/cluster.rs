@@ -35,53 +35,8 @@ fn e<E: std::fmt::Display>(x: E) -> String {
     x.to_string()
 }
 
-struct Redis(Child, PathBuf);
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-impl Redis {
-    fn start() -> Res<Redis> {
-        let server = ["/usr/bin/redis-server", "/usr/sbin/redis-server"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .ok_or("redis-server is missing: apt-get install redis-server")?;
-        let dir = std::env::temp_dir().join(format!("multiproc-bench-redis-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(e)?;
-        let socket = dir.join("redis.sock");
-        let child = Command::new(server)
-            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
-            .arg(&socket)
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(e)?;
-        let until = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            if Instant::now() > until {
-                return Err("redis-server did not start".into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(Redis(child, dir))
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.1.join("redis.sock")
-    }
-
-    fn url(&self) -> String {
-        format!("redis+unix://{}", self.socket().display())
-    }
-}
-
-fn worker(redis: &Redis, pool: &str, lease_ms: u64) -> Res<Child> {
+fn worker(redis: &multiproc::cluster::LocalRedis, pool: &str, lease_ms: u64) -> Res<Child> {
     Command::new(std::env::current_exe().map_err(e)?)
         .env(WORKER_REDIS_ENV, redis.url())
         .env(WORKER_POOL_ENV, pool)
@@ -124,7 +79,7 @@ fn peers_python(base: &Path) -> Res<PathBuf> {
 
 pub(crate) fn run(args: &Args) -> Res<()> {
     println!("# multiproc-bench cluster: the Redis-backed pool on one loopback Redis (Unix socket)");
-    let redis = Redis::start()?;
+    let redis = multiproc::cluster::LocalRedis::start().map_err(e)?;
     let mut con = redis::Client::open(redis.url()).map_err(e)?.get_connection().map_err(e)?;
     crate::header();
 

@@ -12,6 +12,7 @@
 //! drift between machines and runs; the ratios, taken in the same run, are
 //! the claim.
 
+mod cli;
 mod cluster;
 mod ipc;
 mod managers;
@@ -46,6 +47,9 @@ enum Command {
     /// A manager's queue (one client, then many) and dict against Python
     /// 3.11's SyncManager.
     Managers(managers::Args),
+    /// `multiproc run` against GNU parallel and `xargs -P` on jobs of
+    /// `true` (row `run_true_jobs_per_s`).
+    Cli(cli::Args),
     /// The Redis-backed pool against Celery 5 and RQ on the same Redis,
     /// and Redis's own floors (pipelined XADD, PING).
     Cluster(cluster::Args),
@@ -83,6 +87,7 @@ fn main() {
         Command::Ipc(args) => ipc::run(&args),
         Command::Subprocess(args) => subprocess::run(&args),
         Command::Cluster(args) => cluster::run(&args),
+        Command::Cli(args) => cli::run(&args),
         Command::Managers(args) => managers::run(&args),
     };
     if let Err(e) = result {

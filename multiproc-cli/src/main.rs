@@ -11,7 +11,8 @@
 //! SIGINT or SIGTERM stops it cleanly.
 //!
 //! `multiproc run [OPTIONS] COMMAND ::: ARGS...` is a parallel command
-//! runner for GNU parallel's users (see the `run` module).
+//! runner for GNU parallel's users (see the `run` module); with `--redis URL
+//! --pool NAME` its jobs run on `multiproc worker --redis URL --pool NAME`s.
 
 mod run;
 
@@ -45,6 +46,23 @@ enum Command {
         /// Options, the command, and its inputs (`:::`, `::::`, or stdin).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<std::ffi::OsString>,
+    },
+    /// Run `multiproc run --redis URL --pool NAME` jobs here, until
+    /// SIGTERM or SIGINT (which hands running jobs back at once).
+    Worker {
+        /// The Redis URL (redis://, rediss://, redis+unix://).
+        #[arg(long)]
+        redis: String,
+        /// The pool's name (the same as `multiproc run --pool`).
+        #[arg(long)]
+        pool: String,
+        /// Jobs at once (default: CPU count).
+        #[arg(short = 'j', long = "jobs")]
+        jobs: Option<usize>,
+        /// Lease of a running job in milliseconds: a job whose worker dies
+        /// runs elsewhere after about this long.
+        #[arg(long)]
+        lease_ms: Option<u64>,
     },
     /// The Redis-backed pool: look at it, and at its dead letters.
     Cluster {
@@ -212,12 +230,34 @@ fn serve(args: Serve) -> Result<(), String> {
     server.serve_forever().map_err(|e| e.to_string())
 }
 
+/// `multiproc worker`: a worker of the Redis-backed pool whose tasks are
+/// `multiproc run`'s jobs ([`run::remote::run_job`]).
+fn worker(redis: &str, pool: &str, jobs: Option<usize>, lease_ms: Option<u64>) -> Result<(), String> {
+    let mut w = multiproc::cluster::Worker::new(redis, pool);
+    if let Some(n) = jobs {
+        if n == 0 {
+            return Err("-j: a worker needs at least one slot".into());
+        }
+        w = w.slots(n);
+    }
+    if let Some(ms) = lease_ms {
+        w = w.lease(std::time::Duration::from_millis(ms));
+    }
+    w.run().map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
+    multiproc::init();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == run::guard::FLAG) {
+        run::guard::main(&args[2..]);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { args } => return ExitCode::from(run::main(&args).clamp(0, 255) as u8),
         Command::Manager { command: ManagerCommand::Serve(args) } => serve(args),
         Command::Cluster { command } => cluster(command),
+        Command::Worker { redis, pool, jobs, lease_ms } => worker(&redis, &pool, jobs, lease_ms),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

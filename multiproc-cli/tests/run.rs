@@ -503,3 +503,111 @@ fn same_output_as_gnu_parallel() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn own_redis() -> (multiproc::cluster::LocalRedis, String) {
+    let redis = multiproc::cluster::LocalRedis::start().expect("redis-server (scripts/test installs it)");
+    let url = redis.url();
+    (redis, url)
+}
+
+/// Processes whose environment holds `marker`.
+fn processes_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        if env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()) && alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+struct Worker(std::process::Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn worker(url: &str, who: &str) -> Worker {
+    Worker(
+        Command::new(env!("CARGO_BIN_EXE_multiproc"))
+            .args(["worker", "--redis", url, "--pool", "jobs", "-j", "2", "--lease-ms", "1000"])
+            .env("MULTIPROC_TEST_WHO", who)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn distributed_jobs_survive_a_killed_worker_with_one_result_each() {
+    let (_redis, url) = own_redis();
+    let dir = scratch("distributed");
+    let started = dir.join("started");
+    let a = format!("a-{}", std::process::id());
+    let mut worker_a = worker(&url, &a);
+    let _worker_b = worker(&url, "b");
+    // Jobs on worker a take long, so that it is surely mid-job when killed.
+    let script = format!(
+        "echo {{}} $MULTIPROC_TEST_WHO >> {}; case $MULTIPROC_TEST_WHO in a-*) sleep 100;; esac; echo done {{}}",
+        started.display()
+    );
+    let inputs: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
+    let mut args = vec!["--redis", &url, "--pool", "jobs", "-j", "8", "--joblog"];
+    let log = dir.join("log");
+    let log_s = log.to_str().unwrap().to_owned();
+    args.push(&log_s);
+    args.push(&script);
+    args.push(":::");
+    args.extend(inputs.iter().map(String::as_str));
+    let run = multiproc().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&started).unwrap_or_default().contains(" a-") {
+        assert!(Instant::now() < deadline, "worker a took no job");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    worker_a.0.kill().unwrap();
+    worker_a.0.wait().unwrap();
+    let out = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut expected: Vec<String> = (1..=20).map(|i| format!("done {i}")).collect();
+    expected.sort_unstable();
+    assert_eq!(sorted(&stdout), expected, "each job's result exactly once");
+    let reran = std::fs::read_to_string(&started).unwrap().lines().filter(|l| l.contains(" a-")).count();
+    assert!(reran >= 1);
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 21, "one joblog row per job");
+    // The killed worker's jobs died with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_with(&format!("MULTIPROC_TEST_WHO={a}")).is_empty() {
+        assert!(Instant::now() < deadline, "a job of the killed worker lives on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn distributed_runs_keep_order_exit_codes_timeouts_and_halt() {
+    let (_redis, url) = own_redis();
+    let _w = worker(&url, "w");
+    let remote = |extra: &[&str]| {
+        let mut args = vec!["--redis", url.as_str(), "--pool", "jobs"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let (code, out, _) = remote(&["-k", "echo {}; exit {}", ":::", "0", "1", "2"]);
+    assert_eq!((code, lines(&out)), (2, vec!["0", "1", "2"]));
+    let (code, _, err) = remote(&["--timeout", "0.5", "sleep {}", ":::", "0.1", "100"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--timeout"), "{err}");
+    let started = Instant::now();
+    let (code, _, _) = remote(&["-j2", "--halt", "now,fail=1", "sleep {}; exit 3", ":::", "100", "0.2"]);
+    assert_eq!(code, 3);
+    assert!(started.elapsed() < Duration::from_secs(60), "the remote job was not cancelled");
+    let (code, out, _) = remote(&["--retries", "2", "--tag", "echo x; exit 1", ":::", "a"]);
+    assert_eq!((code, out.as_str()), (1, "a\tx\n"));
+}

@@ -80,6 +80,7 @@
 //! [`Error::Encode`]: crate::Error::Encode
 //! [`Error::Cluster`]: crate::Error::Cluster
 
+mod local;
 mod protocol;
 mod status;
 mod submit;
@@ -88,6 +89,7 @@ mod worker;
 
 use std::time::Duration;
 
+pub use local::LocalRedis;
 pub use status::{ClusterStatus, DeadLetter, InFlight, WorkerSeen, requeue_dead_letters, status};
 pub use tls::{TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV, Tls};
 pub use worker::Worker;

@@ -69,6 +69,19 @@ pub(crate) fn new_session() -> io::Result<()> {
     rustix::process::setsid().map(drop).map_err(io::Error::from)
 }
 
+/// Asks for SIGKILL when the parent goes, and goes now if it is already
+/// gone (it may have died before the request). Async-signal-safe: fit for
+/// between fork and exec.
+pub(crate) fn die_with_parent(parent: rustix::process::Pid) -> io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if rustix::process::getppid() != Some(parent) {
+        // SAFETY: _exit ends this forked child at once, running nothing of
+        // the parent's that the fork copied.
+        unsafe { libc::_exit(137) }
+    }
+    Ok(())
+}
+
 /// The name of a signal, such as `SIGKILL`.
 pub(crate) fn signal_name(signal: i32) -> String {
     nix::sys::signal::Signal::try_from(signal)

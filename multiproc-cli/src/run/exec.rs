@@ -141,6 +141,7 @@ pub fn run(
     timeout: Option<Duration>,
     lines: Option<LineSink>,
     running: &Running,
+    kill_with_parent: bool,
 ) -> Outcome {
     let start = SystemTime::now();
     let began = Instant::now();
@@ -157,18 +158,17 @@ pub fn run(
             let (o2, e2) = (out.try_clone()?, err.try_clone()?);
             (Capture::Files { out, err }, o2, e2)
         };
-        let child = Command::new(argv.iter())
-            .stdin(Stdio::Null)
-            .stdout(Stdio::Fd(out))
-            .stderr(Stdio::Fd(err))
-            .process_group()
-            .popen()
-            .map_err(|e| match e {
-                multiproc::Error::ProgramNotFound { program } => {
-                    io::Error::new(io::ErrorKind::NotFound, format!("{program}: command not found"))
-                }
-                other => io::Error::other(other.to_string()),
-            })?;
+        let mut command =
+            Command::new(argv.iter()).stdin(Stdio::Null).stdout(Stdio::Fd(out)).stderr(Stdio::Fd(err)).process_group();
+        if kill_with_parent {
+            command = command.kill_with_parent();
+        }
+        let child = command.popen().map_err(|e| match e {
+            multiproc::Error::ProgramNotFound { program } => {
+                io::Error::new(io::ErrorKind::NotFound, format!("{program}: command not found"))
+            }
+            other => io::Error::other(other.to_string()),
+        })?;
         Ok((child, capture))
     })();
     let (mut child, capture) = match spawned {
@@ -300,16 +300,16 @@ mod tests {
     #[test]
     fn output_status_and_signals() {
         let running = Running::default();
-        let o = run(sh("echo out; echo err >&2; exit 3"), 1, None, None, &running);
+        let o = run(sh("echo out; echo err >&2; exit 3"), 1, None, None, &running, false);
         assert_eq!((o.exitval, o.signal, &o.stdout[..], &o.stderr[..]), (3, 0, &b"out\n"[..], &b"err\n"[..]));
-        let o = run(sh("kill -9 $$"), 1, None, None, &running);
+        let o = run(sh("kill -9 $$"), 1, None, None, &running, false);
         assert_eq!((o.exitval, o.signal), (0, 9));
         assert!(o.failed());
-        let o = run(vec!["no-such-program-here".into()], 1, None, None, &running);
+        let o = run(vec!["no-such-program-here".into()], 1, None, None, &running, false);
         assert_eq!(o.exitval, 127);
         assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-program-here"));
         // A megabyte of output does not block the job (no reader needed).
-        let o = run(sh("head -c 1048576 /dev/zero"), 1, None, None, &running);
+        let o = run(sh("head -c 1048576 /dev/zero"), 1, None, None, &running, false);
         assert_eq!(o.stdout.len(), 1 << 20);
         assert_eq!(running.count(), 0);
     }
@@ -317,12 +317,12 @@ mod tests {
     #[test]
     fn a_timeout_kills_the_group_and_a_background_job_cannot_hold_the_end() {
         let running = Running::default();
-        let o = run(sh("sleep 100 & echo started; wait"), 1, Some(Duration::from_millis(300)), None, &running);
+        let o = run(sh("sleep 100 & echo started; wait"), 1, Some(Duration::from_millis(300)), None, &running, false);
         assert!(o.timed_out);
         assert_eq!((o.exitval, o.signal), (-1, 15));
         assert_eq!(o.stdout, b"started\n");
         // Without a timeout, a job ends when its own process does.
-        let o = run(sh("sleep 100 & echo $!"), 1, None, None, &running);
+        let o = run(sh("sleep 100 & echo $!"), 1, None, None, &running, false);
         assert_eq!(o.exitval, 0);
         let pid: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
         kill_group(pid, libc::SIGKILL);
@@ -333,7 +333,7 @@ mod tests {
         let running = Running::default();
         let got = Mutex::new(Vec::new());
         let sink = |err: bool, b: &[u8]| got.lock().unwrap().push((err, b.to_vec()));
-        let o = run(sh("printf 'a\\nb'; printf 'c\\n'; printf x >&2"), 1, None, Some(&sink), &running);
+        let o = run(sh("printf 'a\\nb'; printf 'c\\n'; printf x >&2"), 1, None, Some(&sink), &running, false);
         assert_eq!(o.exitval, 0);
         let got = got.into_inner().unwrap();
         let out: Vec<u8> = got.iter().filter(|(e, _)| !e).flat_map(|(_, b)| b.clone()).collect();

@@ -10,9 +10,11 @@
 //! not), `exec` (one job attempt, its process group, its output), `joblog`.
 
 mod exec;
+pub mod guard;
 mod input;
 mod joblog;
 pub mod options;
+pub mod remote;
 mod template;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,11 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use nix::sys::signal::{SigSet, Signal};
 
 use exec::{Outcome, Running};
 use input::Inputs;
 use joblog::JobLog;
-use options::{Halt, HaltOn, HaltWhen, Options, Parsed};
+use options::{Halt, HaltOn, HaltWhen, Jobs, Options, Parsed};
 use template::{Job, Template};
 
 /// How long jobs get between the stop signal and SIGKILL.
@@ -89,14 +92,19 @@ fn run(o: Options) -> Result<i32, String> {
         }
         return Ok(0);
     }
-    if o.redis.is_some() {
-        return Err("--redis/--pool: this build runs jobs only here".into());
-    }
+    // Before any thread starts (the pool's start some), so that all
+    // inherit the mask and the signal thread alone takes the signals.
+    let set = block_stop_signals()?;
+    let remote = match (&o.redis, &o.pool) {
+        (Some(url), Some(pool)) => Some(remote::Remote::connect(url, pool)?),
+        _ => None,
+    };
     let joblog = match &o.joblog {
         Some(path) => Some(JobLog::create(path, o.resume || o.resume_failed)?),
         None => None,
     };
-    let slots = o.jobs.resolve(multiproc::os::process_cpu_count());
+    let jobs = o.jobs.unwrap_or(if remote.is_some() { Jobs::Exactly(64) } else { Jobs::PercentOfCpus(100) });
+    let slots = jobs.resolve(multiproc::os::process_cpu_count());
     let total = inputs.total;
     let bar = (o.bar || (total.is_some() && io::stderr().is_terminal())).then(|| {
         let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(10));
@@ -107,9 +115,13 @@ fn run(o: Options) -> Result<i32, String> {
         bar.set_style(style);
         bar
     });
-    let state =
-        Arc::new(State { stop: AtomicBool::new(false), signalled: AtomicI32::new(0), running: Running::default() });
-    let signals = signal_thread(Arc::clone(&state))?;
+    let state = Arc::new(State {
+        stop: AtomicBool::new(false),
+        signalled: AtomicI32::new(0),
+        running: Running::default(),
+        remote,
+    });
+    let signals = signal_thread(set, Arc::clone(&state))?;
     let shared = Shared {
         o: &o,
         template,
@@ -164,26 +176,43 @@ struct State {
     /// The stop signal received, else 0.
     signalled: AtomicI32,
     running: Running,
+    /// `--redis`: where jobs run instead of here.
+    remote: Option<remote::Remote>,
 }
 
-/// Blocks SIGINT and SIGTERM here (threads started later inherit the mask;
-/// jobs do not: std resets it in the child) and waits for them on a thread
-/// of its own: the first stops starting jobs, passes the signal to the
-/// running jobs' groups and kills what is left after [`GRACE`]; a second
-/// kills at once.
-fn signal_thread(state: Arc<State>) -> Result<std::thread::JoinHandle<()>, String> {
-    use nix::sys::signal::{SigSet, Signal};
+impl State {
+    /// Stops every running job: `signal` to local process groups; remote
+    /// jobs are cancelled (killed where they run).
+    fn stop_jobs(&self, signal: i32) {
+        self.running.signal_all(signal);
+        if let Some(remote) = &self.remote {
+            remote.cancel_all();
+        }
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread; threads started later inherit
+/// the mask (jobs do not: std resets it in the child).
+fn block_stop_signals() -> Result<SigSet, String> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
     set.thread_block().map_err(|e| format!("blocking SIGINT/SIGTERM: {e}"))?;
+    Ok(set)
+}
+
+/// Waits for SIGINT and SIGTERM on a thread of its own: the first stops
+/// starting jobs, passes the signal to the running jobs' groups (cancels
+/// remote jobs) and kills what is left after [`GRACE`]; a second kills at
+/// once.
+fn signal_thread(set: SigSet, state: Arc<State>) -> Result<std::thread::JoinHandle<()>, String> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let Ok(first) = set.wait() else { return };
             state.signalled.store(first as i32, Ordering::SeqCst);
             state.stop.store(true, Ordering::SeqCst);
-            state.running.signal_all(first as i32);
+            state.stop_jobs(first as i32);
             eprintln!(
                 "multiproc run: {}: stopping; {} running jobs signalled, killed in {}s or on a second signal",
                 first.as_str(),
@@ -196,7 +225,7 @@ fn signal_thread(state: Arc<State>) -> Result<std::thread::JoinHandle<()>, Strin
             unsafe {
                 libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout);
             }
-            state.running.signal_all(libc::SIGKILL);
+            state.stop_jobs(libc::SIGKILL);
             // Later signals are taken and dropped: the run is ending.
             while set.wait().is_ok() {}
         })
@@ -382,13 +411,17 @@ impl Shared<'_> {
             let mut outcome;
             let mut attempt = 1;
             loop {
-                outcome = exec::run(
-                    argv.clone(),
-                    slot,
-                    o.timeout,
-                    lines.map(|_| &tagged_sink as exec::LineSink),
-                    &self.state.running,
-                );
+                outcome = match &self.state.remote {
+                    Some(remote) => remote.attempt(argv.clone(), slot, o.timeout),
+                    None => exec::run(
+                        argv.clone(),
+                        slot,
+                        o.timeout,
+                        lines.map(|_| &tagged_sink as exec::LineSink),
+                        &self.state.running,
+                        false,
+                    ),
+                };
                 if !outcome.failed() || attempt >= o.retries.max(1) || self.state.stop.load(Ordering::SeqCst) {
                     break;
                 }
@@ -448,11 +481,11 @@ impl Shared<'_> {
                 }
             );
             if halt.when == HaltWhen::Now {
-                self.state.running.signal_all(libc::SIGTERM);
+                self.state.stop_jobs(libc::SIGTERM);
                 let state = Arc::clone(self.state);
                 std::thread::spawn(move || {
                     std::thread::sleep(HALT_GRACE);
-                    state.running.signal_all(libc::SIGKILL);
+                    state.stop_jobs(libc::SIGKILL);
                 });
             }
         }

@@ -70,9 +70,10 @@ impl Jobs {
 }
 
 /// Everything `multiproc run` was told.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
-    pub jobs: Jobs,
+    /// `-j`, if given (the default differs between local and `--redis`).
+    pub jobs: Option<Jobs>,
     pub keep_order: bool,
     pub timeout: Option<Duration>,
     pub retries: u32,
@@ -94,32 +95,6 @@ pub struct Options {
     pub command: Vec<u8>,
     /// Input sources, each group's sources linked (`:::+`, `::::+`).
     pub groups: Vec<Vec<Source>>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            jobs: Jobs::PercentOfCpus(100),
-            keep_order: false,
-            timeout: None,
-            retries: 0,
-            halt: None,
-            delay: None,
-            dry_run: false,
-            tag: false,
-            line_buffer: false,
-            joblog: None,
-            resume: false,
-            resume_failed: false,
-            bar: false,
-            colsep: None,
-            null: false,
-            redis: None,
-            pool: None,
-            command: Vec::new(),
-            groups: Vec::new(),
-        }
-    }
 }
 
 /// What the command line asked for.
@@ -149,7 +124,8 @@ Replacement strings (values are shell-quoted; without any, the input is appended
   {N} {N.} {N/} {N//} {N/.}  the same for input source (or column) N; {-1} is the last
 
 Options
-  -j, --jobs N     N jobs at once (default: CPU count); N% of the CPUs; +N / -N CPUs; 0: no limit
+  -j, --jobs N     N jobs at once (default: CPU count; with --redis, 64 in flight);
+                   N% of the CPUs; +N / -N CPUs; 0: no limit
   -k, --keep-order print output in input order
   --timeout SECS   kill a job (its whole process group) running longer
   --retries N      run a failing job up to N times
@@ -161,7 +137,8 @@ Options
   --joblog FILE    log each job in GNU parallel's format (- is stdout)
   --resume         skip jobs already in the joblog; --resume-failed also reruns failed ones
   --bar            progress bar on stderr (automatic on a terminal when the input size is known)
-  --redis URL --pool NAME  run the jobs on `multiproc worker`s of that Redis-backed pool
+  --redis URL --pool NAME  run the jobs on the workers of that Redis-backed pool, started on
+                   any machine with `multiproc worker --redis URL --pool NAME [-j N]`
 
 Exit status: the number of failed jobs (101 for more than 100); with --halt, the
 status of the job that halted the run; 255 for other errors; 130/143 after SIGINT/SIGTERM.
@@ -274,7 +251,7 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, String> {
         };
         match name.as_str() {
             "-h" | "--help" => return Ok(Parsed::Help),
-            "-j" | "--jobs" | "-P" | "--max-procs" => o.jobs = parse_jobs(&text(&value(&mut i)?, &name)?)?,
+            "-j" | "--jobs" | "-P" | "--max-procs" => o.jobs = Some(parse_jobs(&text(&value(&mut i)?, &name)?)?),
             "-k" | "--keep-order" => o.keep_order = true,
             "--timeout" => o.timeout = Some(seconds(&text(&value(&mut i)?, &name)?, &name)?),
             "--retries" => {
@@ -371,14 +348,14 @@ mod tests {
     #[test]
     fn options_command_and_groups() {
         let o = run(&["-j4", "-k", "--timeout", "1.5", "echo", "{}", "-n", ":::", "a", "b", ":::+", "1", "2"]);
-        assert_eq!(o.jobs, Jobs::Exactly(4));
+        assert_eq!(o.jobs, Some(Jobs::Exactly(4)));
         assert!(o.keep_order);
         assert_eq!(o.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(o.command, b"echo {} -n");
         assert_eq!(o.groups.len(), 1);
         assert_eq!(o.groups[0].len(), 2);
         let o = run(&["--jobs=+2", "true", ":::", "a", ":::", "b"]);
-        assert_eq!(o.jobs.resolve(2), 4);
+        assert_eq!(o.jobs.unwrap().resolve(2), 4);
         assert_eq!(o.groups.len(), 2);
         let o = run(&["true"]);
         assert_eq!(o.groups, vec![vec![Source::File(PathBuf::from("-"))]]);
