@@ -35,7 +35,6 @@ fn e<E: std::fmt::Display>(x: E) -> String {
     x.to_string()
 }
 
-
 fn worker(redis: &multiproc::cluster::LocalRedis, pool: &str, lease_ms: u64) -> Res<Child> {
     Command::new(std::env::current_exe().map_err(e)?)
         .env(WORKER_REDIS_ENV, redis.url())

@@ -208,6 +208,16 @@ fn grouped_output_never_interleaves_and_keep_order_keeps_input_order() {
 }
 
 #[test]
+fn the_bar_goes_to_stderr_only() {
+    let (code, out, err) = run(&["--bar", "-j2", "echo {}", ":::", "1", "2", "3"]);
+    assert_eq!(code, 0);
+    assert_eq!(sorted(&out), ["1", "2", "3"], "nothing of the bar on stdout");
+    // stderr is a pipe here: plain lines, the last one complete.
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("3/3 done, 0 failed"), "{err}");
+}
+
+#[test]
 fn a_timed_out_job_leaves_no_process_behind() {
     let dir = scratch("timeout");
     let pids = dir.join("pids");
@@ -610,4 +620,19 @@ fn distributed_runs_keep_order_exit_codes_timeouts_and_halt() {
     assert!(started.elapsed() < Duration::from_secs(60), "the remote job was not cancelled");
     let (code, out, _) = remote(&["--retries", "2", "--tag", "echo x; exit 1", ":::", "a"]);
     assert_eq!((code, out.as_str()), (1, "a\tx\n"));
+}
+
+#[test]
+fn a_closed_stdout_stops_the_run() {
+    let inputs: Vec<String> = (1..=100).map(|i| i.to_string()).collect();
+    let mut args = vec!["-j2", "echo {}; sleep 1", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let started = Instant::now();
+    let mut child = multiproc().args(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    // The reader is gone now (as `| head -1` would be).
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(255));
+    assert!(started.elapsed() < Duration::from_secs(30), "the run went on without a reader");
 }

@@ -107,13 +107,17 @@ fn run(o: Options) -> Result<i32, String> {
     let slots = jobs.resolve(multiproc::os::process_cpu_count());
     let total = inputs.total;
     let bar = (o.bar || (total.is_some() && io::stderr().is_terminal())).then(|| {
+        if !io::stderr().is_terminal() {
+            // Asked for with stderr in a file or a pipe: a line a second.
+            return Progress::Lines { started: Instant::now(), last: None };
+        }
         let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(10));
         let style = ProgressStyle::with_template(
             "{elapsed_precise} [{wide_bar}] {pos}/{len} done, {msg} | {per_sec} ETA {eta}",
         )
         .expect("a valid template");
         bar.set_style(style);
-        bar
+        Progress::Bar(bar)
     });
     let state = Arc::new(State {
         stop: AtomicBool::new(false),
@@ -155,10 +159,17 @@ fn run(o: Options) -> Result<i32, String> {
     // Halted with gaps: what was kept back for order comes out now.
     let rest: Vec<_> = std::mem::take(&mut out.pending).into_values().flatten().collect();
     for f in rest {
-        out.print(&o, &f);
+        if !out.print(&o, &f) {
+            break;
+        }
     }
-    if let Some(bar) = &out.bar {
-        bar.finish();
+    match &mut out.bar {
+        Some(Progress::Bar(bar)) => bar.finish(),
+        Some(Progress::Lines { last, .. }) => {
+            *last = None;
+            progress_line(&out, state.running_count());
+        }
+        None => {}
     }
     if let Some(e) = shared.feed.into_inner().unwrap_or_else(|e| e.into_inner()).error {
         return Err(e);
@@ -181,6 +192,10 @@ struct State {
 }
 
 impl State {
+    fn running_count(&self) -> usize {
+        self.running.count() + self.remote.as_ref().map_or(0, remote::Remote::in_flight)
+    }
+
     /// Stops every running job: `signal` to local process groups; remote
     /// jobs are cancelled (killed where they run).
     fn stop_jobs(&self, signal: i32) {
@@ -255,7 +270,26 @@ struct Out {
     succeeded: u64,
     halt_code: Option<i32>,
     total: Option<u64>,
-    bar: Option<ProgressBar>,
+    bar: Option<Progress>,
+}
+
+/// `--bar` on a terminal, or its plain-line form elsewhere.
+enum Progress {
+    Bar(ProgressBar),
+    Lines { started: Instant, last: Option<Instant> },
+}
+
+/// The plain progress line: done, failed, running, rate and ETA.
+fn progress_line(out: &Out, running: usize) {
+    let Some(Progress::Lines { started, .. }) = &out.bar else { return };
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    let rate = out.done as f64 / secs;
+    let of = out.total.map_or_else(String::new, |t| format!("/{t}"));
+    let eta = match out.total {
+        Some(t) if rate > 0.0 => format!(", ETA {:.0}s", t.saturating_sub(out.done) as f64 / rate),
+        _ => String::new(),
+    };
+    eprintln!("multiproc run: {}{of} done, {} failed, {running} running, {rate:.1}/s{eta}", out.done, out.failed);
 }
 
 fn tagged(tag: Option<&[u8]>, bytes: &[u8]) -> Vec<u8> {
@@ -275,24 +309,22 @@ fn tag_of(values: &[Vec<u8>]) -> Vec<u8> {
 }
 
 impl Out {
-    fn print(&self, o: &Options, f: &Finished) {
+    /// Prints a job's output; false when stdout is gone (`| head`).
+    fn print(&self, o: &Options, f: &Finished) -> bool {
         let tag = o.tag.then(|| tag_of(&f.values));
         let write = || {
-            if !f.outcome.stdout.is_empty() {
-                let mut out = io::stdout().lock();
-                if out.write_all(&tagged(tag.as_deref(), &f.outcome.stdout)).and_then(|()| out.flush()).is_err() {
-                    // Nobody reads any more (`| head`): like a shell
-                    // pipeline, stop.
-                    std::process::exit(255);
-                }
-            }
             if !f.outcome.stderr.is_empty() {
                 let _ = io::stderr().lock().write_all(&tagged(tag.as_deref(), &f.outcome.stderr));
             }
+            if f.outcome.stdout.is_empty() {
+                return true;
+            }
+            let mut out = io::stdout().lock();
+            out.write_all(&tagged(tag.as_deref(), &f.outcome.stdout)).and_then(|()| out.flush()).is_ok()
         };
         match &self.bar {
-            Some(bar) => bar.suspend(write),
-            None => write(),
+            Some(Progress::Bar(bar)) => bar.suspend(write),
+            _ => write(),
         }
     }
 
@@ -374,17 +406,39 @@ impl Shared<'_> {
 
     fn flush_in_order(&self, out: &mut Out) {
         while let Some(entry) = out.pending.remove(&out.next) {
-            if let Some(f) = entry {
-                out.print(self.o, &f);
+            if let Some(f) = entry
+                && !out.print(self.o, &f)
+            {
+                self.stdout_gone(out);
             }
             out.next += 1;
         }
     }
 
-    fn show_progress(&self, out: &Out) {
-        if let Some(bar) = &out.bar {
-            bar.set_position(out.done);
-            bar.set_message(format!("{} failed, {} running", out.failed, self.state.running.count()));
+    /// Nobody reads our output any more (`| head`): as a shell pipeline
+    /// would, stop, and take the running jobs along.
+    fn stdout_gone(&self, out: &mut Out) {
+        if out.halt_code.is_none() {
+            out.halt_code = Some(255);
+            self.state.stop.store(true, Ordering::SeqCst);
+            self.state.stop_jobs(libc::SIGKILL);
+        }
+    }
+
+    fn show_progress(&self, out: &mut Out) {
+        match &mut out.bar {
+            Some(Progress::Bar(bar)) => {
+                bar.set_position(out.done);
+                bar.set_message(format!("{} failed, {} running", out.failed, self.state.running_count()));
+            }
+            Some(Progress::Lines { last, .. }) => {
+                if last.is_some_and(|l| l.elapsed() < Duration::from_secs(1)) {
+                    return;
+                }
+                *last = Some(Instant::now());
+                progress_line(out, self.state.running_count());
+            }
+            None => {}
         }
     }
 
@@ -469,7 +523,7 @@ impl Shared<'_> {
         {
             out.halt_code = Some(code);
             self.state.stop.store(true, Ordering::SeqCst);
-            let running = self.state.running.count();
+            let running = self.state.running_count();
             eprintln!(
                 "multiproc run: --halt: job {seq} {} ({}); {}",
                 if outcome.failed() { "failed" } else { "succeeded" },
@@ -494,8 +548,10 @@ impl Shared<'_> {
             out.pending.insert(seq, Some(finished));
             self.flush_in_order(&mut out);
         } else {
-            out.print(o, &finished);
+            if !out.print(o, &finished) {
+                self.stdout_gone(&mut out);
+            }
         }
-        self.show_progress(&out);
+        self.show_progress(&mut out);
     }
 }

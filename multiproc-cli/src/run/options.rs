@@ -133,7 +133,8 @@ Options
   --delay SECS     wait SECS between job starts
   --dry-run        print the commands, run nothing
   --tag            prefix each output line with the job's inputs
-  --line-buffer    print output line by line as it comes (default: each job's output whole)
+  --line-buffer    print output line by line as it comes (default: each job's output whole;
+                   with -k or --redis, output stays whole)
   --joblog FILE    log each job in GNU parallel's format (- is stdout)
   --resume         skip jobs already in the joblog; --resume-failed also reruns failed ones
   --bar            progress bar on stderr (automatic on a terminal when the input size is known)

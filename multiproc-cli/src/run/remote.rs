@@ -122,6 +122,11 @@ impl Remote {
         }
     }
 
+    /// How many jobs are out on workers.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).1.len()
+    }
+
     /// Cancels every job in flight and every one submitted from now on: a
     /// job that has not started never runs; one that runs is killed.
     pub fn cancel_all(&self) {
