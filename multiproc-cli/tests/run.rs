@@ -636,3 +636,14 @@ fn a_closed_stdout_stops_the_run() {
     assert_eq!(status.code(), Some(255));
     assert!(started.elapsed() < Duration::from_secs(30), "the run went on without a reader");
 }
+
+#[test]
+fn delay_spaces_job_starts() {
+    let (code, out, _) = run(&["-j3", "--delay", "0.3", "date +%s.%N; : {}", ":::", "1", "2", "3"]);
+    assert_eq!(code, 0);
+    let mut starts: Vec<f64> = out.lines().map(|l| l.parse().unwrap()).collect();
+    starts.sort_by(f64::total_cmp);
+    for pair in starts.windows(2) {
+        assert!(pair[1] - pair[0] >= 0.2, "jobs started {:.3}s apart", pair[1] - pair[0]);
+    }
+}
