@@ -32,8 +32,8 @@
 
 use std::time::Duration;
 
-use multiproc::managers::pickle::PyValue;
 use multiproc::managers::{Address, ServerBuilder};
+use multiproc::pickle::PyValue;
 
 /// A small random number without a dependency: the clock's nanoseconds,
 /// mixed.

@@ -25,8 +25,8 @@
 
 use std::time::Duration;
 
-use multiproc::managers::pickle::PyValue;
 use multiproc::managers::{Address, Client};
+use multiproc::pickle::PyValue;
 
 /// Runs the worker against the manager at `address`.
 pub fn run(address: Address) {

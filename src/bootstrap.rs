@@ -295,7 +295,13 @@ pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, Outcome> {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
             if IN_TARGET.with(|t| t.get()) {
-                let message = info.payload_as_str().unwrap_or("Box<dyn Any>").to_owned();
+                let payload = info.payload();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("Box<dyn Any>")
+                    .to_owned();
                 let location = info.location().map(|l| l.to_string());
                 // `capture` follows RUST_BACKTRACE / RUST_LIB_BACKTRACE.
                 let trace = std::backtrace::Backtrace::capture();

@@ -418,7 +418,7 @@ pub enum Error {
     #[error("manager authentication failed: the keys differ")]
     AuthenticationFailed,
     /// No manager listens at the address any more: it was shut down, or
-    /// its process ended (a [`Manager`](crate::managers::Manager) lives as
+    /// its process ended (a `managers::Manager` lives as
     /// long as it or a proxy it made lives in the process that started it).
     #[error("the manager at {address} is gone: {source}")]
     ManagerGone {

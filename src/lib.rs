@@ -30,17 +30,36 @@
 //! * [`subprocess`] brings Python's `subprocess`: other programs with
 //!   input, captured output and timeouts that kill the whole tree.
 //!
-//! Linux only.
+//! Linux only; Rust 1.88 or newer.
+//!
+//! # Cargo features
+//!
+//! Without any (the default): processes, [`Pool`], pipes and queues, locks
+//! and the other synchronization types, shared values and [`SharedMemory`],
+//! [`subprocess`], [`pickle`]. Each feature adds what only some users need,
+//! with its dependencies:
+//!
+//! | feature | what it adds | dependencies |
+//! |---|---|---|
+//! | `managers` | `managers` (servers of shared objects, wire-compatible with Python's), `connection::{Listener, Client}` | hmac, md-5, sha2, indexmap |
+//! | `async` | `Async`: async fns as targets of processes and pool tasks | tokio (rt, time) |
+//! | `cluster` | `cluster`: the Pool with workers on many machines, through Redis | redis, sha2 |
+//! | `cluster-tls` | `rediss://` URLs for `cluster` | redis's rustls backend, rustls with ring |
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bootstrap;
 #[cfg(feature = "cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
 pub mod cluster;
 pub mod connection;
 mod context;
 mod error;
+#[cfg(feature = "managers")]
+#[cfg_attr(docsrs, doc(cfg(feature = "managers")))]
 pub mod managers;
 pub mod os;
+pub mod pickle;
 mod pool;
 mod popen;
 mod process;
@@ -62,9 +81,10 @@ pub use pool::{
     AsCompleted, AsyncResult, CallState, Completion, IMap, Pool, PoolBuilder, ReturnWhen, Waited, WithState,
     as_completed, wait, worker_id,
 };
-pub use process::{
-    Async, ParentProcess, Process, ProcessInfo, Run, Target, active_children, current_process, parent_process,
-};
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub use process::Async;
+pub use process::{ParentProcess, Process, ProcessInfo, Run, Target, active_children, current_process, parent_process};
 pub use queues::{JoinableQueue, Queue, SimpleQueue};
 pub use reduction::Handle;
 pub use shared_memory::SharedMemory;
@@ -94,6 +114,6 @@ pub mod __private {
 }
 
 /// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "managers", feature = "async", feature = "cluster"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -119,9 +119,11 @@ impl_target!(A1, A2, A3, A4, A5, A6, A7, A8);
 /// assert_eq!(pool.map(Async(fetch), [1, 2]).unwrap(), ["page 1", "page 2"]);
 /// # }
 /// ```
+#[cfg(feature = "async")]
 #[derive(Debug, Clone, Copy)]
 pub struct Async<F>(pub F);
 
+#[cfg(feature = "async")]
 macro_rules! impl_async_target {
     ($($arg:ident),*) => {
         impl<Func, Fut, $($arg,)*> Target<($($arg,)*)> for Async<Func>
@@ -137,17 +139,27 @@ macro_rules! impl_async_target {
         }
     };
 }
+#[cfg(feature = "async")]
 impl_async_target!();
+#[cfg(feature = "async")]
 impl_async_target!(A1);
+#[cfg(feature = "async")]
 impl_async_target!(A1, A2);
+#[cfg(feature = "async")]
 impl_async_target!(A1, A2, A3);
+#[cfg(feature = "async")]
 impl_async_target!(A1, A2, A3, A4);
+#[cfg(feature = "async")]
 impl_async_target!(A1, A2, A3, A4, A5);
+#[cfg(feature = "async")]
 impl_async_target!(A1, A2, A3, A4, A5, A6);
+#[cfg(feature = "async")]
 impl_async_target!(A1, A2, A3, A4, A5, A6, A7);
+#[cfg(feature = "async")]
 impl_async_target!(A1, A2, A3, A4, A5, A6, A7, A8);
 
 /// Runs a future on this thread's tokio runtime (made on first use).
+#[cfg(feature = "async")]
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     std::thread_local! {
         static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()

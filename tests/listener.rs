@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{GUARD, each_method, python};
 use multiproc::connection::{Client, Listener, wait};
 use multiproc::managers::Address;
-use multiproc::managers::pickle::PyValue;
+use multiproc::pickle::PyValue;
 use multiproc::{Error, JoinableQueue, Pipe, Process, Queue, SimpleQueue};
 
 const VERSIONS: [&str; 2] = ["3.7", "3.13"];

@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::python;
 use multiproc::Error;
 use multiproc::managers::objects::{Queue, Shared};
-use multiproc::managers::pickle::PyValue;
 use multiproc::managers::{Address, Client, Returned, ServerBuilder};
+use multiproc::pickle::PyValue;
 
 const VERSIONS: [&str; 4] = ["3.7", "3.11", "3.12", "3.13"];
 
@@ -831,7 +831,7 @@ for proto in range(2, int(sys.argv[1]) + 1):
             let (proto, hex, repr) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
             let bytes: Vec<u8> =
                 (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
-            let v = multiproc::managers::pickle::loads(&bytes)
+            let v = multiproc::pickle::loads(&bytes)
                 .unwrap_or_else(|e| panic!("Python {version} protocol {proto}: {e} for {repr}"));
             let ours = PyValue::Tuple(vec![v]).to_string();
             assert_eq!(ours, format!("({repr},)"), "Python {version} protocol {proto}");

@@ -445,17 +445,20 @@ fn imap_pulls_its_input_only_as_results_are_consumed() {
     assert!(pulled.load(Ordering::Relaxed) <= 1010 + 2 * 64);
 }
 
+#[cfg(feature = "async")]
 async fn slow_double(x: u64) -> u64 {
     tokio::time::sleep(Duration::from_millis(5)).await;
     x * 2
 }
 
+#[cfg(feature = "async")]
 async fn gather(n: u64) -> (u64, u128) {
     let start = Instant::now();
     let (a, b, c) = tokio::join!(slow_double(n), slow_double(n + 1), slow_double(n + 2));
     (a + b + c, start.elapsed().as_millis())
 }
 
+#[cfg(feature = "async")]
 #[test]
 fn async_tasks_run_on_the_workers_runtime() {
     use multiproc::Async;

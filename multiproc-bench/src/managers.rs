@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use multiproc::managers::pickle::PyValue;
 use multiproc::managers::{Client, Proxy, ServerBuilder};
+use multiproc::pickle::PyValue;
 use multiproc::{Barrier, Event, Process};
 
 use crate::{python, row};

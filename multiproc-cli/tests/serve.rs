@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use multiproc::managers::pickle::PyValue;
 use multiproc::managers::{Address, Client};
+use multiproc::pickle::PyValue;
 
 fn start(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_multiproc"))

@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::managers::pickle::{self, PyValue};
 use crate::managers::server::{Listener as Socket, Stream};
 use crate::managers::wire::{self, AuthError, FrameTooLarge};
 use crate::managers::{Address, from_value, to_value};
+use crate::pickle::{self, PyValue};
 use crate::{Error, Result};
 
 /// The largest message a [`SocketConnection`] reads unless told otherwise.

@@ -1,7 +1,7 @@
 //! Python's `multiprocessing.connection`: `Pipe` and `Connection`, two
 //! connected ends that send serde values or raw bytes between processes;
-//! [`Listener`] and [`Client`], authenticated connections over TCP or a
-//! Unix socket that speak Python's own framing; and [`wait`] for any of
+//! `Listener` and `Client` (feature `managers`), authenticated connections
+//! over TCP or a Unix socket that speak Python's own framing; and [`wait`] for any of
 //! several connections, queues, processes and descriptors.
 //!
 //! Messages are framed (length and descriptor count, then the bytes) over a
@@ -9,9 +9,12 @@
 //! workers as an argument, and can even be sent over another connection:
 //! its socket goes as a [`Handle`].
 
+#[cfg(feature = "managers")]
 mod listener;
 mod wait;
 
+#[cfg(feature = "managers")]
+#[cfg_attr(docsrs, doc(cfg(feature = "managers")))]
 pub use listener::{Client, Listener, SocketConnection};
 pub use wait::{Waitable, wait};
 

@@ -37,7 +37,7 @@ mod private {
 use private::{Sealed, Source};
 
 /// What [`wait`] can wait on: a [`Connection`](super::Connection) or
-/// [`SocketConnection`](super::SocketConnection) (a message or the end to
+/// `SocketConnection` (feature `managers`; a message or the end to
 /// read), a [`Queue`](crate::Queue), [`SimpleQueue`](crate::SimpleQueue)
 /// or [`JoinableQueue`](crate::JoinableQueue) (an item to get), a started
 /// [`Process`](crate::Process) (its end: Python's `sentinel`), and any
@@ -67,6 +67,7 @@ impl Sealed for super::Connection {
     }
 }
 
+#[cfg(feature = "managers")]
 impl Sealed for super::SocketConnection {
     fn source(&self) -> Result<Source<'_>> {
         Ok(Source::Fd(self.as_fd()))

@@ -5,9 +5,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::pickle::{self, PyValue};
 use super::server::{Address, Stream};
 use super::wire::{self, AuthError};
+use crate::pickle::{self, PyValue};
 use crate::{Error, Result};
 
 /// Replies are read up to this size (a client trusts its server more than
@@ -19,7 +19,7 @@ const REPLY_LIMIT: usize = 1 << 30;
 ///
 /// ```
 /// use multiproc::managers::{Client, ServerBuilder};
-/// use multiproc::managers::pickle::PyValue;
+/// use multiproc::pickle::PyValue;
 /// let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap()).authkey(b"k").sync_types().bind().unwrap().spawn().unwrap();
 /// let client = Client::connect(server.address(), b"k").unwrap();
 /// let d = client.create("dict", vec![]).unwrap();
@@ -328,7 +328,7 @@ impl Proxy {
     ///
     /// ```
     /// use multiproc::managers::{Client, Returned, ServerBuilder};
-    /// use multiproc::managers::pickle::PyValue;
+    /// use multiproc::pickle::PyValue;
     /// let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap()).authkey(b"k").sync_types().bind().unwrap().spawn().unwrap();
     /// let d = Client::connect(server.address(), b"k").unwrap().create("dict", vec![]).unwrap();
     /// d.call("__setitem__", vec![PyValue::Str("a".into()), PyValue::Int(1)]).unwrap();

@@ -28,7 +28,7 @@
 //!
 //! ```
 //! use multiproc::managers::ServerBuilder;
-//! use multiproc::managers::pickle::PyValue;
+//! use multiproc::pickle::PyValue;
 //!
 //! // A server on a free port with one shared queue, as the seed's master.
 //! let server = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
@@ -49,7 +49,7 @@
 
 mod client;
 pub mod objects;
-pub mod pickle;
+pub use crate::pickle;
 mod proxies;
 mod serde_bridge;
 pub(crate) mod server;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 
-use super::pickle::PyValue;
+use crate::pickle::PyValue;
 
 /// What a method call can end in besides a value.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,7 +41,7 @@ impl Raise {
 ///
 /// ```
 /// use multiproc::managers::objects::{Raise, Shared};
-/// use multiproc::managers::pickle::PyValue;
+/// use multiproc::pickle::PyValue;
 /// use std::sync::atomic::{AtomicI64, Ordering};
 ///
 /// #[derive(Default)]

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::pickle::PyValue;
 use super::{Client, ManagerProcess, Proxy, ServerBuilder, from_value, to_value};
+use crate::pickle::PyValue;
 use crate::{Error, Result};
 
 fn value<T: Serialize + ?Sized>(v: &T) -> Result<PyValue> {

@@ -3,7 +3,7 @@
 //! Python data (numbers, str, bytes, lists, tuples, dicts, None).
 //!
 //! ```
-//! use multiproc::managers::pickle::PyValue;
+//! use multiproc::pickle::PyValue;
 //! use multiproc::managers::{from_value, to_value};
 //!
 //! #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
@@ -21,7 +21,7 @@ use std::fmt;
 use serde::de::{self, DeserializeOwned, IntoDeserializer, Visitor};
 use serde::ser::{self, Serialize};
 
-use super::pickle::PyValue;
+use crate::pickle::PyValue;
 
 /// A value that has no Python form, or a Python value that is not the
 /// Rust type asked for.
@@ -487,7 +487,7 @@ mod tests {
     /// `defaultdict`, `deque`), read from real pickles, come out as data.
     #[test]
     fn standard_containers_written_as_calls_read_as_data() {
-        use crate::managers::pickle::loads;
+        use crate::pickle::loads;
         // pickle.dumps(collections.OrderedDict([('z', 1), ('a', 2)]), 2)
         let od = b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01(X\x01\x00\x00\x00zq\x02K\x01X\x01\x00\x00\x00aq\x03K\x02u.";
         let v = loads(od).unwrap();

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::objects::{self, Raise, Shared};
-use super::pickle::{self, PyValue};
 use super::wire::{self, AuthError};
+use crate::pickle::{self, PyValue};
 use crate::{Error, Result};
 
 /// Where a manager listens: TCP `host:port` (port 0 picks a free one) or
@@ -472,7 +472,7 @@ impl Server {
 /// ```
 /// # #[multiproc::main] fn main() {
 /// use multiproc::managers::ServerBuilder;
-/// use multiproc::managers::pickle::PyValue;
+/// use multiproc::pickle::PyValue;
 /// let manager = ServerBuilder::new("127.0.0.1:0".parse().unwrap())
 ///     .authkey(b"abc")
 ///     .sync_types()

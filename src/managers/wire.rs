@@ -315,10 +315,9 @@ pub(crate) mod captures {
                 if f.payload.first() != Some(&0x80) {
                     continue; // handshake frames
                 }
-                let v = crate::managers::pickle::loads(&f.payload)
-                    .unwrap_or_else(|e| panic!("{file} conn {}: {e}", f.conn));
+                let v = crate::pickle::loads(&f.payload).unwrap_or_else(|e| panic!("{file} conn {}: {e}", f.conn));
                 // What we read, we write back and read again unchanged.
-                let again = crate::managers::pickle::loads(&crate::managers::pickle::dumps(&v)).unwrap();
+                let again = crate::pickle::loads(&crate::pickle::dumps(&v)).unwrap();
                 assert_eq!(again, v, "{file}");
                 read += 1;
             }

@@ -50,7 +50,7 @@ impl<T: Into<Item>> From<Option<T>> for Item {
 impl std::fmt::Display for Item {
     /// As Python's `repr` of the value.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::managers::pickle::PyValue;
+        use crate::pickle::PyValue;
         let v = match self {
             Item::Int(i) => PyValue::Int(*i),
             Item::Float(x) => PyValue::Float(*x),

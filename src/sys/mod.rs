@@ -73,6 +73,7 @@ pub(crate) fn poll(fds: &[(BorrowedFd<'_>, Interest)], timeout: Option<Duration>
 }
 
 /// Fills `buf` from the kernel's random source.
+#[cfg(any(feature = "managers", feature = "cluster"))]
 pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
@@ -116,13 +117,9 @@ pub(crate) fn write_some(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<Option<us
     }
 }
 
-/// Receives from a socket without blocking, trying for up to `spin`:
-/// `Some(n)` as soon as data (or the end, `n == 0`) is there, `None` if
-/// nothing came in that time. For request/reply peers whose answer usually
-/// comes within microseconds: a blocking read would cost a wake-up of the
-/// thread, which on a small VM is tens of microseconds.
 /// Whether the peer of a connected stream socket has closed its side (or
 /// the connection broke): a caller that is gone. Never waits.
+#[cfg(feature = "managers")]
 pub(crate) fn peer_closed(fd: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(&fd, PollFlags::RDHUP)];
     match rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })) {
@@ -138,10 +135,17 @@ pub(crate) fn peer_closed(fd: BorrowedFd<'_>) -> bool {
 /// the second back until the first is acknowledged (Nagle), and a delayed
 /// acknowledgement makes that 40 ms; asked before each read, it is never
 /// delayed. Errors are ignored: it only changes timing.
+#[cfg(feature = "managers")]
 pub(crate) fn quick_ack(fd: BorrowedFd<'_>) {
     let _ = rustix::net::sockopt::set_tcp_quickack(fd, true);
 }
 
+/// Receives from a socket without blocking, trying for up to `spin`:
+/// `Some(n)` as soon as data (or the end, `n == 0`) is there, `None` if
+/// nothing came in that time. For request/reply peers whose answer usually
+/// comes within microseconds: a blocking read would cost a wake-up of the
+/// thread, which on a small VM is tens of microseconds.
+#[cfg(feature = "managers")]
 pub(crate) fn recv_spinning(fd: BorrowedFd<'_>, buf: &mut [u8], spin: Duration) -> io::Result<Option<usize>> {
     let start = Instant::now();
     loop {

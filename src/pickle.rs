@@ -1,4 +1,4 @@
-//! Python's pickle format, as far as managers speak it: a value type for
+//! Python's `pickle` format, as far as managers speak it: a value type for
 //! Python objects, a reader for protocols 0 to 5 that never runs anything
 //! (a global is a name, kept as data), and a writer of protocol 3, which
 //! every Python 3 reads. What a Python client puts comes back as Python's
@@ -9,7 +9,7 @@
 //! 3.13).
 //!
 //! ```
-//! use multiproc::managers::pickle::{self, PyValue};
+//! use multiproc::pickle::{self, PyValue};
 //!
 //! let v = PyValue::Tuple(vec![PyValue::Str("#RETURN".into()), PyValue::Int(42)]);
 //! let bytes = pickle::dumps(&v);
@@ -292,7 +292,7 @@ impl PyValue {
 /// Python's `repr()` would show it.
 ///
 /// ```
-/// use multiproc::managers::pickle::PyValue;
+/// use multiproc::pickle::PyValue;
 /// let v = PyValue::Tuple(vec![PyValue::Str("a'b".into()), PyValue::Float(1.0), PyValue::None, PyValue::Bytes(b"x\n".to_vec())]);
 /// assert_eq!(v.to_string(), r#"("a'b", 1.0, None, b'x\n')"#);
 /// assert_eq!(PyValue::Str("plain".into()).to_string(), "plain");
@@ -311,7 +311,7 @@ impl PyValue {
     /// differs for a string: no quotes).
     ///
     /// ```
-    /// use multiproc::managers::pickle::PyValue;
+    /// use multiproc::pickle::PyValue;
     /// let v = PyValue::List(vec![PyValue::Str("a".into()), PyValue::Int(1)]);
     /// assert_eq!(v.repr_string(), "['a', 1]");
     /// assert_eq!(PyValue::Str("a".into()).repr_string(), "'a'");
@@ -470,7 +470,7 @@ const MAX_DEPTH: usize = 512;
 /// [`PyValue::Shared`] (and [`PyValue::Ref`]s inside it).
 ///
 /// ```
-/// use multiproc::managers::pickle::{self, PyValue};
+/// use multiproc::pickle::{self, PyValue};
 /// // Python 3's pickle of `l = [1]; l.append(l)`.
 /// let v = pickle::loads(b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00]\x94(K\x01h\x00e.").unwrap();
 /// let PyValue::Shared(s) = &v else { panic!("{v:?}") };
