@@ -103,6 +103,27 @@ pub enum Error {
         /// `RUST_LIB_BACKTRACE`) asked for one in the child.
         backtrace: Option<String>,
     },
+    /// Call `index` (0-based, in input order) of a `map`, `starmap`,
+    /// `imap` or `imap_unordered` failed, with `source`; [`Error::root`]
+    /// is that failure itself.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn inverse(x: i32) -> i32 { 100 / x }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// let e = pool.map(inverse, [5, 4, 0, 2]).unwrap_err();
+    /// assert_eq!(e.item_index(), Some(2));
+    /// assert!(matches!(e.root(), multiproc::Error::Panicked { .. }));
+    /// assert!(e.to_string().starts_with("item 2 failed: "));
+    /// # }
+    /// ```
+    #[error("item {index} failed: {source}")]
+    Item {
+        /// Which call.
+        index: usize,
+        /// How it failed.
+        source: Box<Error>,
+    },
     /// The child was killed by a signal before it returned a value.
     #[error("process {name} (pid {pid}) was killed by {signal_name} (exitcode {exitcode})")]
     Killed {
@@ -468,6 +489,40 @@ pub enum Error {
 /// # }
 /// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The failure itself, under the [`Error::Item`] that says which call
+    /// of a map it was (itself when there is none).
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Item { source, .. } => source.root(),
+            e => e,
+        }
+    }
+
+    /// Which call of a `map`, `starmap` or `imap` failed, when this came
+    /// from one.
+    pub fn item_index(&self) -> Option<usize> {
+        match self {
+            Error::Item { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+
+    /// Marks a call's failure with its index; failures of the pool as a
+    /// whole (terminated, cancelled, not running, no initializer) stay as
+    /// they are.
+    pub(crate) fn at_item(self, index: usize) -> Error {
+        match self {
+            e @ (Error::Item { .. }
+            | Error::Cancelled
+            | Error::PoolTerminated
+            | Error::PoolNotRunning
+            | Error::InitializerFailed(_)) => e,
+            e => Error::Item { index, source: Box::new(e) },
+        }
+    }
+}
 
 /// Attaches a short description of what was being done to an I/O error.
 pub(crate) trait Context<T> {

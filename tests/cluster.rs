@@ -188,7 +188,9 @@ fn every_pool_call_works_through_redis() {
     unordered.sort();
     assert_eq!(unordered, ordered);
     let results: Vec<_> = pool.imap(fail_on_three, 0..5u32).collect();
-    assert!(matches!(&results[3], Err(Error::Panicked { message, .. }) if message.contains("three is refused")));
+    let failed = results[3].as_ref().unwrap_err();
+    assert_eq!(failed.item_index(), Some(3));
+    assert!(matches!(failed.root(), Error::Panicked { message, .. } if message.contains("three is refused")));
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 4);
     let (tx, rx) = std::sync::mpsc::channel();
     let r = pool.apply_async(square, (9,)).callback(move |v| tx.send(*v).unwrap());

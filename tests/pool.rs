@@ -240,10 +240,12 @@ fn a_panicking_task_fails_alone_every_time() {
     let results: Vec<_> = p.imap(panics_on, 0..30).collect();
     for (x, r) in results.into_iter().enumerate() {
         if x.is_multiple_of(3) {
-            match r {
-                Err(Error::Panicked { message, location, .. }) => {
-                    assert_eq!(message, format!("no multiples of three: {x}"));
-                    assert!(location.unwrap().starts_with("tests/pool.rs:"));
+            let e = r.unwrap_err();
+            assert_eq!(e.item_index(), Some(x));
+            match e.root() {
+                Error::Panicked { message, location, .. } => {
+                    assert_eq!(*message, format!("no multiples of three: {x}"));
+                    assert!(location.as_ref().unwrap().starts_with("tests/pool.rs:"));
                 }
                 other => panic!("{x}: {other:?}"),
             }
@@ -251,7 +253,7 @@ fn a_panicking_task_fails_alone_every_time() {
             assert_eq!(r.unwrap(), x as u64);
         }
     }
-    assert!(matches!(p.map(panics_on, [1, 2, 3]), Err(Error::Panicked { .. })));
+    assert!(matches!(p.map(panics_on, [1, 2, 3]).unwrap_err().root(), Error::Panicked { .. }));
 }
 
 fn dies(how: String) -> u64 {
@@ -327,7 +329,8 @@ fn map_returns_a_dead_worker_promptly() {
     let p = pool(2, StartMethod::Forkserver);
     let started = Instant::now();
     let r = p.map_chunksize(|x: u64| if x == 0 { dies("sigkill".into()) } else { sleep_forever_u64() }, 0..4, 1);
-    assert!(matches!(r, Err(Error::WorkerDied { .. })), "{r:?}");
+    assert!(matches!(r.as_ref().map_err(Error::root), Err(Error::WorkerDied { .. })), "{r:?}");
+    assert_eq!(r.unwrap_err().item_index(), Some(0));
     // Not after the other (endless) tasks: the error came by itself.
     assert!(started.elapsed() < GUARD);
 }
@@ -368,8 +371,9 @@ fn a_value_that_cannot_cross_fails_its_task_only() {
     ];
     let results: Vec<_> = p.imap(echo, args).collect();
     assert!(results[0].is_ok() && results[3].is_ok(), "{results:?}");
-    assert!(matches!(results[1], Err(Error::Encode { what: Payload::Arguments, side: Side::Parent, .. })));
-    assert!(matches!(results[2], Err(Error::Decode { what: Payload::Arguments, side: Side::Child, .. })));
+    let root = |i: usize| results[i].as_ref().err().map(Error::root);
+    assert!(matches!(root(1), Some(Error::Encode { what: Payload::Arguments, side: Side::Parent, .. })));
+    assert!(matches!(root(2), Some(Error::Decode { what: Payload::Arguments, side: Side::Child, .. })));
     let outs: Vec<_> = [(false, false), (true, false), (false, true)].into_iter().map(|a| p.apply(make, a)).collect();
     assert!(outs[0].is_ok());
     assert!(matches!(outs[1], Err(Error::Encode { what: Payload::Result, side: Side::Child, .. })));
@@ -639,4 +643,39 @@ fn a_call_made_just_before_close_completes() {
         pool.join().unwrap();
         assert_eq!(r.get().unwrap(), 2);
     }
+}
+
+fn fails_on_seven(x: u32) -> u32 {
+    assert_ne!(x, 7, "seven is refused");
+    x
+}
+
+fn fails_on_pair(a: u32, b: u32) -> u32 {
+    assert!(!(a == 3 && b == 4), "three and four");
+    a + b
+}
+
+/// A failing call of a map names its index, whatever the chunking and the
+/// form; the failure itself is under it (`Error::root`).
+#[test]
+fn a_failed_item_names_its_index() {
+    let p = pool(2, StartMethod::Forkserver);
+    for chunk in [1, 3, 100] {
+        let e = p.map_chunksize(fails_on_seven, 0..20, chunk).unwrap_err();
+        assert_eq!(e.item_index(), Some(7), "chunksize {chunk}: {e}");
+        assert!(matches!(e.root(), Error::Panicked { message, .. } if message.contains("seven")), "{e}");
+        assert!(e.to_string().starts_with("item 7 failed: "), "{e}");
+    }
+    let e = p.starmap(fails_on_pair, [(1, 2), (3, 4), (5, 6)]).unwrap_err();
+    assert_eq!(e.item_index(), Some(1));
+    let e = p.map_async(fails_on_seven, 5..10).get().unwrap_err();
+    assert_eq!(e.item_index(), Some(2), "indices count from the first item of the input");
+    for ordered in [true, false] {
+        let it = if ordered { p.imap(fails_on_seven, 0..12) } else { p.imap_unordered(fails_on_seven, 0..12) };
+        let failed: Vec<Error> = it.filter_map(Result::err).collect();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].item_index(), Some(7));
+    }
+    // A call that is no item of a map has no index.
+    assert_eq!(p.apply(fails_on_seven, (7,)).unwrap_err().item_index(), None);
 }

@@ -1058,7 +1058,7 @@ where
             match self.rx.recv() {
                 Ok((index, item)) => {
                     for (k, result) in item.into_results::<R>().into_iter().enumerate() {
-                        self.results.push(index + k, result);
+                        self.results.push(index + k, result.map_err(|e| e.at_item(index + k)));
                     }
                 }
                 Err(_) => return Some(Err(Error::PoolTerminated)),

@@ -476,7 +476,7 @@ impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
         for (k, result) in item.into_results::<R>().into_iter().enumerate() {
             match result {
                 Err(e) => {
-                    self.slot.complete(Err(e));
+                    self.slot.complete(Err(e.at_item(index + k)));
                     return;
                 }
                 Ok(v) => {
