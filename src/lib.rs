@@ -43,6 +43,7 @@
 //! |---|---|---|
 //! | `managers` | `managers` (servers of shared objects, wire-compatible with Python's), `connection::{Listener, Client}` | hmac, md-5, sha2, indexmap |
 //! | `async` | `Async`: async fns as targets of processes and pool tasks | tokio (rt, time) |
+//! | `json` | `Json<T>`: serde types that need a self-describing format (`serde_json::Value`, flatten, untagged enums) | serde_json |
 //! | `cluster` | `cluster`: the Pool with workers on many machines, through Redis | redis, sha2 |
 //! | `cluster-tls` | `rediss://` URLs for `cluster` | redis's rustls backend, rustls with ring |
 #![deny(missing_docs)]
@@ -55,6 +56,8 @@ pub mod cluster;
 pub mod connection;
 mod context;
 mod error;
+#[cfg(feature = "json")]
+mod json;
 #[cfg(feature = "managers")]
 #[cfg_attr(docsrs, doc(cfg(feature = "managers")))]
 pub mod managers;
@@ -77,6 +80,9 @@ pub use bootstrap::init;
 pub use connection::{Connection, Pipe, duplex_pipe};
 pub use context::{Context, StartMethod, get_context, get_start_method, set_start_method};
 pub use error::{Error, Payload, Result, Side};
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+pub use json::Json;
 pub use pool::{
     AsCompleted, AsyncResult, CallState, Completion, IMap, Pool, PoolBuilder, ReturnWhen, Waited, WithState,
     as_completed, wait, worker_id,

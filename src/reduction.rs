@@ -40,6 +40,20 @@ fn explain(codec_error: impl std::fmt::Display) -> String {
     HANDLE_ERROR.with(|h| h.borrow_mut().take()).unwrap_or_else(|| codec_error.to_string())
 }
 
+/// [`explain`] for a value of type `T`: a type that needs a self-describing
+/// format gets the way out named.
+fn explain_for<T: ?Sized>(codec_error: postcard::Error) -> String {
+    match codec_error {
+        postcard::Error::WontImplement | postcard::Error::SerializeSeqLengthUnknown => format!(
+            "{}: {codec_error}: this type needs a self-describing format (serde's deserialize_any or maps of \
+             unknown length: serde_json::Value, #[serde(flatten)], untagged or internally tagged enums), which \
+             multiproc's binary codec is not; wrap it as multiproc::Json<T> (feature `json`)",
+            std::any::type_name::<T>()
+        ),
+        other => explain(other),
+    }
+}
+
 /// An owned OS resource (a file descriptor) that can be passed to another
 /// process inside the arguments or result of a target, under every start
 /// method.
@@ -229,7 +243,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, buf: Vec<u8>) -> Res
     let previous = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
     let bytes = postcard::to_extend(value, buf);
     let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), previous)).unwrap_or_default();
-    let bytes = bytes.map_err(explain)?;
+    let bytes = bytes.map_err(explain_for::<T>)?;
     Ok((bytes, fds))
 }
 
@@ -241,7 +255,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
     let previous = INCOMING.with(|i| i.borrow_mut().replace(table));
     let value = postcard::from_bytes(bytes);
     INCOMING.with(|i| *i.borrow_mut() = previous);
-    value.map_err(explain)
+    value.map_err(explain_for::<T>)
 }
 
 /// Plain encoding for our own protocol messages (they carry no handles).

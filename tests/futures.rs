@@ -233,7 +233,7 @@ fn worker_state_is_made_once_per_worker_and_handed_to_each_task() {
         calls.sort();
         assert_eq!(calls, (1..=calls.len() as u64).collect::<Vec<_>>(), "worker {w}");
     }
-    assert_eq!(out.iter().map(|(_, _, x)| x).sum::<u64>(), (0..200).sum());
+    assert_eq!(out.iter().map(|(_, _, x)| x).sum::<u64>(), (0..200u64).sum::<u64>());
     assert_eq!(pool.starmap(multiproc::WithState::new(count_pair), [(1, 2), (3, 4)]).unwrap(), [3, 7]);
     let lazy: Vec<u64> = pool.imap(multiproc::WithState::new(count), 0..10u64).map(|r| r.unwrap().2).collect();
     assert_eq!(lazy, (0..10).collect::<Vec<_>>());
