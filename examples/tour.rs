@@ -43,6 +43,8 @@ mod pool_manager_queue;
 mod pool_map;
 #[path = "process.rs"]
 mod process;
+#[path = "progress.rs"]
+mod progress;
 #[path = "queue.rs"]
 mod queue;
 #[path = "queue_read_write.rs"]
@@ -77,6 +79,11 @@ const PROGRAMS: &[(&str, &str, fn())] = &[
         "worker_state",
         "a heavy state loaded once per worker, handed to each task (beyond the seeds: mpire's worker_state)",
         worker_state::main,
+    ),
+    (
+        "progress",
+        "a progress bar over a slow imap, drawn when stderr is a terminal (beyond the seeds: tqdm)",
+        progress::main,
     ),
     (
         "pipe",

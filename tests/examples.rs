@@ -513,3 +513,9 @@ fn distributed_master_and_worker_as_separate_processes() {
     assert!(master.wait().unwrap().success());
     check_master(&master_lines, &taken);
 }
+
+#[test]
+fn progress_bar_leaves_the_results_alone() {
+    // stderr is a pipe here: no bar is drawn, the results are the same.
+    assert_eq!(run("progress"), ["sum of squares below 40: 20540", "first squares: [0, 1, 4, 9, 16, 25, 36, 49]"]);
+}

@@ -289,3 +289,19 @@ fn on_progress_reports_every_result_of_every_map_like_call() {
     pool.map_async(double, 0..10u64).get().unwrap();
     assert_eq!(take(), counted(10, Some(10)));
 }
+
+#[cfg(feature = "progress")]
+#[test]
+fn a_progress_bar_changes_no_result_and_no_order() {
+    fn triple(x: u64) -> u64 {
+        x * 3
+    }
+    let pool = Pool::builder().processes(2).progress_bar().build().unwrap();
+    assert_eq!(pool.map(triple, 0..100).unwrap(), (0..100).map(|x| x * 3).collect::<Vec<_>>());
+    let ordered: Vec<u64> = pool.imap(triple, 0..50).map(Result::unwrap).collect();
+    assert_eq!(ordered, (0..50).map(|x| x * 3).collect::<Vec<_>>());
+    let mut unordered: Vec<u64> = pool.imap_unordered(triple, 0..50).map(Result::unwrap).collect();
+    unordered.sort_unstable();
+    assert_eq!(unordered, ordered);
+    assert_eq!(pool.starmap(|a: u64, b: u64| a + b, [(1, 2), (3, 4)]).unwrap(), [3, 7]);
+}

@@ -9,6 +9,8 @@
 
 mod chunk;
 mod completion;
+#[cfg(feature = "progress")]
+mod progress;
 pub(crate) mod result;
 mod state;
 pub(crate) mod supervisor;
@@ -216,6 +218,28 @@ impl PoolBuilder {
     /// ```
     pub fn on_progress(mut self, report: impl Fn(usize, Option<usize>) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(report));
+        self
+    }
+
+    /// An indicatif progress bar on stderr (feature `progress`) for every
+    /// `map`, `starmap` (and their `_async` forms), `imap` and
+    /// `imap_unordered` of the pool, as tqdm draws: position, total when
+    /// known, elapsed, ETA and rate. Drawn only when stderr is a terminal;
+    /// results and their order do not change. It is an
+    /// [`on_progress`](Self::on_progress) report (the two replace each
+    /// other), one bar per call, calls one after another.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = multiproc::Pool::builder().processes(2).progress_bar().build().unwrap();
+    /// assert_eq!(pool.map(square, 1..=4).unwrap(), [1, 4, 9, 16]);
+    /// # }
+    /// ```
+    #[cfg(feature = "progress")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
+    pub fn progress_bar(mut self) -> Self {
+        self.progress = Some(progress::reporter());
         self
     }
 
