@@ -44,6 +44,7 @@
 //! | `managers` | `managers` (servers of shared objects, wire-compatible with Python's), `connection::{Listener, Client}` | hmac, md-5, sha2, indexmap |
 //! | `async` | `Async`: async fns as targets of processes and pool tasks | tokio (rt, time) |
 //! | `progress` | `PoolBuilder::progress_bar`: an indicatif bar over maps and imaps | indicatif |
+//! | `tracing` | spans for each process start and pool task (pid, worker id, task, item) and an event for each worker death; never a subscriber | tracing |
 //! | `json` | `Json<T>`: serde types that need a self-describing format (`serde_json::Value`, flatten, untagged enums) | serde_json |
 //! | `cluster` | `cluster`: the Pool with workers on many machines, through Redis | redis, sha2 |
 //! | `cluster-tls` | `rediss://` URLs for `cluster` | redis's rustls backend, rustls with ring |

@@ -537,7 +537,13 @@ where
         runtime::sweep();
         let spec =
             Spec { name: &self.name, identity: &self.identity, daemon: self.daemon, method: self.start_method() };
+        #[cfg(feature = "tracing")]
+        let _span =
+            tracing::info_span!("process.start", name = %self.name, method = ?spec.method, daemon = self.daemon)
+                .entered();
         let child = popen::launch(job, &spec)?;
+        #[cfg(feature = "tracing")]
+        tracing::info!(pid = child.shared.pid, "started");
         runtime::register(child.shared.clone());
         self.child = Some(child);
         Ok(())

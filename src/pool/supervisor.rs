@@ -680,6 +680,18 @@ impl Supervisor {
         // The oldest unanswered task was running, unless the worker left on
         // its own after its quota (then nothing was).
         let clean = code == 0 && finished_quota;
+        #[cfg(feature = "tracing")]
+        if !clean {
+            tracing::warn!(
+                worker = %w.name,
+                pid = w.pid,
+                exitcode = code,
+                how = %describe_exit(code),
+                timed_out = w.timed_out,
+                running = !inflight.is_empty(),
+                "pool worker died"
+            );
+        }
         if !clean && let Some((_, running)) = inflight.pop_front() {
             let (name, pid, timeout) = (w.name.clone(), w.pid, running.timeout.or(self.config.task_timeout));
             if w.timed_out {
