@@ -94,7 +94,7 @@ impl Run for Worker {
             let mut fds = frame.fds.into_iter();
             let mut outcomes = Vec::with_capacity(items.len());
             let mut out_fds: Vec<OwnedFd> = Vec::new();
-            for (_k, item) in items.into_iter().enumerate() {
+            for (k, item) in items.into_iter().enumerate() {
                 let item_fds: Vec<OwnedFd> = fds.by_ref().take(item.nfds as usize).collect();
                 #[cfg(feature = "tracing")]
                 let _span = tracing::info_span!(
@@ -102,9 +102,11 @@ impl Run for Worker {
                     pid = crate::os::getpid(),
                     worker_id = self.index,
                     task = id,
-                    item = _k
+                    item = k
                 )
                 .entered();
+                #[cfg(not(feature = "tracing"))]
+                let _ = k;
                 let reply = call(&entry, &item.bytes, item_fds);
                 if out_fds.len() + reply.fds.len() > MAX_FDS {
                     let message = format!("the results of one task carry more than {MAX_FDS} handles");
