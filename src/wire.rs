@@ -89,6 +89,9 @@ pub(crate) enum FromWorker {
     /// Task `id` ran: one outcome per item, with the number of the frame's
     /// descriptors that belong to it.
     Done { id: u64, items: Vec<(Outcome, u32)> },
+    /// The worker is leaving in order; this is what its exit hook
+    /// (`PoolBuilder::worker_exit`) returned.
+    Exited(Outcome),
 }
 
 /// One call's result inside the answer to a chunk of calls.

@@ -305,3 +305,56 @@ fn a_progress_bar_changes_no_result_and_no_order() {
     assert_eq!(unordered, ordered);
     assert_eq!(pool.starmap(|a: u64, b: u64| a + b, [(1, 2), (3, 4)]).unwrap(), [3, 7]);
 }
+
+fn report(c: &mut Counter) -> (usize, u64) {
+    (c.worker, c.calls)
+}
+
+fn report_badly(_: &mut Counter) -> (usize, u64) {
+    panic!("no report today")
+}
+
+/// The exit hook runs on each worker's state as it leaves in order (close
+/// and join, or its task quota), and the parent collects what it returned;
+/// a panicking hook is a typed error; a terminated pool's workers run none.
+#[test]
+fn worker_exit_results_come_back_to_the_parent() {
+    let pool = Pool::builder().processes(2).worker_state(make_counter).worker_exit(report).build().unwrap();
+    let n = pool.map_chunksize(multiproc::WithState::new(count), 0..100u64, 1).unwrap().len();
+    pool.close();
+    pool.join().unwrap();
+    let mut results: Vec<(usize, u64)> = pool.exit_results().into_iter().map(Result::unwrap).collect();
+    results.sort_unstable();
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert_eq!(results.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(results.iter().map(|r| r.1).sum::<u64>(), n as u64, "every call counted once");
+    assert!(pool.exit_results::<(usize, u64)>().is_empty(), "taken");
+
+    // A quota of 5 tasks: every worker that leaves for it reports 5.
+    let pool = Pool::builder()
+        .processes(1)
+        .maxtasksperchild(5)
+        .worker_state(make_counter)
+        .worker_exit(report)
+        .build()
+        .unwrap();
+    pool.map_chunksize(multiproc::WithState::new(count), 0..20u64, 1).unwrap();
+    pool.close();
+    pool.join().unwrap();
+    let results: Vec<(usize, u64)> = pool.exit_results().into_iter().map(Result::unwrap).collect();
+    assert!(results.len() >= 4, "{results:?}");
+    assert_eq!(results.iter().map(|r| r.1).sum::<u64>(), 20);
+
+    let pool = Pool::builder().processes(1).worker_state(make_counter).worker_exit(report_badly).build().unwrap();
+    pool.apply(multiproc::WithState::new(count), (1,)).unwrap();
+    pool.close();
+    pool.join().unwrap();
+    let results = pool.exit_results::<(usize, u64)>();
+    assert!(matches!(&results[..], [Err(Error::Panicked { message, .. })] if message == "no report today"));
+
+    let pool = Pool::builder().processes(1).worker_state(make_counter).worker_exit(report).build().unwrap();
+    pool.apply(multiproc::WithState::new(count), (1,)).unwrap();
+    pool.terminate();
+    pool.join().unwrap();
+    assert!(pool.exit_results::<(usize, u64)>().is_empty());
+}

@@ -117,6 +117,7 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     init: Option<std::result::Result<Init, String>>,
     state: Option<Init>,
+    exit: Option<Init>,
     progress: Option<Progress>,
     maxtasks: Option<u64>,
     method: Option<StartMethod>,
@@ -190,6 +191,40 @@ impl PoolBuilder {
     {
         let entry = entry_ref(entry_of::<state::MakeState<F, S>, ()>());
         self.state = Some(Init { entry, payload: reduction::encode_plain(&()), fds: Vec::new() });
+        self
+    }
+
+    /// A hook each worker runs on its [`worker_state`](Self::worker_state)
+    /// as it leaves in order (the pool closed and joined, or its
+    /// [`maxtasksperchild`](Self::maxtasksperchild) reached): flush a
+    /// cache, count what it did (mpire's `worker_exit`). What it returns is
+    /// collected by [`Pool::exit_results`]. A worker that dies or is
+    /// terminated runs no hook. `f` takes `&mut S` only and returns a serde
+    /// value without handles.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// use multiproc::{Pool, WithState};
+    /// fn start() -> u32 { 0 }
+    /// fn count(calls: &mut u32, x: u32) -> u32 { *calls += 1; x }
+    /// fn report(calls: &mut u32) -> u32 { *calls }
+    /// let pool = Pool::builder().processes(2).worker_state(start).worker_exit(report).build().unwrap();
+    /// pool.map(WithState::new(count), 0..10).unwrap();
+    /// pool.close();
+    /// pool.join().unwrap();
+    /// let per_worker: Vec<u32> = pool.exit_results().into_iter().map(Result::unwrap).collect();
+    /// assert_eq!(per_worker.len(), 2);
+    /// assert_eq!(per_worker.iter().sum::<u32>(), 10);
+    /// # }
+    /// ```
+    pub fn worker_exit<F, S, T>(mut self, _f: F) -> Self
+    where
+        F: Fn(&mut S) -> T + Copy + Send + 'static,
+        S: 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let entry = entry_ref(entry_of::<WithState<F, S>, ()>());
+        self.exit = Some(Init { entry, payload: reduction::encode_plain(&()), fds: Vec::new() });
         self
     }
 
@@ -330,6 +365,7 @@ impl PoolBuilder {
             method: self.method.unwrap_or_else(crate::get_start_method),
             init,
             state: self.state,
+            exit: self.exit,
             maxtasks: self.maxtasks,
             task_timeout: self.task_timeout,
         };
@@ -833,6 +869,23 @@ impl Pool {
         }
         self.close();
         self.join()
+    }
+
+    /// What the [`worker_exit`](PoolBuilder::worker_exit) hooks of the
+    /// workers that left in order returned, each as a `T`, one per worker
+    /// (taken: a second call gives what came since). A hook that panicked
+    /// is an [`Error::Panicked`]; `T` other than the hook's type, an
+    /// [`Error::Decode`]. Call it after [`join`](Self::join) for every
+    /// worker's; workers replaced after `maxtasksperchild` add theirs as
+    /// they go (mpire's `get_exit_results`).
+    pub fn exit_results<T: DeserializeOwned>(&self) -> Vec<Result<T>> {
+        let results = std::mem::take(&mut self.shared.lock().exit_results);
+        results
+            .into_iter()
+            .flat_map(|(outcome, worker, pid)| {
+                result::RawItem::Outcome { outcome, fds: Vec::new(), worker, pid }.into_results::<T>()
+            })
+            .collect()
     }
 
     /// The pids of the pool's worker processes now, in worker order

@@ -89,6 +89,9 @@ pub(crate) struct State {
     pub broken: Option<String>,
     /// The live workers' pids, by worker index.
     pub pids: std::collections::BTreeMap<usize, i32>,
+    /// What the exit hooks of workers that left in order returned, with
+    /// the worker's name and pid.
+    pub exit_results: Vec<(crate::wire::Outcome, String, i32)>,
     /// Idle workers a caller may send a task to itself.
     offered: Vec<Offered>,
     /// Tasks callers sent to offered workers, for the supervisor to take
@@ -140,6 +143,7 @@ impl Shared {
                 status: Status::Running,
                 broken: None,
                 pids: std::collections::BTreeMap::new(),
+                exit_results: Vec::new(),
                 offered: Vec::new(),
                 handed: Vec::new(),
                 timed: false,
@@ -297,6 +301,9 @@ pub(crate) struct Config {
     pub init: Option<Init>,
     /// What makes each worker's state (`PoolBuilder::worker_state`).
     pub state: Option<Init>,
+    /// What each worker runs on its state as it leaves in order
+    /// (`PoolBuilder::worker_exit`).
+    pub exit: Option<Init>,
     pub maxtasks: Option<u64>,
     pub task_timeout: Option<Duration>,
 }
@@ -407,7 +414,8 @@ impl Supervisor {
         };
         let init = copy(&self.config.init, "dup of initializer handles")?;
         let state = copy(&self.config.state, "dup of worker state handles")?;
-        let worker = Worker { conn: Handle::new(theirs), init, state, maxtasks: self.config.maxtasks, index };
+        let exit = copy(&self.config.exit, "dup of worker exit hook handles")?;
+        let worker = Worker { conn: Handle::new(theirs), init, state, exit, maxtasks: self.config.maxtasks, index };
         let mut process = Process::from_run(worker).with_start_method(self.config.method).with_daemon(true);
         let name = format!("PoolWorker-{}", process.name().trim_start_matches("Process-"));
         process.set_name(name.clone());
@@ -624,6 +632,10 @@ impl Supervisor {
             let Ok(msg) = reduction::decode_plain::<FromWorker>(&frame.bytes) else { return };
             match msg {
                 FromWorker::Ready => w.ready = true,
+                FromWorker::Exited(outcome) => {
+                    let (name, pid) = (w.name.clone(), w.pid);
+                    self.shared.lock().exit_results.push((outcome, name, pid));
+                }
                 FromWorker::InitFailed(outcome) => {
                     let why = match outcome {
                         crate::wire::Outcome::Panicked { message, location, .. } => {
@@ -727,10 +739,21 @@ impl Supervisor {
     fn stop_workers(&mut self) {
         self.shared.lock().offered.clear();
         for w in self.workers.drain(..) {
-            let Slot { process: mut p, conn, .. } = w;
+            let Slot { process: mut p, conn, name, pid, .. } = w;
             // Exit is a few bytes into an idle socket; closing our end right
             // after also tells a worker that somehow missed it to leave.
             let _ = frame::send(conn.as_fd(), &reduction::encode_plain(&ToWorker::Exit), &[]);
+            if self.config.exit.is_some() {
+                // Its exit hook's answer comes before it leaves (or the
+                // stream ends, if it died).
+                let mut reader = Reader::new();
+                while let Ok(Progress::Frame(f)) = reader.read(conn.as_fd(), true) {
+                    if let Ok(FromWorker::Exited(outcome)) = reduction::decode_plain::<FromWorker>(&f.bytes) {
+                        self.shared.lock().exit_results.push((outcome, name, pid));
+                        break;
+                    }
+                }
+            }
             drop(conn);
             let _ = p.join();
         }

@@ -36,6 +36,8 @@ pub(crate) struct Worker {
     pub init: Option<Init>,
     /// Makes the worker's state, before the initializer.
     pub state: Option<Init>,
+    /// Runs on the state when the worker leaves in order.
+    pub exit: Option<Init>,
     pub maxtasks: Option<u64>,
     /// Its place among its pool's workers.
     pub index: usize,
@@ -87,7 +89,7 @@ impl Run for Worker {
             };
             let Ok(msg) = reduction::decode_plain::<ToWorker>(&frame.bytes) else { return };
             let (id, entry, items) = match msg {
-                ToWorker::Exit => return,
+                ToWorker::Exit => return leave(self.exit, conn.as_fd()),
                 ToWorker::Task { id, entry, items } => (id, entry, items),
             };
             let entry = resolve(entry);
@@ -122,9 +124,19 @@ impl Run for Worker {
             }
             done += 1;
             if self.maxtasks.is_some_and(|max| done >= max) {
-                return;
+                return leave(self.exit, conn.as_fd());
             }
         }
+    }
+}
+
+/// Leaving in order: the exit hook's result, if there is one, for the pool
+/// to collect.
+fn leave(exit: Option<Init>, conn: BorrowedFd<'_>) {
+    if let Some(exit) = exit {
+        let fds = exit.fds.into_iter().map(OwnedFd::from).collect();
+        let reply = call(&resolve(exit.entry), &exit.payload, fds);
+        send(conn, &FromWorker::Exited(reply.outcome), &[]);
     }
 }
 
