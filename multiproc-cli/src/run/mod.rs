@@ -33,7 +33,7 @@ use joblog::JobLog;
 use options::{Halt, HaltOn, HaltWhen, Jobs, Options, Parsed};
 use template::{Job, Template};
 
-/// How long jobs get between the stop signal and SIGKILL.
+/// How long jobs get between the stop signal and SIGKILL, unless `--grace`.
 const GRACE: Duration = Duration::from_secs(2);
 /// How long jobs get between a `--halt now` TERM and KILL.
 const HALT_GRACE: Duration = Duration::from_millis(200);
@@ -125,7 +125,7 @@ fn run(o: Options) -> Result<i32, String> {
         running: Running::default(),
         remote,
     });
-    let signals = signal_thread(set, Arc::clone(&state))?;
+    let signals = signal_thread(set, Arc::clone(&state), o.grace.unwrap_or(GRACE))?;
     let shared = Shared {
         o: &o,
         template,
@@ -220,7 +220,7 @@ fn block_stop_signals() -> Result<SigSet, String> {
 /// starting jobs, passes the signal to the running jobs' groups (cancels
 /// remote jobs) and kills what is left after [`GRACE`]; a second kills at
 /// once.
-fn signal_thread(set: SigSet, state: Arc<State>) -> Result<std::thread::JoinHandle<()>, String> {
+fn signal_thread(set: SigSet, state: Arc<State>, grace: Duration) -> Result<std::thread::JoinHandle<()>, String> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -229,12 +229,15 @@ fn signal_thread(set: SigSet, state: Arc<State>) -> Result<std::thread::JoinHand
             state.stop.store(true, Ordering::SeqCst);
             state.stop_jobs(first as i32);
             eprintln!(
-                "multiproc run: {}: stopping; {} running jobs signalled, killed in {}s or on a second signal",
+                "multiproc run: {}: stopping; {} running jobs signalled, killed in {:.1}s or on a second signal",
                 first.as_str(),
-                state.running.count(),
-                GRACE.as_secs()
+                state.running_count(),
+                grace.as_secs_f64()
             );
-            let timeout = libc::timespec { tv_sec: GRACE.as_secs() as libc::time_t, tv_nsec: 0 };
+            let timeout = libc::timespec {
+                tv_sec: grace.as_secs() as libc::time_t,
+                tv_nsec: grace.subsec_nanos() as libc::c_long,
+            };
             // SAFETY: the set and the timespec are valid for the call; no
             // siginfo is asked for.
             unsafe {

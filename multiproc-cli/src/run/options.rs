@@ -79,6 +79,8 @@ pub struct Options {
     pub retries: u32,
     pub halt: Option<Halt>,
     pub delay: Option<Duration>,
+    /// `--grace`: between the stop signal and SIGKILL (default 2 s).
+    pub grace: Option<Duration>,
     pub dry_run: bool,
     pub tag: bool,
     pub line_buffer: bool,
@@ -131,6 +133,7 @@ Options
   --retries N      run a failing job up to N times
   --halt SPEC      now|soon,fail=N|success=N|done=N|fail=P%|success=P% (or 0, 1, 2)
   --delay SECS     wait SECS between job starts
+  --grace SECS     after SIGINT/SIGTERM, how long running jobs get before SIGKILL (default 2)
   --dry-run        print the commands, run nothing
   --tag            prefix each output line with the job's inputs
   --line-buffer    print output line by line as it comes (default: each job's output whole;
@@ -261,6 +264,7 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, String> {
             }
             "--halt" | "--halt-on-error" => o.halt = parse_halt(&text(&value(&mut i)?, &name)?)?,
             "--delay" => o.delay = Some(seconds(&text(&value(&mut i)?, &name)?, &name)?),
+            "--grace" => o.grace = Some(seconds(&text(&value(&mut i)?, &name)?, &name)?),
             "--dry-run" | "--dryrun" => o.dry_run = true,
             "--tag" => o.tag = true,
             "--line-buffer" | "--lb" | "--linebuffer" => o.line_buffer = true,
