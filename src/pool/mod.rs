@@ -1068,7 +1068,7 @@ where
     /// let mut squares = pool.imap(square, input).buffersize(4);
     /// assert_eq!(squares.next().unwrap().unwrap(), 0);
     /// assert!(read.load(Ordering::SeqCst) <= 4, "read ahead no further than 4 tasks");
-    /// assert_eq!(squares.map(Result::unwrap).sum::<u64>(), (1..100u64).map(|x| x * x).sum());
+    /// assert_eq!(squares.map(Result::unwrap).sum::<u64>(), (1..100u64).map(|x| x * x).sum::<u64>());
     /// # }
     /// ```
     pub fn buffersize(mut self, tasks: usize) -> Self {
