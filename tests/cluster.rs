@@ -796,3 +796,26 @@ fn garbage_in_the_task_stream_is_a_dead_letter_not_a_crash() {
     }
     assert_eq!(pool.apply(square, (3,)).unwrap(), 9, "the worker goes on");
 }
+
+fn no_state() -> u32 {
+    0
+}
+
+fn exit_report(s: &mut u32) -> u32 {
+    *s
+}
+
+/// Worker state is for local pools: asked of a Redis-backed one, the
+/// builder refuses (its workers would only fail the tasks).
+#[test]
+fn a_redis_pool_refuses_worker_state_and_exit_hooks() {
+    for builder in [
+        Pool::builder().redis("redis://127.0.0.1:1/", "x").worker_state(no_state),
+        Pool::builder().redis("redis://127.0.0.1:1/", "x").worker_state(no_state).worker_exit(exit_report),
+    ] {
+        match builder.build() {
+            Err(Error::InvalidOption(why)) => assert!(why.contains("worker_state"), "{why}"),
+            other => panic!("{:?}", other.map(|_| "a pool")),
+        }
+    }
+}

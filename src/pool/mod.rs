@@ -172,7 +172,8 @@ impl PoolBuilder {
     /// every task wrapped in [`WithState`] by `&mut`: a model loaded once
     /// per worker, a database connection (mpire's `worker_state`). It lives
     /// in the worker only: it needs no serde. If `make` panics, every task
-    /// fails with [`Error::InitializerFailed`].
+    /// fails with [`Error::InitializerFailed`]. Local pools only: a
+    /// Redis-backed pool's `build` refuses it.
     ///
     /// ```
     /// # #[multiproc::main] fn main() {
@@ -373,6 +374,13 @@ impl PoolBuilder {
         let thread_shared = shared.clone();
         #[cfg(feature = "cluster")]
         if let Some(mut cluster) = self.cluster {
+            if config.state.is_some() || config.exit.is_some() {
+                // Its workers are other programs' processes: no state of
+                // ours reaches them, and tasks wanting one would only fail.
+                return Err(Error::InvalidOption(
+                    "worker_state and worker_exit are for local pools; a Redis-backed pool's workers keep no state",
+                ));
+            }
             cluster.task_timeout = self.task_timeout;
             if let Some(tls) = self.cluster_tls {
                 cluster.tls = tls;
