@@ -66,6 +66,16 @@ fn alive(pid: i32) -> bool {
         .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
 }
 
+/// Whether every process of `pids` is gone, waiting (bounded) for the
+/// kernel to finish tearing down what was just killed.
+fn all_gone(pids: &[i32]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !pids.iter().any(|&p| alive(p))
+}
+
 fn pids_in(path: &Path) -> Vec<i32> {
     std::fs::read_to_string(path).unwrap_or_default().split_whitespace().map(|p| p.parse().unwrap()).collect()
 }
@@ -230,13 +240,8 @@ fn a_timed_out_job_leaves_no_process_behind() {
     assert!(err.contains("--timeout"), "{err}");
     let found = pids_in(&pids);
     assert_eq!(found.len(), 2, "the job did not start its grandchildren");
-    // killpg has been sent by the time the run ends; the kernel may still
-    // be tearing them down for a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while found.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!found.iter().any(|&p| alive(p)), "a grandchild survived the timeout");
+    // killpg has been sent by the time the run ends.
+    assert!(all_gone(&found), "a grandchild survived the timeout");
     let log = std::fs::read_to_string(dir.join("log")).unwrap();
     let row: Vec<&str> = log.lines().nth(1).unwrap().split('\t').collect();
     // Exitval -1 as GNU parallel logs a timeout; the signal is the one that
@@ -466,11 +471,7 @@ fn interrupted_run_leaves_no_child(sig: i32, twice: bool) {
     }
     let found = pids_in(&pids);
     assert_eq!(found.len(), 4, "a job started after the signal");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while found.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!found.iter().any(|&p| alive(p)), "a job or its child outlived the run");
+    assert!(all_gone(&found), "a job or its child outlived the run");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -138,7 +138,6 @@ fn run(o: Options) -> Result<i32, String> {
             joblog,
             done: 0,
             failed: 0,
-            succeeded: 0,
             halt_code: None,
             total,
             bar,
@@ -165,10 +164,7 @@ fn run(o: Options) -> Result<i32, String> {
     }
     match &mut out.bar {
         Some(Progress::Bar(bar)) => bar.finish(),
-        Some(Progress::Lines { last, .. }) => {
-            *last = None;
-            progress_line(&out, state.running_count());
-        }
+        Some(Progress::Lines { .. }) => progress_line(&out, state.running_count()),
         None => {}
     }
     if let Some(e) = shared.feed.into_inner().unwrap_or_else(|e| e.into_inner()).error {
@@ -270,7 +266,6 @@ struct Out {
     joblog: Option<JobLog>,
     done: u64,
     failed: u64,
-    succeeded: u64,
     halt_code: Option<i32>,
     total: Option<u64>,
     bar: Option<Progress>,
@@ -346,8 +341,8 @@ impl Out {
         match halt.on {
             HaltOn::Fail(n) if f.failed() && self.failed >= n => Some(code),
             HaltOn::FailPercent(p) if f.failed() && percent(self.failed, p) => Some(code),
-            HaltOn::Success(n) if !f.failed() && self.succeeded >= n => Some(0),
-            HaltOn::SuccessPercent(p) if !f.failed() && percent(self.succeeded, p) => Some(0),
+            HaltOn::Success(n) if !f.failed() && self.done - self.failed >= n => Some(0),
+            HaltOn::SuccessPercent(p) if !f.failed() && percent(self.done - self.failed, p) => Some(0),
             HaltOn::Done(n) if self.done >= n => Some(if f.failed() { code } else { 0 }),
             _ => None,
         }
@@ -447,23 +442,14 @@ impl Shared<'_> {
 
     fn slot(&self, slot: usize) {
         let o = self.o;
-        let line_sink;
-        let lines: Option<exec::LineSink> = if o.line_buffer && !o.keep_order {
-            line_sink = |err: bool, bytes: &[u8]| {
-                let _ = if err { io::stderr().lock().write_all(bytes) } else { io::stdout().lock().write_all(bytes) };
-            };
-            Some(&line_sink)
-        } else {
-            None
-        };
+        let line_buffered = o.line_buffer && !o.keep_order;
         while let Some((seq, values)) = self.next_job() {
             let job = Job { seq, slot, values: &values };
             let argv = self.template.exec(&job).argv(&self.shell);
             let tag = o.tag.then(|| tag_of(&values));
-            let tagged_sink = |err: bool, bytes: &[u8]| {
-                if let Some(sink) = lines {
-                    sink(err, &tagged(tag.as_deref(), bytes));
-                }
+            let sink = |err: bool, bytes: &[u8]| {
+                let bytes = tagged(tag.as_deref(), bytes);
+                let _ = if err { io::stderr().lock().write_all(&bytes) } else { io::stdout().lock().write_all(&bytes) };
             };
             let mut outcome;
             let mut attempt = 1;
@@ -474,7 +460,7 @@ impl Shared<'_> {
                         argv.clone(),
                         slot,
                         o.timeout,
-                        lines.map(|_| &tagged_sink as exec::LineSink),
+                        line_buffered.then_some(&sink as exec::LineSink),
                         &self.state.running,
                         false,
                     ),
@@ -495,8 +481,6 @@ impl Shared<'_> {
         out.done += 1;
         if outcome.failed() {
             out.failed += 1;
-        } else {
-            out.succeeded += 1;
         }
         if outcome.timed_out {
             let secs = o.timeout.unwrap_or_default().as_secs_f64();
