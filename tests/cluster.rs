@@ -402,7 +402,18 @@ fn a_hundred_thousand_tasks_leave_redis_memory_at_baseline() {
 fn a_worker_of_another_build_never_runs_a_task() {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-        .args(["build", "--quiet", "--example", "cluster", "--features", "cluster", "--manifest-path", manifest])
+        // The same workspace-wide, all-features build as the test run's, so
+        // nothing is compiled twice.
+        .args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--all-features",
+            "--example",
+            "cluster",
+            "--manifest-path",
+            manifest,
+        ])
         .status()
         .unwrap();
     assert!(status.success());

@@ -8,13 +8,15 @@ use std::sync::OnceLock;
 
 /// The freshly built example binary. `cargo test` and `cargo nextest run`
 /// compile the examples but do not refresh `target/<profile>/examples/<name>`,
-/// so build them here (a no-op when they are up to date).
+/// so build them here: with the test run's own selection (the whole
+/// workspace, every feature), so that this finds everything compiled rather
+/// than building a second copy of the crate and its dependencies.
 fn example(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
         let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args(["build", "--quiet", "--examples", "--all-features", "--manifest-path", manifest])
+            .args(["build", "--quiet", "--workspace", "--examples", "--all-features", "--manifest-path", manifest])
             .status()
             .expect("running cargo build --examples");
         assert!(status.success(), "cargo build --examples failed");
