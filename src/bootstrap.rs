@@ -199,6 +199,7 @@ fn bootstrapped(conn: &OwnedFd) -> Result<i32, String> {
     }
     let payload = boot.payload;
     let rest: Vec<OwnedFd> = fds.collect();
+    answer_on_abort(conn.as_fd());
     let reply = run_target(move || entry(&payload, rest));
     let code = reply.outcome.exit_status();
     send_reply(conn.as_fd(), reply);
@@ -216,6 +217,7 @@ pub(crate) fn forked_child_main(
     if daemon {
         guard_daemon(deathsig, &parent);
     }
+    answer_on_abort(conn.as_fd());
     let reply = run_target(move || job.run_here());
     let code = reply.outcome.exit_status();
     send_reply(conn.as_fd(), reply);
@@ -281,6 +283,33 @@ type Panic = (String, Option<String>, Option<String>);
 static PANIC: Mutex<Option<Panic>> = Mutex::new(None);
 static HOOK: Once = Once::new();
 
+/// Who hears a target's panic when the program is built with
+/// `panic = "abort"`: nothing unwinds back to `catch_panic`, so the panic
+/// hook hands the panic over here before the process aborts (a child sends
+/// it as its answer; a pool worker names the call that panicked).
+type LastWords = Box<dyn Fn(Outcome) + Send>;
+static LAST_WORDS: Mutex<Option<LastWords>> = Mutex::new(None);
+
+/// Sets who hears a target's panic under `panic = "abort"` (a no-op
+/// otherwise: the panic unwinds to `catch_panic`).
+pub(crate) fn on_abort(f: impl Fn(Outcome) + Send + 'static) {
+    if cfg!(panic = "abort") {
+        *LAST_WORDS.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(f));
+    }
+}
+
+/// A child's answer, sent from the panic hook under `panic = "abort"`.
+fn answer_on_abort(conn: BorrowedFd<'_>) {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&conn);
+    on_abort(move |outcome| {
+        // SAFETY: the connection is open until the child leaves (it is
+        // closed only by `_exit` or, after the target, by the drop that
+        // follows `send_reply`), and the hook runs while the target does.
+        let conn = unsafe { BorrowedFd::borrow_raw(raw) };
+        send_reply(conn, Reply::plain(outcome));
+    });
+}
+
 /// Runs the target with its panic (message and location) captured. The
 /// previous panic hook still runs, so the child prints the panic on its
 /// stderr as any Rust program does.
@@ -307,7 +336,14 @@ pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, Outcome> {
                 let trace = std::backtrace::Backtrace::capture();
                 let backtrace =
                     (trace.status() == std::backtrace::BacktraceStatus::Captured).then(|| trace.to_string());
-                *PANIC.lock().unwrap_or_else(PoisonError::into_inner) = Some((message, location, backtrace));
+                if cfg!(panic = "abort") {
+                    // The process aborts once this hook returns.
+                    if let Some(tell) = LAST_WORDS.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                        tell(Outcome::Panicked { message, location, backtrace });
+                    }
+                } else {
+                    *PANIC.lock().unwrap_or_else(PoisonError::into_inner) = Some((message, location, backtrace));
+                }
             }
             previous(info);
         }));

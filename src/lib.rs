@@ -86,8 +86,8 @@ pub use error::{Error, Payload, Result, Side};
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub use json::Json;
 pub use pool::{
-    AsCompleted, AsyncResult, CallState, Completion, IMap, Pool, PoolBuilder, ReturnWhen, Waited, WithState,
-    as_completed, wait, worker_id,
+    AsCompleted, AsyncResult, CallState, Completion, IMap, Pool, PoolBuilder, PoolStats, Restart, RestartReason,
+    ReturnWhen, SlowTask, Waited, WithState, WorkerStats, as_completed, wait, worker_id,
 };
 #[cfg(feature = "async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]

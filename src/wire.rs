@@ -87,8 +87,13 @@ pub(crate) enum FromWorker {
     /// The initializer failed; the worker is leaving.
     InitFailed(Outcome),
     /// Task `id` ran: one outcome per item, with the number of the frame's
-    /// descriptors that belong to it.
-    Done { id: u64, items: Vec<(Outcome, u32)> },
+    /// descriptors that belong to it and how long the call ran, in
+    /// nanoseconds (for `Pool::stats`).
+    Done { id: u64, items: Vec<(Outcome, u32, u64)> },
+    /// Under `panic = "abort"`: call `call` of item `item` (its place in a
+    /// chunk encoded as one value, else 0) of task `id` panicked and the
+    /// worker is about to abort.
+    Aborting { id: u64, item: u32, call: u32, outcome: Outcome },
     /// The worker is leaving in order; this is what its exit hook
     /// (`PoolBuilder::worker_exit`) returned.
     Exited(Outcome),

@@ -358,3 +358,71 @@ fn worker_exit_results_come_back_to_the_parent() {
     pool.join().unwrap();
     assert!(pool.exit_results::<(usize, u64)>().is_empty());
 }
+
+fn nap_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn stats_count_every_call_and_name_each_restart() {
+    let pool = Pool::new(2).unwrap();
+    let seen = pool.map_chunksize(whoami, 0..200, 1).unwrap();
+    // A chunk encoded as one value counts as its calls.
+    assert_eq!(pool.map_chunksize(die_if, 1..101, 10).unwrap().len(), 100);
+    assert_eq!(pool.apply(nap_ms, (60,)).unwrap(), 60);
+    let stats = pool.stats();
+    assert_eq!(stats.workers.len(), 2, "{stats:?}");
+    assert_eq!(stats.workers.iter().map(|w| w.tasks).sum::<u64>(), 301, "{stats:?}");
+    for w in &stats.workers {
+        let mine = seen.iter().filter(|(id, _)| *id == w.id).count() as u64;
+        assert!(w.tasks >= mine, "worker {} ran {mine} of the first map alone: {stats:?}", w.id);
+        assert_eq!(w.pid, Some(pool.pids()[w.id]));
+        assert!(w.startup.is_some() && w.restarts.is_empty(), "{stats:?}");
+    }
+    assert!(stats.startup.is_some());
+    let slowest = &stats.slowest[0];
+    assert!(slowest.took >= Duration::from_millis(60) && slowest.calls == 1 && slowest.index == 0, "{stats:?}");
+    assert!(stats.workers[slowest.worker].busy >= Duration::from_millis(60), "{stats:?}");
+    assert!(stats.slowest.windows(2).all(|w| w[0].took >= w[1].took));
+
+    // A death is a restart, with its reason, in the place of the worker
+    // that died; the replacement's pid is the place's pid.
+    assert!(matches!(pool.apply(die_if, (0,)), Err(Error::WorkerDied { .. })));
+    let stats = pool.stats();
+    let died: Vec<_> = stats.workers.iter().flat_map(|w| w.restarts.iter().map(move |r| (w.id, r))).collect();
+    assert_eq!(died.len(), 1, "{stats:?}");
+    let (place, restart) = died[0];
+    match &restart.reason {
+        multiproc::RestartReason::Died { exitcode, how } => {
+            assert_eq!(*exitcode, -libc::SIGABRT);
+            assert!(how.contains("SIGABRT"), "{how}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_ne!(stats.workers[place].pid, Some(restart.pid));
+    let table = stats.to_string();
+    assert_eq!(table.lines().filter(|l| l.contains("SIGABRT")).count(), 1, "{table}");
+    assert!(table.lines().next().unwrap().contains("worker"), "{table}");
+    pool.close();
+    pool.join().unwrap();
+    let stats = pool.stats();
+    assert!(stats.workers.iter().all(|w| w.pid.is_none()), "{stats:?}");
+    assert_eq!(stats.workers.iter().map(|w| w.restarts.len()).sum::<usize>(), 1, "closing is no restart: {stats:?}");
+}
+
+#[test]
+fn stats_say_when_a_worker_was_replaced_for_its_quota_or_its_time_limit() {
+    let pool = Pool::builder().processes(1).maxtasksperchild(1).build().unwrap();
+    pool.map_chunksize(whoami, 0..3, 1).unwrap();
+    let stats = pool.stats();
+    let reasons: Vec<_> = stats.workers[0].restarts.iter().map(|r| r.reason.clone()).collect();
+    assert!(reasons.len() >= 2 && reasons.iter().all(|r| *r == multiproc::RestartReason::MaxTasks), "{stats:?}");
+    assert_eq!(stats.workers[0].tasks, 3);
+
+    let pool = Pool::builder().processes(1).task_timeout(Duration::from_millis(100)).build().unwrap();
+    assert!(matches!(pool.apply(nap_ms, (GUARD.as_millis() as u64,)), Err(Error::TaskTimeout { .. })));
+    let restarts = &pool.stats().workers[0].restarts;
+    assert_eq!(restarts.len(), 1);
+    assert_eq!(restarts[0].reason, multiproc::RestartReason::TimedOut);
+}

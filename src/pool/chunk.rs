@@ -14,6 +14,10 @@ use crate::process::{EntryFn, Reply, Target, conjure};
 use crate::reduction;
 use crate::wire::{ItemResult, Outcome};
 
+/// The place in its chunk of the call running now, for a worker's last
+/// words under `panic = "abort"` (kept only there).
+pub(crate) static CALL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// The entry function that runs a whole chunk of `F` calls.
 pub(crate) fn chunk_entry_of<F, T>() -> EntryFn
 where
@@ -38,6 +42,13 @@ where
     let f = conjure::<F>();
     let results: Vec<ItemResult<F::Output>> = calls
         .into_iter()
+        .enumerate()
+        .map(|(i, call)| {
+            if cfg!(panic = "abort") {
+                CALL.store(i as u32, std::sync::atomic::Ordering::Relaxed);
+            }
+            call
+        })
         .map(|call| match catch_panic(|| f.call(call)) {
             Ok(v) => ItemResult::Ok(v),
             Err(outcome) => ItemResult::Err(outcome),

@@ -13,6 +13,7 @@ mod completion;
 mod progress;
 pub(crate) mod result;
 mod state;
+mod stats;
 pub(crate) mod supervisor;
 mod worker;
 
@@ -34,6 +35,7 @@ pub use completion::{AsCompleted, CallState, Completion, ReturnWhen, Waited, as_
 pub use result::AsyncResult;
 use result::{ChannelSink, MapSink, RawItem, Reorder, Sink, Slot};
 pub use state::WithState;
+pub use stats::{PoolStats, Restart, RestartReason, SlowTask, WorkerStats};
 use supervisor::{Config, PackedItem, Shared, Status, Task};
 use worker::Init;
 pub use worker::worker_id;
@@ -912,6 +914,27 @@ impl Pool {
     /// ```
     pub fn pids(&self) -> Vec<i32> {
         self.shared.lock().pids.values().copied().collect()
+    }
+
+    /// What the pool's workers have done so far: per worker, the calls it
+    /// ran, its busy and idle time, its start-up time and each restart with
+    /// its reason; the slowest calls with their index; the pool's start-up
+    /// time (mpire's worker insights). Its `Display` prints a small table.
+    /// A Redis-backed pool's workers are elsewhere: its `workers` is empty.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn nap(ms: u64) { std::thread::sleep(std::time::Duration::from_millis(ms)) }
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// pool.map_chunksize(nap, [1, 1, 30, 1], 1).unwrap();
+    /// let stats = pool.stats();
+    /// assert_eq!(stats.slowest[0].index, 2);
+    /// assert!(stats.workers.iter().all(|w| w.restarts.is_empty()));
+    /// print!("{stats}");
+    /// # }
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        self.shared.stats().snapshot()
     }
 
     /// Stops the workers now; unfinished tasks fail with

@@ -29,6 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::pool::result::{RawItem, Sink};
+use crate::pool::stats::{Recorder, RestartReason};
 use crate::pool::worker::{Init, Worker};
 use crate::popen::describe_exit;
 use crate::reduction;
@@ -132,6 +133,9 @@ pub(crate) struct Shared {
     cancels: std::sync::atomic::AtomicBool,
     /// Task ids, for the supervisor and for callers on the direct path.
     next_id: std::sync::atomic::AtomicU64,
+    /// What the workers did (`Pool::stats`): apart from `state`, which
+    /// callers take on every submission.
+    stats: Mutex<Recorder>,
 }
 
 impl Shared {
@@ -152,7 +156,12 @@ impl Shared {
             stopped: Condvar::new(),
             wake: sys::eventfd()?,
             cancels: std::sync::atomic::AtomicBool::new(false),
+            stats: Mutex::new(Recorder::new()),
         }))
+    }
+
+    pub(crate) fn stats(&self) -> MutexGuard<'_, Recorder> {
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -327,7 +336,13 @@ struct Slot {
     outbox: Vec<u8>,
     out_fds: Vec<OwnedFd>,
     sent: u64,
+    /// Killed by us: its task ran past its limit or was cancelled.
     timed_out: bool,
+    /// Of the two, cancelled.
+    cancelled: bool,
+    /// What it said before aborting on a panic (`panic = "abort"`): the
+    /// task, the item, the call in a chunk, the panic.
+    last_words: Option<(u64, usize, usize, crate::wire::Outcome)>,
     exited: bool,
 }
 
@@ -351,6 +366,7 @@ pub(crate) fn run(shared: Arc<Shared>, config: Config) {
         }
     };
     for w in sup.workers.drain(..) {
+        sup.shared.stats().ended(w.index, None);
         let _ = w.process.kill();
         for (_, t) in w.inflight {
             t.fail(|| message.clone().map_or(Error::PoolTerminated, Error::Protocol));
@@ -424,6 +440,7 @@ impl Supervisor {
         let offer_conn =
             Arc::new(conn.try_clone().map_err(|source| Error::Io { context: "dup of a worker's socket", source })?);
         self.shared.lock().pids.insert(index, pid);
+        self.shared.stats().started(index, pid);
         self.workers.push(Slot {
             index,
             process,
@@ -439,6 +456,8 @@ impl Supervisor {
             out_fds: Vec::new(),
             sent: 0,
             timed_out: false,
+            cancelled: false,
+            last_words: None,
             exited: false,
         });
         Ok(())
@@ -612,6 +631,7 @@ impl Supervisor {
             let cancelled = w.inflight.front().is_some_and(|(_, t)| t.sink.cancelled());
             if !w.timed_out && (over || cancelled) {
                 w.timed_out = true;
+                w.cancelled = !over;
                 let _ = w.process.kill();
             }
         }
@@ -631,7 +651,13 @@ impl Supervisor {
             };
             let Ok(msg) = reduction::decode_plain::<FromWorker>(&frame.bytes) else { return };
             match msg {
-                FromWorker::Ready => w.ready = true,
+                FromWorker::Aborting { id, item, call, outcome } => {
+                    w.last_words = Some((id, item as usize, call as usize, outcome));
+                }
+                FromWorker::Ready => {
+                    w.ready = true;
+                    self.shared.stats().ready(w.index);
+                }
                 FromWorker::Exited(outcome) => {
                     let (name, pid) = (w.name.clone(), w.pid);
                     self.shared.lock().exit_results.push((outcome, name, pid));
@@ -656,8 +682,15 @@ impl Supervisor {
                     let w = &mut self.workers[i];
                     w.running_since = if w.inflight.is_empty() { None } else { Some(now) };
                     let (name, pid) = (w.name.clone(), w.pid);
+                    {
+                        let calls = if task.batch { task.calls } else { 1 };
+                        let mut stats = self.shared.stats();
+                        for (k, (_, _, took)) in items.iter().enumerate() {
+                            stats.ran(w.index, task.base + k, calls, Duration::from_nanos(*took));
+                        }
+                    }
                     let mut fds = frame.fds.into_iter();
-                    for (k, (outcome, nfds)) in items.into_iter().enumerate() {
+                    for (k, (outcome, nfds, _)) in items.into_iter().enumerate() {
                         let fds: Vec<OwnedFd> = fds.by_ref().take(nfds as usize).collect();
                         let worker = name.clone();
                         let item = if task.batch {
@@ -692,6 +725,16 @@ impl Supervisor {
         // The oldest unanswered task was running, unless the worker left on
         // its own after its quota (then nothing was).
         let clean = code == 0 && finished_quota;
+        let reason = if clean {
+            RestartReason::MaxTasks
+        } else if w.cancelled {
+            RestartReason::Cancelled
+        } else if w.timed_out {
+            RestartReason::TimedOut
+        } else {
+            RestartReason::Died { exitcode: code, how: describe_exit(code) }
+        };
+        self.shared.stats().ended(w.index, Some(reason));
         #[cfg(feature = "tracing")]
         if !clean {
             tracing::warn!(
@@ -704,17 +747,25 @@ impl Supervisor {
                 "pool worker died"
             );
         }
-        if !clean && let Some((_, running)) = inflight.pop_front() {
+        if !clean && let Some((id, running)) = inflight.pop_front() {
             let (name, pid, timeout) = (w.name.clone(), w.pid, running.timeout.or(self.config.task_timeout));
-            if w.timed_out {
+            let died = || Error::WorkerDied { name: name.clone(), pid, exitcode: code, how: describe_exit(code) };
+            if let Some((_, item, call, crate::wire::Outcome::Panicked { message, location, backtrace })) =
+                w.last_words.take().filter(|(said, ..)| *said == id)
+            {
+                // The call that panicked fails with its panic, first (a
+                // map reports the first failure it is given); the others of
+                // its task with the death it caused.
+                let culprit = running.base + if running.batch { call } else { item };
+                let panicked = Error::Panicked { name: name.clone(), pid, message, location, backtrace };
+                running.sink.deliver(culprit, RawItem::Failed(panicked));
+                for i in (running.base..running.base + running.calls).filter(|i| *i != culprit) {
+                    running.sink.deliver(i, RawItem::Failed(died()));
+                }
+            } else if w.timed_out {
                 running.fail(|| Error::TaskTimeout { name: name.clone(), pid, timeout: timeout.unwrap_or_default() });
             } else {
-                running.fail(|| Error::WorkerDied {
-                    name: name.clone(),
-                    pid,
-                    exitcode: code,
-                    how: describe_exit(code),
-                });
+                running.fail(died);
             }
         }
         let requeue: Vec<Task> = inflight.into_iter().map(|(_, t)| t).collect();
@@ -739,7 +790,7 @@ impl Supervisor {
     fn stop_workers(&mut self) {
         self.shared.lock().offered.clear();
         for w in self.workers.drain(..) {
-            let Slot { process: mut p, conn, name, pid, .. } = w;
+            let Slot { process: mut p, conn, name, pid, index, .. } = w;
             // Exit is a few bytes into an idle socket; closing our end right
             // after also tells a worker that somehow missed it to leave.
             let _ = frame::send(conn.as_fd(), &reduction::encode_plain(&ToWorker::Exit), &[]);
@@ -756,6 +807,7 @@ impl Supervisor {
             }
             drop(conn);
             let _ = p.join();
+            self.shared.stats().ended(index, None);
         }
     }
 
@@ -770,6 +822,7 @@ impl Supervisor {
             let _ = w.process.terminate();
         }
         for mut w in self.workers.drain(..) {
+            self.shared.stats().ended(w.index, None);
             if let Ok(None) = w.process.join_timeout(Duration::from_secs(5)) {
                 let _ = w.process.kill();
                 let _ = w.process.join();

@@ -79,6 +79,7 @@ impl Run for Worker {
         if !send(conn.as_fd(), &FromWorker::Ready, &[]) {
             return;
         }
+        last_words(conn.as_fd());
         let mut reader = Reader::new();
         let mut done = 0u64;
         loop {
@@ -97,6 +98,10 @@ impl Run for Worker {
             let mut outcomes = Vec::with_capacity(items.len());
             let mut out_fds: Vec<OwnedFd> = Vec::new();
             for (k, item) in items.into_iter().enumerate() {
+                if cfg!(panic = "abort") {
+                    RUNNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace((id, k as u32));
+                    crate::pool::chunk::CALL.store(0, std::sync::atomic::Ordering::Relaxed);
+                }
                 let item_fds: Vec<OwnedFd> = fds.by_ref().take(item.nfds as usize).collect();
                 #[cfg(feature = "tracing")]
                 let _span = tracing::info_span!(
@@ -109,13 +114,15 @@ impl Run for Worker {
                 .entered();
                 #[cfg(not(feature = "tracing"))]
                 let _ = k;
+                let began = std::time::Instant::now();
                 let reply = call(&entry, &item.bytes, item_fds);
+                let took = began.elapsed().as_nanos() as u64;
                 if out_fds.len() + reply.fds.len() > MAX_FDS {
                     let message = format!("the results of one task carry more than {MAX_FDS} handles");
-                    outcomes.push((Outcome::Codec { what: crate::Payload::Result, decode: false, message }, 0));
+                    outcomes.push((Outcome::Codec { what: crate::Payload::Result, decode: false, message }, 0, took));
                     continue;
                 }
-                outcomes.push((reply.outcome, reply.fds.len() as u32));
+                outcomes.push((reply.outcome, reply.fds.len() as u32, took));
                 out_fds.extend(reply.fds);
             }
             let borrowed: Vec<BorrowedFd<'_>> = out_fds.iter().map(|f| f.as_fd()).collect();
@@ -128,6 +135,24 @@ impl Run for Worker {
             }
         }
     }
+}
+
+/// The task and item running now, for the last words.
+static RUNNING: std::sync::Mutex<Option<(u64, u32)>> = std::sync::Mutex::new(None);
+
+/// Under `panic = "abort"`, a task's panic is told to the pool before the
+/// worker aborts, naming the call, so that its caller gets the panic's
+/// message and place rather than only SIGABRT.
+fn last_words(conn: BorrowedFd<'_>) {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&conn);
+    crate::bootstrap::on_abort(move |outcome| {
+        let Some((id, item)) = *RUNNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner) else { return };
+        let call = crate::pool::chunk::CALL.load(std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the worker's connection stays open for as long as it runs
+        // tasks, and the hook runs inside one.
+        let conn = unsafe { BorrowedFd::borrow_raw(raw) };
+        send(conn, &FromWorker::Aborting { id, item, call, outcome }, &[]);
+    });
 }
 
 /// Leaving in order: the exit hook's result, if there is one, for the pool
