@@ -583,6 +583,40 @@ where
         self.join_until(Some(Instant::now() + timeout))
     }
 
+    /// [`join`](Self::join) for async code (feature `async`): parks the
+    /// task, not the thread, until the child ends (tokio's `AsyncFd` on
+    /// the child's pidfd and answer socket). Call it inside a tokio runtime
+    /// with IO enabled. Dropping the future leaves the child running, to be
+    /// joined again.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// let mut p = multiproc::Process::new(square, (12,));
+    /// p.start().unwrap();
+    /// assert_eq!(rt.block_on(p.join_async()).unwrap(), 144);
+    /// # }
+    /// ```
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub async fn join_async(&mut self) -> Result<R> {
+        use tokio::io::Interest;
+        let name = self.name.clone();
+        let child = self.child.as_mut().ok_or(Error::NotStarted(name))?;
+        let exit = crate::aio::Watched::new(child.shared.exit_fd(), Interest::READABLE)?;
+        let conn = crate::aio::Watched::new(child.conn(), Interest::READABLE)?;
+        loop {
+            if let Some(code) = child.try_wait()? {
+                runtime::unregister(child.shared.pid);
+                return child.take_result(code);
+            }
+            // The answer socket only while an answer is to come: once it
+            // is at its end it would read as ready for ever.
+            crate::aio::either_readable(&exit, child.listening().then_some(&conn)).await?;
+        }
+    }
+
     fn join_until(&mut self, deadline: Option<Instant>) -> Result<Option<R>> {
         let name = self.name.clone();
         let child = self.child.as_mut().ok_or(Error::NotStarted(name))?;

@@ -125,6 +125,12 @@ impl Core {
                 return Err(Error::Full);
             }
         }
+        self.put_slotted(bytes, fds, deadline)
+    }
+
+    /// Puts with this put's slot (in a bounded queue) already taken; gives
+    /// it back if the item does not go in.
+    fn put_slotted(&self, bytes: &[u8], fds: &[OwnedFd], deadline: Option<Instant>) -> Result<()> {
         let sent = if fds.is_empty() && bytes.len() <= self.ring.0.max_record().min(RING_RECORD_MAX) {
             // The fast way: one copy into shared memory.
             self.ring.0.push(Some(bytes), deadline).map_err(io("a queue's shared ring"))
@@ -139,6 +145,59 @@ impl Core {
                 }
                 not_sent.and(Err(Error::Full))
             }
+        }
+    }
+
+    /// An async put: a slot of a bounded queue is waited for on a helper
+    /// thread (a futex has no descriptor), which takes it and hands it over;
+    /// a slot taken for a put whose future was dropped goes back.
+    #[cfg(feature = "async")]
+    async fn put_async(&self, bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Result<()> {
+        if let Some(slots) = &self.slots
+            && !slots.try_acquire()?
+        {
+            loop {
+                let sem = slots.clone();
+                let taken = crate::aio::Helper::spawn(
+                    move |stop| {
+                        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            // A semaphore's sleep cannot be interrupted: look
+                            // at `stop` between bounded waits.
+                            if sem.acquire_timeout(HELPER_LOOK)? {
+                                return Ok(Some(Slot(sem)));
+                            }
+                        }
+                        Ok(None)
+                    },
+                    || {},
+                )
+                .await??;
+                if let Some(slot) = taken {
+                    std::mem::forget(slot);
+                    break;
+                }
+            }
+        }
+        self.put_slotted(&bytes, &fds, None)
+    }
+
+    /// An async get: the task takes without waiting; a helper thread waits,
+    /// taking nothing, until the ring holds something (woken to stop when
+    /// the future is dropped), and the task tries again.
+    #[cfg(feature = "async")]
+    async fn get_async<T: DeserializeOwned>(&self) -> Result<T> {
+        loop {
+            match self.get(Some(Duration::ZERO)) {
+                Err(Error::Empty) => {}
+                got => return got,
+            }
+            let (ring, waker) = (self.ring.clone(), self.ring.clone());
+            crate::aio::Helper::spawn(
+                move |stop| ring.0.wait_filled(None, &|| stop.load(std::sync::atomic::Ordering::SeqCst)),
+                move || waker.0.wake_watchers(),
+            )
+            .await?
+            .map_err(io("a queue's shared ring"))?;
         }
     }
 
@@ -286,6 +345,23 @@ impl Core {
     }
 }
 
+/// A bounded queue's slot taken by an async put's helper; given back
+/// unless the put goes ahead with it.
+#[cfg(feature = "async")]
+struct Slot(crate::Semaphore);
+
+#[cfg(feature = "async")]
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let _ = self.0.release();
+    }
+}
+
+/// How often an async put's helper, waiting for a slot, looks whether its
+/// caller still wants it.
+#[cfg(feature = "async")]
+const HELPER_LOOK: Duration = Duration::from_millis(20);
+
 thread_local! {
     /// The buffer puts encode into, kept between puts while it is small.
     static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
@@ -334,6 +410,51 @@ macro_rules! queue_common {
         /// Takes the next item, waiting for one.
         pub fn get(&self) -> Result<T> {
             self.core.get(None)
+        }
+
+        /// [`put`](Self::put) for async code (feature `async`): the item is
+        /// encoded at once; waiting for room in a bounded queue parks the
+        /// task, not the thread. Dropped before it completes, the future
+        /// puts nothing and holds no room. Call it inside a tokio runtime.
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+        /// let q = multiproc::Queue::new(1).unwrap();
+        /// q.put_async(&1u32).await.unwrap();
+        /// // The queue is full: the second put waits for the get beside it.
+        /// let (put, got) = tokio::join!(q.put_async(&2), q.get_async());
+        /// put.unwrap();
+        /// assert_eq!(got.unwrap(), 1);
+        /// assert_eq!(q.get_async().await.unwrap(), 2);
+        /// # }
+        /// ```
+        #[cfg(feature = "async")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+        pub fn put_async(&self, item: &T) -> impl std::future::Future<Output = Result<()>> + '_ {
+            let encoded = reduction_encode(item, Vec::new());
+            async move {
+                let (bytes, fds) = encoded?;
+                self.core.put_async(bytes, fds).await
+            }
+        }
+
+        /// [`get`](Self::get) for async code (feature `async`): parks the
+        /// task, not the thread, until an item comes (a helper thread sleeps
+        /// on the queue meanwhile, taking nothing). Dropped before it
+        /// completes, the future takes nothing. Call it inside a tokio
+        /// runtime.
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+        /// let q = multiproc::Queue::unbounded().unwrap();
+        /// let (got, ()) = tokio::join!(q.get_async(), async { q.put(&"hi".to_string()).unwrap() });
+        /// assert_eq!(got.unwrap(), "hi");
+        /// # }
+        /// ```
+        #[cfg(feature = "async")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+        pub async fn get_async(&self) -> Result<T> {
+            self.core.get_async().await
         }
 
         /// Takes the next item, waiting at most `timeout`; [`Error::Empty`]

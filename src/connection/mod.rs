@@ -234,6 +234,95 @@ impl Connection {
         })
     }
 
+    /// [`recv`](Self::recv) for async code (feature `async`): parks the
+    /// task, not the thread, until a message comes. Dropping the future
+    /// loses nothing: a message read in part stays for the next receive.
+    /// Call it inside a tokio runtime with IO enabled.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (a, b) = multiproc::Pipe(true).unwrap();
+    /// let (got, ()) = tokio::join!(b.recv_async::<String>(), async { a.send(&"hi").unwrap() });
+    /// assert_eq!(got.unwrap(), "hi");
+    /// # }
+    /// ```
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub async fn recv_async<T: DeserializeOwned>(&self) -> Result<T> {
+        let watched = crate::aio::Watched::new(self.socket()?, tokio::io::Interest::READABLE)?;
+        let frame = loop {
+            if let Some(frame) = self.read_frame(false)? {
+                break frame;
+            }
+            watched.readable().await?;
+        };
+        reduction::decode(&frame.bytes, frame.fds).map_err(|message| Error::Decode {
+            what: Payload::Arguments,
+            side: Side::Child,
+            message,
+        })
+    }
+
+    /// [`send`](Self::send) for async code (feature `async`): the value is
+    /// encoded at once; writing parks the task, not the thread, while the
+    /// socket is full. A message is always sent whole: dropping the future
+    /// after its first byte went out finishes the message, blocking. As with
+    /// `send` from several threads, several sends on one connection at once
+    /// must not overlap.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (a, b) = multiproc::Pipe(true).unwrap();
+    /// let big = vec![7u8; 4 << 20];
+    /// let (sent, got) = tokio::join!(a.send_async(&big), b.recv_async::<Vec<u8>>());
+    /// sent.unwrap();
+    /// assert_eq!(got.unwrap(), big);
+    /// # }
+    /// ```
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn send_async<T: Serialize + ?Sized>(&self, value: &T) -> impl Future<Output = Result<()>> + Send + '_ {
+        let encoded = reduction::encode(value).map_err(|message| Error::Encode {
+            what: Payload::Arguments,
+            side: Side::Parent,
+            message,
+        });
+        async move {
+            let (bytes, fds) = encoded?;
+            if !self.writable {
+                return Err(Error::Connection("this end is read-only"));
+            }
+            if fds.len() > frame::MAX_FDS {
+                return Err(Error::Io {
+                    context: "sending on a connection",
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("{} descriptors in one message (at most {})", fds.len(), frame::MAX_FDS),
+                    ),
+                });
+            }
+            let sock = self.socket()?;
+            let mut out = Vec::with_capacity(bytes.len() + 16);
+            frame::encode_into(&mut out, &bytes, fds.len());
+            let mut pending = Unsent { sock, rest: out, fds, started: false };
+            let watched = crate::aio::Watched::new(sock, tokio::io::Interest::WRITABLE)?;
+            loop {
+                match pending.write_some() {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => watched.writable().await?,
+                    Err(e) if crate::popen::is_disconnect(&e) => {
+                        pending.started = false;
+                        return Err(Error::Eof);
+                    }
+                    Err(source) => {
+                        pending.started = false;
+                        return Err(Error::Io { context: "sending on a connection", source });
+                    }
+                }
+            }
+        }
+    }
+
     /// Receives one message as bytes.
     ///
     /// See [`send_bytes`](Self::send_bytes) for an example.
@@ -297,6 +386,12 @@ impl Connection {
     }
 
     fn next_frame(&self) -> Result<frame::Frame> {
+        self.read_frame(true)?.ok_or_else(|| Error::Protocol("a blocking read returned without data".into()))
+    }
+
+    /// The next message; without `blocking`, `None` when none is whole yet
+    /// (what was read stays buffered for the next call).
+    fn read_frame(&self, blocking: bool) -> Result<Option<frame::Frame>> {
         if !self.readable {
             return Err(Error::Connection("this end is write-only"));
         }
@@ -305,10 +400,10 @@ impl Connection {
             return Err(Error::MessageTooLarge { size, limit });
         }
         let sock = self.sock.as_ref().ok_or(Error::Connection("it was closed"))?;
-        match rx.reader.read(sock.as_fd(), true) {
-            Ok(Progress::Frame(f)) => Ok(f),
+        match rx.reader.read(sock.as_fd(), blocking) {
+            Ok(Progress::Frame(f)) => Ok(Some(f)),
             Ok(Progress::Eof) => Err(Error::Eof),
-            Ok(Progress::Pending) => Err(Error::Protocol("a blocking read returned without data".into())),
+            Ok(Progress::Pending) => Ok(None),
             Err(e) => {
                 if let Some(o) = e.get_ref().and_then(|i| i.downcast_ref::<Oversize>()) {
                     rx.broken = Some((o.size, o.limit));
@@ -318,6 +413,49 @@ impl Connection {
                     return Err(Error::Eof);
                 }
                 Err(Error::Io { context: "receiving on a connection", source: e })
+            }
+        }
+    }
+}
+
+/// What of a message an async send has not written yet; dropped before the
+/// end (its future was), it writes the rest, blocking, so that the stream
+/// never holds half a message.
+#[cfg(feature = "async")]
+struct Unsent<'a> {
+    sock: BorrowedFd<'a>,
+    rest: Vec<u8>,
+    /// Descriptors, until the first byte carries them.
+    fds: Vec<OwnedFd>,
+    /// Its first byte went out.
+    started: bool,
+}
+
+#[cfg(feature = "async")]
+impl Unsent<'_> {
+    /// Writes what the socket takes now; whether all is written.
+    fn write_some(&mut self) -> std::io::Result<bool> {
+        let fds: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
+        let n = frame::send_some(self.sock, &self.rest, &fds)?;
+        if n > 0 {
+            self.rest.drain(..n);
+            self.fds.clear();
+            self.started = true;
+        }
+        Ok(self.rest.is_empty())
+    }
+}
+
+#[cfg(feature = "async")]
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        // Untouched (nothing went out yet), the message is simply not sent.
+        if !self.started {
+            return;
+        }
+        while let Ok(false) = self.write_some() {
+            if crate::sys::poll(&[(self.sock, crate::sys::Interest::Write)], None).is_err() {
+                return;
             }
         }
     }

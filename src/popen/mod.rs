@@ -151,6 +151,32 @@ impl Child {
         }
     }
 
+    /// [`wait`](Self::wait) without waiting: reads what of the answer has
+    /// come, and the exit code if the child has ended.
+    #[cfg(feature = "async")]
+    pub(crate) fn try_wait(&mut self) -> Result<Option<ExitCode>> {
+        while self.listening() && self.pump()? {}
+        match self.shared.try_exitcode()? {
+            Some(code) => {
+                while self.listening() && self.pump()? {}
+                Ok(Some(code))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the child's answer is still to come.
+    #[cfg(feature = "async")]
+    pub(crate) fn listening(&self) -> bool {
+        self.open && self.reply.is_none()
+    }
+
+    /// The socket the answer comes on.
+    #[cfg(feature = "async")]
+    pub(crate) fn conn(&self) -> BorrowedFd<'_> {
+        self.conn.as_fd()
+    }
+
     /// Reads what is available; false when nothing more will come now.
     fn pump(&mut self) -> Result<bool> {
         match self.reader.read(self.conn.as_fd(), false) {

@@ -40,6 +40,8 @@ pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Interest {
     Read,
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    Write,
     ReadWrite,
 }
 
@@ -50,7 +52,12 @@ pub(crate) fn poll(fds: &[(BorrowedFd<'_>, Interest)], timeout: Option<Duration>
     let mut pollfds: Vec<PollFd<'_>> = fds
         .iter()
         .map(|(fd, i)| {
-            PollFd::new(fd, if *i == Interest::Read { PollFlags::IN } else { PollFlags::IN | PollFlags::OUT })
+            let flags = match i {
+                Interest::Read => PollFlags::IN,
+                Interest::Write => PollFlags::OUT,
+                Interest::ReadWrite => PollFlags::IN | PollFlags::OUT,
+            };
+            PollFd::new(fd, flags)
         })
         .collect();
     let timeout = timeout
