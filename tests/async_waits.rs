@@ -237,3 +237,57 @@ fn put_async_waits_for_room_and_a_dropped_one_holds_none() {
         assert!(matches!(q.get_nowait(), Err(Error::Empty)));
     });
 }
+
+/// Waits for `go`, then answers `x`.
+fn when(go: multiproc::Event, x: u64) -> u64 {
+    assert!(go.wait(Some(GUARD)).unwrap(), "never told to go");
+    x
+}
+
+#[test]
+fn as_completed_as_a_stream_yields_in_finishing_order_and_times_out() {
+    use futures_lite::StreamExt;
+    let pool = multiproc::Pool::new(3).unwrap();
+    let events: Vec<multiproc::Event> = (0..3).map(|_| multiproc::Event::new().unwrap()).collect();
+    let calls: Vec<_> = (0..3).map(|i| pool.apply_async(when, (events[i].clone(), i as u64))).collect();
+    // Finished as 2, 0, 1: each let go by a task beside the stream once the
+    // one before came out, so the stream must give the thread back.
+    let order = [2usize, 0, 1];
+    let seen = on_one_thread(async {
+        let (tx, mut rx) = (std::cell::RefCell::new(Vec::new()), 0usize);
+        events[order[0]].set().unwrap();
+        let reading = async {
+            let mut done = multiproc::as_completed(calls);
+            while let Some(call) = StreamExt::next(&mut done).await {
+                tx.borrow_mut().push(call.unwrap().get().unwrap());
+            }
+        };
+        let steering = async {
+            while rx < order.len() - 1 {
+                if tx.borrow().len() > rx {
+                    rx += 1;
+                    events[order[rx]].set().unwrap();
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::join!(reading, steering);
+        tx.into_inner()
+    });
+    assert_eq!(seen, [2, 0, 1]);
+
+    // One call never finishes: after the one that does, a typed timeout,
+    // then the end; the unfinished call is still there to wait for.
+    let stuck = multiproc::Event::new().unwrap();
+    let calls = vec![pool.apply_async(when, (stuck.clone(), 7)), pool.apply_async(when, (events[0].clone(), 8))];
+    let (got, timeout, end) = on_one_thread(async {
+        let mut done = multiproc::as_completed(calls).timeout(Duration::from_millis(200));
+        let got = StreamExt::next(&mut done).await.unwrap().unwrap().get().unwrap();
+        let timeout = StreamExt::next(&mut done).await.unwrap();
+        (got, timeout, StreamExt::next(&mut done).await.is_none())
+    });
+    assert_eq!(got, 8);
+    assert!(matches!(timeout, Err(Error::WaitTimeout { unfinished: 1, of: 2 })), "{timeout:?}");
+    assert!(end);
+    stuck.set().unwrap();
+}

@@ -226,12 +226,7 @@ impl Connection {
     /// assert_eq!(got, [0, 1, 2, 3]);
     /// ```
     pub fn recv<T: DeserializeOwned>(&self) -> Result<T> {
-        let frame = self.next_frame()?;
-        reduction::decode(&frame.bytes, frame.fds).map_err(|message| Error::Decode {
-            what: Payload::Arguments,
-            side: Side::Child,
-            message,
-        })
+        decode_frame(self.next_frame()?)
     }
 
     /// [`recv`](Self::recv) for async code (feature `async`): parks the
@@ -256,11 +251,7 @@ impl Connection {
             }
             watched.readable().await?;
         };
-        reduction::decode(&frame.bytes, frame.fds).map_err(|message| Error::Decode {
-            what: Payload::Arguments,
-            side: Side::Child,
-            message,
-        })
+        decode_frame(frame)
     }
 
     /// [`send`](Self::send) for async code (feature `async`): the value is
@@ -459,6 +450,15 @@ impl Drop for Unsent<'_> {
             }
         }
     }
+}
+
+/// A received message as the value it holds.
+fn decode_frame<T: DeserializeOwned>(frame: frame::Frame) -> Result<T> {
+    reduction::decode(&frame.bytes, frame.fds).map_err(|message| Error::Decode {
+        what: Payload::Arguments,
+        side: Side::Child,
+        message,
+    })
 }
 
 /// How a connection travels: its socket as a handle, and its settings.

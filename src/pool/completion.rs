@@ -98,6 +98,9 @@ impl<T: Completion + ?Sized> Completion for Box<T> {
 struct Board {
     finished: Mutex<Vec<usize>>,
     posted: Condvar,
+    /// The task polling an [`AsCompleted`] as a `Stream`, to wake as well.
+    #[cfg(feature = "async")]
+    task: Mutex<Option<Waker>>,
 }
 
 struct Post {
@@ -113,6 +116,10 @@ impl Wake for Post {
     fn wake_by_ref(self: &Arc<Self>) {
         self.board.finished.lock().unwrap_or_else(PoisonError::into_inner).push(self.index);
         self.board.posted.notify_all();
+        #[cfg(feature = "async")]
+        if let Some(task) = &*self.board.task.lock().unwrap_or_else(PoisonError::into_inner) {
+            task.wake_by_ref();
+        }
     }
 }
 
@@ -126,7 +133,12 @@ struct Watch<T> {
 impl<T: Completion> Watch<T> {
     fn new(items: impl IntoIterator<Item = T>) -> Watch<T> {
         let items: Vec<Option<T>> = items.into_iter().map(Some).collect();
-        let board = Arc::new(Board { finished: Mutex::new(Vec::new()), posted: Condvar::new() });
+        let board = Arc::new(Board {
+            finished: Mutex::new(Vec::new()),
+            posted: Condvar::new(),
+            #[cfg(feature = "async")]
+            task: Mutex::new(None),
+        });
         for (index, item) in items.iter().enumerate() {
             let waker = Waker::from(Arc::new(Post { board: board.clone(), index }));
             item.as_ref().expect("just made").watch(&waker);
@@ -140,8 +152,7 @@ impl<T: Completion> Watch<T> {
     fn next_finished(&mut self, deadline: Option<Instant>) -> Vec<usize> {
         let mut finished = self.board.finished.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            let fresh: Vec<usize> =
-                finished.drain(..).filter(|&i| !std::mem::replace(&mut self.seen[i], true)).collect();
+            let fresh = Self::fresh(&mut self.seen, &mut finished);
             if !fresh.is_empty() {
                 return fresh;
             }
@@ -154,6 +165,18 @@ impl<T: Completion> Watch<T> {
             };
             finished = self.board.posted.wait_timeout(finished, wait).unwrap_or_else(PoisonError::into_inner).0;
         }
+    }
+
+    /// The posted indices not seen before, marked seen.
+    fn fresh(seen: &mut [bool], finished: &mut Vec<usize>) -> Vec<usize> {
+        finished.drain(..).filter(|&i| !std::mem::replace(&mut seen[i], true)).collect()
+    }
+
+    /// Indices of calls finished since the last look, without waiting.
+    #[cfg(feature = "async")]
+    fn take_finished(&mut self) -> Vec<usize> {
+        let mut finished = self.board.finished.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::fresh(&mut self.seen, &mut finished)
     }
 
     fn unfinished(&self) -> usize {
@@ -246,15 +269,51 @@ pub fn wait<T: Completion>(
 /// # }
 /// ```
 pub fn as_completed<T: Completion>(results: impl IntoIterator<Item = T>) -> AsCompleted<T> {
-    AsCompleted { watch: Watch::new(results), ready: std::collections::VecDeque::new(), deadline: None, over: false }
+    AsCompleted {
+        watch: Watch::new(results),
+        ready: std::collections::VecDeque::new(),
+        deadline: None,
+        over: false,
+        #[cfg(feature = "async")]
+        timer: None,
+    }
 }
 
 /// The iterator of [`as_completed`].
+///
+/// Under the `async` feature it is also a [`Stream`](futures_core::Stream)
+/// that parks the task, not the thread. Being an `Iterator` too, its
+/// `next` is ambiguous with a `StreamExt` in scope: name the trait.
+///
+/// ```
+/// # #[multiproc::main] fn main() {
+/// # #[cfg(feature = "async")] {
+/// use futures_lite::StreamExt;
+/// fn square(x: u64) -> u64 { x * x }
+/// let pool = multiproc::Pool::new(2).unwrap();
+/// let calls: Vec<_> = (1..=3).map(|x| pool.apply_async(square, (x,))).collect();
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// let mut got: Vec<u64> = rt.block_on(async {
+///     let mut done = multiproc::as_completed(calls);
+///     let mut got = Vec::new();
+///     while let Some(call) = StreamExt::next(&mut done).await {
+///         got.push(call.unwrap().get().unwrap());
+///     }
+///     got
+/// });
+/// got.sort();
+/// assert_eq!(got, [1, 4, 9]);
+/// # }
+/// # }
+/// ```
 pub struct AsCompleted<T> {
     watch: Watch<T>,
     ready: std::collections::VecDeque<usize>,
     deadline: Option<Instant>,
     over: bool,
+    /// The deadline as a tokio timer, once polled as a `Stream`.
+    #[cfg(feature = "async")]
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> std::fmt::Debug for AsCompleted<T> {
@@ -299,5 +358,49 @@ impl<T: Completion> Iterator for AsCompleted<T> {
         }
         let i = self.ready.pop_front()?;
         self.watch.items[i].take().map(Ok)
+    }
+}
+
+// The calls are moved out whole, never pinned in place.
+impl<T> Unpin for AsCompleted<T> {}
+
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+impl<T: Completion> futures_core::Stream for AsCompleted<T> {
+    type Item = Result<T>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<T>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.over {
+            return Poll::Ready(None);
+        }
+        if this.ready.is_empty() {
+            if this.watch.unfinished() == 0 {
+                this.over = true;
+                return Poll::Ready(None);
+            }
+            // Registered before looking, so a completion between the look
+            // and the return still wakes us.
+            *this.watch.board.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+            let fresh = this.watch.take_finished();
+            if fresh.is_empty() {
+                if let Some(deadline) = this.deadline {
+                    let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        this.over = true;
+                        let unfinished = this.watch.unfinished();
+                        return Poll::Ready(Some(Err(Error::WaitTimeout { unfinished, of: this.watch.items.len() })));
+                    }
+                }
+                return Poll::Pending;
+            }
+            this.ready.extend(fresh);
+        }
+        let i = this.ready.pop_front().expect("just filled");
+        Poll::Ready(this.watch.items[i].take().map(Ok))
     }
 }
