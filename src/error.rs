@@ -105,7 +105,11 @@ pub enum Error {
     },
     /// Call `index` (0-based, in input order) of a `map`, `starmap`,
     /// `imap` or `imap_unordered` failed, with `source`; [`Error::root`]
-    /// is that failure itself.
+    /// is that failure itself. `argument` shows its arguments, as `Debug`
+    /// would, through their serde form (every argument has one), cut to
+    /// about 120 characters; `None` where they hold handles (a value that
+    /// cannot be rebuilt without its descriptors), and for an `imap` call
+    /// that failed inside a chunk of several.
     ///
     /// ```
     /// # #[multiproc::main] fn main() {
@@ -114,13 +118,16 @@ pub enum Error {
     /// let e = pool.map(inverse, [5, 4, 0, 2]).unwrap_err();
     /// assert_eq!(e.item_index(), Some(2));
     /// assert!(matches!(e.root(), multiproc::Error::Panicked { .. }));
-    /// assert!(e.to_string().starts_with("item 2 failed: "));
+    /// assert!(e.to_string().starts_with("item 2 (0) failed: "));
     /// # }
     /// ```
-    #[error("item {index} failed: {source}")]
+    #[error("item {index}{shown} failed: {source}", shown = argument.as_ref().map(|a| format!(" ({a})")).unwrap_or_default())]
     Item {
         /// Which call.
         index: usize,
+        /// Its arguments as `Debug` would show them (through their serde
+        /// form, cut to about 120 characters), when they could be shown.
+        argument: Option<String>,
         /// How it failed.
         source: Box<Error>,
     },
@@ -512,14 +519,34 @@ impl Error {
     /// Marks a call's failure with its index; failures of the pool as a
     /// whole (terminated, cancelled, not running, no initializer) stay as
     /// they are.
-    pub(crate) fn at_item(self, index: usize) -> Error {
+    pub(crate) fn at_item(self, index: usize, argument: impl FnOnce() -> Option<String>) -> Error {
         match self {
             e @ (Error::Item { .. }
             | Error::Cancelled
             | Error::PoolTerminated
             | Error::PoolNotRunning
             | Error::InitializerFailed(_)) => e,
-            e => Error::Item { index, source: Box::new(e) },
+            e => Error::Item { index, argument: argument(), source: Box::new(e) },
+        }
+    }
+
+    /// The arguments of the call that failed, as `Debug` would show them
+    /// (through their serde form, cut to about 120 characters), when this
+    /// came from a `map`, `starmap` or `imap` and they could be shown.
+    ///
+    /// ```
+    /// # #[multiproc::main] fn main() {
+    /// fn check(word: String) -> usize { assert!(!word.is_empty(), "empty word"); word.len() }
+    /// let pool = multiproc::Pool::new(1).unwrap();
+    /// let e = pool.map(check, ["a".to_string(), String::new()]).unwrap_err();
+    /// assert_eq!((e.item_index(), e.item_argument()), (Some(1), Some("\"\"")));
+    /// assert!(e.to_string().starts_with("item 1 (\"\") failed: "));
+    /// # }
+    /// ```
+    pub fn item_argument(&self) -> Option<&str> {
+        match self {
+            Error::Item { argument, .. } => argument.as_deref(),
+            _ => None,
         }
     }
 }

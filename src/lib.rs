@@ -72,6 +72,7 @@ mod popen;
 mod process;
 mod queues;
 mod reduction;
+mod reprlib;
 mod runtime;
 pub mod shared_memory;
 mod sharedctypes;

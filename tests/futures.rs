@@ -426,3 +426,69 @@ fn stats_say_when_a_worker_was_replaced_for_its_quota_or_its_time_limit() {
     assert_eq!(restarts.len(), 1);
     assert_eq!(restarts[0].reason, multiproc::RestartReason::TimedOut);
 }
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Order {
+    id: u32,
+    items: Vec<String>,
+}
+
+fn ship(order: Order) -> u32 {
+    assert!(!order.items.is_empty(), "order {} is empty", order.id);
+    order.id
+}
+
+fn ship_or_die(order: Order) -> u32 {
+    if order.items.is_empty() {
+        std::process::abort();
+    }
+    order.id
+}
+
+fn pair(id: u32, name: String) -> u32 {
+    assert_ne!(name, "bad");
+    id
+}
+
+fn orders() -> Vec<Order> {
+    (0..12).map(|id| Order { id, items: if id == 7 { Vec::new() } else { vec![format!("book {id}")] } }).collect()
+}
+
+#[test]
+fn a_failed_calls_error_shows_its_index_and_argument() {
+    let pool = Pool::new(2).unwrap();
+    let shown = "Order { id: 7, items: [] }";
+    // One call per task, and chunks encoded as one value (the failing call
+    // in the middle of its chunk).
+    for chunksize in [1, 4, 12] {
+        let e = pool.map_chunksize(ship, orders(), chunksize).unwrap_err();
+        assert_eq!((e.item_index(), e.item_argument()), (Some(7), Some(shown)), "chunksize {chunksize}: {e}");
+        assert!(matches!(e.root(), Error::Panicked { message, .. } if message == "order 7 is empty"));
+        assert!(e.to_string().starts_with(&format!("item 7 ({shown}) failed: ")), "{e}");
+    }
+    // imap names each failed call (its default: one call per task).
+    let failed: Vec<_> = pool.imap(ship, orders()).filter_map(|r| r.err()).collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!((failed[0].item_index(), failed[0].item_argument()), (Some(7), Some(shown)));
+    // starmap shows the whole tuple.
+    let e = pool.starmap(pair, [(1, "good".to_string()), (2, "bad".to_string())]).unwrap_err();
+    assert_eq!((e.item_index(), e.item_argument()), (Some(1), Some("(2, \"bad\")")));
+    // A worker that dies in a call: the calls of its task name themselves.
+    let e = pool.map_chunksize(ship_or_die, orders(), 1).unwrap_err();
+    assert_eq!((e.item_index(), e.item_argument()), (Some(7), Some(shown)), "{e}");
+    assert!(matches!(e.root(), Error::WorkerDied { .. }), "{e}");
+    // Only the failed call is shown, however long the others are.
+    let big = Order { id: 9, items: (0..1000).map(|i| i.to_string()).collect() };
+    let e = pool.map(ship, [big, Order { id: 0, items: Vec::new() }]).unwrap_err();
+    assert_eq!(e.item_argument(), Some("Order { id: 0, items: [] }"));
+    // A long argument is cut.
+    fn first_empty(words: Vec<String>) -> usize {
+        assert!(words.iter().all(|w| !w.is_empty()));
+        words.len()
+    }
+    let words: Vec<String> = (0..1000).map(|i| if i == 999 { String::new() } else { format!("word{i}") }).collect();
+    let e = pool.map(first_empty, [words]).unwrap_err();
+    let argument = e.item_argument().unwrap();
+    assert!(argument.starts_with("[\"word0\", \"word1\"") && argument.ends_with('…'), "{argument}");
+    assert!(argument.chars().count() <= 121, "{argument}");
+}

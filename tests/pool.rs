@@ -664,7 +664,8 @@ fn a_failed_item_names_its_index() {
         let e = p.map_chunksize(fails_on_seven, 0..20, chunk).unwrap_err();
         assert_eq!(e.item_index(), Some(7), "chunksize {chunk}: {e}");
         assert!(matches!(e.root(), Error::Panicked { message, .. } if message.contains("seven")), "{e}");
-        assert!(e.to_string().starts_with("item 7 failed: "), "{e}");
+        assert!(e.to_string().starts_with("item 7 (7) failed: "), "{e}");
+        assert_eq!(e.item_argument(), Some("7"));
     }
     let e = p.starmap(fails_on_pair, [(1, 2), (3, 4), (5, 6)]).unwrap_err();
     assert_eq!(e.item_index(), Some(1));

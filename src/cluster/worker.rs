@@ -370,6 +370,7 @@ fn accept(
         sink: sink.clone(),
         timeout: message.timeout_ms.map(Duration::from_millis),
         signature: None,
+        describe: None,
     };
     state.running().insert(stream_id, Running { message, sink });
     local.submit_tasks([task]);

@@ -33,7 +33,7 @@ use crate::{Error, Handle, Result, StartMethod};
 
 pub use completion::{AsCompleted, CallState, Completion, ReturnWhen, Waited, as_completed, wait};
 pub use result::AsyncResult;
-use result::{ChannelSink, MapSink, RawItem, Reorder, Sink, Slot};
+use result::{Args, ChannelSink, Delivered, MapSink, RawItem, Reorder, Sink, Slot};
 pub use state::WithState;
 pub use stats::{PoolStats, Restart, RestartReason, SlowTask, WorkerStats};
 use supervisor::{Config, PackedItem, Shared, Status, Task};
@@ -455,6 +455,7 @@ struct Entries {
     single: EntryRef,
     chunk: EntryRef,
     signature: fn() -> Signature,
+    describe: result::Describe,
 }
 
 impl Entries {
@@ -462,12 +463,13 @@ impl Entries {
     where
         F: Target<T>,
         F::Output: Serialize,
-        T: DeserializeOwned,
+        T: Serialize + DeserializeOwned,
     {
         Entries {
             single: entry_ref(entry_of::<F, T>()),
             chunk: entry_ref(chunk::chunk_entry_of::<F, T>()),
             signature: Signature::of::<F, T>,
+            describe: result::describe_of::<T>,
         }
     }
 }
@@ -539,6 +541,7 @@ impl Pool {
                     sink: sink.clone(),
                     timeout: None,
                     signature: Some(entries.signature),
+                    describe: Some(entries.describe),
                 });
                 base += calls;
                 continue;
@@ -554,8 +557,12 @@ impl Pool {
                         sink: sink.clone(),
                         timeout: None,
                         signature: Some(entries.signature),
+                        describe: Some(entries.describe),
                     }),
-                    Err(e) => sink.deliver(base, RawItem::Failed(e)),
+                    Err(e) => {
+                        let show = || crate::reprlib::repr_args(call, 120);
+                        sink.deliver_with(base, RawItem::Failed(e), Args::Value(&show));
+                    }
                 }
                 base += 1;
             }
@@ -596,6 +603,7 @@ impl Pool {
         let entry = entry_ref(entry_of::<F, A>());
         match pack(&args) {
             Ok(item) => self.shared.submit([Task {
+                describe: None,
                 entry,
                 items: vec![item],
                 base: 0,
@@ -1042,8 +1050,8 @@ pub struct IMap<'p, I, R> {
     submitted: usize,
     yielded: usize,
     limit: usize,
-    tx: mpsc::Sender<(usize, RawItem)>,
-    rx: mpsc::Receiver<(usize, RawItem)>,
+    tx: mpsc::Sender<Delivered>,
+    rx: mpsc::Receiver<Delivered>,
     results: Reorder<Result<R>>,
     /// The input's length when it says exactly, for progress reports.
     total: Option<usize>,
@@ -1140,6 +1148,10 @@ impl Sink for Offset {
     fn deliver(&self, index: usize, item: RawItem) {
         self.inner.deliver(self.base + index, item);
     }
+
+    fn deliver_with(&self, index: usize, item: RawItem, args: Args<'_>) {
+        self.inner.deliver_with(self.base + index, item, args);
+    }
 }
 
 impl<I, A, R> Iterator for IMap<'_, I, R>
@@ -1164,9 +1176,10 @@ where
                 return None;
             }
             match self.rx.recv() {
-                Ok((index, item)) => {
+                Ok((index, item, mut shown)) => {
                     for (k, result) in item.into_results::<R>().into_iter().enumerate() {
-                        self.results.push(index + k, result.map_err(|e| e.at_item(index + k)));
+                        let argument = || shown.get_mut(k).and_then(Option::take);
+                        self.results.push(index + k, result.map_err(|e| e.at_item(index + k, argument)));
                     }
                 }
                 Err(_) => return Some(Err(Error::PoolTerminated)),

@@ -3,12 +3,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Payload, Side};
@@ -63,10 +65,67 @@ impl RawItem {
     }
 }
 
+/// How long a failed call's arguments may be shown in its error.
+const ARGUMENT_SHOWN: usize = 120;
+
+/// Shows calls' encoded arguments: `(bytes, batch, calls)`, `calls` the
+/// places in a chunk encoded as one value (`0..1` otherwise). A chunk is
+/// decoded once for all the calls asked for.
+pub(crate) type Describe = fn(&[u8], bool, Range<usize>) -> Vec<Option<String>>;
+
+/// The [`Describe`] of calls whose arguments are a `T`.
+pub(crate) fn describe_of<T: Serialize + DeserializeOwned>(
+    bytes: &[u8],
+    batch: bool,
+    calls: Range<usize>,
+) -> Vec<Option<String>> {
+    let show = |call: &T| crate::reprlib::repr_args(call, ARGUMENT_SHOWN);
+    if batch {
+        match reduction::decode::<Vec<T>>(bytes, Vec::new()) {
+            Ok(all) => calls.map(|k| all.get(k).and_then(show)).collect(),
+            Err(_) => calls.map(|_| None).collect(),
+        }
+    } else {
+        let shown = reduction::decode::<T>(bytes, Vec::new()).ok().and_then(|call| show(&call));
+        calls.map(|_| shown.clone()).collect()
+    }
+}
+
+/// What a sink may show of the arguments of what it is given, should a
+/// call have failed: worked out only then.
+#[derive(Clone, Copy)]
+pub(crate) enum Args<'a> {
+    Unknown,
+    Encoded { describe: Describe, bytes: &'a [u8], batch: bool },
+    Value(&'a (dyn Fn() -> Option<String> + 'a)),
+}
+
+impl Args<'_> {
+    /// The arguments of the `k`th call delivered together.
+    pub(crate) fn show(&self, k: usize) -> Option<String> {
+        self.show_range(k..k + 1).pop().flatten()
+    }
+
+    /// The arguments of the calls `calls` delivered together.
+    pub(crate) fn show_range(&self, calls: Range<usize>) -> Vec<Option<String>> {
+        match *self {
+            Args::Unknown => calls.map(|_| None).collect(),
+            Args::Encoded { describe, bytes, batch } => describe(bytes, batch, calls),
+            Args::Value(show) => calls.map(|_| show()).collect(),
+        }
+    }
+}
+
 /// Receives the results of one submission, call by call.
 pub(crate) trait Sink: Send + Sync {
     /// The result of call `index` of the submission.
     fn deliver(&self, index: usize, item: RawItem);
+
+    /// As `deliver`, with the calls' arguments to show should one have
+    /// failed (sinks that name failed calls use them).
+    fn deliver_with(&self, index: usize, item: RawItem, _args: Args<'_>) {
+        self.deliver(index, item);
+    }
 
     /// Whether its caller cancelled it: a task not started is not run, a
     /// running one's process is killed.
@@ -473,10 +532,14 @@ impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
     }
 
     fn deliver(&self, index: usize, item: RawItem) {
+        self.deliver_with(index, item, Args::Unknown);
+    }
+
+    fn deliver_with(&self, index: usize, item: RawItem, args: Args<'_>) {
         for (k, result) in item.into_results::<R>().into_iter().enumerate() {
             match result {
                 Err(e) => {
-                    self.slot.complete(Err(e.at_item(index + k)));
+                    self.slot.complete(Err(e.at_item(index + k, || args.show(k))));
                     return;
                 }
                 Ok(v) => {
@@ -500,12 +563,31 @@ impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
     }
 }
 
+/// What an imap's iterator is sent: where the results go, the results,
+/// and for a delivery known to have failed, its calls' arguments shown.
+pub(crate) type Delivered = (usize, RawItem, Vec<Option<String>>);
+
 /// Forwards an imap's results to its iterator.
-pub(crate) struct ChannelSink(pub Mutex<mpsc::Sender<(usize, RawItem)>>);
+pub(crate) struct ChannelSink(pub Mutex<mpsc::Sender<Delivered>>);
 
 impl Sink for ChannelSink {
     fn deliver(&self, index: usize, item: RawItem) {
-        let _ = self.0.lock().unwrap_or_else(PoisonError::into_inner).send((index, item));
+        self.deliver_with(index, item, Args::Unknown);
+    }
+
+    fn deliver_with(&self, index: usize, item: RawItem, args: Args<'_>) {
+        // Only a failure seen without decoding (the results' type is the
+        // iterator's) has its arguments shown: a call that failed inside a
+        // chunk that came back is not seen here.
+        let shown = match &item {
+            RawItem::Failed(_) => vec![args.show(0)],
+            RawItem::Outcome { outcome, .. } if !matches!(outcome, Outcome::Returned(_)) => vec![args.show(0)],
+            RawItem::Batch { outcome, count, .. } if !matches!(outcome, Outcome::Returned(_)) => {
+                args.show_range(0..*count)
+            }
+            _ => Vec::new(),
+        };
+        let _ = self.0.lock().unwrap_or_else(PoisonError::into_inner).send((index, item, shown));
     }
 }
 

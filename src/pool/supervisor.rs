@@ -28,7 +28,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::pool::result::{RawItem, Sink};
+use crate::pool::result::{Args, RawItem, Sink};
 use crate::pool::stats::{Recorder, RestartReason};
 use crate::pool::worker::{Init, Worker};
 use crate::popen::describe_exit;
@@ -61,13 +61,38 @@ pub(crate) struct Task {
     /// task a worker read from Redis, whose message has its own.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub signature: Option<fn() -> crate::process::Signature>,
+    /// Shows a call's arguments in its error, for map-like calls.
+    pub describe: Option<crate::pool::result::Describe>,
 }
 
 impl Task {
     /// Every call of the task ends with `error()`.
     pub(crate) fn fail(self, mut error: impl FnMut() -> Error) {
-        for i in 0..self.calls {
-            self.sink.deliver(self.base + i, RawItem::Failed(error()));
+        // A chunk is decoded once for all its calls' arguments.
+        let shown: Vec<Option<String>> = if self.batch {
+            self.args(0).show_range(0..self.calls)
+        } else {
+            (0..self.calls).map(|k| self.args(k).show(0)).collect()
+        };
+        for (k, shown) in shown.into_iter().enumerate() {
+            let show = move || shown.clone();
+            self.sink.deliver_with(self.base + k, RawItem::Failed(error()), Args::Value(&show));
+        }
+    }
+
+    /// Call `k` of the task ends with `error`.
+    pub(crate) fn fail_call(&self, k: usize, error: Error) {
+        let (item, at) = if self.batch { (0, k) } else { (k, 0) };
+        let show = |k: usize| self.args(item).show(k);
+        let shown = move || show(at);
+        self.sink.deliver_with(self.base + k, RawItem::Failed(error), Args::Value(&shown));
+    }
+
+    /// What its sink may show of the arguments of its `item`th item.
+    pub(crate) fn args(&self, item: usize) -> Args<'_> {
+        match (self.describe, self.items.get(item)) {
+            (Some(describe), Some(it)) => Args::Encoded { describe, bytes: &it.bytes, batch: self.batch },
+            _ => Args::Unknown,
         }
     }
 }
@@ -698,7 +723,7 @@ impl Supervisor {
                         } else {
                             RawItem::Outcome { outcome, fds, worker, pid }
                         };
-                        task.sink.deliver(task.base + k, item);
+                        task.sink.deliver_with(task.base + k, item, task.args(k));
                     }
                 }
             }
@@ -758,9 +783,9 @@ impl Supervisor {
                 // its task with the death it caused.
                 let culprit = running.base + if running.batch { call } else { item };
                 let panicked = Error::Panicked { name: name.clone(), pid, message, location, backtrace };
-                running.sink.deliver(culprit, RawItem::Failed(panicked));
-                for i in (running.base..running.base + running.calls).filter(|i| *i != culprit) {
-                    running.sink.deliver(i, RawItem::Failed(died()));
+                running.fail_call(culprit - running.base, panicked);
+                for k in (0..running.calls).filter(|k| running.base + k != culprit) {
+                    running.fail_call(k, died());
                 }
             } else if w.timed_out {
                 running.fail(|| Error::TaskTimeout { name: name.clone(), pid, timeout: timeout.unwrap_or_default() });
