@@ -148,34 +148,16 @@ impl Core {
         }
     }
 
-    /// An async put: a slot of a bounded queue is waited for on a helper
-    /// thread (a futex has no descriptor), which takes it and hands it over;
-    /// a slot taken for a put whose future was dropped goes back.
+    /// An async put: the task takes a slot of a bounded queue without
+    /// waiting; a helper thread waits, taking nothing, until one is free
+    /// (nudged to stop when the future is dropped), and the task tries
+    /// again. So a dropped put never holds a slot, even for a moment.
     #[cfg(feature = "async")]
     async fn put_async(&self, bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Result<()> {
-        if let Some(slots) = &self.slots
-            && !slots.try_acquire()?
-        {
-            loop {
-                let sem = slots.clone();
-                let taken = crate::aio::Helper::spawn(
-                    move |stop| {
-                        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                            // A semaphore's sleep cannot be interrupted: look
-                            // at `stop` between bounded waits.
-                            if sem.acquire_timeout(HELPER_LOOK)? {
-                                return Ok(Some(Slot(sem)));
-                            }
-                        }
-                        Ok(None)
-                    },
-                    || {},
-                )
-                .await??;
-                if let Some(slot) = taken {
-                    std::mem::forget(slot);
-                    break;
-                }
+        if let Some(slots) = &self.slots {
+            while !slots.try_acquire()? {
+                let (sem, nudge) = (slots.clone(), slots.clone());
+                crate::aio::Helper::spawn(move |stop| sem.wait_free(stop), move || nudge.nudge()).await??;
             }
         }
         self.put_slotted(&bytes, &fds, None)
@@ -344,23 +326,6 @@ impl Core {
         Ok(self.ring.0.items())
     }
 }
-
-/// A bounded queue's slot taken by an async put's helper; given back
-/// unless the put goes ahead with it.
-#[cfg(feature = "async")]
-struct Slot(crate::Semaphore);
-
-#[cfg(feature = "async")]
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let _ = self.0.release();
-    }
-}
-
-/// How often an async put's helper, waiting for a slot, looks whether its
-/// caller still wants it.
-#[cfg(feature = "async")]
-const HELPER_LOOK: Duration = Duration::from_millis(20);
 
 thread_local! {
     /// The buffer puts encode into, kept between puts while it is small.

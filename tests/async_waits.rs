@@ -76,9 +76,9 @@ fn join_async_reports_a_death_and_a_join_before_start() {
     let mut p = Process::new(dies, ());
     assert!(matches!(on_one_thread(p.join_async()), Err(Error::NotStarted(_))));
     p.start().unwrap();
-    let (r, ticks) = on_one_thread(ticks_during(p.join_async()));
+    // (It may have died before the first look: no ticks are asked for.)
+    let r = on_one_thread(p.join_async());
     assert!(matches!(r, Err(Error::Killed { signal: libc::SIGABRT, .. })), "{r:?}");
-    assert!(ticks > 0);
 }
 
 /// Messages of every size around the socket buffer and the frame header,
@@ -120,23 +120,20 @@ fn echo(conn: Connection) {
     }
 }
 
+/// A child echoes what async calls send, through every size (the
+/// parking itself is shown by the tests above: here the child answers on
+/// its own, so a reply may already be there when it is asked for).
 #[test]
-fn a_child_echoes_what_async_calls_send_while_the_thread_does_other_work() {
+fn a_child_echoes_what_async_calls_send_through_every_size() {
     let (here, there) = Pipe(true).unwrap();
     let mut p = Process::new(echo, (there,));
     p.start().unwrap();
     on_one_thread(async {
         for (k, size) in sizes().into_iter().enumerate() {
-            let sent = payload(size, k);
-            let ((), back) = tokio::join!(
-                async { here.send_async(&serde_bytes::ByteBuf::from(sent.clone())).await.unwrap() },
-                async {
-                    let (v, ticks) = ticks_during(here.recv_async::<serde_bytes::ByteBuf>()).await;
-                    assert!(ticks > 0);
-                    v.unwrap()
-                }
-            );
-            assert!(back.as_slice() == sent.as_slice(), "echo {k} of {size} bytes differs");
+            let sent = serde_bytes::ByteBuf::from(payload(size, k));
+            let (sending, back) = tokio::join!(here.send_async(&sent), here.recv_async::<serde_bytes::ByteBuf>());
+            sending.unwrap();
+            assert!(back.unwrap().as_slice() == sent.as_slice(), "echo {k} of {size} bytes differs");
         }
     });
     drop(here);

@@ -134,8 +134,19 @@ fn shutdown_cancels_what_has_not_started_and_finishes_the_rest() {
     assert!(started.wait(Some(GUARD)).unwrap());
     let mut queued: Vec<_> = (0..5).map(|i| pool.apply_async(when, (go.clone(), i))).collect();
     let mapped = pool.map_async(words, [1, 2]);
-    go.set().unwrap();
-    pool.shutdown(true).unwrap();
+    // The running call is let go only once the queued ones are cancelled:
+    // were it let go first, the worker could start one of them.
+    std::thread::scope(|s| {
+        let stopping = s.spawn(|| pool.shutdown(true));
+        let waiting: Vec<&dyn Completion> =
+            queued.iter().map(|q| q as &dyn Completion).chain([&mapped as &dyn Completion]).collect();
+        let w = wait(waiting, ReturnWhen::AllCompleted, Some(GUARD));
+        let states: Vec<_> = w.done.iter().chain(&w.not_done).map(|c| c.state()).collect();
+        // Cancelled by the pool reads as cancelled, as in Python.
+        assert!(w.not_done.is_empty() && states.iter().all(|s| *s == CallState::Cancelled), "{states:?}");
+        go.set().unwrap();
+        stopping.join().unwrap().unwrap();
+    });
     assert_eq!(running.get().unwrap(), 5);
     for q in &mut queued {
         assert!(matches!(q.get(), Err(Error::Cancelled)));

@@ -201,6 +201,11 @@ impl<R> Slot<R> {
             st.done = true;
             (st.callback.take(), st.error_callback.take())
         };
+        // Cancelled by the pool (`shutdown(true)`) is cancelled, as a
+        // future cancelled by `shutdown(cancel_futures=True)` is in Python.
+        if matches!(result, Err(Error::Cancelled)) {
+            self.cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         // A panicking callback must not take the pool's supervisor down.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match (&result, callback, error_callback) {
             (Ok(v), Some(cb), _) => cb(v),

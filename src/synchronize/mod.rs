@@ -340,6 +340,33 @@ fn sem_release<H: Home>(m: &Monitor<H>) -> Result<()> {
     .map_err(monitor_error)?
 }
 
+impl Semaphore {
+    /// Waits, taking nothing, until a permit is free (`true`) or `stop`
+    /// says so (`false`): an async put's helper waits so, and the task
+    /// then takes the permit itself. [`nudge`](Self::nudge) makes the wait
+    /// look at `stop` again.
+    #[cfg(feature = "async")]
+    pub(crate) fn wait_free(&self, stop: &std::sync::atomic::AtomicBool) -> Result<bool> {
+        let free = |w: &mut crate::sys::monitor::Turn| {
+            if w[0] > 0 {
+                Some(true)
+            } else if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        let got = self.monitor.wait_until(None, free).map_err(monitor_error)?;
+        Ok(got.unwrap_or(false))
+    }
+
+    /// Wakes every waiter to look again (see [`wait_free`](Self::wait_free)).
+    #[cfg(feature = "async")]
+    pub(crate) fn nudge(&self) {
+        let _ = self.monitor.with(|w| w.wake());
+    }
+}
+
 macro_rules! semaphore {
     ($(#[$doc:meta])* $name:ident, $kind:expr, $bounded:expr) => {
         $(#[$doc])*
