@@ -281,7 +281,7 @@ pub fn as_completed<T: Completion>(results: impl IntoIterator<Item = T>) -> AsCo
 
 /// The iterator of [`as_completed`].
 ///
-/// Under the `async` feature it is also a [`Stream`](futures_core::Stream)
+/// Under the `async` feature it is also a `Stream` (`futures_core::Stream`)
 /// that parks the task, not the thread. Being an `Iterator` too, its
 /// `next` is ambiguous with a `StreamExt` in scope: name the trait.
 ///
