@@ -520,14 +520,25 @@ impl Error {
     /// whole (terminated, cancelled, not running, no initializer) stay as
     /// they are.
     pub(crate) fn at_item(self, index: usize, argument: impl FnOnce() -> Option<String>) -> Error {
-        match self {
-            e @ (Error::Item { .. }
-            | Error::Cancelled
-            | Error::PoolTerminated
-            | Error::PoolNotRunning
-            | Error::InitializerFailed(_)) => e,
-            e => Error::Item { index, argument: argument(), source: Box::new(e) },
+        if self.names_no_item() {
+            return self;
         }
+        Error::Item { index, argument: argument(), source: Box::new(self) }
+    }
+
+    /// Whether this failure is not one call's: already marked with its
+    /// index, or the pool's as a whole (terminated, cancelled, not
+    /// running, no initializer). Such a failure is not marked with an
+    /// index, so nothing need be worked out to show its arguments.
+    pub(crate) fn names_no_item(&self) -> bool {
+        matches!(
+            self,
+            Error::Item { .. }
+                | Error::Cancelled
+                | Error::PoolTerminated
+                | Error::PoolNotRunning
+                | Error::InitializerFailed(_)
+        )
     }
 
     /// The arguments of the call that failed, as `Debug` would show them

@@ -7,7 +7,7 @@
 //! no polling.
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::task::{Wake, Waker};
+use std::task::{Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use super::result::AsyncResult;
@@ -336,28 +336,44 @@ impl<T: Completion> AsCompleted<T> {
     }
 }
 
-impl<T: Completion> Iterator for AsCompleted<T> {
-    type Item = Result<T>;
-
-    fn next(&mut self) -> Option<Result<T>> {
+impl<T: Completion> AsCompleted<T> {
+    /// The next call out, `look` finding the calls finished since the last
+    /// look (`None`: the deadline passed; empty: none yet, come back).
+    fn advance(&mut self, look: impl FnOnce(&mut Self) -> Option<Vec<usize>>) -> Poll<Option<Result<T>>> {
         if self.over {
-            return None;
+            return Poll::Ready(None);
         }
         if self.ready.is_empty() {
             if self.watch.unfinished() == 0 {
                 self.over = true;
-                return None;
+                return Poll::Ready(None);
             }
-            let fresh = self.watch.next_finished(self.deadline);
-            if fresh.is_empty() {
-                self.over = true;
-                let unfinished = self.watch.unfinished();
-                return Some(Err(Error::WaitTimeout { unfinished, of: self.watch.items.len() }));
+            match look(self) {
+                None => {
+                    self.over = true;
+                    let unfinished = self.watch.unfinished();
+                    return Poll::Ready(Some(Err(Error::WaitTimeout { unfinished, of: self.watch.items.len() })));
+                }
+                Some(fresh) if fresh.is_empty() => return Poll::Pending,
+                Some(fresh) => self.ready.extend(fresh),
             }
-            self.ready.extend(fresh);
         }
-        let i = self.ready.pop_front()?;
-        self.watch.items[i].take().map(Ok)
+        let i = self.ready.pop_front().expect("just filled");
+        Poll::Ready(self.watch.items[i].take().map(Ok))
+    }
+}
+
+impl<T: Completion> Iterator for AsCompleted<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        let deadline = self.deadline;
+        // A blocking look finds a call or gives up: never "none yet".
+        let look = |me: &mut Self| Some(me.watch.next_finished(deadline)).filter(|fresh| !fresh.is_empty());
+        match self.advance(look) {
+            Poll::Ready(next) => next,
+            Poll::Pending => unreachable!("a blocking look always finds a call or gives up"),
+        }
     }
 }
 
@@ -369,38 +385,21 @@ impl<T> Unpin for AsCompleted<T> {}
 impl<T: Completion> futures_core::Stream for AsCompleted<T> {
     type Item = Result<T>;
 
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<T>>> {
-        use std::task::Poll;
-        let this = self.get_mut();
-        if this.over {
-            return Poll::Ready(None);
-        }
-        if this.ready.is_empty() {
-            if this.watch.unfinished() == 0 {
-                this.over = true;
-                return Poll::Ready(None);
-            }
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Result<T>>> {
+        self.get_mut().advance(|me| {
             // Registered before looking, so a completion between the look
             // and the return still wakes us.
-            *this.watch.board.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
-            let fresh = this.watch.take_finished();
-            if fresh.is_empty() {
-                if let Some(deadline) = this.deadline {
-                    let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
-                    if timer.as_mut().poll(cx).is_ready() {
-                        this.over = true;
-                        let unfinished = this.watch.unfinished();
-                        return Poll::Ready(Some(Err(Error::WaitTimeout { unfinished, of: this.watch.items.len() })));
-                    }
+            *me.watch.board.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+            let fresh = me.watch.take_finished();
+            if fresh.is_empty()
+                && let Some(deadline) = me.deadline
+            {
+                let timer = me.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return None;
                 }
-                return Poll::Pending;
             }
-            this.ready.extend(fresh);
-        }
-        let i = this.ready.pop_front().expect("just filled");
-        Poll::Ready(this.watch.items[i].take().map(Ok))
+            Some(fresh)
+        })
     }
 }

@@ -560,7 +560,7 @@ impl Pool {
                         describe: Some(entries.describe),
                     }),
                     Err(e) => {
-                        let show = || crate::reprlib::repr_args(call, 120);
+                        let show = || result::show_call(call);
                         sink.deliver_with(base, RawItem::Failed(e), Args::Value(&show));
                     }
                 }

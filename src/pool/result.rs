@@ -73,20 +73,24 @@ const ARGUMENT_SHOWN: usize = 120;
 /// decoded once for all the calls asked for.
 pub(crate) type Describe = fn(&[u8], bool, Range<usize>) -> Vec<Option<String>>;
 
+/// One call's arguments as its error shows them.
+pub(crate) fn show_call<T: Serialize + ?Sized>(call: &T) -> Option<String> {
+    crate::reprlib::repr_args(call, ARGUMENT_SHOWN)
+}
+
 /// The [`Describe`] of calls whose arguments are a `T`.
 pub(crate) fn describe_of<T: Serialize + DeserializeOwned>(
     bytes: &[u8],
     batch: bool,
     calls: Range<usize>,
 ) -> Vec<Option<String>> {
-    let show = |call: &T| crate::reprlib::repr_args(call, ARGUMENT_SHOWN);
     if batch {
         match reduction::decode::<Vec<T>>(bytes, Vec::new()) {
-            Ok(all) => calls.map(|k| all.get(k).and_then(show)).collect(),
+            Ok(all) => calls.map(|k| all.get(k).and_then(show_call)).collect(),
             Err(_) => calls.map(|_| None).collect(),
         }
     } else {
-        let shown = reduction::decode::<T>(bytes, Vec::new()).ok().and_then(|call| show(&call));
+        let shown = reduction::decode::<T>(bytes, Vec::new()).ok().and_then(|call| show_call(&call));
         calls.map(|_| shown.clone()).collect()
     }
 }
@@ -585,7 +589,7 @@ impl Sink for ChannelSink {
         // iterator's) has its arguments shown: a call that failed inside a
         // chunk that came back is not seen here.
         let shown = match &item {
-            RawItem::Failed(_) => vec![args.show(0)],
+            RawItem::Failed(e) if !e.names_no_item() => vec![args.show(0)],
             RawItem::Outcome { outcome, .. } if !matches!(outcome, Outcome::Returned(_)) => vec![args.show(0)],
             RawItem::Batch { outcome, count, .. } if !matches!(outcome, Outcome::Returned(_)) => {
                 args.show_range(0..*count)

@@ -189,8 +189,9 @@ impl fmt::Display for PoolStats {
 
 /// One worker place, as the supervisor records it.
 struct Place {
-    /// Its first readiness was counted towards the pool's start-up.
-    counted: bool,
+    /// A process in this place has been ready (the pool's start-up ends
+    /// when every place's first has).
+    was_ready: bool,
     pid: Option<i32>,
     started: Instant,
     ready_at: Option<Instant>,
@@ -205,8 +206,6 @@ struct Place {
 /// The supervisor's running record.
 pub(crate) struct Recorder {
     created: Instant,
-    /// The first workers, by place, not yet ready.
-    first: usize,
     startup: Option<Duration>,
     places: BTreeMap<usize, Place>,
     slowest: Vec<SlowTask>,
@@ -214,17 +213,14 @@ pub(crate) struct Recorder {
 
 impl Recorder {
     pub(crate) fn new() -> Recorder {
-        Recorder { created: Instant::now(), first: 0, startup: None, places: BTreeMap::new(), slowest: Vec::new() }
+        Recorder { created: Instant::now(), startup: None, places: BTreeMap::new(), slowest: Vec::new() }
     }
 
     /// A process was started in place `index`.
     pub(crate) fn started(&mut self, index: usize, pid: i32) {
         let now = Instant::now();
-        if !self.places.contains_key(&index) {
-            self.first += 1;
-        }
         let place = self.places.entry(index).or_insert_with(|| Place {
-            counted: false,
+            was_ready: false,
             pid: None,
             started: now,
             ready_at: None,
@@ -249,12 +245,9 @@ impl Recorder {
         }
         place.ready_at = Some(now);
         place.startup = Some(now.duration_since(place.started));
-        if !place.counted {
-            place.counted = true;
-            self.first -= 1;
-            if self.first == 0 {
-                self.startup = Some(now.duration_since(self.created));
-            }
+        place.was_ready = true;
+        if self.startup.is_none() && self.places.values().all(|p| p.was_ready) {
+            self.startup = Some(now.duration_since(self.created));
         }
     }
 

@@ -68,24 +68,26 @@ pub(crate) struct Task {
 impl Task {
     /// Every call of the task ends with `error()`.
     pub(crate) fn fail(self, mut error: impl FnMut() -> Error) {
-        // A chunk is decoded once for all its calls' arguments.
-        let shown: Vec<Option<String>> = if self.batch {
-            self.args(0).show_range(0..self.calls)
-        } else {
-            (0..self.calls).map(|k| self.args(k).show(0)).collect()
-        };
-        for (k, shown) in shown.into_iter().enumerate() {
-            let show = move || shown.clone();
-            self.sink.deliver_with(self.base + k, RawItem::Failed(error()), Args::Value(&show));
-        }
+        self.fail_each(0, |_| error());
     }
 
-    /// Call `k` of the task ends with `error`.
-    pub(crate) fn fail_call(&self, k: usize, error: Error) {
-        let (item, at) = if self.batch { (0, k) } else { (k, 0) };
-        let show = |k: usize| self.args(item).show(k);
-        let shown = move || show(at);
-        self.sink.deliver_with(self.base + k, RawItem::Failed(error), Args::Value(&shown));
+    /// Call `k` of the task ends with `error(k)`, call `first` first (a
+    /// map reports the first failure it is given). The calls' arguments
+    /// are worked out only if a sink asks, a chunk decoded once for all.
+    pub(crate) fn fail_each(&self, first: usize, mut error: impl FnMut(usize) -> Error) {
+        let shown = std::cell::OnceCell::new();
+        let all = || {
+            if self.batch {
+                self.args(0).show_range(0..self.calls)
+            } else {
+                (0..self.calls).map(|k| self.args(k).show(0)).collect()
+            }
+        };
+        let first = Some(first).filter(|f| *f < self.calls);
+        for k in first.into_iter().chain((0..self.calls).filter(|k| Some(*k) != first)) {
+            let show = || shown.get_or_init(all).get(k).cloned().flatten();
+            self.sink.deliver_with(self.base + k, RawItem::Failed(error(k)), Args::Value(&show));
+        }
     }
 
     /// What its sink may show of the arguments of its `item`th item.
@@ -750,6 +752,7 @@ impl Supervisor {
         // The oldest unanswered task was running, unless the worker left on
         // its own after its quota (then nothing was).
         let clean = code == 0 && finished_quota;
+        let how = describe_exit(code);
         let reason = if clean {
             RestartReason::MaxTasks
         } else if w.cancelled {
@@ -757,7 +760,7 @@ impl Supervisor {
         } else if w.timed_out {
             RestartReason::TimedOut
         } else {
-            RestartReason::Died { exitcode: code, how: describe_exit(code) }
+            RestartReason::Died { exitcode: code, how: how.clone() }
         };
         self.shared.stats().ended(w.index, Some(reason));
         #[cfg(feature = "tracing")]
@@ -766,7 +769,7 @@ impl Supervisor {
                 worker = %w.name,
                 pid = w.pid,
                 exitcode = code,
-                how = %describe_exit(code),
+                how = %how,
                 timed_out = w.timed_out,
                 running = !inflight.is_empty(),
                 "pool worker died"
@@ -774,19 +777,15 @@ impl Supervisor {
         }
         if !clean && let Some((id, running)) = inflight.pop_front() {
             let (name, pid, timeout) = (w.name.clone(), w.pid, running.timeout.or(self.config.task_timeout));
-            let died = || Error::WorkerDied { name: name.clone(), pid, exitcode: code, how: describe_exit(code) };
+            let died = || Error::WorkerDied { name: name.clone(), pid, exitcode: code, how: how.clone() };
             if let Some((_, item, call, crate::wire::Outcome::Panicked { message, location, backtrace })) =
                 w.last_words.take().filter(|(said, ..)| *said == id)
             {
-                // The call that panicked fails with its panic, first (a
-                // map reports the first failure it is given); the others of
-                // its task with the death it caused.
-                let culprit = running.base + if running.batch { call } else { item };
-                let panicked = Error::Panicked { name: name.clone(), pid, message, location, backtrace };
-                running.fail_call(culprit - running.base, panicked);
-                for k in (0..running.calls).filter(|k| running.base + k != culprit) {
-                    running.fail_call(k, died());
-                }
+                // The call that panicked (delivered first) fails with its
+                // panic, the others of its task with the death it caused.
+                let culprit = if running.batch { call } else { item };
+                let mut panicked = Some(Error::Panicked { name: name.clone(), pid, message, location, backtrace });
+                running.fail_each(culprit, |_| panicked.take().unwrap_or_else(died));
             } else if w.timed_out {
                 running.fail(|| Error::TaskTimeout { name: name.clone(), pid, timeout: timeout.unwrap_or_default() });
             } else {
