@@ -832,6 +832,52 @@ impl<O: Output> Popen<O> {
         signal_group(self.pid, signal).context("signal a process group")
     }
 
+    /// The child's descendants now: its children, theirs, and so on
+    /// (psutil's `children(recursive=True)`), found by the parent links in
+    /// `/proc`, those in a session or group of their own too. A process
+    /// whose parent died before the call has left the tree and is not
+    /// found; empty once the child has been reaped.
+    ///
+    /// ```
+    /// use multiproc::subprocess::{Command, Stdio};
+    /// let mut child = Command::shell("sleep 30 & echo started; wait").stdout(Stdio::Pipe).popen().unwrap();
+    /// let mut line = String::new();
+    /// std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    /// assert_eq!(child.descendants().len(), 1, "the sleep");
+    /// child.signal_tree(libc::SIGKILL).unwrap();
+    /// child.wait().unwrap();
+    /// ```
+    pub fn descendants(&self) -> Vec<i32> {
+        if self.returncode.is_some() {
+            return Vec::new();
+        }
+        crate::sys::proc::descendants(self.pid)
+    }
+
+    /// Sends `signal` to the child's whole tree: its process group when it
+    /// has one of its own, every [descendant](Self::descendants) (those that
+    /// left the group with `setsid` too), and the child. Nothing once the
+    /// child has been reaped.
+    pub fn signal_tree(&self, signal: i32) -> Result<()> {
+        if self.returncode.is_some() {
+            return Ok(());
+        }
+        // Found before anything is signalled: a parent that dies first
+        // hands its children to init, out of sight.
+        let tree = self.descendants();
+        if self.own_group {
+            signal_group(self.pid, signal).context("signal a process group")?;
+        }
+        // Every one is tried; the first failure (not a process gone
+        // meanwhile, which is no failure) is reported.
+        let mut outcome = Ok(());
+        for pid in tree {
+            let sent = crate::sys::proc::signal_pid(pid, signal).context("signal a descendant");
+            outcome = outcome.and(sent);
+        }
+        outcome.and(self.send_signal(signal))
+    }
+
     /// The pipes' work: write the input, read the outputs, until both
     /// outputs end (true) or `deadline` passes (false).
     fn exchange(&mut self, input: Option<Vec<u8>>, deadline: Option<Instant>) -> Result<bool> {
@@ -945,12 +991,10 @@ impl<O: Output> Popen<O> {
         Error::TimeoutExpired { cmd: self.args.to_string(), timeout, stdout, stderr }
     }
 
-    /// Kills the child (with its group when it has one) and reaps it.
+    /// Kills the child's tree (its group, its descendants, the child) and
+    /// reaps it.
     fn kill_all(&mut self) {
-        if self.own_group {
-            let _ = self.signal_group(libc::SIGKILL);
-        }
-        let _ = self.kill();
+        let _ = self.signal_tree(libc::SIGKILL);
         let _ = self.wait();
     }
 }

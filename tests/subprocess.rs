@@ -75,6 +75,42 @@ fn a_timeout_kills_the_whole_tree_and_returns_at_once() {
     assert_eq!(state_of(pgid), None, "the child itself was not reaped");
 }
 
+/// A grandchild in a session of its own (`setsid`) has left the child's
+/// group, not its tree: a timeout kills it too, and `signal_tree` reaches it.
+#[test]
+fn a_timeout_kills_descendants_that_left_the_group() {
+    let gone = |pid: i32| {
+        let until = Instant::now() + Duration::from_secs(10);
+        while state_of(pid).is_some_and(|s| s != "Z" && s != "X") {
+            assert!(Instant::now() < until, "descendant {pid} outlived its tree's end");
+            std::thread::yield_now();
+        }
+    };
+    let err = Command::shell("setsid sleep 100 & echo $!; wait")
+        .stdout(Stdio::Pipe)
+        .timeout(Duration::from_millis(300))
+        .run()
+        .unwrap_err();
+    let Error::TimeoutExpired { stdout, .. } = err else { panic!("{err:?}") };
+    let escaped: i32 = String::from_utf8(stdout.unwrap()).unwrap().trim().parse().unwrap();
+    gone(escaped);
+
+    let mut child =
+        Command::shell("setsid sleep 100 & a=$!; sleep 100 & echo $a; wait").stdout(Stdio::Pipe).popen().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let escaped: i32 = line.trim().parse().unwrap();
+    let tree = child.descendants();
+    assert!(tree.contains(&escaped), "{tree:?} lacks {escaped}");
+    assert_eq!(tree.len(), 2, "{tree:?}");
+    child.signal_tree(libc::SIGKILL).unwrap();
+    assert_eq!(child.wait().unwrap(), -libc::SIGKILL);
+    assert!(child.descendants().is_empty(), "a reaped child has no tree");
+    for pid in tree {
+        gone(pid);
+    }
+}
+
 #[test]
 fn check_errors_carry_the_output() {
     let err = Command::shell("echo out; echo err >&2; exit 3").capture_output().check().run().unwrap_err();

@@ -217,6 +217,44 @@ fn grouped_output_never_interleaves_and_keep_order_keeps_input_order() {
     assert_eq!(seen.values().sum::<usize>(), 4 * 3000);
 }
 
+/// `--keep-order --line-buffer`: the first job's lines come as it prints
+/// them (the test answers its first line before it prints the second); a
+/// later job's lines, printed meanwhile, wait their turn.
+#[test]
+fn keep_order_line_buffer_streams_the_first_job_and_holds_the_rest() {
+    let dir = scratch("keep-order-lines");
+    let go = dir.join("go");
+    let first = format!(
+        "case {{}} in 1) echo 1a; while [ ! -e {go} ]; do sleep 0.01; done; echo 1b;; \
+         *) echo {{}}a; echo {{}}b >&2; echo {{}}c;; esac",
+        go = go.display()
+    );
+    let mut child = multiproc()
+        .args(["-k", "--line-buffer", "-j3", &first, ":::", "1", "2", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            tx.send(line.unwrap()).unwrap();
+        }
+    });
+    // A hang guard: grouped output would print nothing before `go` exists.
+    let line = rx.recv_timeout(Duration::from_secs(60)).expect("the first job's line did not come while it ran");
+    assert_eq!(line, "1a");
+    std::fs::write(&go, b"").unwrap();
+    let rest: Vec<String> = rx.iter().collect();
+    assert_eq!(rest, ["1b", "2a", "2c", "3a", "3c"]);
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(lines(&err), ["2b", "3b"]);
+    assert!(child.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn the_bar_goes_to_stderr_only() {
     let (code, out, err) = run(&["--bar", "-j2", "echo {}", ":::", "1", "2", "3"]);
@@ -232,14 +270,18 @@ fn a_timed_out_job_leaves_no_process_behind() {
     let dir = scratch("timeout");
     let pids = dir.join("pids");
     let script =
-        format!(": {{}}; sleep 100 & echo $! >> {0}; (sleep 100 & echo $! >> {0}; wait) & wait", pids.display());
+        // The last in a session of its own: out of the job's group, not its tree.
+        format!(
+            ": {{}}; sleep 100 & echo $! >> {0}; (sleep 100 & echo $! >> {0}; wait) & setsid sleep 100 & echo $! >> {0}; wait",
+            pids.display()
+        );
     let started = Instant::now();
     let (code, _, err) = run(&["--timeout", "0.5", "--joblog", dir.join("log").to_str().unwrap(), &script, ":::", "1"]);
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--timeout"), "{err}");
     let found = pids_in(&pids);
-    assert_eq!(found.len(), 2, "the job did not start its grandchildren");
+    assert_eq!(found.len(), 3, "the job did not start its grandchildren");
     // killpg has been sent by the time the run ends.
     assert!(all_gone(&found), "a grandchild survived the timeout");
     let log = std::fs::read_to_string(dir.join("log")).unwrap();
@@ -622,6 +664,10 @@ fn distributed_runs_keep_order_exit_codes_timeouts_and_halt() {
     assert!(started.elapsed() < Duration::from_secs(60), "the remote job was not cancelled");
     let (code, out, _) = remote(&["--retries", "2", "--tag", "echo x; exit 1", ":::", "a"]);
     assert_eq!((code, out.as_str()), (1, "a\tx\n"));
+    // Remote output comes whole, and the run says so when asked for lines.
+    let (code, out, err) = remote(&["--line-buffer", "-k", "echo {}; echo {}", ":::", "a", "b"]);
+    assert_eq!((code, lines(&out)), (0, vec!["a", "a", "b", "b"]));
+    assert!(err.contains("--line-buffer with --redis: each job's output comes whole"), "{err}");
 }
 
 #[test]

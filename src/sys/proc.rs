@@ -63,6 +63,34 @@ pub(crate) fn signal_group(pgid: i32, signal: i32) -> io::Result<()> {
     signal_pid(-pgid, signal)
 }
 
+/// Every process descended from `pid` now, found by the parent links in
+/// `/proc` (children first, then theirs, ...). A process that left the tree
+/// (reparented when its parent died) is not found; one started during the
+/// walk may be missed.
+pub(crate) fn descendants(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    for entry in dir.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        // The name (field 2) is in parentheses and may hold anything,
+        // spaces and ')' too: the fields after the last ')' are plain.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) {
+            parents.push((child, ppid));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|&&(_, p)| p == parent).map(|&(c, _)| c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
 /// Makes the calling process the leader of a new session (and process
 /// group). Async-signal-safe: fit for between fork and exec.
 pub(crate) fn new_session() -> io::Result<()> {

@@ -202,18 +202,27 @@ pub fn run(
     Outcome { start, runtime: began.elapsed(), exitval, signal, stdout, stderr, timed_out }
 }
 
-/// Ends a job that ran past its time: TERM to its group, then KILL to
-/// whatever of the group is left (its `sleep 100 &` too).
+/// Ends a job that ran past its time: TERM to its tree (its group and
+/// every descendant, one that left the group with `setsid` too), then KILL
+/// to whatever of it is left (its `sleep 100 &` too).
 fn kill_timed_out(child: &mut Popen) -> i32 {
-    let _ = child.signal_group(libc::SIGTERM);
+    // Seen now, while the job lives: once it dies, its children are
+    // init's and out of sight.
+    let tree = child.descendants();
+    let _ = child.signal_tree(libc::SIGTERM);
     let code = match child.wait_timeout(Duration::from_millis(200)) {
         Ok(code) => code,
         Err(_) => {
-            let _ = child.signal_group(libc::SIGKILL);
+            let _ = child.signal_tree(libc::SIGKILL);
             child.wait().unwrap_or(-libc::SIGKILL)
         }
     };
     kill_group(child.pid(), libc::SIGKILL);
+    for pid in tree {
+        // SAFETY: kill(2) has no memory-safety preconditions; one that is
+        // gone answers ESRCH.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
     code
 }
 

@@ -99,6 +99,13 @@ fn run(o: Options) -> Result<i32, String> {
         (Some(url), Some(pool)) => Some(remote::Remote::connect(url, pool)?),
         _ => None,
     };
+    if remote.is_some() && o.line_buffer {
+        // Not silently: the user asked for lines as they come.
+        eprintln!(
+            "multiproc run: --line-buffer with --redis: each job's output comes whole (a job run again after \
+             its worker died would otherwise print its lines twice)"
+        );
+    }
     let joblog = match &o.joblog {
         Some(path) => Some(JobLog::create(path, o.resume || o.resume_failed)?),
         None => None,
@@ -135,6 +142,7 @@ fn run(o: Options) -> Result<i32, String> {
         out: Mutex::new(Out {
             next: 1,
             pending: BTreeMap::new(),
+            held: BTreeMap::new(),
             joblog,
             done: 0,
             failed: 0,
@@ -263,6 +271,9 @@ struct Out {
     /// `--keep-order`: the next job number to print, and those waiting.
     next: u64,
     pending: BTreeMap<u64, Option<Finished>>,
+    /// `--keep-order --line-buffer`: lines of running jobs that are not
+    /// yet first in line (stderr: true), printed when their turn comes.
+    held: BTreeMap<u64, Vec<(bool, Vec<u8>)>>,
     joblog: Option<JobLog>,
     done: u64,
     failed: u64,
@@ -310,15 +321,25 @@ impl Out {
     /// Prints a job's output; false when stdout is gone (`| head`).
     fn print(&self, o: &Options, f: &Finished) -> bool {
         let tag = o.tag.then(|| tag_of(&f.values));
+        let stderr = tagged(tag.as_deref(), &f.outcome.stderr);
+        let stdout = tagged(tag.as_deref(), &f.outcome.stdout);
+        self.emit(&[(true, &stderr), (false, &stdout)])
+    }
+
+    /// Writes each piece to stderr (true) or stdout, around the bar; false
+    /// when stdout is gone.
+    fn emit(&self, pieces: &[(bool, &[u8])]) -> bool {
         let write = || {
-            if !f.outcome.stderr.is_empty() {
-                let _ = io::stderr().lock().write_all(&tagged(tag.as_deref(), &f.outcome.stderr));
+            let mut ok = true;
+            for &(err, bytes) in pieces.iter().filter(|(_, b)| !b.is_empty()) {
+                if err {
+                    let _ = io::stderr().lock().write_all(bytes);
+                } else {
+                    let mut out = io::stdout().lock();
+                    ok &= out.write_all(bytes).and_then(|()| out.flush()).is_ok();
+                }
             }
-            if f.outcome.stdout.is_empty() {
-                return true;
-            }
-            let mut out = io::stdout().lock();
-            out.write_all(&tagged(tag.as_deref(), &f.outcome.stdout)).and_then(|()| out.flush()).is_ok()
+            ok
         };
         match &self.bar {
             Some(Progress::Bar(bar)) => bar.suspend(write),
@@ -403,13 +424,34 @@ impl Shared<'_> {
     }
 
     fn flush_in_order(&self, out: &mut Out) {
-        while let Some(entry) = out.pending.remove(&out.next) {
+        loop {
+            // What the job now first in line printed while it waited its
+            // turn; a running one prints straight on from here.
+            if let Some(held) = out.held.remove(&out.next) {
+                let pieces: Vec<(bool, &[u8])> = held.iter().map(|(err, b)| (*err, b.as_slice())).collect();
+                if !out.emit(&pieces) {
+                    self.stdout_gone(out);
+                }
+            }
+            let Some(entry) = out.pending.remove(&out.next) else { break };
             if let Some(f) = entry
                 && !out.print(self.o, &f)
             {
                 self.stdout_gone(out);
             }
             out.next += 1;
+        }
+    }
+
+    /// A line-buffered job's whole lines, as they come: printed at once,
+    /// or with `--keep-order` at once only while the job is first in line
+    /// (held until then otherwise).
+    fn line(&self, seq: u64, err: bool, bytes: Vec<u8>) {
+        let mut out = self.lock_out();
+        if self.o.keep_order && out.next != seq {
+            out.held.entry(seq).or_default().push((err, bytes));
+        } else if !out.emit(&[(err, &bytes)]) {
+            self.stdout_gone(&mut out);
         }
     }
 
@@ -442,15 +484,12 @@ impl Shared<'_> {
 
     fn slot(&self, slot: usize) {
         let o = self.o;
-        let line_buffered = o.line_buffer && !o.keep_order;
+        let line_buffered = o.line_buffer;
         while let Some((seq, values)) = self.next_job() {
             let job = Job { seq, slot, values: &values };
             let argv = self.template.exec(&job).argv(&self.shell);
             let tag = o.tag.then(|| tag_of(&values));
-            let sink = |err: bool, bytes: &[u8]| {
-                let bytes = tagged(tag.as_deref(), bytes);
-                let _ = if err { io::stderr().lock().write_all(&bytes) } else { io::stdout().lock().write_all(&bytes) };
-            };
+            let sink = |err: bool, bytes: &[u8]| self.line(seq, err, tagged(tag.as_deref(), bytes));
             let mut outcome;
             let mut attempt = 1;
             loop {

@@ -137,7 +137,9 @@ Options
   --dry-run        print the commands, run nothing
   --tag            prefix each output line with the job's inputs
   --line-buffer    print output line by line as it comes (default: each job's output whole;
-                   with -k or --redis, output stays whole)
+                   with -k, the first job's lines as they come, the others' when their turn
+                   comes; with --redis, output stays whole: a job run again after its
+                   worker died must not print twice)
   --joblog FILE    log each job in GNU parallel's format (- is stdout)
   --resume         skip jobs already in the joblog; --resume-failed also reruns failed ones
   --bar            progress bar on stderr (automatic on a terminal when the input size is known)
