@@ -35,6 +35,7 @@ pub(crate) struct Bootstrap {
     /// True when a parent-death signal is a faithful "parent died" signal
     /// (the child's OS parent is the real parent, created from its main thread).
     pub deathsig: bool,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -42,7 +43,7 @@ pub(crate) struct Bootstrap {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Outcome {
     /// The target returned; this is its encoded value.
-    Returned(Vec<u8>),
+    Returned(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The target panicked.
     Panicked { message: String, location: Option<String>, backtrace: Option<String> },
     /// The value could not be decoded or encoded in the child.
@@ -66,6 +67,7 @@ impl Outcome {
 /// frame's descriptors belong to it (they follow in order).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Packed {
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
     pub nfds: u32,
 }

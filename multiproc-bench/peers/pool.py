@@ -11,6 +11,10 @@ def inc(x):
     return x + 1
 
 
+def echo(b):
+    return b
+
+
 def getpid(_):
     return os.getpid()
 
@@ -24,7 +28,7 @@ def rss_mib(pid):
 
 
 if __name__ == "__main__":
-    workers, tasks, map_items, roundtrips = (int(a) for a in sys.argv[1:5])
+    workers, tasks, map_items, roundtrips, big_rounds = (int(a) for a in sys.argv[1:6])
     with mp.Pool(workers) as pool:
         pool.map(inc, range(1000))  # warm up
         t = time.perf_counter()
@@ -48,6 +52,17 @@ if __name__ == "__main__":
             pool.apply(inc, (1,))
             times.append(time.perf_counter() - t)
         print("apply_roundtrip_us", statistics.median(times) * 1e6, flush=True)
+
+        # 64 MiB of bytes in and out. Protocol 5 pickles bytes as 4 does
+        # (one BINBYTES8 frame), so the default protocol stands for it.
+        big = bytes(i % 251 for i in range(256)) * (64 * 1024 * 1024 // 256)
+        times = []
+        for _ in range(big_rounds):
+            t = time.perf_counter()
+            back = pool.apply(echo, (big,))
+            times.append(time.perf_counter() - t)
+            assert back == big
+        print("apply_64mib_ms", statistics.median(times) * 1e3, flush=True)
 
         pids = set(pool.map(getpid, range(workers * 50), chunksize=1))
         time.sleep(0.2)

@@ -150,9 +150,12 @@ fn pipe_pair() -> Res<(OwnedFd, OwnedFd)> {
     Ok((OwnedFd::from(r), OwnedFd::from(w)))
 }
 
-/// A bare futex ping-pong on one word of shared memory: the floor for any
-/// shared-memory queue.
-fn raw_futex_roundtrip(rounds: usize) -> Res<f64> {
+/// A bare futex ping-pong on one word of shared memory between two
+/// processes: the floor for any shared-memory queue. With `spins`, each
+/// side first looks at the word that many times before it sleeps (the
+/// queue's own strategy: `raw-spin-futex`); with 0 it sleeps at once
+/// (`raw-futex`).
+pub(crate) fn raw_futex_roundtrip(rounds: usize, spins: u32) -> Res<f64> {
     // SAFETY: an anonymous shared mapping of one page, unmapped at the end.
     let page = unsafe {
         libc::mmap(
@@ -180,12 +183,21 @@ fn raw_futex_roundtrip(rounds: usize) -> Res<f64> {
         // SAFETY: futex wake on a live, aligned word.
         unsafe { libc::syscall(libc::SYS_futex, a as *const u32, libc::FUTEX_WAKE, 1) };
     };
+    let until = move |want: u32, before: u32| {
+        for _ in 0..spins {
+            if word(addr).load(Ordering::Acquire) == want {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        while word(addr).load(Ordering::Acquire) != want {
+            wait(addr, before);
+        }
+    };
     let mut p = Process::from_closure(move || {
         for i in 0..rounds as u32 {
             let want = 2 * i + 1;
-            while word(addr).load(Ordering::Acquire) != want {
-                wait(addr, 2 * i);
-            }
+            until(want, 2 * i);
             word(addr).store(want + 1, Ordering::Release);
             wake(addr);
         }
@@ -196,9 +208,7 @@ fn raw_futex_roundtrip(rounds: usize) -> Res<f64> {
         let t = Instant::now();
         word(addr).store(2 * i + 1, Ordering::Release);
         wake(addr);
-        while word(addr).load(Ordering::Acquire) != 2 * i + 2 {
-            wait(addr, 2 * i + 1);
-        }
+        until(2 * i + 2, 2 * i + 1);
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
     p.join().map_err(err)?;
@@ -242,7 +252,7 @@ pub(crate) fn run(args: &Args) -> Res<()> {
     )?;
 
     let queue_rt = queue_roundtrip(args.rounds)?;
-    let futex_rt = raw_futex_roundtrip(args.rounds)?;
+    let futex_rt = raw_futex_roundtrip(args.rounds, 0)?;
     let (a_in, a_out) = pipe_pair()?;
     let (b_in, b_out) = pipe_pair()?;
     let raw_pipe_rt = raw_fd_roundtrip(args.rounds, (a_out, b_in), (a_in, b_out))?;

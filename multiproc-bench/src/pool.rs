@@ -23,6 +23,9 @@ pub(crate) struct Args {
     /// apply round trips to take the median of.
     #[arg(long, default_value_t = 2_000)]
     roundtrips: usize,
+    /// Round trips of a 64 MiB argument and result to take the median of.
+    #[arg(long, default_value_t = 5)]
+    big_rounds: usize,
     /// CPU-bound tasks of about 10 ms each.
     #[arg(long, default_value_t = 200)]
     cpu_tasks: usize,
@@ -34,6 +37,13 @@ pub(crate) struct Args {
 fn inc(x: u64) -> u64 {
     x + 1
 }
+
+fn echo(bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    bytes
+}
+
+/// 64 MiB: the big argument's size.
+const BIG: usize = 64 << 20;
 
 fn getpid(_: u64) -> i32 {
     multiproc::os::getpid()
@@ -90,7 +100,13 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         &python,
         "pool.py",
         include_str!("../peers/pool.py"),
-        &[workers.to_string(), args.tasks.to_string(), args.map_items.to_string(), args.roundtrips.to_string()],
+        &[
+            workers.to_string(),
+            args.tasks.to_string(),
+            args.map_items.to_string(),
+            args.roundtrips.to_string(),
+            args.big_rounds.to_string(),
+        ],
     )?;
     let py = |k: &str| peer.get(k);
 
@@ -122,12 +138,40 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let roundtrip = median(times);
+    // The same round trip's floor: two processes ping-ponging on a word of
+    // shared memory, spinning first as our queue does.
+    let spin_futex = crate::ipc::raw_futex_roundtrip(args.roundtrips, 2000)?;
 
     let mut pids = pool.map_chunksize(getpid, 0..(workers * 50) as u64, 1).map_err(err)?;
     pids.sort();
     pids.dedup();
     std::thread::sleep(Duration::from_millis(200));
     let rss = pids.iter().map(|&p| rss_mib(p)).sum::<f64>() / pids.len() as f64;
+
+    // After the memory figure: the workers keep what a big call grew.
+    // 64 MiB in, the same out (bytes: serde's ByteBuf, as Python's bytes),
+    // against copying it once here (a fresh buffer, as a receiver's).
+    let big = serde_bytes::ByteBuf::from((0..BIG).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let mut times = Vec::with_capacity(args.big_rounds);
+    let mut copies = Vec::with_capacity(args.big_rounds);
+    for _ in 0..args.big_rounds {
+        // apply takes its argument by value: a caller done with it moves
+        // it in, so the copy made here is not timed.
+        let arg = big.clone();
+        let t = Instant::now();
+        let back = pool.apply(echo, (arg,)).map_err(err)?;
+        let took = t.elapsed();
+        if back != big {
+            return Err("apply_64mib: the result is not the argument".into());
+        }
+        times.push(took.as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let copy = std::hint::black_box(big.to_vec());
+        copies.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(copy);
+    }
+    let big_ms = median(times);
+    let memcpy_ms = median(copies);
 
     let rounds = calibrate(Duration::from_millis(10));
     let jobs = vec![rounds; args.cpu_tasks];
@@ -145,6 +189,9 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     row("imap_chunk1_per_s", imap, py("imap_chunk1_per_s")?, "python-pool");
     row("map_default_chunk_per_s", map, py("map_default_chunk_per_s")?, "python-pool");
     row("apply_roundtrip_us", roundtrip, py("apply_roundtrip_us")?, "python-pool");
+    row("apply_roundtrip_us", roundtrip, spin_futex, "raw-spin-futex");
+    row("apply_64mib_ms", big_ms, py("apply_64mib_ms")?, "python-pool");
+    row("apply_64mib_ms", big_ms, memcpy_ms, "memcpy-64mib");
     row("cpu_bound_per_s", ours_cpu, rayon_cpu, "rayon");
     row("worker_rss_mib", rss, py("worker_rss_mib")?, "python-pool");
     Ok(())

@@ -91,7 +91,7 @@ pub(crate) struct TaskMessage {
     /// The submitting pool's task timeout, in milliseconds.
     pub timeout_ms: Option<u64>,
     /// Each call's encoded arguments.
-    pub items: Vec<Vec<u8>>,
+    pub items: Vec<serde_bytes::ByteBuf>,
 }
 
 /// The most calls one task may stand for (a chunk); more is malformed.
@@ -230,7 +230,7 @@ mod tests {
             batch,
             calls,
             timeout_ms: None,
-            items: vec![Vec::new(); items],
+            items: vec![serde_bytes::ByteBuf::new(); items],
         }
     }
 

@@ -205,7 +205,7 @@ fn message(
         batch: task.batch,
         calls: task.calls,
         timeout_ms: timeout.map(|t| t.as_millis() as u64),
-        items: task.items.iter().map(|i| i.bytes.clone()).collect(),
+        items: task.items.iter().map(|i| serde_bytes::ByteBuf::from(i.bytes.clone())).collect(),
     };
     Ok((task, m))
 }

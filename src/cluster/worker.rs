@@ -363,7 +363,7 @@ fn accept(
     });
     let task = Task {
         entry: message.entry,
-        items: message.items.iter().map(|b| PackedItem { bytes: b.clone(), fds: Vec::new() }).collect(),
+        items: message.items.iter().map(|b| PackedItem { bytes: b.to_vec(), fds: Vec::new() }).collect(),
         base: 0,
         batch: message.batch,
         calls: message.calls,

@@ -295,7 +295,7 @@ impl Connection {
             let sock = self.socket()?;
             let mut out = Vec::with_capacity(bytes.len() + 16);
             frame::encode_into(&mut out, &bytes, fds.len());
-            let mut pending = Unsent { sock, rest: out, fds, started: false };
+            let mut pending = Unsent { sock, rest: out, at: 0, fds, started: false };
             let watched = crate::aio::Watched::new(sock, tokio::io::Interest::WRITABLE)?;
             loop {
                 match pending.write_some() {
@@ -415,7 +415,11 @@ impl Connection {
 #[cfg(feature = "async")]
 struct Unsent<'a> {
     sock: BorrowedFd<'a>,
+    /// The message; `rest[at..]` is not written yet (an offset, not a
+    /// shrinking buffer: dropping the front after each write would move
+    /// the rest each time).
     rest: Vec<u8>,
+    at: usize,
     /// Descriptors, until the first byte carries them.
     fds: Vec<OwnedFd>,
     /// Its first byte went out.
@@ -427,13 +431,13 @@ impl Unsent<'_> {
     /// Writes what the socket takes now; whether all is written.
     fn write_some(&mut self) -> std::io::Result<bool> {
         let fds: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
-        let n = frame::send_some(self.sock, &self.rest, &fds)?;
+        let n = frame::send_some(self.sock, &self.rest[self.at..], &fds)?;
         if n > 0 {
-            self.rest.drain(..n);
+            self.at += n;
             self.fds.clear();
             self.started = true;
         }
-        Ok(self.rest.is_empty())
+        Ok(self.at == self.rest.len())
     }
 }
 

@@ -359,8 +359,10 @@ struct Slot {
     /// Sent, not yet answered; the front one is running.
     inflight: VecDeque<(u64, Task)>,
     running_since: Option<Instant>,
-    /// Framed bytes not yet written, and descriptors to attach to the next write.
+    /// Framed bytes not yet written (from `out_at` on), and descriptors to
+    /// attach to the next write.
     outbox: Vec<u8>,
+    out_at: usize,
     out_fds: Vec<OwnedFd>,
     sent: u64,
     /// Killed by us: its task ran past its limit or was cancelled.
@@ -480,6 +482,7 @@ impl Supervisor {
             inflight: VecDeque::new(),
             running_since: None,
             outbox: Vec::new(),
+            out_at: 0,
             out_fds: Vec::new(),
             sent: 0,
             timed_out: false,
@@ -875,8 +878,9 @@ fn absorb(workers: &mut [Slot], st: &mut State) {
         w.sent += 1;
         if !h.rest.is_empty() {
             let mut out = h.rest;
-            out.append(&mut w.outbox);
+            out.extend_from_slice(&w.outbox[w.out_at..]);
             w.outbox = out;
+            w.out_at = 0;
         }
     }
 }
@@ -887,15 +891,27 @@ fn flush(w: &mut Slot) {
         return;
     }
     let fds: Vec<BorrowedFd<'_>> = w.out_fds.iter().map(|f| f.as_fd()).collect();
-    match frame::send_some(w.conn.as_fd(), &w.outbox, &fds) {
+    match frame::send_some(w.conn.as_fd(), &w.outbox[w.out_at..], &fds) {
         Ok(0) => {}
         Ok(n) => {
-            w.outbox.drain(..n);
             w.out_fds.clear();
+            w.out_at += n;
+            if w.out_at == w.outbox.len() {
+                w.outbox.clear();
+                w.out_at = 0;
+            } else if w.out_at >= w.outbox.len() / 2 {
+                // A big frame leaves in socket-sized pieces. Dropping the
+                // sent front after each moved the rest every time
+                // (quadratic: seconds for 64 MiB); now only once the front
+                // is half the outbox, so each byte moves at most once more.
+                w.outbox.drain(..w.out_at);
+                w.out_at = 0;
+            }
         }
         // The worker is gone; its exit settles its tasks.
         Err(_) => {
             w.outbox.clear();
+            w.out_at = 0;
             w.out_fds.clear();
             w.exited = true;
         }

@@ -15,6 +15,7 @@ use crate::wire::{EntryRef, FromWorker, Outcome, ToWorker};
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Init {
     pub entry: EntryRef,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     pub fds: Vec<Handle>,
 }
