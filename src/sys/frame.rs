@@ -153,7 +153,24 @@ pub(crate) struct Reader {
     eof: bool,
     /// Largest payload accepted; `None` for no limit.
     limit: Option<usize>,
+    /// A frame over [`BIG`] being read straight into bytes of its own.
+    big: Option<Big>,
 }
+
+/// A big frame's payload so far: read into its own buffer, which becomes
+/// the frame's bytes as it is (no second copy, and the reader's buffer does
+/// not keep its size afterwards).
+#[derive(Debug)]
+struct Big {
+    /// Zeroed ahead of the reads, in steps; `filled` of it has arrived.
+    bytes: Vec<u8>,
+    filled: usize,
+    len: usize,
+    nfds: usize,
+}
+
+/// Payloads above this are read into their own buffer.
+const BIG: usize = READ_STEP;
 
 /// A frame larger than the reader accepts (it was not read).
 #[derive(Debug)]
@@ -186,7 +203,7 @@ impl Reader {
 
     /// Whether bytes are buffered that no frame has taken yet.
     pub(crate) fn has_buffered(&self) -> bool {
-        self.end > self.start || !self.fds.is_empty()
+        self.end > self.start || !self.fds.is_empty() || self.big.is_some()
     }
 
     /// Whether a whole frame is buffered.
@@ -201,10 +218,20 @@ impl Reader {
     pub(crate) fn read(&mut self, sock: BorrowedFd<'_>, block: bool) -> io::Result<Progress> {
         let flags = if block { RecvFlags::CMSG_CLOEXEC } else { RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT };
         loop {
+            if self.big.is_some() {
+                match self.read_big(sock, flags)? {
+                    Some(progress) => return Ok(progress),
+                    None => continue,
+                }
+            }
             let need = match self.parse()? {
                 Parsed::Frame(f) => return Ok(Progress::Frame(f)),
                 Parsed::Need(n) => n,
             };
+            if need > HEADER + BIG && self.end - self.start >= HEADER {
+                self.start_big(need - HEADER);
+                continue;
+            }
             if self.eof {
                 if self.end == self.start {
                     return Ok(Progress::Eof);
@@ -221,6 +248,54 @@ impl Reader {
                 None => return Ok(Progress::Pending),
             }
         }
+    }
+
+    /// Moves what is buffered of a big frame (its header parsed and
+    /// checked) into a buffer of its own.
+    fn start_big(&mut self, len: usize) {
+        let avail = &self.buf[self.start..self.end];
+        let nfds = u32::from_le_bytes(avail[8..HEADER].try_into().expect("4 bytes")) as usize;
+        let bytes = avail[HEADER..].to_vec();
+        let filled = bytes.len();
+        // Nothing of a later frame is buffered: this one is not complete.
+        self.start = 0;
+        self.end = 0;
+        self.big = Some(Big { bytes, filled, len, nfds });
+    }
+
+    /// One step of a big frame: the frame when it is whole, `Pending` when
+    /// nothing more is there now, `None` to go on.
+    fn read_big(&mut self, sock: BorrowedFd<'_>, flags: RecvFlags) -> io::Result<Option<Progress>> {
+        let big = self.big.as_mut().expect("a big frame is being read");
+        if big.filled == big.len {
+            let Big { bytes, nfds, .. } = self.big.take().expect("checked above");
+            if self.fds.len() < nfds {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("message announced {nfds} descriptors but carried {}", self.fds.len()),
+                ));
+            }
+            let fds = self.fds.drain(..nfds).collect();
+            return Ok(Some(Progress::Frame(Frame { bytes, fds })));
+        }
+        if self.eof {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in the middle of a message"));
+        }
+        if big.filled == big.bytes.len() {
+            // Grown as bytes arrive (at most doubling what came): a hostile
+            // length allocates nothing in advance. (A large block's growth
+            // is a remap, not a copy.)
+            let room = (big.len - big.filled).min(big.filled.max(READ_STEP));
+            big.bytes.resize(big.filled + room, 0);
+        }
+        // With its ancillary buffer: a sender may attach the descriptors of
+        // frames queued behind this one to a write that starts inside it.
+        match recv_into(sock, &mut big.bytes[big.filled..], flags, &mut self.fds)? {
+            None => return Ok(Some(Progress::Pending)),
+            Some(0) => self.eof = true,
+            Some(n) => big.filled += n,
+        }
+        Ok(None)
     }
 
     /// Makes room for a read: moves unparsed bytes to the front and grows
@@ -279,24 +354,35 @@ impl Reader {
     }
 
     fn recv(&mut self, sock: BorrowedFd<'_>, flags: RecvFlags) -> io::Result<Option<usize>> {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let result = loop {
-            match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(&mut self.buf[self.end..])], &mut control, flags) {
-                Err(Errno::INTR) => continue,
-                other => break other,
-            }
-        };
-        for msg in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(fds) = msg {
-                self.fds.extend(fds);
-            }
+        recv_into(sock, &mut self.buf[self.end..], flags, &mut self.fds)
+    }
+}
+
+/// One read into `buf`, descriptors that came with it appended to `fds`:
+/// how many bytes, `None` when a non-blocking read found nothing.
+fn recv_into(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: RecvFlags,
+    fds: &mut VecDeque<OwnedFd>,
+) -> io::Result<Option<usize>> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let result = loop {
+        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, flags) {
+            Err(Errno::INTR) => continue,
+            other => break other,
         }
-        match result {
-            Ok(r) => Ok(Some(r.bytes)),
-            Err(Errno::AGAIN) => Ok(None),
-            Err(e) => Err(e.into()),
+    };
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = msg {
+            fds.extend(received);
         }
+    }
+    match result {
+        Ok(r) => Ok(Some(r.bytes)),
+        Err(Errno::AGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -378,5 +464,101 @@ pub(crate) fn peek_packet(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Op
             Err(Errno::AGAIN) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    /// Reads frames without blocking (waiting on poll), until `n` came.
+    fn read_n(reader: &mut Reader, sock: &UnixStream, n: usize) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match reader.read(sock.as_fd(), false).unwrap() {
+                Progress::Frame(f) => out.push(f),
+                Progress::Pending => {
+                    crate::sys::poll(&[(sock.as_fd(), crate::sys::Interest::Read)], None).unwrap();
+                }
+                Progress::Eof => panic!("end of stream after {} frames", out.len()),
+            }
+        }
+        out
+    }
+
+    /// Sizes around the big-frame threshold, one with descriptors on the
+    /// write that starts inside the big frame before it (as the pool's
+    /// outbox sends them): every byte and descriptor where it belongs.
+    #[test]
+    fn big_frames_arrive_whole_and_descriptors_reach_their_frame() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let sizes = [BIG - 1, BIG, BIG + 1, 3 * BIG + 7, 5, 0, 2 * BIG];
+        let frames: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| pattern(n, i as u8)).collect();
+        let sent = frames.clone();
+        let writer = std::thread::spawn(move || {
+            let (r, w) = rustix::pipe::pipe().unwrap();
+            for f in &sent {
+                send(a.as_fd(), f, &[]).unwrap();
+            }
+            // A big frame, then a small one with a descriptor that rides
+            // on a write starting in the middle of the big one.
+            let mut out = Vec::new();
+            encode_into(&mut out, &pattern(2 * BIG + 3, 9), 0);
+            encode_into(&mut out, b"tail", 1);
+            let half = BIG;
+            let mut at = 0;
+            while at < half {
+                let n = send_some(a.as_fd(), &out[at..half], &[]).unwrap();
+                if n == 0 {
+                    crate::sys::poll(&[(a.as_fd(), crate::sys::Interest::Write)], None).unwrap();
+                }
+                at += n;
+            }
+            let mut fds = vec![r.as_fd()];
+            while at < out.len() {
+                let n = send_some(a.as_fd(), &out[at..], &fds).unwrap();
+                if n == 0 {
+                    crate::sys::poll(&[(a.as_fd(), crate::sys::Interest::Write)], None).unwrap();
+                } else {
+                    fds.clear();
+                }
+                at += n;
+            }
+            drop(w);
+        });
+        let mut reader = Reader::new();
+        let got = read_n(&mut reader, &b, frames.len() + 2);
+        writer.join().unwrap();
+        for (i, (f, want)) in got.iter().zip(&frames).enumerate() {
+            assert!(f.bytes == *want, "frame {i} ({} bytes) came back changed", want.len());
+            assert!(f.fds.is_empty());
+        }
+        let (big, tail) = (&got[frames.len()], &got[frames.len() + 1]);
+        assert!(big.bytes == pattern(2 * BIG + 3, 9));
+        assert!(big.fds.is_empty(), "the big frame took the next one's descriptor");
+        assert_eq!((tail.bytes.as_slice(), tail.fds.len()), (&b"tail"[..], 1));
+        assert!(reader.buf.len() <= 2 * READ_STEP, "the reader kept a big frame's size: {}", reader.buf.len());
+    }
+
+    /// A length no sender means (1 TiB): memory grows with what arrives,
+    /// and the end of the stream inside it is an error.
+    #[test]
+    fn a_hostile_length_allocates_only_what_arrives() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut head = header(1 << 40, 0).to_vec();
+        head.extend_from_slice(&[7; 1000]);
+        send_some(a.as_fd(), &head, &[]).unwrap();
+        let mut reader = Reader::new();
+        assert!(matches!(reader.read(b.as_fd(), false).unwrap(), Progress::Pending));
+        let held = reader.big.as_ref().map(|big| big.bytes.capacity()).unwrap();
+        assert!(held <= 2 * READ_STEP, "{held} bytes held for 1000 received");
+        drop(a);
+        let err = reader.read(b.as_fd(), true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
