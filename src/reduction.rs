@@ -263,6 +263,11 @@ pub(crate) fn encode_plain<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("protocol messages always serialize")
 }
 
+/// [`encode_plain`], appended to `out`.
+pub(crate) fn encode_plain_onto<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    *out = postcard::to_extend(value, std::mem::take(out)).expect("protocol messages always serialize");
+}
+
 /// Plain decoding for our own protocol messages.
 pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| e.to_string())

@@ -81,6 +81,21 @@ pub(crate) enum ToWorker {
     Exit,
 }
 
+/// [`ToWorker::Task`] as the pool sends it: its items' bytes borrowed, not
+/// copied; encoded exactly as that variant (a test holds it to that).
+#[derive(Debug, Serialize)]
+pub(crate) enum ToWorkerRef<'a> {
+    Task { id: u64, entry: EntryRef, items: Vec<PackedRef<'a>> },
+}
+
+/// [`Packed`], borrowed.
+#[derive(Debug, Serialize)]
+pub(crate) struct PackedRef<'a> {
+    #[serde(with = "serde_bytes")]
+    pub bytes: &'a [u8],
+    pub nfds: u32,
+}
+
 /// What a worker says to the pool.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FromWorker {
@@ -106,4 +121,34 @@ pub(crate) enum FromWorker {
 pub(crate) enum ItemResult<R> {
     Ok(R),
     Err(Outcome),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pool encodes tasks through the borrowed form; workers decode
+    /// the owned one. Same bytes, or workers read garbage.
+    #[test]
+    fn a_borrowed_task_encodes_as_the_owned_one() {
+        let entry = EntryRef { offset: -12345, check: 678 };
+        let payloads = [vec![], vec![7u8], (0..70_000).map(|i| i as u8).collect::<Vec<u8>>()];
+        let owned = ToWorker::Task {
+            id: 1 << 40,
+            entry,
+            items: payloads.iter().enumerate().map(|(i, b)| Packed { bytes: b.clone(), nfds: i as u32 }).collect(),
+        };
+        let borrowed = ToWorkerRef::Task {
+            id: 1 << 40,
+            entry,
+            items: payloads.iter().enumerate().map(|(i, b)| PackedRef { bytes: b, nfds: i as u32 }).collect(),
+        };
+        let bytes = crate::reduction::encode_plain(&borrowed);
+        assert_eq!(bytes, crate::reduction::encode_plain(&owned));
+        let Ok(ToWorker::Task { id, items, .. }) = crate::reduction::decode_plain::<ToWorker>(&bytes) else {
+            panic!("not a task")
+        };
+        assert_eq!(id, 1 << 40);
+        assert!(items.iter().zip(&payloads).all(|(p, b)| p.bytes == *b));
+    }
 }

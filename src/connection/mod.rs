@@ -294,7 +294,7 @@ impl Connection {
             }
             let sock = self.socket()?;
             let mut out = Vec::with_capacity(bytes.len() + 16);
-            frame::encode_into(&mut out, &bytes, fds.len());
+            frame::encode_with(&mut out, fds.len(), |out| out.extend_from_slice(&bytes));
             let mut pending = Unsent { sock, rest: out, at: 0, fds, started: false };
             let watched = crate::aio::Watched::new(sock, tokio::io::Interest::WRITABLE)?;
             loop {

@@ -35,7 +35,7 @@ use crate::popen::describe_exit;
 use crate::reduction;
 use crate::sys::frame::{self, MAX_FDS, Progress, Reader};
 use crate::sys::{self, Interest};
-use crate::wire::{EntryRef, FromWorker, Packed, ToWorker};
+use crate::wire::{EntryRef, FromWorker, PackedRef, ToWorker, ToWorkerRef};
 use crate::{Error, Handle, Process, StartMethod};
 
 /// One call's encoded arguments.
@@ -271,7 +271,7 @@ impl Shared {
         let Some(offered) = st.offered.pop() else { return Err(task) };
         let id = self.new_id();
         let mut frame = Vec::new();
-        frame::encode_into(&mut frame, &reduction::encode_plain(&task_message(id, &task)), 0);
+        frame::encode_with(&mut frame, 0, |out| reduction::encode_plain_onto(&task_message(id, &task), out));
         // An error here is a worker that is gone: its exit settles the task.
         let sent = frame::send_some(offered.conn.as_fd(), &frame, &[]).unwrap_or(0);
         let rest = frame.split_off(sent);
@@ -322,11 +322,11 @@ fn direct(task: &Task) -> bool {
 }
 
 /// The message that carries `task` to a worker.
-fn task_message(id: u64, task: &Task) -> ToWorker {
-    ToWorker::Task {
+fn task_message(id: u64, task: &Task) -> ToWorkerRef<'_> {
+    ToWorkerRef::Task {
         id,
         entry: task.entry,
-        items: task.items.iter().map(|it| Packed { bytes: it.bytes.clone(), nfds: it.fds.len() as u32 }).collect(),
+        items: task.items.iter().map(|it| PackedRef { bytes: &it.bytes, nfds: it.fds.len() as u32 }).collect(),
     }
 }
 
@@ -578,12 +578,12 @@ impl Supervisor {
         let id = self.shared.new_id();
         let w = &mut self.workers[i];
         let nfds: usize = task.items.iter().map(|it| it.fds.len()).sum();
-        let bytes = reduction::encode_plain(&task_message(id, &task));
+
         // Descriptors ride on the next write; keep each write under the limit.
         if w.out_fds.len() + nfds > MAX_FDS && !w.outbox.is_empty() {
             flush(w);
         }
-        frame::encode_into(&mut w.outbox, &bytes, nfds);
+        frame::encode_with(&mut w.outbox, nfds, |out| reduction::encode_plain_onto(&task_message(id, &task), out));
         for it in &task.items {
             for fd in &it.fds {
                 match fd.try_clone() {

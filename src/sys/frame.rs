@@ -80,10 +80,14 @@ pub(crate) fn send_frames(sock: BorrowedFd<'_>, frames: &[(&[u8], &[BorrowedFd<'
     Ok(())
 }
 
-/// Appends one frame (header and payload) to `out`, for [`send_some`].
-pub(crate) fn encode_into(out: &mut Vec<u8>, bytes: &[u8], nfds: usize) {
-    out.extend_from_slice(&header(bytes.len(), nfds));
-    out.extend_from_slice(bytes);
+/// Appends one frame to `out`, for [`send_some`], its payload written by
+/// `payload` straight after the header (no payload buffer of its own).
+pub(crate) fn encode_with(out: &mut Vec<u8>, nfds: usize, payload: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    payload(out);
+    let len = out.len() - at - HEADER;
+    out[at..at + HEADER].copy_from_slice(&header(len, nfds));
 }
 
 /// One non-blocking write of already-framed bytes, with `fds` attached to its
@@ -508,8 +512,8 @@ mod tests {
             // A big frame, then a small one with a descriptor that rides
             // on a write starting in the middle of the big one.
             let mut out = Vec::new();
-            encode_into(&mut out, &pattern(2 * BIG + 3, 9), 0);
-            encode_into(&mut out, b"tail", 1);
+            encode_with(&mut out, 0, |out| out.extend_from_slice(&pattern(2 * BIG + 3, 9)));
+            encode_with(&mut out, 1, |out| out.extend_from_slice(b"tail"));
             let half = BIG;
             let mut at = 0;
             while at < half {
