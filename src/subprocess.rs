@@ -863,19 +863,23 @@ impl<O: Output> Popen<O> {
             return Ok(());
         }
         // Found before anything is signalled: a parent that dies first
-        // hands its children to init, out of sight.
+        // hands its children to init, out of sight (their pids stay theirs
+        // until init reaps them).
         let tree = self.descendants();
         if self.own_group {
             signal_group(self.pid, signal).context("signal a process group")?;
         }
+        // The child before its descendants: it is the one whose end the
+        // caller waits for, and seeing them die first it might end on its
+        // own (a shell's `wait` returns 0) instead of by the signal.
+        let mut outcome = self.send_signal(signal);
         // Every one is tried; the first failure (not a process gone
         // meanwhile, which is no failure) is reported.
-        let mut outcome = Ok(());
         for pid in tree {
             let sent = crate::sys::proc::signal_pid(pid, signal).context("signal a descendant");
             outcome = outcome.and(sent);
         }
-        outcome.and(self.send_signal(signal))
+        outcome
     }
 
     /// The pipes' work: write the input, read the outputs, until both
