@@ -58,6 +58,17 @@
 //! several times faster for large data (the `queue_1k_vec_per_s` and
 //! `queue_1k_per_s` rows of `multiproc-bench ipc`). Both arrive unchanged;
 //! only the speed differs. Python's `bytes` is `ByteBuf`.
+//!
+//! A value whose encoding passes 1 MiB does not go through the socket,
+//! queue ring or frame at all: it is encoded straight into a memory file
+//! (`memfd`), which is sealed against any change and handed over as a
+//! descriptor; the receiver maps it and decodes straight out of it. Each
+//! side makes one copy (its own encoding, its own decoded value), whatever
+//! the path: process arguments and results, pool tasks and results,
+//! queues and pipes. A process short of descriptors (fewer than half of its
+//! limit free) sends big values inline instead, more slowly. A
+//! [`Connection`]'s size limit applies to such a value's real size; a
+//! Redis-backed pool brings it back into the message.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -22,6 +22,7 @@ use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::sys::frame::MAX_FDS;
+use crate::sys::shm::{Sealed, SealedWriter};
 
 thread_local! {
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
@@ -189,8 +190,9 @@ impl Serialize for Handle {
                     S::Error::custom,
                 )
             })?;
-            if table.len() >= MAX_FDS {
-                return Err(handle_error(format!("more than {MAX_FDS} handles in one message"), S::Error::custom));
+            // One place is kept for the memory file of a big payload.
+            if table.len() >= MAX_FDS - 1 {
+                return Err(handle_error(format!("more than {} handles in one message", MAX_FDS - 1), S::Error::custom));
             }
             let dup = self
                 .fd
@@ -231,6 +233,18 @@ pub(crate) fn share<E: serde::ser::Error>(fd: impl AsFd) -> Result<Handle, E> {
     fd.as_fd().try_clone_to_owned().map(Handle::new).map_err(E::custom)
 }
 
+/// Encoded payloads longer than this leave the message: they are written
+/// into a sealed memory file that travels as the payload's first
+/// descriptor, so that no socket, ring or frame buffer copies them on the
+/// way, and the receiver decodes straight out of the shared pages.
+pub(crate) const SPILL_AT: usize = 1 << 20;
+
+/// The first byte of every encoded payload: the postcard bytes follow.
+const INLINE: u8 = 0;
+/// The first byte of a payload whose postcard bytes are in a sealed memory
+/// file, the first of its descriptors; nothing follows.
+const SPILLED: u8 = 1;
+
 /// Encodes `value`, collecting the descriptors of its handles.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
     encode_into(value, Vec::new())
@@ -241,21 +255,149 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<O
 pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, buf: Vec<u8>) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
     HANDLE_ERROR.with(|h| h.borrow_mut().take());
     let previous = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
-    let bytes = postcard::to_extend(value, buf);
-    let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), previous)).unwrap_or_default();
-    let bytes = bytes.map_err(explain_for::<T>)?;
+    let out = postcard::serialize_with_flavor(value, Spill::new(buf));
+    let mut fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), previous)).unwrap_or_default();
+    let (bytes, spilled) = out.map_err(explain_for::<T>)?;
+    if let Some(fd) = spilled {
+        fds.insert(0, fd);
+    }
     Ok((bytes, fds))
+}
+
+/// Where an encoding goes: into `buf` after its tag, and, once longer than
+/// [`SPILL_AT`], into a memory file (`buf` then keeps only the tag).
+struct Spill {
+    buf: Vec<u8>,
+    /// Where this payload's tag is in `buf` (the caller's bytes come first).
+    start: usize,
+    file: Option<SealedWriter>,
+    /// No memory file could be had: stay in `buf`.
+    inline_only: bool,
+}
+
+impl Spill {
+    fn new(mut buf: Vec<u8>) -> Spill {
+        let start = buf.len();
+        buf.push(INLINE);
+        Spill { buf, start, file: None, inline_only: false }
+    }
+
+    fn fail(e: io::Error) -> postcard::Error {
+        handle_error(format!("cannot write the encoded value into shared memory: {e}"), |_| {
+            postcard::Error::SerializeBufferFull
+        })
+    }
+
+    /// Moves the bytes so far into a memory file, if one can be had (and
+    /// this process is not short of descriptors: a queue of many big
+    /// payloads must not take the ones the rest of the program needs).
+    fn start_file(&mut self) -> postcard::Result<()> {
+        let so_far = &self.buf[self.start + 1..];
+        let mut file = match SealedWriter::new(2 * SPILL_AT + so_far.len()) {
+            Ok(file) if descriptors_to_spare(file.as_fd()) => file,
+            _ => {
+                self.inline_only = true;
+                return Ok(());
+            }
+        };
+        file.extend(so_far).map_err(Self::fail)?;
+        self.buf.truncate(self.start);
+        self.buf.push(SPILLED);
+        self.file = Some(file);
+        Ok(())
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Spill {
+    type Output = (Vec<u8>, Option<OwnedFd>);
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        match &mut self.file {
+            Some(file) => file.push(data).map_err(Self::fail),
+            None if self.inline_only || self.buf.len() - self.start <= SPILL_AT => {
+                self.buf.push(data);
+                Ok(())
+            }
+            None => self.try_extend(&[data]),
+        }
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if self.file.is_none() && !self.inline_only && self.buf.len() - self.start - 1 + data.len() > SPILL_AT {
+            self.start_file()?;
+        }
+        match &mut self.file {
+            Some(file) => file.extend(data).map_err(Self::fail),
+            None => {
+                self.buf.extend_from_slice(data);
+                Ok(())
+            }
+        }
+    }
+
+    fn finalize(self) -> postcard::Result<Self::Output> {
+        let fd = self.file.map(SealedWriter::seal).transpose().map_err(Self::fail)?;
+        Ok((self.buf, fd))
+    }
+}
+
+/// Whether a new descriptor still leaves this process half of its limit.
+fn descriptors_to_spare(newest: BorrowedFd<'_>) -> bool {
+    let limit = crate::sys::proc::open_files_limit();
+    // Descriptors are numbered lowest free first: a high number means many
+    // are open.
+    (newest.as_raw_fd() as u64) < limit / 2
 }
 
 /// Decodes a value, handing it the descriptors that came with its bytes.
 /// Descriptors the value did not claim are closed.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, String> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<T, String> {
     HANDLE_ERROR.with(|h| h.borrow_mut().take());
+    let file = match bytes.first() {
+        Some(&INLINE) => None,
+        Some(&SPILLED) if !fds.is_empty() => {
+            let fd = fds.remove(0);
+            Some(Sealed::open(&fd).map_err(|e| format!("cannot read a payload from shared memory: {e}"))?)
+        }
+        Some(&SPILLED) => return Err("a payload kept in shared memory arrived without its memory file".into()),
+        Some(tag) => return Err(format!("not an encoded value (tag {tag})")),
+        None => return Err("an empty payload".into()),
+    };
     let table = fds.into_iter().map(Some).collect();
     let previous = INCOMING.with(|i| i.borrow_mut().replace(table));
-    let value = postcard::from_bytes(bytes);
+    let value = postcard::from_bytes(file.as_ref().map_or(&bytes[1..], Sealed::bytes));
     INCOMING.with(|i| *i.borrow_mut() = previous);
     value.map_err(explain_for::<T>)
+}
+
+/// The size of a payload kept in shared memory (`None` for one in its
+/// bytes), for a receiver that limits what it takes.
+pub(crate) fn spilled_len(bytes: &[u8], fds: &[OwnedFd]) -> Option<usize> {
+    match (bytes.first(), fds.first()) {
+        (Some(&SPILLED), Some(fd)) => Some(rustix::fs::fstat(fd).map_or(usize::MAX, |st| st.st_size as usize)),
+        _ => None,
+    }
+}
+
+/// Brings a payload kept in shared memory back into its bytes, for a
+/// transport that carries no descriptors (Redis): afterwards `fds` holds
+/// only the value's own handles.
+#[cfg(any(feature = "cluster", test))]
+pub(crate) fn inline(bytes: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> Result<(), String> {
+    if bytes.first() != Some(&SPILLED) {
+        return Ok(());
+    }
+    if fds.is_empty() {
+        return Err("a payload kept in shared memory arrived without its memory file".into());
+    }
+    let fd = fds.remove(0);
+    let file = Sealed::open(&fd).map_err(|e| format!("cannot read a payload from shared memory: {e}"))?;
+    bytes.clear();
+    bytes.reserve_exact(1 + file.bytes().len());
+    bytes.push(INLINE);
+    bytes.extend_from_slice(file.bytes());
+    Ok(())
 }
 
 /// Plain encoding for our own protocol messages (they carry no handles).
@@ -271,4 +413,105 @@ pub(crate) fn encode_plain_onto<T: Serialize>(value: &T, out: &mut Vec<u8>) {
 /// Plain decoding for our own protocol messages.
 pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_bytes::ByteBuf;
+
+    fn pattern(len: usize, seed: u64) -> ByteBuf {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        ByteBuf::from(
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect::<Vec<u8>>(),
+        )
+    }
+
+    /// Every size around the threshold comes back as it went, in its bytes
+    /// below it and in one sealed memory file above it; so does a value
+    /// that grows the file many times in small writes.
+    #[test]
+    fn payloads_on_both_sides_of_the_threshold_come_back_whole() {
+        // A ByteBuf's encoding adds its length's varint.
+        for (k, len) in
+            [SPILL_AT - 4, SPILL_AT - 3, SPILL_AT - 2, SPILL_AT, 3 * SPILL_AT + 1, 17].into_iter().enumerate()
+        {
+            let value = pattern(len, k as u64);
+            let (bytes, fds) = encode(&value).unwrap();
+            let varint = [1 << 7, 1 << 14, 1 << 21].iter().filter(|&&b| len >= b).count() + 1;
+            let spilled = len + varint > SPILL_AT;
+            assert_eq!(fds.len(), spilled as usize, "{len}");
+            assert_eq!(bytes.len() == 1, spilled, "{len}");
+            if spilled {
+                assert_eq!(spilled_len(&bytes, &fds), Some(len + varint));
+            }
+            let back: ByteBuf = decode(&bytes, fds).unwrap();
+            assert!(back == value, "{len}");
+        }
+        let many: Vec<u64> = (0..600_000u64).map(|i| i * 0x1_0001).collect();
+        let (bytes, fds) = encode(&many).unwrap();
+        assert_eq!((bytes.len(), fds.len()), (1, 1));
+        assert_eq!(decode::<Vec<u64>>(&bytes, fds).unwrap(), many);
+    }
+
+    /// A big value's own handles travel beside its memory file and come
+    /// back in their places.
+    #[test]
+    fn handles_inside_a_big_value_keep_their_places() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let value = (Handle::from(a), pattern(2 * SPILL_AT, 5), Handle::from(b));
+        let (bytes, fds) = encode(&value).unwrap();
+        assert_eq!(fds.len(), 3);
+        let (a, data, b): (Handle, ByteBuf, Handle) = decode(&bytes, fds).unwrap();
+        assert!(data == value.1);
+        use std::io::{Read, Write};
+        let (mut a, mut b) = (a.into_file(), b.into_file());
+        a.write_all(b"x").unwrap();
+        let mut got = [0u8];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"x");
+    }
+
+    /// What a receiver must refuse: a big payload without its file, a file
+    /// its sender could still change, and bytes that are no payload.
+    #[test]
+    fn broken_big_payloads_are_refused_with_a_reason() {
+        let (bytes, mut fds) = encode(&pattern(2 * SPILL_AT, 1)).unwrap();
+        let file = fds.remove(0);
+        let e = decode::<ByteBuf>(&bytes, Vec::new()).unwrap_err();
+        assert!(e.contains("without its memory file"), "{e}");
+        drop(file);
+
+        let unsealed = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, 16).unwrap();
+        let e = decode::<ByteBuf>(&[SPILLED], vec![unsealed]).unwrap_err();
+        assert!(e.contains("not sealed"), "{e}");
+
+        assert!(decode::<u8>(&[], Vec::new()).unwrap_err().contains("empty"));
+        assert!(decode::<u8>(&[7, 1], Vec::new()).unwrap_err().contains("tag 7"));
+    }
+
+    /// For Redis: a big payload comes back into its bytes, which then
+    /// decode alone, while the value's handles stay behind in order.
+    #[test]
+    fn a_big_payload_can_be_brought_back_inline() {
+        let value = pattern(3 * SPILL_AT, 9);
+        let (mut bytes, mut fds) = encode(&value).unwrap();
+        inline(&mut bytes, &mut fds).unwrap();
+        assert!(fds.is_empty());
+        assert_eq!(bytes.len(), 3 * SPILL_AT + 1 + 4);
+        assert!(decode::<ByteBuf>(&bytes, Vec::new()).unwrap() == value);
+        // A small one is left as it is.
+        let (mut small, mut none) = encode(&7u32).unwrap();
+        let before = small.clone();
+        inline(&mut small, &mut none).unwrap();
+        assert_eq!(small, before);
+    }
 }

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::GUARD;
-use multiproc::{Error, Pool};
+use multiproc::{Error, Handle, Pool};
 
 /// A redis-server of our own on a Unix socket, no persistence; stopped
 /// (SIGKILL) when dropped.
@@ -200,6 +200,33 @@ fn every_pool_call_works_through_redis() {
     pool.join().unwrap();
     // Redis holds nothing of the run but the group's empty stream.
     assert_eq!(redis.cli(&["XLEN", "{mp:calls}:tasks"]), "0");
+}
+
+fn reversed(bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(bytes.iter().rev().copied().collect::<Vec<u8>>())
+}
+
+fn pipe_end(_: u32) -> Handle {
+    Handle::from(std::io::pipe().unwrap().0)
+}
+
+/// Arguments and results big enough to travel through shared memory on
+/// one machine still reach Redis whole, both ways; a result holding an OS
+/// handle is an error the caller sees, not a value lost on the way.
+#[test]
+fn big_values_travel_and_handles_are_refused() {
+    let redis = Redis::start("big");
+    let _w = worker(&redis, "big", 2, 2000);
+    let pool = pool(&redis, "big");
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let want: Vec<u8> = big.iter().rev().copied().collect();
+    let back = pool.apply(reversed, (serde_bytes::ByteBuf::from(big.clone()),)).unwrap();
+    assert!(back.as_slice() == want.as_slice());
+    let many = pool.map(reversed, (0..3).map(|_| serde_bytes::ByteBuf::from(big.clone()))).unwrap();
+    assert!(many.iter().all(|b| b.as_slice() == want.as_slice()));
+    let err = pool.apply(pipe_end, (1,)).unwrap_err();
+    assert!(err.to_string().contains("cannot travel to another machine"), "{err}");
+    assert_eq!(pool.apply(square, (5,)).unwrap(), 25);
 }
 
 /// A Redis that cannot be reached is an error when the pool is built, not

@@ -120,6 +120,25 @@ fn the_message_size_limit_is_enforced_on_receive() {
     assert!(sender.join().unwrap().is_err());
 }
 
+/// A value big enough to travel in shared memory beside its message is held
+/// to the receiver's limit by its real size, and the connection goes on.
+#[test]
+fn the_message_size_limit_holds_for_values_in_shared_memory() {
+    let (mut a, b) = Pipe(true).unwrap();
+    a.set_max_message_size(Some(1024));
+    b.send(&serde_bytes::ByteBuf::from(vec![1u8; 8 << 20])).unwrap();
+    match a.recv::<serde_bytes::ByteBuf>() {
+        // The length's varint comes first: 4 bytes for 8 MiB.
+        Err(Error::MessageTooLarge { size, limit }) => assert_eq!((size, limit), ((8 << 20) + 4, 1024)),
+        other => panic!("{other:?}"),
+    }
+    b.send(&7u32).unwrap();
+    assert_eq!(a.recv::<u32>().unwrap(), 7);
+    a.set_max_message_size(None);
+    b.send(&serde_bytes::ByteBuf::from(vec![2u8; 8 << 20])).unwrap();
+    assert!(a.recv::<serde_bytes::ByteBuf>().unwrap().iter().all(|&x| x == 2));
+}
+
 fn sum_big(conn: Connection) -> u64 {
     let v: Vec<u8> = conn.recv().unwrap();
     v.iter().map(|b| *b as u64).sum()

@@ -169,3 +169,58 @@ fn leaving_joins_non_daemons_and_terminates_daemons() {
         assert!(gone, "{m}: daemon {daemon} still running");
     });
 }
+
+fn reversed(bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(bytes.iter().rev().copied().collect::<Vec<u8>>())
+}
+
+/// Memory files of this process that hold a big payload.
+fn payload_files() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("multiproc-payload"))
+        .count()
+}
+
+/// Values big enough to travel in memory files of their own, through every
+/// path (process arguments and results under each start method, a pool, a
+/// queue, a pipe): each arrives whole, and no memory file or descriptor
+/// stays behind.
+#[test]
+fn big_values_leave_no_memory_file_behind() {
+    isolated("big_values_leave_no_memory_file_behind", big_values);
+}
+
+fn big_values() {
+    let big: Vec<u8> = (0..3u32 << 20).map(|i| (i % 253) as u8).collect();
+    let want: Vec<u8> = big.iter().rev().copied().collect();
+    let arg = || serde_bytes::ByteBuf::from(big.clone());
+    let pool = multiproc::Pool::new(2).unwrap();
+    assert!(pool.apply(reversed, (arg(),)).unwrap().as_slice() == want.as_slice());
+    let q: multiproc::Queue<serde_bytes::ByteBuf> = multiproc::Queue::new(0).unwrap();
+    let (a, b) = multiproc::Pipe(true).unwrap();
+    each_method(|m| {
+        let mut p = Process::new(reversed, (arg(),)).with_start_method(m);
+        p.start().unwrap();
+        assert!(join(&mut p).unwrap().as_slice() == want.as_slice());
+    });
+    let before = multiproc::__private::open_fd_count().unwrap();
+    for _ in 0..20 {
+        each_method(|m| {
+            let mut p = Process::new(reversed, (arg(),)).with_start_method(m);
+            p.start().unwrap();
+            assert!(join(&mut p).unwrap().as_slice() == want.as_slice(), "{m}");
+        });
+        let results = pool.map(reversed, (0..3).map(|_| arg())).unwrap();
+        assert!(results.iter().all(|r| r.as_slice() == want.as_slice()));
+        q.put(&arg()).unwrap();
+        assert!(q.get().unwrap().as_slice() == big.as_slice());
+        a.send(&arg()).unwrap();
+        assert!(b.recv::<serde_bytes::ByteBuf>().unwrap().as_slice() == big.as_slice());
+    }
+    assert_eq!(payload_files(), 0, "memory files left open");
+    assert_eq!(multiproc::__private::open_fd_count().unwrap(), before, "descriptors leaked");
+    pool.close();
+    pool.join().unwrap();
+}

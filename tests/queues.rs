@@ -109,8 +109,26 @@ fn an_unbounded_queue_takes_a_large_backlog_without_a_consumer() {
 
 type Item = (Vec<u8>, Option<Handle>);
 
+/// Leaves this process too few spare descriptors for a big message to
+/// travel in a memory file of its own (a new descriptor must keep half the
+/// limit free): it then streams through the queue's packet socket, the
+/// path these tests are about.
+fn without_spare_descriptors() {
+    // SAFETY: dup, close and setrlimit take plain integers and a struct we own.
+    unsafe {
+        let lowest_free = libc::dup(0);
+        assert!(lowest_free > 0);
+        libc::close(lowest_free);
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = 2 * lowest_free as libc::rlim_t;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+}
+
 fn put_forever(q: Queue<Item>, out: Handle) {
     writeln!(out.into_file(), "{}", multiproc::os::getpid()).unwrap();
+    without_spare_descriptors();
     // Too large for the shared ring: it goes over the packet socket and
     // blocks once that is full, in the middle of the message.
     q.put(&(vec![9u8; 256 << 20], None)).unwrap();
@@ -274,6 +292,7 @@ fn a_consumer_killed_mid_get_loses_at_most_that_message() {
 }
 
 fn put_big(q: Queue<serde_bytes::ByteBuf>, n: usize) {
+    without_spare_descriptors();
     q.put(&serde_bytes::ByteBuf::from(vec![7u8; n])).unwrap();
 }
 

@@ -157,14 +157,14 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
                 batch
             };
             let mut messages = Vec::with_capacity(batch.len());
-            for task in batch {
+            for mut task in batch {
                 next_seq += 1;
-                match message(task, format!("{submitter}:{next_seq}"), &reply, config.task_timeout) {
-                    Ok((task, m)) => {
+                match message(&mut task, format!("{submitter}:{next_seq}"), &reply, config.task_timeout) {
+                    Ok(m) => {
                         messages.push(m.clone());
                         books.sent().insert(m.id.clone(), Sent { task, message: m, entry: None });
                     }
-                    Err((task, e)) => {
+                    Err(e) => {
                         task.fail(|| e.clone_error());
                     }
                 }
@@ -186,15 +186,14 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
 }
 
 /// Encodes a task for the wire; its calls fail at once if they hold OS
-/// handles, which cannot reach another machine.
-fn message(
-    task: Task,
-    id: String,
-    reply: &str,
-    timeout: Option<Duration>,
-) -> Result<(Task, TaskMessage), (Task, TravelError)> {
+/// handles, which cannot reach another machine. Big arguments kept in
+/// shared memory come back into the message.
+fn message(task: &mut Task, id: String, reply: &str, timeout: Option<Duration>) -> Result<TaskMessage, TravelError> {
+    for item in &mut task.items {
+        crate::reduction::inline(&mut item.bytes, &mut item.fds).map_err(TravelError)?;
+    }
     if task.items.iter().any(|i| !i.fds.is_empty()) {
-        return Err((task, TravelError));
+        return Err(TravelError("arguments holding OS handles (descriptors) cannot travel to another machine".into()));
     }
     let m = TaskMessage {
         id,
@@ -207,19 +206,16 @@ fn message(
         timeout_ms: timeout.map(|t| t.as_millis() as u64),
         items: task.items.iter().map(|i| serde_bytes::ByteBuf::from(i.bytes.clone())).collect(),
     };
-    Ok((task, m))
+    Ok(m)
 }
 
-/// Arguments that hold OS handles: they cannot travel through Redis.
-struct TravelError;
+/// Arguments that cannot travel through Redis (they hold OS handles), and
+/// why.
+struct TravelError(String);
 
 impl TravelError {
     fn clone_error(&self) -> Error {
-        Error::Encode {
-            what: crate::Payload::Arguments,
-            side: crate::Side::Parent,
-            message: "arguments holding OS handles (descriptors) cannot travel to another machine".into(),
-        }
+        Error::Encode { what: crate::Payload::Arguments, side: crate::Side::Parent, message: self.0.clone() }
     }
 }
 

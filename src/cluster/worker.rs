@@ -17,6 +17,7 @@ use super::protocol::{self, DEAD_LETTERS_KEPT, Failure, GROUP, Keys, ResultMessa
 use super::{Config, as_is, connect, ensure_group, kept};
 use crate::pool::result::{RawItem, Sink};
 use crate::pool::supervisor::{PackedItem, Task};
+use crate::wire::Outcome;
 use crate::{Error, Pool, Result};
 
 /// A worker of the Redis-backed pool `pool` at `url`: any program built
@@ -195,12 +196,14 @@ impl Sink for TaskSink {
             let _ = self.done.lock().unwrap_or_else(PoisonError::into_inner).send((self.stream_id.clone(), d));
         };
         match item {
-            RawItem::Outcome { outcome, worker, pid, .. } => {
-                send(Done::Answer(ResultMessage::Outcome { outcome, worker, pid }));
-            }
-            RawItem::Batch { outcome, worker, pid, count, .. } => {
-                send(Done::Answer(ResultMessage::Batch { outcome, worker, pid, count }));
-            }
+            RawItem::Outcome { outcome, fds, worker, pid } => match travelling(outcome, fds) {
+                Ok(outcome) => send(Done::Answer(ResultMessage::Outcome { outcome, worker, pid })),
+                Err(why) => send(Done::Answer(ResultMessage::Failed(Failure::Other(why)))),
+            },
+            RawItem::Batch { outcome, fds, worker, pid, count } => match travelling(outcome, fds) {
+                Ok(outcome) => send(Done::Answer(ResultMessage::Batch { outcome, worker, pid, count })),
+                Err(why) => send(Done::Answer(ResultMessage::Failed(Failure::Other(why)))),
+            },
             RawItem::Failed(e) => {
                 let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
                 failed.push(e);
@@ -222,6 +225,17 @@ impl Sink for TaskSink {
             }
         }
     }
+}
+
+/// A result as it can go through Redis: its bytes whole (a big one comes
+/// back out of shared memory), or why it cannot (it holds OS handles).
+fn travelling(outcome: Outcome, mut fds: Vec<std::os::fd::OwnedFd>) -> std::result::Result<Outcome, String> {
+    let Outcome::Returned(mut bytes) = outcome else { return Ok(outcome) };
+    crate::reduction::inline(&mut bytes, &mut fds)?;
+    if !fds.is_empty() {
+        return Err("the result holds OS handles (descriptors), which cannot travel to another machine".into());
+    }
+    Ok(Outcome::Returned(bytes))
 }
 
 /// The taking loop: new tasks as slots free up, and those whose workers

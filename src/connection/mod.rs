@@ -226,7 +226,7 @@ impl Connection {
     /// assert_eq!(got, [0, 1, 2, 3]);
     /// ```
     pub fn recv<T: DeserializeOwned>(&self) -> Result<T> {
-        decode_frame(self.next_frame()?)
+        self.decode_frame(self.next_frame()?)
     }
 
     /// [`recv`](Self::recv) for async code (feature `async`): parks the
@@ -251,7 +251,7 @@ impl Connection {
             }
             watched.readable().await?;
         };
-        decode_frame(frame)
+        self.decode_frame(frame)
     }
 
     /// [`send`](Self::send) for async code (feature `async`): the value is
@@ -380,6 +380,21 @@ impl Connection {
         self.read_frame(true)?.ok_or_else(|| Error::Protocol("a blocking read returned without data".into()))
     }
 
+    /// A received message as the value it holds; a big one kept in shared
+    /// memory is held to this end's size limit too.
+    fn decode_frame<T: DeserializeOwned>(&self, frame: frame::Frame) -> Result<T> {
+        if let (Some(limit), Some(size)) = (self.limit, reduction::spilled_len(&frame.bytes, &frame.fds))
+            && size > limit
+        {
+            return Err(Error::MessageTooLarge { size, limit });
+        }
+        reduction::decode(&frame.bytes, frame.fds).map_err(|message| Error::Decode {
+            what: Payload::Arguments,
+            side: Side::Child,
+            message,
+        })
+    }
+
     /// The next message; without `blocking`, `None` when none is whole yet
     /// (what was read stays buffered for the next call).
     fn read_frame(&self, blocking: bool) -> Result<Option<frame::Frame>> {
@@ -454,15 +469,6 @@ impl Drop for Unsent<'_> {
             }
         }
     }
-}
-
-/// A received message as the value it holds.
-fn decode_frame<T: DeserializeOwned>(frame: frame::Frame) -> Result<T> {
-    reduction::decode(&frame.bytes, frame.fds).map_err(|message| Error::Decode {
-        what: Payload::Arguments,
-        side: Side::Child,
-        message,
-    })
 }
 
 /// How a connection travels: its socket as a handle, and its settings.

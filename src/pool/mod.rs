@@ -193,7 +193,8 @@ impl PoolBuilder {
         S: 'static,
     {
         let entry = entry_ref(entry_of::<state::MakeState<F, S>, ()>());
-        self.state = Some(Init { entry, payload: reduction::encode_plain(&()), fds: Vec::new() });
+        self.state =
+            Some(Init { entry, payload: reduction::encode(&()).expect("() always encodes").0, fds: Vec::new() });
         self
     }
 
@@ -227,7 +228,8 @@ impl PoolBuilder {
         T: Serialize + DeserializeOwned + Send + 'static,
     {
         let entry = entry_ref(entry_of::<WithState<F, S>, ()>());
-        self.exit = Some(Init { entry, payload: reduction::encode_plain(&()), fds: Vec::new() });
+        self.exit =
+            Some(Init { entry, payload: reduction::encode(&()).expect("() always encodes").0, fds: Vec::new() });
         self
     }
 

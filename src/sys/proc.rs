@@ -201,6 +201,11 @@ pub(crate) unsafe fn adopt_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// This process's limit on open descriptors (the soft one).
+pub(crate) fn open_files_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
 /// Counts this process's open descriptors (for leak checks and tests).
 pub(crate) fn open_fd_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/fd")?.count().saturating_sub(1))

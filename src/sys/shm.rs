@@ -109,3 +109,183 @@ impl Drop for Mapping {
         }
     }
 }
+
+/// Writes at least this long populate their pages first.
+const POPULATE_AT: usize = 256 << 10;
+
+/// The smallest page size Linux uses; a multiple of it is aligned for all.
+const PAGE: usize = 4096;
+
+/// A memory file being filled with one message's bytes, to be handed over
+/// sealed: growing it remaps, never copies (the bytes written so far stay
+/// in the file), and pages past the end cost nothing until written.
+#[derive(Debug)]
+pub(crate) struct SealedWriter {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    cap: usize,
+    len: usize,
+}
+
+impl SealedWriter {
+    /// An empty memory file with room for `cap` bytes before it grows.
+    pub(crate) fn new(cap: usize) -> io::Result<SealedWriter> {
+        let fd = rustix::fs::memfd_create("multiproc-payload", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        let ptr = Self::map(&fd, cap)?;
+        Ok(SealedWriter { fd, ptr, cap, len: 0 })
+    }
+
+    fn map(fd: &OwnedFd, cap: usize) -> io::Result<NonNull<u8>> {
+        rustix::fs::ftruncate(fd, cap as u64)?;
+        // SAFETY: a fresh mapping chosen by the kernel over a file of `cap`
+        // bytes, which this process alone can write to until it is sealed.
+        let ptr = unsafe {
+            rustix::mm::mmap(std::ptr::null_mut(), cap, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, fd, 0)?
+        };
+        NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
+    }
+
+    fn unmap(&mut self) {
+        // SAFETY: our own mapping of `cap` bytes; the pointer is replaced or
+        // never used again after this.
+        unsafe {
+            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.cap);
+        }
+    }
+
+    /// Appends `data`.
+    pub(crate) fn extend(&mut self, data: &[u8]) -> io::Result<()> {
+        let need = self.len.checked_add(data.len()).ok_or_else(|| io::Error::other("payload size overflows"))?;
+        if need > self.cap {
+            let cap = need.max(self.cap.saturating_mul(2));
+            let ptr = Self::map(&self.fd, cap)?;
+            self.unmap();
+            (self.ptr, self.cap) = (ptr, cap);
+        }
+        if data.len() >= POPULATE_AT {
+            // One call that faults the pages in, instead of one fault per
+            // page during the copy; a kernel without it just faults.
+            // The start rounded down to its page (the mapping starts on one).
+            let from = self.len & !(PAGE - 1);
+            // SAFETY: `[from, len + data.len())` lies inside our own
+            // writable mapping, and `from` is page-aligned.
+            let _ = unsafe {
+                rustix::mm::madvise(
+                    self.ptr.as_ptr().add(from).cast(),
+                    self.len + data.len() - from,
+                    rustix::mm::Advice::LinuxPopulateWrite,
+                )
+            };
+        }
+        // SAFETY: `len + data.len() <= cap` bytes are mapped writable at
+        // `ptr`, and `data` (the caller's memory) cannot overlap our mapping.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(self.len), data.len()) };
+        self.len = need;
+        Ok(())
+    }
+
+    /// Appends one byte (serde writes small fields a byte at a time).
+    #[inline]
+    pub(crate) fn push(&mut self, byte: u8) -> io::Result<()> {
+        if self.len < self.cap {
+            // SAFETY: `len < cap` bytes are mapped writable at `ptr`.
+            unsafe { self.ptr.as_ptr().add(self.len).write(byte) };
+            self.len += 1;
+            Ok(())
+        } else {
+            self.extend(&[byte])
+        }
+    }
+
+    /// Cuts the file to what was written and seals it against any change:
+    /// a receiver may then map it and read it as plain bytes.
+    pub(crate) fn seal(mut self) -> io::Result<OwnedFd> {
+        use rustix::fs::SealFlags;
+        self.unmap();
+        // The mapping is gone: `Drop` must not unmap it again.
+        self.cap = 0;
+        rustix::fs::ftruncate(&self.fd, self.len as u64)?;
+        rustix::fs::fcntl_add_seals(
+            &self.fd,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+        )?;
+        let fd = self.fd.try_clone()?;
+        Ok(fd)
+    }
+}
+
+impl AsFd for SealedWriter {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SealedWriter {
+    fn drop(&mut self) {
+        if self.cap > 0 {
+            self.unmap();
+        }
+    }
+}
+
+/// A read-only view of a sealed memory file from another process: its
+/// size and bytes can no longer change, so they may be read as a slice.
+#[derive(Debug)]
+pub(crate) struct Sealed {
+    ptr: Option<NonNull<u8>>,
+    len: usize,
+}
+
+impl Sealed {
+    /// Maps `fd`, which must be sealed against writes and shrinking (a
+    /// file that could still change would tear the bytes being decoded, or
+    /// fault when cut short under the reader).
+    pub(crate) fn open(fd: &OwnedFd) -> io::Result<Sealed> {
+        use rustix::fs::SealFlags;
+        let seals = rustix::fs::fcntl_get_seals(fd)?;
+        if !seals.contains(SealFlags::WRITE | SealFlags::SHRINK) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "a shared payload's memory file is not sealed"));
+        }
+        let len = usize::try_from(rustix::fs::fstat(fd)?.st_size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a shared payload's size is negative"))?;
+        if len == 0 {
+            return Ok(Sealed { ptr: None, len });
+        }
+        // SAFETY: a fresh read-only mapping chosen by the kernel over a file
+        // of exactly `len` bytes that can neither shrink nor be written.
+        let ptr = unsafe {
+            rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ, MapFlags::SHARED | MapFlags::POPULATE, fd, 0)?
+        };
+        Ok(Sealed {
+            ptr: Some(NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?),
+            len,
+        })
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self.ptr {
+            // SAFETY: `len` readable bytes that nobody may change (sealed),
+            // mapped for as long as `self` lives.
+            Some(ptr) => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), self.len) },
+            None => &[],
+        }
+    }
+}
+
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        if let Some(ptr) = self.ptr {
+            // SAFETY: our own mapping of `len` bytes; `bytes()` borrows
+            // `self`, so no slice outlives it.
+            unsafe {
+                let _ = rustix::mm::munmap(ptr.as_ptr().cast(), self.len);
+            }
+        }
+    }
+}
+
+// SAFETY: both own a private mapping reached only through `&mut self`
+// (writer) or as immutable bytes (sealed).
+unsafe impl Send for SealedWriter {}
+// SAFETY: as above.
+unsafe impl Send for Sealed {}
