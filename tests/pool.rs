@@ -680,3 +680,32 @@ fn a_failed_item_names_its_index() {
     // A call that is no item of a map has no index.
     assert_eq!(p.apply(fails_on_seven, (7,)).unwrap_err().item_index(), None);
 }
+
+/// A worker's anonymous memory, in KiB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn anonymous_kib(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("Anonymous:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A worker that has nothing left to do gives back the heap that big
+/// chunks grew (about 10 MiB here, kept by the allocator otherwise): an
+/// idle pool costs what it needs, not what its largest task needed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn an_idle_worker_gives_back_what_big_chunks_grew() {
+    let pool = Pool::new(1).unwrap();
+    let pid = pool.apply(pid_of, (0,)).unwrap();
+    let before = anonymous_kib(pid);
+    assert_eq!(pool.map(inc, 0..1_000_000u64).unwrap().len(), 1_000_000);
+    let until = Instant::now() + GUARD;
+    loop {
+        let now = anonymous_kib(pid);
+        if now < before + 2048 {
+            break;
+        }
+        assert!(Instant::now() < until, "the idle worker still holds {now} KiB (it started with {before})");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

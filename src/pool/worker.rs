@@ -11,6 +11,13 @@ use crate::reduction;
 use crate::sys::frame::{self, MAX_FDS, Progress, Reader};
 use crate::wire::{EntryRef, FromWorker, Outcome, ToWorker};
 
+/// After this many bytes of messages and results, a worker that finds
+/// nothing to do trims its heap.
+const TRIM_AFTER: usize = 64 << 10;
+
+/// How long a worker must have had nothing to do before it trims.
+const IDLE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The initializer a worker runs once before its first task.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Init {
@@ -83,8 +90,24 @@ impl Run for Worker {
         last_words(conn.as_fd());
         let mut reader = Reader::new();
         let mut done = 0u64;
+        // Bytes of messages and results since the heap was last trimmed.
+        let mut grown = 0usize;
         loop {
-            let frame = match reader.read(conn.as_fd(), true) {
+            // After messages of some size, look without waiting first: with
+            // nothing to do for a moment, give back the heap they grew, so
+            // that an idle worker holds no more than it needs. (Not in the
+            // gap between two chunks of one map: the next chunk would fault
+            // it all in again.)
+            let mut got = reader.read(conn.as_fd(), grown <= TRIM_AFTER);
+            if let Ok(Progress::Pending) = got {
+                let ready = crate::sys::poll(&[(conn.as_fd(), crate::sys::Interest::Read)], Some(IDLE));
+                if ready.is_ok_and(|r| !r[0].0) {
+                    crate::sys::trim_heap();
+                }
+                grown = 0;
+                got = reader.read(conn.as_fd(), true);
+            }
+            let frame = match got {
                 Ok(Progress::Frame(f)) => f,
                 // The pool is gone or closed our connection: leave.
                 _ => return,
@@ -95,6 +118,7 @@ impl Run for Worker {
                 ToWorker::Task { id, entry, items } => (id, entry, items),
             };
             let entry = resolve(entry);
+            grown = grown.saturating_add(frame.bytes.len());
             let mut fds = frame.fds.into_iter();
             let mut outcomes = Vec::with_capacity(items.len());
             let mut out_fds: Vec<OwnedFd> = Vec::new();
@@ -122,6 +146,9 @@ impl Run for Worker {
                     let message = format!("the results of one task carry more than {MAX_FDS} handles");
                     outcomes.push((Outcome::Codec { what: crate::Payload::Result, decode: false, message }, 0, took));
                     continue;
+                }
+                if let Outcome::Returned(bytes) = &reply.outcome {
+                    grown = grown.saturating_add(bytes.len());
                 }
                 outcomes.push((reply.outcome, reply.fds.len() as u32, took));
                 out_fds.extend(reply.fds);

@@ -94,6 +94,17 @@ pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
 }
 
 /// Makes `fd` non-blocking.
+/// Hands the heap's free memory back to the system (glibc keeps what big
+/// messages grew, raising its own thresholds as it goes). A no-op where the
+/// C library has no such call.
+pub(crate) fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only touches the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::io::ioctl_fionbio(fd, true)?)
 }
