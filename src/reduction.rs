@@ -352,7 +352,15 @@ fn descriptors_to_spare(newest: BorrowedFd<'_>) -> bool {
 
 /// Decodes a value, handing it the descriptors that came with its bytes.
 /// Descriptors the value did not claim are closed.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<T, String> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, String> {
+    decode_seed(bytes, fds, std::marker::PhantomData::<T>)
+}
+
+/// [`decode`] through a serde seed.
+fn decode_seed<S, V>(bytes: &[u8], mut fds: Vec<OwnedFd>, seed: S) -> Result<V, String>
+where
+    S: for<'de> serde::de::DeserializeSeed<'de, Value = V>,
+{
     HANDLE_ERROR.with(|h| h.borrow_mut().take());
     let file = match bytes.first() {
         Some(&INLINE) => None,
@@ -366,9 +374,42 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], mut fds: Vec<OwnedFd>) -
     };
     let table = fds.into_iter().map(Some).collect();
     let previous = INCOMING.with(|i| i.borrow_mut().replace(table));
-    let value = postcard::from_bytes(file.as_ref().map_or(&bytes[1..], Sealed::bytes));
+    let mut de = postcard::Deserializer::from_bytes(file.as_ref().map_or(&bytes[1..], Sealed::bytes));
+    let value = seed.deserialize(&mut de);
     INCOMING.with(|i| *i.borrow_mut() = previous);
-    value.map_err(explain_for::<T>)
+    value.map_err(explain_for::<V>)
+}
+
+/// Decodes a sequence of `T`, handing each element to `each` as it is
+/// read instead of collecting them: a chunk's many results reach their
+/// places without a vector of them all in between. Returns how many came.
+pub(crate) fn decode_each<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+    each: impl FnMut(T),
+) -> Result<usize, String> {
+    struct Each<T, F>(F, std::marker::PhantomData<T>);
+    impl<'de, T: DeserializeOwned, F: FnMut(T)> serde::de::DeserializeSeed<'de> for Each<T, F> {
+        type Value = usize;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de, T: DeserializeOwned, F: FnMut(T)> serde::de::Visitor<'de> for Each<T, F> {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<usize, A::Error> {
+            let mut n = 0;
+            while let Some(item) = seq.next_element::<T>()? {
+                (self.0)(item);
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+    decode_seed(bytes, fds, Each(each, std::marker::PhantomData))
 }
 
 /// The size of a payload kept in shared memory (`None` for one in its

@@ -123,6 +123,14 @@ pub(crate) enum ItemResult<R> {
     Err(Outcome),
 }
 
+/// [`ItemResult`] as a worker sends it, borrowed; encoded exactly as that
+/// (a test holds it to that).
+#[derive(Debug, Serialize)]
+pub(crate) enum ItemResultRef<'a, R> {
+    Ok(&'a R),
+    Err(&'a Outcome),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +158,20 @@ mod tests {
         };
         assert_eq!(id, 1 << 40);
         assert!(items.iter().zip(&payloads).all(|(p, b)| p.bytes == *b));
+    }
+
+    /// Workers encode a chunk's results through the borrowed form; the
+    /// pool decodes the owned one.
+    #[test]
+    fn a_borrowed_item_result_encodes_as_the_owned_one() {
+        let failed = Outcome::Panicked { message: "no".into(), location: Some("here".into()), backtrace: None };
+        let owned: Vec<ItemResult<(u64, String)>> = vec![
+            ItemResult::Ok((1 << 40, "x".into())),
+            ItemResult::Err(failed.clone()),
+            ItemResult::Ok((0, String::new())),
+        ];
+        let value = ((1u64 << 40, "x".to_string()), (0u64, String::new()));
+        let borrowed = vec![ItemResultRef::Ok(&value.0), ItemResultRef::Err(&failed), ItemResultRef::Ok(&value.1)];
+        assert_eq!(crate::reduction::encode_plain(&borrowed), crate::reduction::encode_plain(&owned));
     }
 }

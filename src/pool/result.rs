@@ -545,28 +545,64 @@ impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
     }
 
     fn deliver_with(&self, index: usize, item: RawItem, args: Args<'_>) {
-        for (k, result) in item.into_results::<R>().into_iter().enumerate() {
-            match result {
-                Err(e) => {
-                    self.slot.complete(Err(e.at_item(index + k, || args.show(k))));
-                    return;
-                }
-                Ok(v) => {
-                    let mut values = self.values.lock().unwrap_or_else(PoisonError::into_inner);
-                    let (list, remaining) = &mut *values;
-                    if list.get(index + k).is_some_and(Option::is_none) {
-                        list[index + k] = Some(v);
-                        *remaining -= 1;
-                        if let Some(report) = &self.progress {
-                            report(list.len() - *remaining, Some(list.len()));
+        let mut values = self.values.lock().unwrap_or_else(PoisonError::into_inner);
+        let failed = match item {
+            // A chunk's results go to their places as they are decoded:
+            // no vector of them all in between (for a map of small values
+            // that vector, not the values, was most of the work).
+            RawItem::Batch { outcome: Outcome::Returned(bytes), fds, worker, pid, count } => {
+                let mut k = 0;
+                let mut failed = None;
+                let decoded = reduction::decode_each::<ItemResult<R>>(&bytes, fds, |result| {
+                    if k < count && failed.is_none() {
+                        match result {
+                            ItemResult::Ok(v) => Self::place(&mut values, index + k, v, &self.progress),
+                            ItemResult::Err(o) => match outcome_into_result::<R>(o, Vec::new(), worker.clone(), pid) {
+                                Ok(v) => Self::place(&mut values, index + k, v, &self.progress),
+                                Err(e) => failed = Some((k, e)),
+                            },
                         }
                     }
-                    if *remaining == 0 {
-                        let all = std::mem::take(list).into_iter().map(|v| v.expect("every value arrived")).collect();
-                        drop(values);
-                        self.slot.complete(Ok(all));
-                    }
+                    k += 1;
+                });
+                failed.or(match decoded {
+                    Ok(n) if n == count => None,
+                    Ok(n) => Some((0, Error::Protocol(format!("a chunk of {count} calls came back with {n} results")))),
+                    Err(message) => Some((
+                        k.min(count.saturating_sub(1)),
+                        Error::Decode { what: Payload::Result, side: Side::Parent, message },
+                    )),
+                })
+            }
+            item => item.into_results::<R>().into_iter().enumerate().find_map(|(k, result)| match result {
+                Ok(v) => {
+                    Self::place(&mut values, index + k, v, &self.progress);
+                    None
                 }
+                Err(e) => Some((k, e)),
+            }),
+        };
+        let (list, remaining) = &mut *values;
+        if let Some((k, e)) = failed {
+            drop(values);
+            self.slot.complete(Err(e.at_item(index + k, || args.show(k))));
+        } else if *remaining == 0 && !list.is_empty() {
+            let all = std::mem::take(list).into_iter().map(|v| v.expect("every value arrived")).collect();
+            drop(values);
+            self.slot.complete(Ok(all));
+        }
+    }
+}
+
+impl<R> MapSink<R> {
+    /// Puts the value of call `at` in its place, once, and reports it.
+    fn place(values: &mut (Vec<Option<R>>, usize), at: usize, v: R, progress: &Option<super::Progress>) {
+        let (list, remaining) = values;
+        if list.get(at).is_some_and(Option::is_none) {
+            list[at] = Some(v);
+            *remaining -= 1;
+            if let Some(report) = progress {
+                report(list.len() - *remaining, Some(list.len()));
             }
         }
     }
