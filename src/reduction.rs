@@ -364,11 +364,7 @@ where
     HANDLE_ERROR.with(|h| h.borrow_mut().take());
     let file = match bytes.first() {
         Some(&INLINE) => None,
-        Some(&SPILLED) if !fds.is_empty() => {
-            let fd = fds.remove(0);
-            Some(Sealed::open(&fd).map_err(|e| format!("cannot read a payload from shared memory: {e}"))?)
-        }
-        Some(&SPILLED) => return Err("a payload kept in shared memory arrived without its memory file".into()),
+        Some(&SPILLED) => Some(take_file(&mut fds)?),
         Some(tag) => return Err(format!("not an encoded value (tag {tag})")),
         None => return Err("an empty payload".into()),
     };
@@ -412,6 +408,21 @@ pub(crate) fn decode_each<T: DeserializeOwned>(
     decode_seed(bytes, fds, Each(each, std::marker::PhantomData))
 }
 
+/// The memory file of a payload kept in shared memory (its first
+/// descriptor, taken from `fds`), mapped.
+fn take_file(fds: &mut Vec<OwnedFd>) -> Result<Sealed, String> {
+    if fds.is_empty() {
+        return Err("a payload kept in shared memory arrived without its memory file".into());
+    }
+    Sealed::open(&fds.remove(0)).map_err(|e| format!("cannot read a payload from shared memory: {e}"))
+}
+
+/// How many bytes a payload holds, wherever they are: in its bytes, or in
+/// the memory file among its descriptors.
+pub(crate) fn payload_len(bytes: &[u8], fds: &[OwnedFd]) -> usize {
+    spilled_len(bytes, fds).unwrap_or(bytes.len())
+}
+
 /// The size of a payload kept in shared memory (`None` for one in its
 /// bytes), for a receiver that limits what it takes.
 pub(crate) fn spilled_len(bytes: &[u8], fds: &[OwnedFd]) -> Option<usize> {
@@ -429,11 +440,7 @@ pub(crate) fn inline(bytes: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> Result<(), 
     if bytes.first() != Some(&SPILLED) {
         return Ok(());
     }
-    if fds.is_empty() {
-        return Err("a payload kept in shared memory arrived without its memory file".into());
-    }
-    let fd = fds.remove(0);
-    let file = Sealed::open(&fd).map_err(|e| format!("cannot read a payload from shared memory: {e}"))?;
+    let file = take_file(fds)?;
     bytes.clear();
     bytes.reserve_exact(1 + file.bytes().len());
     bytes.push(INLINE);

@@ -118,7 +118,6 @@ impl Run for Worker {
                 ToWorker::Task { id, entry, items } => (id, entry, items),
             };
             let entry = resolve(entry);
-            grown = grown.saturating_add(frame.bytes.len());
             let mut fds = frame.fds.into_iter();
             let mut outcomes = Vec::with_capacity(items.len());
             let mut out_fds: Vec<OwnedFd> = Vec::new();
@@ -128,6 +127,8 @@ impl Run for Worker {
                     crate::pool::chunk::CALL.store(0, std::sync::atomic::Ordering::Relaxed);
                 }
                 let item_fds: Vec<OwnedFd> = fds.by_ref().take(item.nfds as usize).collect();
+                // Counted where they are: a big one is in a memory file.
+                grown = grown.saturating_add(reduction::payload_len(&item.bytes, &item_fds));
                 #[cfg(feature = "tracing")]
                 let _span = tracing::info_span!(
                     "pool.task",
@@ -148,7 +149,7 @@ impl Run for Worker {
                     continue;
                 }
                 if let Outcome::Returned(bytes) = &reply.outcome {
-                    grown = grown.saturating_add(bytes.len());
+                    grown = grown.saturating_add(reduction::payload_len(bytes, &reply.fds));
                 }
                 outcomes.push((reply.outcome, reply.fds.len() as u32, took));
                 out_fds.extend(reply.fds);

@@ -93,7 +93,6 @@ pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes `fd` non-blocking.
 /// Hands the heap's free memory back to the system (glibc keeps what big
 /// messages grew, raising its own thresholds as it goes). A no-op where the
 /// C library has no such call.
@@ -105,6 +104,7 @@ pub(crate) fn trim_heap() {
     }
 }
 
+/// Makes `fd` non-blocking.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::io::ioctl_fionbio(fd, true)?)
 }
