@@ -375,9 +375,11 @@ fn sigterm_hands_tasks_back_at_once() {
     assert_eq!(runs(&dir), 2);
 }
 
-/// Every connection (the submitter's and the workers', blocking reads and
-/// acknowledgements alike) killed with CLIENT KILL, again and again,
-/// while a map runs: every result still comes, once, in order.
+/// Every connection (the submitter's and the workers', blocking reads,
+/// task sends and acknowledgements alike) killed with CLIENT KILL, again and
+/// again, while a map runs and single calls keep being submitted (each
+/// round's kill lands right after a submission, often mid-send): every
+/// result still comes, once, in order.
 #[test]
 fn connections_killed_mid_command_lose_nothing() {
     let redis = Redis::start("clientkill");
@@ -387,14 +389,22 @@ fn connections_killed_mid_command_lose_nothing() {
     let results = pool.map_async_chunksize(slow_square, 0..300u64, 1);
     let mut admin = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
     let mut kills = 0;
-    while !results.ready() {
+    let mut singles = Vec::new();
+    let until = Instant::now() + GUARD;
+    while !results.ready() || singles.len() < 100 {
+        assert!(Instant::now() < until, "the map never finished: a task was lost ({kills} rounds of kills)");
+        let x = 1000 + singles.len() as u64;
+        singles.push((x, pool.apply_async(square, (x,))));
         // SKIPME yes (the default): our own connection stays.
         let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").query(&mut admin).unwrap();
         kills += usize::from(killed > 0);
-        std::thread::sleep(Duration::from_millis(15));
+        std::thread::sleep(Duration::from_millis(5));
     }
     assert!(kills > 3, "the connections were killed {kills} times");
     assert_eq!(results.get().unwrap(), (0..300u64).map(|x| x * x).collect::<Vec<_>>());
+    for (x, r) in singles {
+        assert_eq!(r.get_timeout(GUARD).unwrap(), Some(x * x), "call {x}");
+    }
 }
 
 fn nothing(_: u32) {}

@@ -95,6 +95,11 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
     let mut con = None;
     let mut next_seq = 0u64;
     let mut next_epoch_look = Instant::now();
+    // A send whose reply was lost (its connection killed mid-pipeline):
+    // Redis may have added some of its entries, or none. The ones without
+    // an entry id go again; a task added twice runs twice and its second
+    // result is dropped, where one not added at all would never be answered.
+    let mut unsure = false;
     loop {
         let status = shared.lock().status;
         if matches!(status, Status::Terminating | Status::Stopped) {
@@ -113,6 +118,13 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
             continue;
         };
         let step = (|| -> redis::RedisResult<()> {
+            if unsure {
+                let again: Vec<TaskMessage> =
+                    books.sent().values().filter(|s| s.entry.is_none()).map(|s| s.message.clone()).collect();
+                let entries = send(c, keys, &again)?;
+                note_entries(books, &again, entries);
+                unsure = false;
+            }
             if Instant::now() >= next_epoch_look {
                 next_epoch_look = Instant::now() + config.epoch_look;
                 let here: bool = redis::cmd("EXISTS").arg(&epoch_key).query(c)?;
@@ -176,6 +188,7 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
         })();
         if step.is_err() {
             con = None;
+            unsure = true;
             continue;
         }
         // Until a task is queued, the pool changes, or the epoch is due.
@@ -241,27 +254,39 @@ fn note_entries(books: &Books, messages: &[TaskMessage], entries: Vec<String>) {
     }
 }
 
-/// Tasks sent whose callers cancelled them: out of the books; out of the
-/// stream if no worker took them yet (XDEL: never delivered), and a cancel
-/// key that a worker running one looks for (it kills the task's process).
+/// Tasks sent whose callers cancelled them: out of the stream if no worker
+/// took them yet (XDEL: never delivered), a cancel key that a worker running
+/// one looks for (it kills the task's process), then out of the books. They
+/// leave the books only once Redis has both: if the connection is lost on
+/// the way, the next look sends them again.
 fn cancel(c: &mut redis::Connection, keys: &Keys, books: &Books, ttl_ms: u64) -> redis::RedisResult<()> {
-    let gone: Vec<Sent> = {
-        let mut sent = books.sent();
-        let ids: Vec<String> = sent.iter().filter(|(_, s)| s.task.sink.cancelled()).map(|(id, _)| id.clone()).collect();
-        ids.iter().filter_map(|id| sent.remove(id)).collect()
-    };
+    let gone: Vec<(String, Option<String>)> = books
+        .sent()
+        .iter()
+        .filter(|(_, s)| s.task.sink.cancelled())
+        .map(|(id, s)| (id.clone(), s.entry.clone()))
+        .collect();
     if gone.is_empty() {
         return Ok(());
     }
     let mut pipe = redis::pipe();
-    for s in &gone {
-        pipe.cmd("SET").arg(keys.cancel(&s.message.id)).arg(1).arg("PX").arg(ttl_ms).ignore();
-        if let Some(entry) = &s.entry {
+    for (id, entry) in &gone {
+        pipe.cmd("SET").arg(keys.cancel(id)).arg(1).arg("PX").arg(ttl_ms).ignore();
+        if let Some(entry) = entry {
             pipe.cmd("XDEL").arg(keys.tasks()).arg(entry).ignore();
         }
     }
-    books.cancelled.lock().unwrap_or_else(PoisonError::into_inner).extend(gone.iter().map(|s| s.message.id.clone()));
-    pipe.query(c)
+    pipe.query::<()>(c)?;
+    let mut sent = books.sent();
+    let mut cancelled = books.cancelled.lock().unwrap_or_else(PoisonError::into_inner);
+    for (id, _) in gone {
+        // Answered meanwhile: its result was delivered (to a call that
+        // keeps its cancellation); none is still to come.
+        if sent.remove(&id).is_some() {
+            cancelled.insert(id);
+        }
+    }
+    Ok(())
 }
 
 /// The result reader's loop (its own connection: it blocks). Entries read
