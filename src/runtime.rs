@@ -119,8 +119,9 @@ pub(crate) enum ExitWatch {
     /// Our own child: poll its pidfd, reap it with `waitid`.
     Pidfd(OwnedFd),
     /// A forkserver child: the server reports its exit code on `status`; the
-    /// pidfd (when it could be opened) is for signalling.
-    Server { status: OwnedFd, pidfd: Option<OwnedFd> },
+    /// pidfd (when it could be opened) is for signalling; `server` is the
+    /// server's own pidfd, to say what became of it if a report never comes.
+    Server { status: OwnedFd, pidfd: Option<OwnedFd>, server: Arc<OwnedFd> },
 }
 
 /// What parent-side handles and the registry share about one child.
@@ -152,7 +153,7 @@ impl ChildShared {
     pub fn sentinel(&self) -> BorrowedFd<'_> {
         match &self.watch {
             ExitWatch::Pidfd(fd) | ExitWatch::Server { pidfd: Some(fd), .. } => fd.as_fd(),
-            ExitWatch::Server { status, pidfd: None } => status.as_fd(),
+            ExitWatch::Server { status, pidfd: None, .. } => status.as_fd(),
         }
     }
 
@@ -164,14 +165,13 @@ impl ChildShared {
         }
         *code = match &self.watch {
             ExitWatch::Pidfd(fd) => sysproc::try_reap_pidfd(fd.as_fd()).context("waitid on a child")?,
-            ExitWatch::Server { status, pidfd } => {
-                let reported = crate::popen::forkserver::read_status(status.as_fd(), None)?;
+            ExitWatch::Server { status, pidfd, server } => {
+                let read = |wait| crate::popen::forkserver::read_status(status.as_fd(), server.as_fd(), wait);
+                let reported = read(None)?;
                 match pidfd {
                     // It has ended but the server's report is still on its way:
                     // wait for it, so that every answer agrees with the kernel.
-                    Some(fd) if reported.is_none() && sysproc::has_exited(fd.as_fd()) => {
-                        crate::popen::forkserver::read_status(status.as_fd(), Some(STATUS_GRACE))?
-                    }
+                    Some(fd) if reported.is_none() && sysproc::has_exited(fd.as_fd()) => read(Some(STATUS_GRACE))?,
                     _ => reported,
                 }
             }
@@ -192,8 +192,20 @@ impl ChildShared {
 
     /// Sends a signal, unless the child is already known to have ended.
     pub fn signal(&self, signal: i32) -> Result<()> {
-        if self.try_exitcode()?.is_some() {
-            return Ok(());
+        match self.try_exitcode() {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            // Whether it ended cannot be told (its forkserver died before
+            // reporting): a pidfd still reaches it, or nobody, never another
+            // process; a bare pid might be another's by now.
+            Err(e) => {
+                return match &self.watch {
+                    ExitWatch::Pidfd(fd) | ExitWatch::Server { pidfd: Some(fd), .. } => {
+                        sysproc::signal_pidfd(fd.as_fd(), signal).context("pidfd_send_signal")
+                    }
+                    ExitWatch::Server { pidfd: None, .. } => Err(e),
+                };
+            }
         }
         match &self.watch {
             ExitWatch::Pidfd(fd) | ExitWatch::Server { pidfd: Some(fd), .. } => {

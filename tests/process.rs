@@ -316,3 +316,53 @@ fn start_method_names_round_trip() {
     }
     assert!(matches!("threads".parse::<StartMethod>(), Err(Error::UnknownStartMethod(s)) if s == "threads"));
 }
+
+/// SIGKILLs a process (by pidfd: never another) when dropped.
+struct KillOnDrop(std::os::fd::OwnedFd);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), libc::SIGKILL, 0usize, 0u32) };
+    }
+}
+
+/// The parent pid of `pid`, from `/proc`.
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name's closing parenthesis: the state, then the ppid.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// A forkserver killed under a running child: the child's join fails at
+/// once with a typed error saying what became of the server (not a hang,
+/// not a made-up exit code); the child, still running, can still be
+/// killed; the next start gets a new server.
+#[test]
+fn a_dead_forkserver_is_named_and_replaced() {
+    common::isolated("a_dead_forkserver_is_named_and_replaced", || {
+        let mut p = Process::new(sleep_forever, ()).with_start_method(StartMethod::Forkserver);
+        p.start().unwrap();
+        let pid = p.pid().unwrap();
+        let child = common::pidfd(pid);
+        // Whatever fails below, the orphan it would leave is killed.
+        let _cleanup = KillOnDrop(common::pidfd(pid));
+        let server = parent_of(pid);
+        assert_ne!(server, os::getpid(), "a forkserver child is the server's");
+        // SAFETY: kill takes a pid and a signal; the server is our child.
+        unsafe { libc::kill(server, libc::SIGKILL) };
+        match p.join_timeout(common::GUARD) {
+            Err(Error::Forkserver(why)) => assert!(why.contains("killed by signal 9"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!common::exits_within(&child, Duration::ZERO), "the child died with its server");
+        p.kill().unwrap();
+        assert!(common::exits_within(&child, common::GUARD), "the child outlived kill");
+        let mut q = Process::new(add, (1, 2)).with_start_method(StartMethod::Forkserver);
+        q.start().unwrap();
+        assert_ne!(parent_of(q.pid().unwrap()), server, "the dead server was used again");
+        assert_eq!(join(&mut q).unwrap(), 3);
+    });
+}

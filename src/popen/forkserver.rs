@@ -73,12 +73,12 @@ pub(crate) fn launch(spec: &Spec<'_>, conn: OwnedFd, child_conn: OwnedFd) -> Res
     let (status, server_status) = sys::packet_pair().context("socketpair for a child's status")?;
     let request = [u8::from(spec.daemon)];
     let fds = [child_conn.as_fd(), server_status.as_fd()];
-    let mut sent = false;
+    let mut sent = None;
     for _ in 0..2 {
-        let (control, _) = ensure_started()?;
+        let (control, server) = ensure_started()?;
         match send_packet(control.as_fd(), &request, &fds) {
             Ok(()) => {
-                sent = true;
+                sent = Some(server);
                 break;
             }
             // The server died between our check and the send: start another.
@@ -88,9 +88,9 @@ pub(crate) fn launch(spec: &Spec<'_>, conn: OwnedFd, child_conn: OwnedFd) -> Res
             }
         }
     }
-    if !sent {
+    let Some(server) = sent else {
         return Err(Error::Forkserver("the forkserver keeps dying".into()));
-    }
+    };
     drop(child_conn);
     drop(server_status);
     let mut buf = [0u8; 4];
@@ -109,22 +109,54 @@ pub(crate) fn launch(spec: &Spec<'_>, conn: OwnedFd, child_conn: OwnedFd) -> Res
         spec.name.to_owned(),
         spec.identity.to_vec(),
         spec.daemon,
-        ExitWatch::Server { status, pidfd },
+        ExitWatch::Server { status, pidfd, server },
     );
     Ok(Child::new(shared, conn))
 }
 
+/// The first byte of the server's report that it cannot watch a child
+/// (the errno of its failed `pidfd_open` follows): a 5-byte packet, never
+/// taken for a 4-byte exit code.
+const CANNOT_WATCH: u8 = b'!';
+
+/// How long a server whose status socket closed may take to be seen ended.
+const SERVER_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Reads a forkserver child's exit code from its status socket, if it has
-/// been reported (waiting up to `wait` for the report).
-pub(crate) fn read_status(status: BorrowedFd<'_>, wait: Option<std::time::Duration>) -> Result<Option<ExitCode>> {
+/// been reported (waiting up to `wait` for the report). `server` is the
+/// server's pidfd: when the report never comes, the error says what became
+/// of the server.
+pub(crate) fn read_status(
+    status: BorrowedFd<'_>,
+    server: BorrowedFd<'_>,
+    wait: Option<std::time::Duration>,
+) -> Result<Option<ExitCode>> {
     if let Some(wait) = wait {
         poll_readable(&[status], Some(wait)).context("waiting for the forkserver's report")?;
     }
-    let mut buf = [0u8; 4];
+    let mut buf = [0u8; 8];
     match recv_packet(status, &mut buf, false).context("reading a status from the forkserver")? {
         None => Ok(None),
-        Some((4, _)) => Ok(Some(i32::from_le_bytes(buf))),
-        Some(_) => Err(Error::Forkserver("it exited before reporting how a child ended".into())),
+        Some((4, _)) => Ok(Some(i32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]))),
+        Some((5, _)) if buf[0] == CANNOT_WATCH => {
+            let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+            Err(Error::Forkserver(format!(
+                "it could not watch the child it started (pidfd_open: {})",
+                std::io::Error::from_raw_os_error(errno)
+            )))
+        }
+        Some(_) => {
+            // The server's sockets close as it exits, a moment before the
+            // kernel marks it ended: give that moment before looking.
+            let _ = poll_readable(&[server], Some(SERVER_EXIT_GRACE));
+            let server = match sysproc::peek_exit_pidfd(server) {
+                Ok(Some(code)) if code < 0 => format!("it was killed by signal {}", -code),
+                Ok(Some(code)) => format!("it exited with code {code}"),
+                Ok(None) => "it is still running".to_owned(),
+                Err(e) => format!("its state is unknown: {e}"),
+            };
+            Err(Error::Forkserver(format!("it closed a child's status without reporting how it ended ({server})")))
+        }
     }
 }
 
@@ -173,7 +205,11 @@ pub(crate) fn serve(control: OwnedFd, parent: OwnedFd) -> ! {
                             let _ = send_packet(status.as_fd(), &pid.to_le_bytes(), &[]);
                             match sysproc::pidfd_open(pid) {
                                 Ok(pidfd) => children.push(Served { pidfd, status, daemon }),
-                                Err(_) => drop(status),
+                                Err(e) => {
+                                    let errno = e.raw_os_error().unwrap_or(0).to_le_bytes();
+                                    let report = [CANNOT_WATCH, errno[0], errno[1], errno[2], errno[3]];
+                                    let _ = send_packet(status.as_fd(), &report, &[]);
+                                }
                             }
                         }
                         // Dropping `status` tells the parent we failed.

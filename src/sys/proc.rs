@@ -32,6 +32,19 @@ pub(crate) fn try_reap_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitCod
     Ok(status.and_then(|s| exit_code(&s)))
 }
 
+/// How the child behind `pidfd` ended, if it has, without reaping it (its
+/// zombie stays for whoever reaps it).
+pub(crate) fn peek_exit_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitCode>> {
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    let status = loop {
+        match rustix::process::waitid(WaitId::PidFd(pidfd), options) {
+            Err(Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
+    Ok(status.and_then(|s| exit_code(&s)))
+}
+
 fn exit_code(status: &WaitIdStatus) -> Option<ExitCode> {
     if let Some(code) = status.exit_status() { Some(code) } else { status.terminating_signal().map(|sig| -sig) }
 }
