@@ -149,9 +149,19 @@ impl Rng {
     }
 }
 
-/// FNV-1a.
+/// A checksum of `bytes` that any damage changes.
 pub fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    // FNV's step, a word at a time (eight times faster than a byte at a
+    // time, which made the stress tests spend most of their time here). Each
+    // step is a bijection of the word and of the running hash, so any one
+    // changed word changes the result; the length goes in last, so a
+    // truncated message does too.
+    let mut words = bytes.chunks_exact(8);
+    let step = |h: u64, w: u64| (h ^ w).wrapping_mul(0x100_0000_01b3);
+    let mut h =
+        words.by_ref().fold(0xcbf2_9ce4_8422_2325u64, |h, w| step(h, u64::from_le_bytes(w.try_into().unwrap())));
+    h = words.remainder().iter().fold(h, |h, b| step(h, u64::from(*b)));
+    step(h, bytes.len() as u64)
 }
 
 /// `MULTIPROC_SEED`, or a fresh seed; print it so that a run can be repeated.
