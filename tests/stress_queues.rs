@@ -55,14 +55,7 @@ const HUGE: &[usize] = &[(1 << 20) - 4, (1 << 20) - 3, (1 << 20) - 2, (16 << 20)
 /// The message `seq` of `producer`: its id, sequence number, filler, and
 /// a checksum of all that.
 fn message(producer: u32, seq: u32, seed: u64, huge: bool) -> ByteBuf {
-    let mut rng = Rng(seed ^ (u64::from(producer) << 32 | u64::from(seq)) | 1);
-    let len = if huge && rng.below(400) == 0 {
-        HUGE[rng.below(HUGE.len() as u64) as usize]
-    } else if rng.below(3) == 0 {
-        SIZES[rng.below(SIZES.len() as u64) as usize]
-    } else {
-        16 + rng.below(64) as usize
-    };
+    let (len, mut rng) = message_len(producer, seq, seed, huge);
     let mut m = Vec::with_capacity(len);
     m.resize(len - 8, 0);
     m[..4].copy_from_slice(&producer.to_le_bytes());
@@ -77,6 +70,20 @@ fn message(producer: u32, seq: u32, seed: u64, huge: bool) -> ByteBuf {
     let sum = checksum(&m);
     m.extend_from_slice(&sum.to_le_bytes());
     ByteBuf::from(m)
+}
+
+/// The length of message `seq` of `producer`, and the generator that then
+/// makes its filler.
+fn message_len(producer: u32, seq: u32, seed: u64, huge: bool) -> (usize, Rng) {
+    let mut rng = Rng(seed ^ (u64::from(producer) << 32 | u64::from(seq)) | 1);
+    let len = if huge && rng.below(400) == 0 {
+        HUGE[rng.below(HUGE.len() as u64) as usize]
+    } else if rng.below(3) == 0 {
+        SIZES[rng.below(SIZES.len() as u64) as usize]
+    } else {
+        16 + rng.below(64) as usize
+    };
+    (len, rng)
 }
 
 /// Puts `n` messages, noting each one done in `progress` (4 bytes each).
@@ -245,7 +252,7 @@ fn stream(run: &Run, method: StartMethod, seed: u64) -> Tally {
                 s < finished || (s == finished && killed_producers.contains(&p)),
                 "{method}: producer {p}'s #{s} came out but was never put"
             );
-            tally.bytes += message(p, s, seed, run.huge).len() as u64;
+            tally.bytes += message_len(p, s, seed, run.huge).0 as u64;
         }
     }
     let expected: u64 = done.values().map(|n| u64::from(*n)).sum();
