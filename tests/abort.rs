@@ -2,18 +2,13 @@
 //! child's panic with its message and location, through a process of each
 //! start method and a pool, and its pool goes on.
 
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn a_panic_under_panic_abort_comes_back_with_message_and_location() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let cargo = option_env!("CARGO").unwrap_or("cargo");
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "multiproc-panic-abort", "--profile", "abort", "--manifest-path"])
-        .arg(format!("{root}/Cargo.toml"))
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "building tests/panic-abort failed");
+    common::cargo_build(&["-p", "multiproc-panic-abort", "--profile", "abort"]);
     let exe = std::env::current_exe().unwrap();
     let target = exe.parent().and_then(|deps| deps.parent()).and_then(|profile| profile.parent()).unwrap();
     let out = Command::new(target.join("abort/multiproc-panic-abort")).env("RUST_BACKTRACE", "0").output().unwrap();

@@ -407,6 +407,26 @@ fn connections_killed_mid_command_lose_nothing() {
     }
 }
 
+/// Waits until `n` workers have come to pool `pool`'s stream (each
+/// becomes a consumer of its group with its first look for tasks).
+fn wait_for_consumers(redis: &Redis, pool: &str, n: usize) {
+    let mut con = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let until = Instant::now() + GUARD;
+    loop {
+        let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(format!("{{mp:{pool}}}:tasks"))
+            .arg("workers")
+            .query(&mut con)
+            .unwrap();
+        if consumers.len() >= n {
+            return;
+        }
+        assert!(Instant::now() < until, "{} of {n} workers came: {consumers:?}", consumers.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn nothing(_: u32) {}
 
 fn used_memory(redis: &Redis) -> i64 {
@@ -437,23 +457,9 @@ fn a_hundred_thousand_tasks_leave_redis_memory_at_baseline() {
 /// naming both builds.
 #[test]
 fn a_worker_of_another_build_never_runs_a_task() {
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-        // The same workspace-wide, all-features build as the test run's, so
-        // nothing is compiled twice.
-        .args([
-            "build",
-            "--quiet",
-            "--workspace",
-            "--all-features",
-            "--example",
-            "cluster",
-            "--manifest-path",
-            manifest,
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    // The same workspace-wide, all-features build as the test run's, so
+    // nothing is compiled twice.
+    common::cargo_build(&["--workspace", "--all-features", "--example", "cluster"]);
     let exe = std::env::current_exe().unwrap();
     let other = exe.parent().unwrap().parent().unwrap().join("examples/cluster");
     let redis = Redis::start("build");
@@ -469,8 +475,11 @@ fn a_worker_of_another_build_never_runs_a_task() {
         other => panic!("{other:?}"),
     }
     assert_eq!(runs(&dir), 0, "another build ran it");
-    // With a worker of our build, tasks run.
+    // With a worker of our build, tasks run. (Once it is taking tasks: the
+    // stranger gives a task up after ten of its short leases, and a worker
+    // still starting on a loaded machine can take longer than that.)
     let _ours = worker(&redis, "build", 1, 300);
+    wait_for_consumers(&redis, "build", 2);
     assert_eq!(pool.apply(square, (5,)).unwrap(), 25);
 }
 

@@ -1,5 +1,7 @@
 //! Runs each ported seed program and checks what it prints.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -13,14 +15,7 @@ use std::sync::OnceLock;
 /// than building a second copy of the crate and its dependencies.
 fn example(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args(["build", "--quiet", "--workspace", "--examples", "--all-features", "--manifest-path", manifest])
-            .status()
-            .expect("running cargo build --examples");
-        assert!(status.success(), "cargo build --examples failed");
-    });
+    BUILT.get_or_init(|| common::cargo_build(&["--workspace", "--examples", "--all-features"]));
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let path = profile_dir.join("examples").join(name);

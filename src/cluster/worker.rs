@@ -259,7 +259,7 @@ fn take(state: &State, local: &Pool, done: &mpsc::Sender<(String, Done)>) {
         if state.stopping() {
             return;
         }
-        let Some(c) = kept(&mut con, &state.config, |c| ensure_group(c, &tasks)) else {
+        let Some(c) = kept(&mut con, &state.config, |c| join_group(c, &tasks, &state.name)) else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
@@ -305,11 +305,19 @@ fn take(state: &State, local: &Pool, done: &mpsc::Sender<(String, Done)>) {
             }
             Err(e) if e.code() == Some("NOGROUP") => {
                 // Redis lost the group (a restart): make it again.
-                let _ = ensure_group(c, &tasks);
+                let _ = join_group(c, &tasks, &state.name);
             }
             Err(_) => con = None,
         }
     }
+}
+
+/// Makes the group if Redis has none, and this worker a consumer of it now
+/// (Redis would make it one only with the first task it reads): a worker
+/// that has come shows in `XINFO CONSUMERS` before it has work.
+fn join_group(c: &mut redis::Connection, tasks: &str, name: &str) -> redis::RedisResult<()> {
+    ensure_group(c, tasks)?;
+    redis::cmd("XGROUP").arg("CREATECONSUMER").arg(tasks).arg(GROUP).arg(name).query::<()>(c)
 }
 
 /// Starts one task here, or sends it where it belongs.

@@ -188,3 +188,22 @@ pub fn python(version: &str) -> std::path::PathBuf {
     found.sort();
     found.pop().unwrap_or_else(|| panic!("Python {version} is not installed with pyenv"))
 }
+
+/// Runs `cargo build --quiet <args>` on this workspace, for the programs a
+/// test starts (examples, the `panic = "abort"` program) — unless the test
+/// command built them already and says so with `MULTIPROC_TEST_PREBUILT=1`:
+/// then a no-op build is skipped, as each one waits its turn on cargo's lock
+/// (two minutes behind the others on a loaded machine).
+pub fn cargo_build(args: &[&str]) {
+    if std::env::var_os("MULTIPROC_TEST_PREBUILT").is_some_and(|v| v == "1") {
+        return;
+    }
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let status = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"))
+        .args(["build", "--quiet"])
+        .args(args)
+        .args(["--manifest-path", manifest])
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
+}
