@@ -192,26 +192,22 @@ impl ChildShared {
 
     /// Sends a signal, unless the child is already known to have ended.
     pub fn signal(&self, signal: i32) -> Result<()> {
-        match self.try_exitcode() {
-            Ok(Some(_)) => return Ok(()),
-            Ok(None) => {}
-            // Whether it ended cannot be told (its forkserver died before
-            // reporting): a pidfd still reaches it, or nobody, never another
-            // process; a bare pid might be another's by now.
-            Err(e) => {
-                return match &self.watch {
-                    ExitWatch::Pidfd(fd) | ExitWatch::Server { pidfd: Some(fd), .. } => {
-                        sysproc::signal_pidfd(fd.as_fd(), signal).context("pidfd_send_signal")
-                    }
-                    ExitWatch::Server { pidfd: None, .. } => Err(e),
-                };
-            }
+        let ended = self.try_exitcode();
+        if let Ok(Some(_)) = ended {
+            return Ok(());
         }
         match &self.watch {
+            // Sent even when whether it ended cannot be told (its forkserver
+            // died before reporting): a pidfd reaches it or nobody.
             ExitWatch::Pidfd(fd) | ExitWatch::Server { pidfd: Some(fd), .. } => {
                 sysproc::signal_pidfd(fd.as_fd(), signal).context("pidfd_send_signal")
             }
-            ExitWatch::Server { pidfd: None, .. } => sysproc::signal_pid(self.pid, signal).context("kill"),
+            // A bare pid might be another process's by then: not without
+            // knowing that it still runs.
+            ExitWatch::Server { pidfd: None, .. } => {
+                ended?;
+                sysproc::signal_pid(self.pid, signal).context("kill")
+            }
         }
     }
 }

@@ -119,10 +119,7 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
         };
         let step = (|| -> redis::RedisResult<()> {
             if unsure {
-                let again: Vec<TaskMessage> =
-                    books.sent().values().filter(|s| s.entry.is_none()).map(|s| s.message.clone()).collect();
-                let entries = send(c, keys, &again)?;
-                note_entries(books, &again, entries);
+                send_again(c, keys, books, |s| s.entry.is_none())?;
                 unsure = false;
             }
             if Instant::now() >= next_epoch_look {
@@ -134,9 +131,7 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
                     // unanswered once more.
                     ensure_group(c, &keys.tasks())?;
                     books.restart_reading.store(true, Ordering::SeqCst);
-                    let again: Vec<TaskMessage> = books.sent().values().map(|s| s.message.clone()).collect();
-                    let entries = send(c, keys, &again)?;
-                    note_entries(books, &again, entries);
+                    send_again(c, keys, books, |_| true)?;
                 }
                 redis::pipe()
                     .cmd("SET")
@@ -243,6 +238,20 @@ fn send(c: &mut redis::Connection, keys: &Keys, messages: &[TaskMessage]) -> red
         pipe.cmd("XADD").arg(&tasks).arg("*").arg("t").arg(crate::reduction::encode_plain(m));
     }
     pipe.query(c)
+}
+
+/// Sends once more the unanswered tasks that `which` picks, noting their
+/// new entries.
+fn send_again(
+    c: &mut redis::Connection,
+    keys: &Keys,
+    books: &Books,
+    which: impl Fn(&Sent) -> bool,
+) -> redis::RedisResult<()> {
+    let again: Vec<TaskMessage> = books.sent().values().filter(|s| which(s)).map(|s| s.message.clone()).collect();
+    let entries = send(c, keys, &again)?;
+    note_entries(books, &again, entries);
+    Ok(())
 }
 
 fn note_entries(books: &Books, messages: &[TaskMessage], entries: Vec<String>) {

@@ -23,19 +23,16 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 
 /// Reaps the child behind `pidfd` if it has ended; `None` while it runs.
 pub(crate) fn try_reap_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitCode>> {
-    let status = loop {
-        match rustix::process::waitid(WaitId::PidFd(pidfd), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
-            Err(Errno::INTR) => continue,
-            other => break other?,
-        }
-    };
-    Ok(status.and_then(|s| exit_code(&s)))
+    waitid_pidfd(pidfd, WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
 }
 
 /// How the child behind `pidfd` ended, if it has, without reaping it (its
 /// zombie stays for whoever reaps it).
 pub(crate) fn peek_exit_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitCode>> {
-    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    waitid_pidfd(pidfd, WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT)
+}
+
+fn waitid_pidfd(pidfd: BorrowedFd<'_>, options: WaitIdOptions) -> io::Result<Option<ExitCode>> {
     let status = loop {
         match rustix::process::waitid(WaitId::PidFd(pidfd), options) {
             Err(Errno::INTR) => continue,
