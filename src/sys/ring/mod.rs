@@ -91,14 +91,30 @@ pub(crate) struct Side<M: Medium> {
     lock: M::Lock,
     /// The side's index: `tail` for producers (where the next record goes),
     /// `head` for consumers (the next record to take). Written under
-    /// `lock`, watched without it.
-    index: M::U64,
+    /// `lock`, watched without it — so on a line of its own: the other
+    /// side spinning on it would otherwise pull the lock's line away from
+    /// the holder between its lock, its stores and its unlock (three cache
+    /// misses per record instead of one; the robust unlock showed as 14% of
+    /// a 1 KiB stream's time).
+    index: Line<M::U64>,
     /// Records ever pushed, or taken.
     count: M::U64,
     /// The values of `index` and `count` that the holder is about to store
     /// (invariant 4).
     intent_index: M::U64,
     intent_count: M::U64,
+}
+
+/// A value alone on its cache lines (128 bytes: adjacent-line prefetch
+/// pairs 64-byte lines).
+#[repr(C, align(128))]
+pub(crate) struct Line<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 impl<M: Medium> Side<M> {
@@ -313,7 +329,16 @@ impl<M: Medium> Ring<M> {
             return 0;
         }
         let small = |head: u64| tail.checked_sub(head).is_some_and(|backlog| backlog < g.hot / 2);
-        let head = self.look_head(small);
+        // A fresh look at consumers' index costs a cache miss (they write
+        // it with every record). While the backlog stays large, one look
+        // per stretch of the stream is enough: going back a little later
+        // only uses a little more of the ring.
+        let stride = (g.chunk / 16).max(WORD);
+        let head = if tail / stride != (tail + need) / stride {
+            self.look_head(small)
+        } else {
+            self.seen_head.load(Ordering::Acquire)
+        };
         if small(head) && fits(tail, head, rest + need, g.capacity) { rest } else { 0 }
     }
 

@@ -39,8 +39,13 @@ impl Modeled {
     fn new(geometry: Geometry) -> Modeled {
         let u64 = || AtomicU64::new(0);
         let u32 = || AtomicU32::new(0);
-        let side =
-            || Side { lock: Mutex::new(()), index: u64(), count: u64(), intent_index: u64(), intent_count: u64() };
+        let side = || Side {
+            lock: Mutex::new(()),
+            index: super::Line(u64()),
+            count: u64(),
+            intent_index: u64(),
+            intent_count: u64(),
+        };
         Modeled(Arc::new(Inner {
             header: Header {
                 put: side(),
