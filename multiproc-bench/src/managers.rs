@@ -58,7 +58,10 @@ pub(crate) fn run(args: &Args) -> Res<()> {
         include_str!("../peers/managers.py"),
         &[args.ops.to_string(), args.clients.to_string()],
     )?;
-    let manager = ServerBuilder::new("127.0.0.1:0".parse().map_err(err)?)
+    // Python's `SyncManager()` listens on a Unix socket (its default
+    // family on Linux): so does ours here, for the same transport.
+    let socket = std::env::temp_dir().join(format!("multiproc-bench-manager-{}.sock", std::process::id()));
+    let manager = ServerBuilder::new(multiproc::managers::Address::Unix(socket))
         .authkey(b"bench")
         .sync_types()
         .register_queue("bench_queue")

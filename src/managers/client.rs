@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::server::{Address, Stream};
+use super::server::{Address, Buffered, Stream};
 use super::wire::{self, AuthError};
 use crate::pickle::{self, PyValue};
 use crate::{Error, Result};
@@ -69,7 +69,7 @@ impl Client {
         &self.address
     }
 
-    fn open(&self) -> Result<Stream> {
+    fn open(&self) -> Result<Buffered> {
         let mut s = Stream::connect(&self.address).map_err(|source| match source.kind() {
             // Nobody listens there any more (or never did).
             std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
@@ -78,7 +78,7 @@ impl Client {
             _ => Error::Io { context: "connect to a manager", source },
         })?;
         match wire::connect(&mut s, &self.authkey) {
-            Ok(()) => Ok(s),
+            Ok(()) => Ok(Buffered::new(s)),
             Err(AuthError::WrongKey) => Err(Error::AuthenticationFailed),
             Err(AuthError::Io(e)) => Err(io("a manager handshake")(e)),
         }
@@ -169,7 +169,7 @@ enum Answer {
 }
 
 fn request(
-    s: &mut Stream,
+    s: &mut Buffered,
     id: PyValue,
     method: &str,
     args: Vec<PyValue>,
@@ -182,14 +182,14 @@ fn request(
 }
 
 fn exchange(
-    s: &mut Stream,
+    s: &mut Buffered,
     id: PyValue,
     method: &str,
     args: Vec<PyValue>,
     kwds: Vec<(PyValue, PyValue)>,
 ) -> Result<Answer> {
     let msg = PyValue::Tuple(vec![id, PyValue::Str(method.into()), PyValue::Tuple(args), PyValue::Dict(kwds)]);
-    wire::write_frame(s, &pickle::dumps(&msg)).map_err(io("send to a manager"))?;
+    wire::write_frame(s.get_mut(), &pickle::dumps(&msg)).map_err(io("send to a manager"))?;
     let frame = wire::read_frame(s, REPLY_LIMIT)
         .map_err(io("read from a manager"))?
         .ok_or_else(|| Error::Protocol("the manager closed the connection".into()))?;
@@ -246,7 +246,7 @@ pub struct Proxy {
     exposed: Vec<String>,
     /// The connection its calls use, opened on first use and kept
     /// (Python's per-thread connection).
-    conn: Mutex<Option<Stream>>,
+    conn: Mutex<Option<Buffered>>,
     /// The process whose reference this is. A forked child inherits the
     /// value but not the reference: it takes one of its own (and a
     /// connection of its own) on first use, as Python's proxies do after a
