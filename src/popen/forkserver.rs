@@ -145,7 +145,11 @@ pub(crate) fn read_status(
                 std::io::Error::from_raw_os_error(errno)
             )))
         }
-        Some(_) => {
+        Some((len, _)) => {
+            let what = match len {
+                0 => "closed a child's status without reporting how it ended".to_owned(),
+                n => format!("sent a child's status as {n} bytes, not 4"),
+            };
             // The server's sockets close as it exits, a moment before the
             // kernel marks it ended: give that moment before looking.
             let _ = poll_readable(&[server], Some(SERVER_EXIT_GRACE));
@@ -155,7 +159,7 @@ pub(crate) fn read_status(
                 Ok(None) => "it is still running".to_owned(),
                 Err(e) => format!("its state is unknown: {e}"),
             };
-            Err(Error::Forkserver(format!("it closed a child's status without reporting how it ended ({server})")))
+            Err(Error::Forkserver(format!("it {what} ({server})")))
         }
     }
 }
