@@ -323,12 +323,22 @@ impl postcard::ser_flavors::Flavor for Spill {
         }
     }
 
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         if self.file.is_none() && !self.inline_only && self.buf.len() - self.start - 1 + data.len() > SPILL_AT {
             self.start_file()?;
         }
         match &mut self.file {
             Some(file) => file.extend(data).map_err(Self::fail),
+            // Most writes are a varint or a tag, a few bytes: copied here
+            // rather than through a call to memcpy each.
+            None if data.len() <= 16 => {
+                self.buf.reserve(data.len());
+                for &b in data {
+                    self.buf.push(b);
+                }
+                Ok(())
+            }
             None => {
                 self.buf.extend_from_slice(data);
                 Ok(())
