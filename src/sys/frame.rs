@@ -510,16 +510,13 @@ mod tests {
         out
     }
 
-    /// Sizes around the big-frame threshold, one with descriptors on the
-    /// write that starts inside the big frame before it (as the pool's
-    /// outbox sends them): every byte and descriptor where it belongs.
     /// The kernel race `recv_packet` works around: a packet sent right
     /// before the sender closes must be received, not taken for the end.
     /// Each lap, a thread sends two packets and closes while we receive the
     /// second without waiting, as the forkserver's status is read. The race
     /// needs the receiver interrupted inside one system call, so laps are
-    /// many and cheap; without the second look this fails in about one run
-    /// of three here.
+    /// many and cheap; without the second look this failed in about one run
+    /// of four here.
     #[test]
     fn a_packet_sent_just_before_the_close_is_received_not_an_end() {
         let (to_sender, sockets) = std::sync::mpsc::channel::<OwnedFd>();
@@ -529,6 +526,7 @@ mod tests {
                 send_packet(theirs.as_fd(), &2u32.to_le_bytes(), &[]).unwrap();
             }
         });
+        const LAPS: u32 = 200_000;
         let mut buf = [0u8; 8];
         for lap in 0..LAPS {
             let (ours, theirs) = crate::sys::packet_pair().unwrap();
@@ -544,8 +542,10 @@ mod tests {
         drop(to_sender);
         sender.join().unwrap();
     }
-    const LAPS: u32 = 200_000;
 
+    /// Sizes around the big-frame threshold, one with descriptors on the
+    /// write that starts inside the big frame before it (as the pool's
+    /// outbox sends them): every byte and descriptor where it belongs.
     #[test]
     fn big_frames_arrive_whole_and_descriptors_reach_their_frame() {
         let (a, b) = UnixStream::pair().unwrap();

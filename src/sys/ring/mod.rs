@@ -334,11 +334,8 @@ impl<M: Medium> Ring<M> {
         // per stretch of the stream is enough: going back a little later
         // only uses a little more of the ring.
         let stride = (g.chunk / 16).max(WORD);
-        let head = if tail / stride != (tail + need) / stride {
-            self.look_head(small)
-        } else {
-            self.seen_head.load(Ordering::Acquire)
-        };
+        let stretch_ends = tail / stride != (tail + need) / stride;
+        let head = self.look_head(|head| !stretch_ends || small(head));
         if small(head) && fits(tail, head, rest + need, g.capacity) { rest } else { 0 }
     }
 
