@@ -556,6 +556,67 @@ mod tests {
         assert!(decode::<u8>(&[7, 1], Vec::new()).unwrap_err().contains("tag 7"));
     }
 
+    /// A process forked while a big value is being written (a pool
+    /// replacing a worker, say) must not keep the half-written file's
+    /// mapping: sealing a file that anyone still maps writable fails.
+    #[test]
+    fn a_fork_during_encoding_does_not_keep_the_file_from_being_sealed() {
+        let mut pipe = [0; 2];
+        // SAFETY: `pipe` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let children = std::thread::scope(|s| {
+            let forker = s.spawn(|| {
+                let mut pids = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && pids.len() < 200 {
+                    // SAFETY: the child only reads and exits, both
+                    // async-signal-safe; it keeps its copy of this
+                    // process's mappings until the pipe is closed.
+                    match unsafe { libc::fork() } {
+                        0 => unsafe {
+                            libc::close(pipe[1]);
+                            let mut b = 0u8;
+                            libc::read(pipe[0], (&raw mut b).cast(), 1);
+                            libc::_exit(0)
+                        },
+                        pid => {
+                            assert!(pid > 0, "fork failed");
+                            pids.push(pid)
+                        }
+                    }
+                }
+                pids
+            });
+            let value = pattern(2 * SPILL_AT, 3);
+            let mut result = Ok(());
+            // Encodes for as long as children are being forked.
+            while !forker.is_finished() {
+                match encode(&value) {
+                    Ok((bytes, fds)) => assert!(decode::<ByteBuf>(&bytes, fds).unwrap() == value),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let pids = forker.join().unwrap();
+            (result, pids)
+        });
+        let (result, pids) = children;
+        // SAFETY: our own pipe's descriptors, closed once; the children
+        // then see its end and exit.
+        unsafe {
+            libc::close(pipe[1]);
+            libc::close(pipe[0]);
+        }
+        for pid in pids {
+            // SAFETY: our own child, reaped once.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        }
+        result.unwrap();
+    }
+
     /// For Redis: a big payload comes back into its bytes, which then
     /// decode alone, while the value's handles stay behind in order.
     #[test]

@@ -142,6 +142,13 @@ impl SealedWriter {
         let ptr = unsafe {
             rustix::mm::mmap(std::ptr::null_mut(), cap, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, fd, 0)?
         };
+        // A process forked from another thread meanwhile (a pool replacing
+        // a worker) would otherwise keep a writable mapping of this file
+        // for its whole life, and no file mapped writable can be sealed.
+        // A fork before this advice lands is caught by `seal`.
+        // SAFETY: the mapping just made, whole; the advice only keeps it
+        // out of children.
+        let _ = unsafe { rustix::mm::madvise(ptr, cap, rustix::mm::Advice::LinuxDontFork) };
         NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
     }
 
@@ -205,12 +212,29 @@ impl SealedWriter {
         // The mapping is gone: `Drop` must not unmap it again.
         self.cap = 0;
         rustix::fs::ftruncate(&self.fd, self.len as u64)?;
-        rustix::fs::fcntl_add_seals(
-            &self.fd,
-            SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
-        )?;
-        let fd = self.fd.try_clone()?;
-        Ok(fd)
+        let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL;
+        match rustix::fs::fcntl_add_seals(&self.fd, seals) {
+            Ok(()) => Ok(self.fd.try_clone()?),
+            // Someone still maps it writable: a child forked between our
+            // `mmap` and its advice. A copy that was never mapped can be
+            // sealed; the kernel copies it without mapping it here.
+            Err(rustix::io::Errno::BUSY) => {
+                let copy =
+                    rustix::fs::memfd_create("multiproc-payload", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+                let mut from = std::fs::File::from(self.fd.try_clone()?);
+                let mut to = std::fs::File::from(copy);
+                let copied = io::copy(&mut from, &mut to)?;
+                if copied != self.len as u64 {
+                    return Err(io::Error::other(format!(
+                        "copied {copied} of a payload's {} bytes into a fresh memory file",
+                        self.len
+                    )));
+                }
+                rustix::fs::fcntl_add_seals(&to, seals)?;
+                Ok(to.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -289,3 +313,37 @@ impl Drop for Sealed {
 unsafe impl Send for SealedWriter {}
 // SAFETY: as above.
 unsafe impl Send for Sealed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file someone else still maps writable (a child forked before the
+    /// writer's mapping was kept out of children) is handed over as a
+    /// sealed copy holding the same bytes.
+    #[test]
+    fn a_file_still_mapped_elsewhere_is_sealed_as_a_copy() {
+        let data: Vec<u8> = (0..3 * PAGE + 5).map(|i| (i * 7 % 251) as u8).collect();
+        let mut writer = SealedWriter::new(PAGE).unwrap();
+        writer.extend(&data[..10]).unwrap();
+        writer.extend(&data[10..]).unwrap();
+        // SAFETY: a fresh writable mapping of the writer's file, standing
+        // for a forked child's copy; unmapped below, never dereferenced.
+        let stale = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                writer.as_fd(),
+                0,
+            )
+            .unwrap()
+        };
+        let fd = writer.seal().unwrap();
+        let sealed = Sealed::open(&fd).unwrap();
+        assert_eq!(sealed.bytes(), &data[..]);
+        // SAFETY: the mapping made above, unmapped once.
+        unsafe { rustix::mm::munmap(stale, PAGE).unwrap() };
+    }
+}
