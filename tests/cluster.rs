@@ -407,6 +407,28 @@ fn connections_killed_mid_command_lose_nothing() {
     }
 }
 
+/// One call at a time: each is sent by its caller itself (the queue is
+/// empty and the connection idle), and every connection is killed right
+/// after, often before the reply to that send is read. Every call still
+/// gets its one result.
+#[test]
+fn calls_sent_by_their_callers_survive_killed_connections() {
+    let redis = Redis::start("directkill");
+    let _w = worker(&redis, "directkill", 2, 500);
+    let pool = pool(&redis, "directkill");
+    let mut admin = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let mut kills = 0;
+    for x in 0..90u64 {
+        let r = pool.apply_async(square, (x,));
+        if x % 3 != 2 {
+            let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").query(&mut admin).unwrap();
+            kills += usize::from(killed > 0);
+        }
+        assert_eq!(r.get_timeout(GUARD).unwrap(), Some(x * x), "call {x} ({kills} kills)");
+    }
+    assert!(kills > 30, "the connections were killed {kills} times");
+}
+
 /// Waits until `n` workers have come to pool `pool`'s stream (each
 /// becomes a consumer of its group with its first look for tasks).
 fn wait_for_consumers(redis: &Redis, pool: &str, n: usize) {

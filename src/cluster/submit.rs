@@ -20,7 +20,7 @@ use super::protocol::{self, Keys, ResultMessage, TaskMessage};
 use super::{Config, as_is, ensure_group, kept, pause};
 use crate::Error;
 use crate::pool::result::RawItem;
-use crate::pool::supervisor::{Shared, Status, Task};
+use crate::pool::supervisor::{Direct, Shared, Status, Task};
 
 /// A task sent and not yet answered.
 struct Sent {
@@ -65,9 +65,14 @@ pub(crate) fn run(shared: Arc<Shared>, config: Config, duplicates: Arc<AtomicU64
             .name("multiproc-cluster-results".into())
             .spawn(move || read_results(&books, &config, &keys.results(&submitter)))
     };
+    let sender = Arc::new(Mutex::new(Sender { con: None, next_seq: 0, unsure: false, unread: Vec::new() }));
+    shared.set_direct(direct(sender.clone(), books.clone(), keys.clone(), submitter.clone(), config.clone()));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        dispatch(&shared, &config, &keys, &submitter, &books);
+        dispatch(&shared, &config, &keys, &submitter, &books, &sender);
     }));
+    // The pool no longer takes tasks (its status says so): the connection
+    // goes now, not with the pool.
+    lock(&sender).con = None;
     books.stop.store(true, Ordering::SeqCst);
     if let Ok(r) = reader {
         let _ = r.join();
@@ -86,20 +91,131 @@ pub(crate) fn run(shared: Arc<Shared>, config: Config, duplicates: Arc<AtomicU64
     shared.notify_stopped();
 }
 
+/// The submitting connection and what goes with it: the transport
+/// thread's, or, while that thread sleeps, a caller's (see [`direct`]).
+struct Sender {
+    con: Option<redis::Connection>,
+    next_seq: u64,
+    /// A send whose reply was lost (its connection killed mid-pipeline):
+    /// Redis may have added some of its entries, or none. The ones without
+    /// an entry id go again; a task added twice runs twice and its second
+    /// result is dropped, where one not added at all would never be
+    /// answered.
+    unsure: bool,
+    /// Tasks whose XADD replies (their entry ids) are still to be read, in
+    /// order: nobody waits for them after sending, so that a reply does not
+    /// wake a thread while the task is on its way (the cores are better
+    /// spent on the worker then); the next turn reads them first.
+    unread: Vec<String>,
+}
+
+impl Sender {
+    /// Reads the replies still owed, noting each task's entry.
+    fn read_owed(&mut self, books: &Books) -> redis::RedisResult<()> {
+        if self.unread.is_empty() {
+            return Ok(());
+        }
+        let Some(c) = self.con.as_mut() else { return Ok(()) };
+        let entries = (0..self.unread.len())
+            .map(|_| Ok(redis::from_redis_value::<String>(c.recv_response()?)?))
+            .collect::<redis::RedisResult<Vec<String>>>()?;
+        note_entries(books, &std::mem::take(&mut self.unread), entries);
+        Ok(())
+    }
+
+    /// The connection failed: the replies not read never come, and what
+    /// has no entry yet goes again on the next.
+    fn lost(&mut self) {
+        self.con = None;
+        self.unsure = true;
+        self.unread.clear();
+    }
+
+    /// Notes `batch` in the books and sends it (without waiting for the
+    /// reply); a task whose arguments cannot travel fails at once.
+    fn send(&mut self, batch: Vec<Task>, books: &Books, keys: &Keys, submitter: &str, config: &Config) -> Sending {
+        let Some(c) = self.con.as_mut() else { return Sending::Sent };
+        let reply = keys.results(submitter);
+        let mut messages = Vec::with_capacity(batch.len());
+        for mut task in batch {
+            self.next_seq += 1;
+            match message(&mut task, format!("{submitter}:{}", self.next_seq), &reply, config.task_timeout) {
+                Ok(m) => {
+                    messages.push(m.clone());
+                    books.sent().insert(m.id.clone(), Sent { task, message: m, entry: None });
+                }
+                Err(e) => {
+                    task.fail(|| e.clone_error());
+                }
+            }
+        }
+        // Sent after being noted: a fast result finds its task.
+        if messages.is_empty() {
+            return Sending::Sent;
+        }
+        match c.send_packed_command(&adding(keys, &messages).get_packed_pipeline()) {
+            Ok(()) => {
+                self.unread.extend(messages.into_iter().map(|m| m.id));
+                Sending::Sent
+            }
+            Err(_) => {
+                self.lost();
+                Sending::Failed(messages.into_iter().map(|m| m.id).collect())
+            }
+        }
+    }
+}
+
+/// How a send went.
+enum Sending {
+    /// Sent, or failed at once with a typed error to its caller.
+    Sent,
+    /// The connection failed: these tasks are in the books without an
+    /// entry (the next connection sends them, as `unsure`).
+    Failed(Vec<String>),
+}
+
+type SenderLock = Arc<Mutex<Sender>>;
+
+fn lock(sender: &Mutex<Sender>) -> std::sync::MutexGuard<'_, Sender> {
+    sender.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The pool's direct path: a caller whose task finds the queue empty and
+/// the connection free and sound sends the task itself, instead of waking
+/// the transport thread to do it (one hand-over less on every round trip).
+/// Anything else (no connection yet, a lost one, the in-flight limit
+/// reached, the connection busy) gives the task back for the queue.
+fn direct(sender: SenderLock, books: Arc<Books>, keys: Keys, submitter: String, config: Config) -> Direct {
+    Box::new(move |task: Task| {
+        let Ok(mut s) = sender.try_lock() else { return Err(task) };
+        if s.con.is_none() || s.unsure || books.sent().len() >= config.max_in_flight {
+            return Err(task);
+        }
+        // Replies pile up in the socket while nobody reads them; now and
+        // then the caller reads what has long come.
+        if s.unread.len() >= 64 && s.read_owed(&books).is_err() {
+            s.lost();
+            return Err(task);
+        }
+        match s.send(vec![task], &books, &keys, &submitter, &config) {
+            Sending::Sent => Ok(()),
+            Sending::Failed(ids) => {
+                // Back to the queue, unless its result came meanwhile.
+                let task = ids.first().and_then(|id| books.sent().remove(id)).map(|s| s.task);
+                task.map_or(Ok(()), Err)
+            }
+        }
+    })
+}
+
 /// Sends queued tasks while fewer than the limit are out, and watches the
 /// epoch; returns when the pool is done or terminated.
-fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, books: &Books) {
+fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, books: &Books, sender: &Mutex<Sender>) {
     let epoch_key = keys.epoch(submitter);
     let reply = keys.results(submitter);
     let ttl_ms = config.bookkeeping_ttl.as_millis() as u64;
-    let mut con = None;
-    let mut next_seq = 0u64;
     let mut next_epoch_look = Instant::now();
-    // A send whose reply was lost (its connection killed mid-pipeline):
-    // Redis may have added some of its entries, or none. The ones without
-    // an entry id go again; a task added twice runs twice and its second
-    // result is dropped, where one not added at all would never be answered.
-    let mut unsure = false;
     loop {
         let status = shared.lock().status;
         if matches!(status, Status::Terminating | Status::Stopped) {
@@ -113,14 +229,19 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
             next_epoch_look = Instant::now();
             ensure_group(c, &tasks)
         };
-        let Some(c) = kept(&mut con, config, setup) else {
+        let mut guard = lock(sender);
+        let s = &mut *guard;
+        if kept(&mut s.con, config, setup).is_none() {
+            drop(guard);
             pause(shared);
             continue;
-        };
+        }
         let step = (|| -> redis::RedisResult<()> {
-            if unsure {
+            s.read_owed(books)?;
+            let c = s.con.as_mut().expect("kept above");
+            if s.unsure {
                 send_again(c, keys, books, |s| s.entry.is_none())?;
-                unsure = false;
+                s.unsure = false;
             }
             if Instant::now() >= next_epoch_look {
                 next_epoch_look = Instant::now() + config.epoch_look;
@@ -163,29 +284,17 @@ fn dispatch(shared: &Shared, config: &Config, keys: &Keys, submitter: &str, book
                 st.sleeping = true;
                 batch
             };
-            let mut messages = Vec::with_capacity(batch.len());
-            for mut task in batch {
-                next_seq += 1;
-                match message(&mut task, format!("{submitter}:{next_seq}"), &reply, config.task_timeout) {
-                    Ok(m) => {
-                        messages.push(m.clone());
-                        books.sent().insert(m.id.clone(), Sent { task, message: m, entry: None });
-                    }
-                    Err(e) => {
-                        task.fail(|| e.clone_error());
-                    }
-                }
+            match s.send(batch, books, keys, submitter, config) {
+                Sending::Sent => Ok(()),
+                // Already noted as lost; they go again on the next.
+                Sending::Failed(_) => Ok(()),
             }
-            // Sent after being noted: a fast result finds its task.
-            let entries = send(c, keys, &messages)?;
-            note_entries(books, &messages, entries);
-            Ok(())
         })();
         if step.is_err() {
-            con = None;
-            unsure = true;
+            s.lost();
             continue;
         }
+        drop(guard);
         // Until a task is queued, the pool changes, or the epoch is due.
         let left = next_epoch_look.saturating_duration_since(Instant::now());
         shared.wait_wake(left.min(Duration::from_millis(250)));
@@ -232,12 +341,17 @@ fn send(c: &mut redis::Connection, keys: &Keys, messages: &[TaskMessage]) -> red
     if messages.is_empty() {
         return Ok(Vec::new());
     }
+    adding(keys, messages).query(c)
+}
+
+/// The commands that add `messages` to the task stream, one XADD each.
+fn adding(keys: &Keys, messages: &[TaskMessage]) -> redis::Pipeline {
     let tasks = keys.tasks();
     let mut pipe = redis::pipe();
     for m in messages {
         pipe.cmd("XADD").arg(&tasks).arg("*").arg("t").arg(crate::reduction::encode_plain(m));
     }
-    pipe.query(c)
+    pipe
 }
 
 /// Sends once more the unanswered tasks that `which` picks, noting their
@@ -250,14 +364,16 @@ fn send_again(
 ) -> redis::RedisResult<()> {
     let again: Vec<TaskMessage> = books.sent().values().filter(|s| which(s)).map(|s| s.message.clone()).collect();
     let entries = send(c, keys, &again)?;
-    note_entries(books, &again, entries);
+    let ids: Vec<String> = again.into_iter().map(|m| m.id).collect();
+    note_entries(books, &ids, entries);
     Ok(())
 }
 
-fn note_entries(books: &Books, messages: &[TaskMessage], entries: Vec<String>) {
+/// Notes the stream entry of each task (by id, in order) still unanswered.
+fn note_entries(books: &Books, ids: &[String], entries: Vec<String>) {
     let mut sent = books.sent();
-    for (m, entry) in messages.iter().zip(entries) {
-        if let Some(s) = sent.get_mut(&m.id) {
+    for (id, entry) in ids.iter().zip(entries) {
+        if let Some(s) = sent.get_mut(id) {
             s.entry = Some(entry);
         }
     }

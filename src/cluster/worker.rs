@@ -109,6 +109,7 @@ impl Worker {
             name,
             slots: self.slots,
             running: Mutex::new(HashMap::new()),
+            answering: Mutex::new(None),
             wake_local: local.nudge(),
             freed: Condvar::new(),
             stop,
@@ -145,6 +146,10 @@ struct State {
     slots: usize,
     /// Stream ids of the tasks running here, with their messages and sinks.
     running: Mutex<HashMap<String, Running>>,
+    /// The answering connection: the answer thread's, or, when that
+    /// thread is idle, the local pool's thread that has a result in hand
+    /// (one hand-over less between a result and its caller).
+    answering: Mutex<Option<redis::Connection>>,
     /// Makes the local pool look at its tasks (one was cancelled).
     wake_local: crate::pool::result::Nudge,
     freed: Condvar,
@@ -184,6 +189,9 @@ struct TaskSink {
     cancelled: AtomicBool,
     failed: Mutex<Vec<Error>>,
     done: Mutex<mpsc::Sender<(String, Done)>>,
+    /// Where its result can be written at once (weak: the running task
+    /// holds its sink, and the state holds the running tasks).
+    state: std::sync::Weak<State>,
 }
 
 impl Sink for TaskSink {
@@ -193,6 +201,13 @@ impl Sink for TaskSink {
 
     fn deliver(&self, _index: usize, item: RawItem) {
         let send = |d: Done| {
+            let d = match (d, self.state.upgrade()) {
+                (Done::Answer(result), Some(state)) => match answer_here(&state, &self.stream_id, result) {
+                    None => return,
+                    Some(result) => Done::Answer(result),
+                },
+                (d, _) => d,
+            };
             let _ = self.done.lock().unwrap_or_else(PoisonError::into_inner).send((self.stream_id.clone(), d));
         };
         match item {
@@ -240,7 +255,7 @@ fn travelling(outcome: Outcome, mut fds: Vec<std::os::fd::OwnedFd>) -> std::resu
 
 /// The taking loop: new tasks as slots free up, and those whose workers
 /// stopped renewing them.
-fn take(state: &State, local: &Pool, done: &mpsc::Sender<(String, Done)>) {
+fn take(state: &Arc<State>, local: &Pool, done: &mpsc::Sender<(String, Done)>) {
     let tasks = state.keys.tasks();
     let mut con = None;
     let mut next_reclaim = Instant::now();
@@ -322,7 +337,7 @@ fn join_group(c: &mut redis::Connection, tasks: &str, name: &str) -> redis::Redi
 
 /// Starts one task here, or sends it where it belongs.
 fn accept(
-    state: &State,
+    state: &Arc<State>,
     c: &mut redis::Connection,
     local: &Pool,
     done: &mpsc::Sender<(String, Done)>,
@@ -382,6 +397,7 @@ fn accept(
         cancelled: AtomicBool::new(false),
         failed: Mutex::new(Vec::new()),
         done: Mutex::new(done.clone()),
+        state: Arc::downgrade(state),
     });
     let task = Task {
         entry: message.entry,
@@ -402,7 +418,6 @@ fn accept(
 /// or to the dead letters. A write that fails is tried again on a new
 /// connection: an answer is never dropped while the worker lives.
 fn answer(state: &State, done: &mpsc::Receiver<(String, Done)>) {
-    let mut con: Option<redis::Connection> = None;
     loop {
         let (stream_id, outcome) = match done.recv_timeout(Duration::from_millis(200)) {
             Ok(d) => d,
@@ -411,6 +426,7 @@ fn answer(state: &State, done: &mpsc::Receiver<(String, Done)>) {
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
         let Some(message) = state.running().get(&stream_id).map(|r| r.message.clone()) else { continue };
+        let mut con = state.answering.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if state.stopping() && !state.running().contains_key(&stream_id) {
                 break;
@@ -425,12 +441,38 @@ fn answer(state: &State, done: &mpsc::Receiver<(String, Done)>) {
             };
             match r {
                 Ok(()) => break,
-                Err(_) => con = None,
+                Err(_) => *con = None,
             }
         }
-        state.running().remove(&stream_id);
-        state.freed.notify_all();
+        drop(con);
+        settled(state, &stream_id);
     }
+}
+
+/// Writes a result from the thread that has it, when the answering
+/// connection is free and up: `None` once written, else the result back
+/// for the answer thread (which waits for the connection, and retries on
+/// a new one).
+fn answer_here(state: &State, stream_id: &str, result: ResultMessage) -> Option<ResultMessage> {
+    let Ok(mut con) = state.answering.try_lock() else { return Some(result) };
+    let Some(c) = con.as_mut() else { return Some(result) };
+    let Some(message) = state.running().get(stream_id).map(|r| r.message.clone()) else {
+        // Handed back meanwhile (the worker is stopping): not ours to answer.
+        return None;
+    };
+    if answer_once(state, c, stream_id, &message, &result).is_err() {
+        *con = None;
+        return Some(result);
+    }
+    drop(con);
+    settled(state, stream_id);
+    None
+}
+
+/// A task answered (or given back): its slot is free.
+fn settled(state: &State, stream_id: &str) {
+    state.running().remove(stream_id);
+    state.freed.notify_all();
 }
 
 /// The result and the acknowledgement in one transaction (one round trip;

@@ -163,7 +163,17 @@ pub(crate) struct Shared {
     /// What the workers did (`Pool::stats`): apart from `state`, which
     /// callers take on every submission.
     stats: Mutex<Recorder>,
+    /// A transport's own direct path (the Redis pool's), tried when no
+    /// local worker is offered.
+    #[cfg(feature = "cluster")]
+    direct: std::sync::OnceLock<Direct>,
 }
+
+/// A transport's direct path: sends a caller's task at once, or gives it
+/// back for the queue. Called with the pool's state locked: it must not
+/// lock it, nor wait for anything but its own socket.
+#[cfg(feature = "cluster")]
+pub(crate) type Direct = Box<dyn Fn(Task) -> Result<(), Task> + Send + Sync>;
 
 impl Shared {
     pub(crate) fn new() -> std::io::Result<Arc<Shared>> {
@@ -184,6 +194,8 @@ impl Shared {
             wake: sys::eventfd()?,
             cancels: std::sync::atomic::AtomicBool::new(false),
             stats: Mutex::new(Recorder::new()),
+            #[cfg(feature = "cluster")]
+            direct: std::sync::OnceLock::new(),
         }))
     }
 
@@ -240,7 +252,10 @@ impl Shared {
                             }
                             return;
                         }
-                        Err(first) => first,
+                        Err(first) => match self.transport_direct(first) {
+                            Ok(()) => return,
+                            Err(first) => first,
+                        },
                     }
                 } else {
                     first
@@ -279,6 +294,21 @@ impl Shared {
         let wake = st.sleeping && (st.timed || task.timeout.is_some() || !rest.is_empty());
         st.handed.push(Handed { index: offered.index, id, task, rest, at: Instant::now() });
         Ok(wake)
+    }
+
+    /// The transport's direct path, where it has one.
+    fn transport_direct(&self, task: Task) -> Result<(), Task> {
+        #[cfg(feature = "cluster")]
+        if let Some(direct) = self.direct.get() {
+            return direct(task);
+        }
+        Err(task)
+    }
+
+    #[cfg(feature = "cluster")]
+    /// Gives the pool its transport's direct path.
+    pub(crate) fn set_direct(&self, direct: Direct) {
+        let _ = self.direct.set(direct);
     }
 
     pub(crate) fn set_status(&self, status: Status) {
