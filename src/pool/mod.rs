@@ -1119,8 +1119,12 @@ where
 
     /// Reads as much input as may be in flight and submits it in one go.
     fn fill(&mut self) {
-        let room = self.limit.saturating_sub(self.submitted - self.yielded);
-        if room < self.chunksize {
+        let ahead = self.submitted - self.yielded;
+        let room = self.limit.saturating_sub(ahead);
+        // Refilled by halves, not by one task per result taken: each
+        // submission costs a wake-up somewhere, and half the limit still
+        // ahead keeps every worker busy. With nothing ahead it fills at once.
+        if room < self.chunksize || (ahead > 0 && room < self.limit / 2) {
             return;
         }
         let Some(input) = self.input.as_mut() else { return };
