@@ -142,6 +142,13 @@ pub(crate) trait Sink: Send + Sync {
 pub(crate) type Nudge = Box<dyn Fn() + Send + Sync>;
 
 type Callback<R> = Box<dyn FnOnce(&R) + Send>;
+
+/// How long a waiter for a result looks for it before it sleeps. A round
+/// trip through an idle worker takes tens of microseconds; on a VM, waking
+/// a thread whose core went idle costs about as much again (measured:
+/// `apply_roundtrip_us` 87 -> 38 µs with this spin, 95 µs with a 30 µs one,
+/// which usually gives up just before the result comes).
+const WAIT_SPIN: Duration = Duration::from_micros(100);
 type ErrorCallback = Box<dyn FnOnce(&Error) + Send>;
 
 struct SlotState<R> {
@@ -159,6 +166,9 @@ struct SlotState<R> {
 pub(crate) struct Slot<R> {
     state: Mutex<SlotState<R>>,
     ready: Condvar,
+    /// Set once the result is in `state`: what a waiter spins on before it
+    /// sleeps on `ready`.
+    finished: std::sync::atomic::AtomicBool,
     cancelled: std::sync::atomic::AtomicBool,
     nudge: Mutex<Option<Nudge>>,
 }
@@ -176,6 +186,7 @@ impl<R> Slot<R> {
                 wakers: Vec::new(),
             }),
             ready: Condvar::new(),
+            finished: std::sync::atomic::AtomicBool::new(false),
             cancelled: std::sync::atomic::AtomicBool::new(false),
             nudge: Mutex::new(None),
         })
@@ -184,6 +195,25 @@ impl<R> Slot<R> {
     /// What [`AsyncResult::cancel`] calls so that the pool looks at once.
     pub(crate) fn on_cancel(&self, nudge: Nudge) {
         *self.nudge.lock().unwrap_or_else(PoisonError::into_inner) = Some(nudge);
+    }
+
+    /// Looks for the result until `until`, without sleeping: a short task's
+    /// result usually comes within tens of microseconds, and the sleep and
+    /// wake-up would cost more (the queue's and the manager client's
+    /// strategy).
+    fn spin_until_finished(&self, until: Instant) -> bool {
+        loop {
+            if self.finished.load(std::sync::atomic::Ordering::Acquire) {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            // Yielding rather than pausing: with more threads than cores
+            // (the worker, the pool's thread) the one that has work gets
+            // the core.
+            std::thread::yield_now();
+        }
     }
 
     fn is_cancelled(&self) -> bool {
@@ -220,6 +250,7 @@ impl<R> Slot<R> {
             let mut st = self.lock();
             st.succeeded = Some(result.is_ok());
             st.result = Some(result);
+            self.finished.store(true, std::sync::atomic::Ordering::Release);
             std::mem::take(&mut st.wakers)
         };
         self.ready.notify_all();
@@ -357,6 +388,9 @@ impl<R> AsyncResult<R> {
     ///
     /// See [`AsyncResult`] for an example.
     pub fn wait(&self) {
+        if self.slot.spin_until_finished(Instant::now() + WAIT_SPIN) {
+            return;
+        }
         let mut st = self.slot.lock();
         while st.succeeded.is_none() {
             st = self.slot.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
@@ -378,6 +412,9 @@ impl<R> AsyncResult<R> {
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        if self.slot.spin_until_finished(deadline.min(Instant::now() + WAIT_SPIN)) {
+            return true;
+        }
         let mut st = self.slot.lock();
         while st.succeeded.is_none() {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
