@@ -75,8 +75,10 @@ pub(crate) struct Packed {
 /// What the pool says to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
-    /// Run `entry` once per item (a chunk of calls), in order.
-    Task { id: u64, entry: EntryRef, items: Vec<Packed> },
+    /// Run `entry` once per item (a chunk of calls), in order. `direct`:
+    /// its caller handed it over while this worker was idle, and likely
+    /// waits for it (the worker then looks actively for the next one).
+    Task { id: u64, entry: EntryRef, items: Vec<Packed>, direct: bool },
     /// Finish: no more tasks will come.
     Exit,
 }
@@ -85,7 +87,7 @@ pub(crate) enum ToWorker {
 /// copied; encoded exactly as that variant (a test holds it to that).
 #[derive(Debug, Serialize)]
 pub(crate) enum ToWorkerRef<'a> {
-    Task { id: u64, entry: EntryRef, items: Vec<PackedRef<'a>> },
+    Task { id: u64, entry: EntryRef, items: Vec<PackedRef<'a>>, direct: bool },
 }
 
 /// [`Packed`], borrowed.
@@ -145,18 +147,20 @@ mod tests {
             id: 1 << 40,
             entry,
             items: payloads.iter().enumerate().map(|(i, b)| Packed { bytes: b.clone(), nfds: i as u32 }).collect(),
+            direct: true,
         };
         let borrowed = ToWorkerRef::Task {
             id: 1 << 40,
             entry,
             items: payloads.iter().enumerate().map(|(i, b)| PackedRef { bytes: b, nfds: i as u32 }).collect(),
+            direct: true,
         };
         let bytes = crate::reduction::encode_plain(&borrowed);
         assert_eq!(bytes, crate::reduction::encode_plain(&owned));
-        let Ok(ToWorker::Task { id, items, .. }) = crate::reduction::decode_plain::<ToWorker>(&bytes) else {
+        let Ok(ToWorker::Task { id, items, direct, .. }) = crate::reduction::decode_plain::<ToWorker>(&bytes) else {
             panic!("not a task")
         };
-        assert_eq!(id, 1 << 40);
+        assert_eq!((id, direct), (1 << 40, true));
         assert!(items.iter().zip(&payloads).all(|(p, b)| p.bytes == *b));
     }
 

@@ -286,7 +286,7 @@ impl Shared {
         let Some(offered) = st.offered.pop() else { return Err(task) };
         let id = self.new_id();
         let mut frame = Vec::new();
-        frame::encode_with(&mut frame, 0, |out| reduction::encode_plain_onto(&task_message(id, &task), out));
+        frame::encode_with(&mut frame, 0, |out| reduction::encode_plain_onto(&task_message(id, &task, true), out));
         // An error here is a worker that is gone: its exit settles the task.
         let sent = frame::send_some(offered.conn.as_fd(), &frame, &[]).unwrap_or(0);
         let rest = frame.split_off(sent);
@@ -351,12 +351,14 @@ fn direct(task: &Task) -> bool {
     task.items.iter().all(|i| i.fds.is_empty()) && task.items.iter().map(|i| i.bytes.len()).sum::<usize>() <= DIRECT_MAX
 }
 
-/// The message that carries `task` to a worker.
-fn task_message(id: u64, task: &Task) -> ToWorkerRef<'_> {
+/// The message that carries `task` to a worker (`direct`: handed over by
+/// its caller to an idle worker).
+fn task_message(id: u64, task: &Task, direct: bool) -> ToWorkerRef<'_> {
     ToWorkerRef::Task {
         id,
         entry: task.entry,
         items: task.items.iter().map(|it| PackedRef { bytes: &it.bytes, nfds: it.fds.len() as u32 }).collect(),
+        direct,
     }
 }
 
@@ -613,7 +615,9 @@ impl Supervisor {
         if w.out_fds.len() + nfds > MAX_FDS && !w.outbox.is_empty() {
             flush(w);
         }
-        frame::encode_with(&mut w.outbox, nfds, |out| reduction::encode_plain_onto(&task_message(id, &task), out));
+        frame::encode_with(&mut w.outbox, nfds, |out| {
+            reduction::encode_plain_onto(&task_message(id, &task, false), out)
+        });
         for it in &task.items {
             for fd in &it.fds {
                 match fd.try_clone() {

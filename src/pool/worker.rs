@@ -18,6 +18,14 @@ const TRIM_AFTER: usize = 64 << 10;
 /// How long a worker must have had nothing to do before it trims.
 const IDLE: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// How long a worker whose last task came straight from its caller looks
+/// for the next one before it sleeps: a caller that waits for each result
+/// sends the next within tens of microseconds, and on a VM waking a thread
+/// whose core went idle costs as much again. (Not after tasks the pool's
+/// thread queued: in a stream, spinning workers take the cores that thread
+/// needs to feed them.)
+const NEXT_TASK_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// The initializer a worker runs once before its first task.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Init {
@@ -92,13 +100,28 @@ impl Run for Worker {
         let mut done = 0u64;
         // Bytes of messages and results since the heap was last trimmed.
         let mut grown = 0usize;
+        // The last task came straight from its caller.
+        let mut after_direct = false;
         loop {
             // After messages of some size, look without waiting first: with
             // nothing to do for a moment, give back the heap they grew, so
             // that an idle worker holds no more than it needs. (Not in the
             // gap between two chunks of one map: the next chunk would fault
             // it all in again.)
-            let mut got = reader.read(conn.as_fd(), grown <= TRIM_AFTER);
+            let spin = after_direct && grown <= TRIM_AFTER;
+            let mut got = reader.read(conn.as_fd(), grown <= TRIM_AFTER && !spin);
+            if spin {
+                let until = std::time::Instant::now() + NEXT_TASK_SPIN;
+                while matches!(got, Ok(Progress::Pending)) && std::time::Instant::now() < until {
+                    // Yielding: with more threads than cores, the one that
+                    // has work gets the core.
+                    std::thread::yield_now();
+                    got = reader.read(conn.as_fd(), false);
+                }
+                if matches!(got, Ok(Progress::Pending)) {
+                    got = reader.read(conn.as_fd(), true);
+                }
+            }
             if let Ok(Progress::Pending) = got {
                 let ready = crate::sys::poll(&[(conn.as_fd(), crate::sys::Interest::Read)], Some(IDLE));
                 if ready.is_ok_and(|r| !r[0].0) {
@@ -115,7 +138,10 @@ impl Run for Worker {
             let Ok(msg) = reduction::decode_plain::<ToWorker>(&frame.bytes) else { return };
             let (id, entry, items) = match msg {
                 ToWorker::Exit => return leave(self.exit, conn.as_fd()),
-                ToWorker::Task { id, entry, items } => (id, entry, items),
+                ToWorker::Task { id, entry, items, direct } => {
+                    after_direct = direct;
+                    (id, entry, items)
+                }
             };
             let entry = resolve(entry);
             let mut fds = frame.fds.into_iter();
