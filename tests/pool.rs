@@ -53,6 +53,22 @@ fn every_call_gives_python_results() {
     }
 }
 
+/// Round trips one at a time: each call goes straight to the worker that
+/// answered the last one (back on offer before its caller heard), often
+/// answered before the pool's thread has taken it over. None is lost.
+#[test]
+fn round_trips_one_at_a_time_lose_no_task() {
+    for m in StartMethod::ALL {
+        let p = pool(2, m);
+        for i in 0..3000u64 {
+            let r = p.apply_async(inc, (i,));
+            assert_eq!(r.get_timeout(GUARD).unwrap(), Some(i + 1), "{m}: round trip {i} lost");
+        }
+        p.close();
+        p.join().unwrap();
+    }
+}
+
 /// Returns `i`, after waiting for a byte on `gate` when there is one.
 fn gated(i: u32, gate: Option<Handle>) -> u32 {
     if let Some(g) = gate {

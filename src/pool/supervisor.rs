@@ -16,8 +16,12 @@
 //! the shared state). A caller whose single small task finds the queue
 //! empty and a worker on offer writes the task to that worker itself and
 //! leaves it in `handed` — the worker starts at once, without waking the
-//! supervisor first. The supervisor takes handed tasks over (`absorb`)
-//! before it reads a reply, reaps a worker or plans; from then on the task
+//! supervisor first. A worker goes back on offer as soon as its last
+//! result is read, before that result's caller hears of it (the caller of
+//! a round trip sends its next task at once, to the worker still awake).
+//! The supervisor takes handed tasks over (`absorb`) before it reaps a
+//! worker or plans, and when a reply names a task it has not taken over
+//! yet; from then on the task
 //! is in flight as any other, so deaths, timeouts and cancels are handled
 //! as before. A worker on offer has an empty outbox and nothing in
 //! flight, so nobody else writes to it meanwhile; what of the frame the
@@ -736,6 +740,13 @@ impl Supervisor {
                     self.shared.lock().broken = Some(why);
                 }
                 FromWorker::Done { id, items } => {
+                    if !w.inflight.iter().any(|(tid, _)| *tid == id) {
+                        // A task a caller handed over since this worker went
+                        // back on offer, answered before the next plan took
+                        // it over: taken over now.
+                        absorb(&mut self.workers, &mut self.shared.lock());
+                    }
+                    let w = &mut self.workers[i];
                     let Some(pos) = w.inflight.iter().position(|(tid, _)| *tid == id) else { continue };
                     let (_, task) = w.inflight.remove(pos).expect("found");
                     let now = Instant::now();
@@ -746,6 +757,21 @@ impl Supervisor {
                     let w = &mut self.workers[i];
                     w.running_since = if w.inflight.is_empty() { None } else { Some(now) };
                     let (name, pid) = (w.name.clone(), w.pid);
+                    // Back on offer before its caller hears: a caller that
+                    // waits for each result sends its next task at once,
+                    // and this worker, just done, is the one still awake
+                    // (on top: offers are taken from the end).
+                    let free = w.inflight.is_empty() && w.outbox.is_empty() && w.ready && !w.exited && !w.timed_out;
+                    if free && self.config.maxtasks.is_none() {
+                        let mut st = self.shared.lock();
+                        let index = w.index;
+                        if st.pending.is_empty()
+                            && !st.offered.iter().any(|o| o.index == index)
+                            && !st.handed.iter().any(|h| h.index == index)
+                        {
+                            st.offered.push(Offered { index, conn: w.offer_conn.clone() });
+                        }
+                    }
                     {
                         let calls = if task.batch { task.calls } else { 1 };
                         let mut stats = self.shared.stats();
