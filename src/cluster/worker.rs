@@ -315,7 +315,13 @@ fn take(state: &Arc<State>, local: &Pool, done: &mpsc::Sender<(String, Done)>) {
         match got {
             Ok(entries) => {
                 for (stream_id, fields) in entries {
-                    accept(state, c, local, done, stream_id, &fields);
+                    if accept(state, c, local, done, stream_id, &fields) == Accepted::HandedBack {
+                        // Not ours to run: no reclaiming for a lease, so that
+                        // a worker of its build (which reclaims only when its
+                        // blocking read ends) gets it before this one takes
+                        // it back again and again, counting deliveries.
+                        next_reclaim = Instant::now() + state.config.lease;
+                    }
                 }
             }
             Err(e) if e.code() == Some("NOGROUP") => {
@@ -335,6 +341,15 @@ fn join_group(c: &mut redis::Connection, tasks: &str, name: &str) -> redis::Redi
     redis::cmd("XGROUP").arg("CREATECONSUMER").arg(tasks).arg(GROUP).arg(name).query::<()>(c)
 }
 
+/// What became of a task read.
+#[derive(PartialEq)]
+enum Accepted {
+    /// Running here, or settled (a dead letter, an error to its caller).
+    Done,
+    /// Another build's: given back for a worker of its build.
+    HandedBack,
+}
+
 /// Starts one task here, or sends it where it belongs.
 fn accept(
     state: &Arc<State>,
@@ -343,7 +358,7 @@ fn accept(
     done: &mpsc::Sender<(String, Done)>,
     stream_id: String,
     fields: &HashMap<String, Vec<u8>>,
-) {
+) -> Accepted {
     let message = fields.get("t").map(|b| crate::reduction::decode_plain::<TaskMessage>(b));
     let message = match message {
         Some(Ok(m)) => m,
@@ -355,21 +370,21 @@ fn accept(
             };
             let _ = dead_letter(state, c, &stream_id, None, &why, 0);
             let _ = ack(state, c, &stream_id);
-            return;
+            return Accepted::Done;
         }
     };
     // Sizes from Redis are checked before anything is made for them.
     if let Err(why) = message.well_formed() {
         let _ = dead_letter(state, c, &stream_id, None, &why, 0);
         let _ = ack(state, c, &stream_id);
-        return;
+        return Accepted::Done;
     }
     let mine = protocol::build_identity();
     if message.build != mine {
         let deliveries = deliveries(state, c, &stream_id).unwrap_or(u64::MAX);
         // Given up only when it has also waited ten leases: a worker of its
-        // build may just be busy (this one reclaims what it refused as fast
-        // as anyone).
+        // build may just be busy (this one reclaims again only a lease after
+        // it refused one).
         let waited = entry_age_ms(c, &stream_id).unwrap_or(u64::MAX);
         let patience = (state.config.lease.as_millis() as u64).saturating_mul(10);
         if deliveries >= state.config.max_deliveries && waited >= patience {
@@ -382,10 +397,10 @@ fn accept(
                 format!("no worker of its build took it: {}, task {}, worker {mine}", message.function, message.build);
             let _ = dead_letter(state, c, &stream_id, Some(&message), &why, deliveries);
             let _ = answer_once(state, c, &stream_id, &message, &ResultMessage::Failed(failure));
-        } else {
-            let _ = hand_back(state, c, &stream_id);
+            return Accepted::Done;
         }
-        return;
+        let _ = hand_back(state, c, &stream_id);
+        return Accepted::HandedBack;
     }
     // A cancel is not looked for here: one made before this read deleted
     // the entry (it was never delivered), one made since is found by the
@@ -412,6 +427,7 @@ fn accept(
     };
     state.running().insert(stream_id, Running { message, sink });
     local.submit_tasks([task]);
+    Accepted::Done
 }
 
 /// The answering loop: results out, tasks acknowledged; crashed tasks back
