@@ -116,6 +116,9 @@ pub(crate) enum FromWorker {
     /// The worker is leaving in order; this is what its exit hook
     /// (`PoolBuilder::worker_exit`) returned.
     Exited(Outcome),
+    /// Answers wait in the worker's ring (`pool::answers`); sent only to
+    /// wake a supervisor that is about to sleep.
+    Bell,
 }
 
 /// One call's result inside the answer to a chunk of calls.

@@ -7,6 +7,7 @@
 //! serde arguments; [`Handle`](crate::Handle)s travel in them too, even to
 //! workers that are already running (Python refuses that).
 
+mod answers;
 mod chunk;
 mod completion;
 #[cfg(feature = "progress")]

@@ -32,6 +32,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::pool::answers::{self, Answers};
 use crate::pool::result::{Args, RawItem, Sink};
 use crate::pool::stats::{Recorder, RestartReason};
 use crate::pool::worker::{Init, Worker};
@@ -390,6 +391,8 @@ struct Slot {
     conn: OwnedFd,
     /// The same socket, for callers while the worker is on offer.
     offer_conn: Arc<OwnedFd>,
+    /// Its answers through shared memory (`pool::answers`).
+    answers: Answers,
     reader: Reader,
     ready: bool,
     /// Sent, not yet answered; the front one is running.
@@ -508,7 +511,18 @@ impl Supervisor {
         let init = copy(&self.config.init, "dup of initializer handles")?;
         let state = copy(&self.config.state, "dup of worker state handles")?;
         let exit = copy(&self.config.exit, "dup of worker exit hook handles")?;
-        let worker = Worker { conn: Handle::new(theirs), init, state, exit, maxtasks: self.config.maxtasks, index };
+        let answers = Answers::new().map_err(|source| Error::Io { context: "a worker's answer ring", source })?;
+        let handles =
+            answers.handles().map_err(|source| Error::Io { context: "dup of a worker's answer ring", source })?;
+        let worker = Worker {
+            conn: Handle::new(theirs),
+            init,
+            state,
+            exit,
+            maxtasks: self.config.maxtasks,
+            index,
+            answers: handles,
+        };
         let mut process = Process::from_run(worker).with_start_method(self.config.method).with_daemon(true);
         let name = format!("PoolWorker-{}", process.name().trim_start_matches("Process-"));
         process.set_name(name.clone());
@@ -525,6 +539,7 @@ impl Supervisor {
             pid,
             conn,
             offer_conn,
+            answers,
             reader: Reader::new(),
             ready: false,
             inflight: VecDeque::new(),
@@ -676,11 +691,12 @@ impl Supervisor {
                 fds.push((w.conn.as_fd(), interest));
                 fds.push((w.process.exit_fd().expect("started"), Interest::Read));
             }
+            let waiting = || self.workers.iter().any(|w| w.answers.waiting());
             let mut ready = None;
             if let Some(until) = self.spin_until.take() {
                 while Instant::now() < until && timeout.is_none_or(|t| now + t > until) {
                     match sys::poll(&fds, Some(Duration::ZERO)) {
-                        Ok(r) if r.iter().any(|&(r, w)| r || w) => {
+                        Ok(r) if waiting() || r.iter().any(|&(r, w)| r || w) => {
                             ready = Some(r);
                             break;
                         }
@@ -689,9 +705,23 @@ impl Supervisor {
                     }
                 }
             }
-            match ready.map_or_else(|| sys::poll(&fds, timeout), Ok) {
-                Ok(r) => r,
-                Err(_) => return,
+            if ready.is_none() {
+                // Workers ring from now on; an answer put before they could
+                // see the bell is seen here (see `pool::answers`).
+                for w in &self.workers {
+                    w.answers.sleeping();
+                }
+                answers::before_sleep();
+                let timeout = if waiting() { Some(Duration::ZERO) } else { timeout };
+                let polled = sys::poll(&fds, timeout);
+                for w in &self.workers {
+                    w.answers.awake();
+                }
+                ready = polled.ok();
+            }
+            match ready {
+                Some(r) => r,
+                None => return,
             }
         };
         {
@@ -708,7 +738,7 @@ impl Supervisor {
             if writable {
                 flush(&mut self.workers[i]);
             }
-            if readable {
+            if readable || self.workers[i].answers.waiting() {
                 self.read_replies(i);
             }
             if ready[2 + 2 * i].0 {
@@ -733,6 +763,7 @@ impl Supervisor {
         }
     }
 
+    /// Reads what a worker said: its socket, then its answer ring.
     fn read_replies(&mut self, i: usize) {
         loop {
             let w = &mut self.workers[i];
@@ -740,10 +771,24 @@ impl Supervisor {
                 Ok(Progress::Frame(f)) => f,
                 // Pending, end of stream or a broken stream: the exit (if any)
                 // is noticed through the process itself.
-                _ => return,
+                _ => break,
             };
-            let Ok(msg) = reduction::decode_plain::<FromWorker>(&frame.bytes) else { return };
+            let Ok(msg) = reduction::decode_plain::<FromWorker>(&frame.bytes) else { break };
+            self.on_reply(i, msg, frame.fds);
+        }
+        // A ring that cannot be read (its worker corrupted it while dying)
+        // leaves that worker's unanswered tasks to its exit.
+        while let Ok(Some(bytes)) = self.workers[i].answers.take() {
+            let Ok(msg) = reduction::decode_plain::<FromWorker>(&bytes) else { return };
+            self.on_reply(i, msg, Vec::new());
+        }
+    }
+
+    fn on_reply(&mut self, i: usize, msg: FromWorker, fds: Vec<OwnedFd>) {
+        let w = &mut self.workers[i];
+        {
             match msg {
+                FromWorker::Bell => {}
                 FromWorker::Aborting { id, item, call, outcome } => {
                     w.last_words = Some((id, item as usize, call as usize, outcome));
                 }
@@ -772,7 +817,7 @@ impl Supervisor {
                         absorb(&mut self.workers, &mut self.shared.lock());
                     }
                     let w = &mut self.workers[i];
-                    let Some(pos) = w.inflight.iter().position(|(tid, _)| *tid == id) else { continue };
+                    let Some(pos) = w.inflight.iter().position(|(tid, _)| *tid == id) else { return };
                     let (_, task) = w.inflight.remove(pos).expect("found");
                     let now = Instant::now();
                     if let Some(since) = w.running_since {
@@ -805,7 +850,7 @@ impl Supervisor {
                             stats.ran(w.index, task.base + k, calls, Duration::from_nanos(*took));
                         }
                     }
-                    let mut fds = frame.fds.into_iter();
+                    let mut fds = fds.into_iter();
                     for (k, (outcome, nfds, _)) in items.into_iter().enumerate() {
                         let fds: Vec<OwnedFd> = fds.by_ref().take(nfds as usize).collect();
                         let worker = name.clone();

@@ -4,6 +4,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
+use super::answers::Answers;
 use crate::Handle;
 use crate::bootstrap::{resolve, run_target};
 use crate::process::{EntryFn, Reply, Run};
@@ -57,6 +58,8 @@ pub(crate) struct Worker {
     pub maxtasks: Option<u64>,
     /// Its place among its pool's workers.
     pub index: usize,
+    /// Its answer ring and the supervisor's bell (`pool::answers`).
+    pub answers: (Handle, Handle),
 }
 
 /// This process's place among its pool's workers, once it is one.
@@ -84,6 +87,10 @@ impl Run for Worker {
     fn run(self) {
         let _ = WORKER_ID.set(self.index);
         let conn = self.conn.into_owned_fd();
+        let (ring, bell) = self.answers;
+        // Without the ring (it could not be mapped), every answer takes the
+        // socket.
+        let answers = Answers::open(ring.into_owned_fd(), bell.into_owned_fd()).ok();
         for init in self.state.into_iter().chain(self.init) {
             let fds = init.fds.into_iter().map(OwnedFd::from).collect();
             let reply = call(&resolve(init.entry), &init.payload, fds);
@@ -181,7 +188,14 @@ impl Run for Worker {
                 out_fds.extend(reply.fds);
             }
             let borrowed: Vec<BorrowedFd<'_>> = out_fds.iter().map(|f| f.as_fd()).collect();
-            if !send(conn.as_fd(), &FromWorker::Done { id, items: outcomes }, &borrowed) {
+            let answer = reduction::encode_plain(&FromWorker::Done { id, items: outcomes });
+            let sent = match &answers {
+                Some(a) if borrowed.is_empty() && a.put(&answer) => {
+                    !a.must_ring() || send(conn.as_fd(), &FromWorker::Bell, &[])
+                }
+                _ => frame::send(conn.as_fd(), &answer, &borrowed).is_ok(),
+            };
+            if !sent {
                 return;
             }
             done += 1;
