@@ -360,9 +360,16 @@ fn a_dead_forkserver_is_named_and_replaced() {
         assert!(!common::exits_within(&child, Duration::ZERO), "the child died with its server");
         p.kill().unwrap();
         assert!(common::exits_within(&child, common::GUARD), "the child outlived kill");
-        let mut q = Process::new(add, (1, 2)).with_start_method(StartMethod::Forkserver);
+        // A child that lives until killed: one that returns at once may be
+        // reaped by its server before its parent is looked up in `/proc`.
+        let mut q = Process::new(sleep_forever, ()).with_start_method(StartMethod::Forkserver);
         q.start().unwrap();
+        let _cleanup_q = KillOnDrop(common::pidfd(q.pid().unwrap()));
         assert_ne!(parent_of(q.pid().unwrap()), server, "the dead server was used again");
-        assert_eq!(join(&mut q).unwrap(), 3);
+        q.kill().unwrap();
+        let _ = q.join_timeout(common::GUARD);
+        let mut r = Process::new(add, (1, 2)).with_start_method(StartMethod::Forkserver);
+        r.start().unwrap();
+        assert_eq!(join(&mut r).unwrap(), 3);
     });
 }
