@@ -3,11 +3,11 @@
 //! write each, and the supervisor reads them without a system call.
 //!
 //! The supervisor still sleeps in `poll` on the worker's socket. Before it
-//! does, it raises the worker's bell word and looks at the ring once more;
-//! a worker that has put an answer lowers the bell and, if it was up, sends
-//! a `FromWorker::Bell` frame over the socket to wake it. Both sides fence
-//! between their store and their look, so either the worker sees the bell
-//! up or the supervisor sees the answer (never neither). While the
+//! does, it raises the ring's bell and looks at the ring once more; a
+//! worker that has put an answer lowers the bell and, if it was up, sends a
+//! `FromWorker::Bell` frame over the socket to wake it. The ring's fences
+//! make sure that either the worker sees the bell up or the supervisor sees
+//! the answer, never neither (`sys::ring`'s loom model checks it). While the
 //! supervisor is awake, answers cost no system call at all.
 //!
 //! A worker that dies leaves every answer it committed in the ring (a
@@ -19,56 +19,40 @@
 //! common order.
 
 use std::io;
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, Ordering, fence};
-use std::time::Instant;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use crate::Handle;
 use crate::sys::ring::{Geometry, Record, Ring};
-use crate::sys::shm::Mapping;
 
 /// Bytes of ring per worker: address space; only the hot window (256 KiB)
 /// is touched by a steady stream of answers.
 const RING_BYTES: u64 = 4 << 20;
 
-/// One worker's answer ring and bell, as either side sees them.
+/// How long a supervisor sleeps at most when the kernel would not fence for
+/// it (a worker may then miss its bell).
+const UNSURE_LOOK: Duration = Duration::from_millis(10);
+
+/// One worker's answer ring, as either side sees it.
+#[derive(Debug)]
 pub(crate) struct Answers {
     ring: Ring,
-    bell: Mapping,
-}
-
-impl std::fmt::Debug for Answers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Answers").field("ring", &self.ring).finish_non_exhaustive()
-    }
 }
 
 impl Answers {
-    /// A new ring and bell, made by the supervisor for a worker.
+    /// A new ring, made by the supervisor for a worker.
     pub(crate) fn new() -> io::Result<Answers> {
-        Ok(Answers { ring: Ring::new(Geometry::queue(RING_BYTES))?, bell: Mapping::new("multiproc-pool-bell", 4096)? })
+        Ok(Answers { ring: Ring::new(Geometry::queue(RING_BYTES))? })
     }
 
-    /// What the worker is started with to open them.
-    pub(crate) fn handles(&self) -> io::Result<(Handle, Handle)> {
-        let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(Handle::new);
-        Ok((dup(std::os::fd::AsFd::as_fd(&self.ring))?, dup(std::os::fd::AsFd::as_fd(&self.bell))?))
+    /// What the worker is started with to open it.
+    pub(crate) fn handle(&self) -> io::Result<Handle> {
+        self.ring.as_fd().try_clone_to_owned().map(Handle::new)
     }
 
     /// The worker's side, from what it was started with.
-    pub(crate) fn open(ring: OwnedFd, bell: OwnedFd) -> io::Result<Answers> {
-        let bell = Mapping::open(bell)?;
-        if bell.len() < size_of::<AtomicU32>() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "a pool worker's bell is too small"));
-        }
-        Ok(Answers { ring: Ring::open(ring)?, bell })
-    }
-
-    fn bell(&self) -> &AtomicU32 {
-        // SAFETY: the mapping is page-aligned, at least a word long (checked
-        // in `open`, a page in `new`) and lives as long as `self`; the word
-        // is only ever used atomically.
-        unsafe { &*self.bell.as_ptr().cast::<AtomicU32>() }
+    pub(crate) fn open(ring: OwnedFd) -> io::Result<Answers> {
+        Ok(Answers { ring: Ring::open(ring)? })
     }
 
     /// The worker's side: puts an encoded answer if it fits now. False
@@ -80,24 +64,9 @@ impl Answers {
     }
 
     /// The worker's side, after [`put`](Self::put): whether the supervisor
-    /// is (about to be) asleep and must be rung. Lowers the bell.
+    /// sleeps and must be rung. Lowers the bell.
     pub(crate) fn must_ring(&self) -> bool {
-        // Orders the put before the look at the bell; pairs with the fence
-        // in `sleeping`.
-        fence(Ordering::SeqCst);
-        self.bell().swap(0, Ordering::SeqCst) == 1
-    }
-
-    /// The supervisor's side, before it sleeps: raises the bell. Callers
-    /// fence once after raising every worker's bell, then look at the
-    /// rings ([`waiting`](Self::waiting)) before they sleep.
-    pub(crate) fn sleeping(&self) {
-        self.bell().store(1, Ordering::Relaxed);
-    }
-
-    /// The supervisor's side, awake again: no bell needed.
-    pub(crate) fn awake(&self) {
-        self.bell().store(0, Ordering::Relaxed);
+        self.ring.answer_bell()
     }
 
     /// Whether answers are waiting in the ring.
@@ -117,10 +86,32 @@ impl Answers {
     }
 }
 
-/// The fence the supervisor makes between raising the bells and its last
-/// look at the rings (see the module docs).
-pub(crate) fn before_sleep() {
-    fence(Ordering::SeqCst);
+/// The supervisor's side, before it sleeps for up to `timeout`: raises
+/// every ring's bell and looks at them once more. Returns how long it may
+/// sleep: not at all if answers are waiting; at most [`UNSURE_LOOK`] when
+/// the kernel would not fence. [`awake`] afterwards.
+pub(crate) fn sleeping<'a>(
+    rings: impl Iterator<Item = &'a Answers> + Clone,
+    timeout: Option<Duration>,
+) -> Option<Duration> {
+    let mut any = None;
+    for a in rings.clone() {
+        a.ring.raise_bell();
+        any = Some(a);
+    }
+    // One fence for all: it is the process's, not a ring's.
+    let sure = any.is_none_or(|a| a.ring.sleeper_fence());
+    if rings.into_iter().any(Answers::waiting) {
+        return Some(Duration::ZERO);
+    }
+    if sure { timeout } else { Some(timeout.map_or(UNSURE_LOOK, |t| t.min(UNSURE_LOOK))) }
+}
+
+/// The supervisor's side, awake again: workers need not ring.
+pub(crate) fn awake<'a>(rings: impl Iterator<Item = &'a Answers>) {
+    for a in rings {
+        a.ring.lower_bell();
+    }
 }
 
 #[cfg(all(test, not(multiproc_loom)))]
@@ -129,8 +120,7 @@ mod tests {
 
     /// The worker's side of `a`, as a worker opens it.
     fn worker_side(a: &Answers) -> Answers {
-        let (ring, bell) = a.handles().unwrap();
-        Answers::open(ring.into_owned_fd(), bell.into_owned_fd()).unwrap()
+        Answers::open(a.handle().unwrap().into_owned_fd()).unwrap()
     }
 
     #[test]
@@ -163,17 +153,19 @@ mod tests {
         let worker = worker_side(&supervisor);
         assert!(worker.put(b"one"));
         assert!(!worker.must_ring(), "the supervisor is awake");
-        supervisor.sleeping();
-        before_sleep();
+        assert_eq!(sleeping([&supervisor].into_iter(), None), Some(Duration::ZERO), "one is waiting");
+        awake([&supervisor].into_iter());
+        assert_eq!(supervisor.take().unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(sleeping([&supervisor].into_iter(), None), None, "nothing waits");
         assert!(worker.put(b"two"));
         assert!(worker.must_ring(), "the supervisor sleeps");
         assert!(worker.put(b"three"));
         assert!(!worker.must_ring(), "already rung");
-        supervisor.sleeping();
-        supervisor.awake();
+        let _ = sleeping([&supervisor].into_iter(), None);
+        awake([&supervisor].into_iter());
         assert!(worker.put(b"four"));
         assert!(!worker.must_ring(), "awake again");
         let got: Vec<_> = std::iter::from_fn(|| supervisor.take().unwrap()).collect();
-        assert_eq!(got, [&b"one"[..], b"two", b"three", b"four"]);
+        assert_eq!(got, [&b"two"[..], b"three", b"four"]);
     }
 }

@@ -512,8 +512,7 @@ impl Supervisor {
         let state = copy(&self.config.state, "dup of worker state handles")?;
         let exit = copy(&self.config.exit, "dup of worker exit hook handles")?;
         let answers = Answers::new().map_err(|source| Error::Io { context: "a worker's answer ring", source })?;
-        let handles =
-            answers.handles().map_err(|source| Error::Io { context: "dup of a worker's answer ring", source })?;
+        let ring = answers.handle().map_err(|source| Error::Io { context: "dup of a worker's answer ring", source })?;
         let worker = Worker {
             conn: Handle::new(theirs),
             init,
@@ -521,7 +520,7 @@ impl Supervisor {
             exit,
             maxtasks: self.config.maxtasks,
             index,
-            answers: handles,
+            answers: ring,
         };
         let mut process = Process::from_run(worker).with_start_method(self.config.method).with_daemon(true);
         let name = format!("PoolWorker-{}", process.name().trim_start_matches("Process-"));
@@ -708,15 +707,9 @@ impl Supervisor {
             if ready.is_none() {
                 // Workers ring from now on; an answer put before they could
                 // see the bell is seen here (see `pool::answers`).
-                for w in &self.workers {
-                    w.answers.sleeping();
-                }
-                answers::before_sleep();
-                let timeout = if waiting() { Some(Duration::ZERO) } else { timeout };
+                let timeout = answers::sleeping(self.workers.iter().map(|w| &w.answers), timeout);
                 let polled = sys::poll(&fds, timeout);
-                for w in &self.workers {
-                    w.answers.awake();
-                }
+                answers::awake(self.workers.iter().map(|w| &w.answers));
                 ready = polled.ok();
             }
             match ready {

@@ -58,8 +58,8 @@ pub(crate) struct Worker {
     pub maxtasks: Option<u64>,
     /// Its place among its pool's workers.
     pub index: usize,
-    /// Its answer ring and the supervisor's bell (`pool::answers`).
-    pub answers: (Handle, Handle),
+    /// Its answer ring (`pool::answers`).
+    pub answers: Handle,
 }
 
 /// This process's place among its pool's workers, once it is one.
@@ -87,10 +87,9 @@ impl Run for Worker {
     fn run(self) {
         let _ = WORKER_ID.set(self.index);
         let conn = self.conn.into_owned_fd();
-        let (ring, bell) = self.answers;
         // Without the ring (it could not be mapped), every answer takes the
         // socket.
-        let answers = Answers::open(ring.into_owned_fd(), bell.into_owned_fd()).ok();
+        let answers = Answers::open(self.answers.into_owned_fd()).ok();
         for init in self.state.into_iter().chain(self.init) {
             let fds = init.fds.into_iter().map(OwnedFd::from).collect();
             let reply = call(&resolve(init.entry), &init.payload, fds);

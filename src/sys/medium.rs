@@ -27,6 +27,7 @@ pub(crate) trait Word32: Send + Sync {
     fn store(&self, value: u32, order: Ordering);
     fn fetch_add(&self, value: u32, order: Ordering) -> u32;
     fn fetch_sub(&self, value: u32, order: Ordering) -> u32;
+    fn swap(&self, value: u32, order: Ordering) -> u32;
 }
 
 macro_rules! words {
@@ -63,6 +64,9 @@ macro_rules! words {
             }
             fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
                 <$u32>::fetch_sub(self, value, order)
+            }
+            fn swap(&self, value: u32, order: Ordering) -> u32 {
+                <$u32>::swap(self, value, order)
             }
         }
     };

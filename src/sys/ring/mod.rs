@@ -155,6 +155,10 @@ pub(crate) struct Sleep<M: Medium> {
     joiners: M::U32,
     /// Tasks marked done (JoinableQueue): unfinished is `put.count - done`.
     done: M::U64,
+    /// Up while a consumer sleeps elsewhere than on `not_empty` (a pool's
+    /// supervisor, in `poll` on its workers' sockets): a producer that sees
+    /// it up after a push lowers it and wakes that consumer its own way.
+    bell: M::U32,
 }
 
 #[repr(C)]
@@ -482,6 +486,37 @@ impl<M: Medium> Ring<M> {
         if sleepers.load(Ordering::SeqCst) > 0 {
             self.mem.wake(word, true);
         }
+    }
+
+    /// The consumer's side, before it sleeps elsewhere: raises the bell.
+    /// Then [`sleeper_fence`](Self::sleeper_fence), then a last look
+    /// ([`items`](Self::items)); only if that finds nothing may it sleep.
+    pub(crate) fn raise_bell(&self) {
+        self.header().sleep.bell.store(1, Ordering::SeqCst);
+    }
+
+    /// The consumer's side, awake again: producers need not ring.
+    pub(crate) fn lower_bell(&self) {
+        self.header().sleep.bell.store(0, Ordering::SeqCst);
+    }
+
+    /// The consumer's fence between raising bells and its last look (one
+    /// serves the bells of many rings: it is the process's fence, not the
+    /// ring's). Pairs with the producer's in [`answer_bell`](Self::answer_bell):
+    /// either the producer sees the bell up, or the consumer sees the
+    /// record. False if the kernel would not fence: a producer may then miss
+    /// the bell, and the consumer must look again now and then.
+    pub(crate) fn sleeper_fence(&self) -> bool {
+        self.mem.heavy_fence()
+    }
+
+    /// The producer's side, after a push: whether a consumer sleeps
+    /// elsewhere and must be woken its own way. Lowers the bell, so that
+    /// one sleep is rung once.
+    pub(crate) fn answer_bell(&self) -> bool {
+        self.mem.light_fence();
+        let bell = &self.header().sleep.bell;
+        bell.load(Ordering::SeqCst) == 1 && bell.swap(0, Ordering::SeqCst) == 1
     }
 
     /// Items in the queue (exact when no put or get is half done).

@@ -58,6 +58,7 @@ impl Modeled {
                     putters: u32(),
                     joiners: u32(),
                     done: u64(),
+                    bell: u32(),
                 },
                 geometry,
             },
@@ -319,5 +320,37 @@ fn a_watcher_never_keeps_a_consumers_wake_up() {
         r.wake_watchers();
         watcher.join().unwrap();
         assert_eq!(r.items(), 0, "the watcher took nothing");
+    });
+}
+
+/// A consumer that sleeps elsewhere (a pool's supervisor in `poll`) raises
+/// the bell, fences and looks once more; a producer pushes and answers the
+/// bell. Either the producer rings or the consumer sees the record, never
+/// neither; and a second push does not ring the same sleep again.
+/// (Without the consumer's fence, loom finds both missing each other.)
+#[test]
+fn a_consumer_sleeping_elsewhere_is_rung_or_sees_the_record() {
+    model(|| {
+        let m = Modeled::new(small());
+        let producer = {
+            let m = m.clone();
+            loom::thread::spawn(move || {
+                let r = ring(&m);
+                assert!(r.push(Some(&[1; 4]), None).unwrap());
+                let first = r.answer_bell();
+                assert!(r.push(Some(&[2; 4]), None).unwrap());
+                (first, r.answer_bell())
+            })
+        };
+        let r = ring(&m);
+        r.raise_bell();
+        assert!(r.sleeper_fence());
+        let saw = r.items() > 0;
+        let (first, second) = producer.join().unwrap();
+        assert!(saw || first, "the record came unseen and the sleeper was not rung");
+        assert!(!(first && second), "one sleep rung twice");
+        r.lower_bell();
+        assert_eq!(take(&r), [1; 4]);
+        assert_eq!(take(&r), [2; 4]);
     });
 }
