@@ -130,6 +130,16 @@ fn ring(m: &Modeled) -> Ring<Modeled> {
     Ring::around(m.clone())
 }
 
+/// Runs `f` in a thread of its own with its own view of the ring, as
+/// another process would.
+fn process<T: Send + 'static>(
+    m: &Modeled,
+    f: impl FnOnce(Ring<Modeled>) -> T + Send + 'static,
+) -> loom::thread::JoinHandle<T> {
+    let m = m.clone();
+    loom::thread::spawn(move || f(ring(&m)))
+}
+
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
     if b.preemption_bound.is_none() {
@@ -149,18 +159,14 @@ fn take(r: &Ring<Modeled>) -> Vec<u8> {
 fn one_producer_one_consumer_around_the_end() {
     model(|| {
         let m = Modeled::new(small());
-        let producer = {
-            let m = m.clone();
-            loom::thread::spawn(move || {
-                let r = ring(&m);
-                // 14 + 15 + 12 + 13 bytes: over a lap, one record straddling
-                // the end, and a marker.
-                for msg in [&[1u8; 6][..], &[2; 7], &[3; 4]] {
-                    assert!(r.push(Some(msg), None).unwrap());
-                }
-                assert!(r.push(None, None).unwrap());
-            })
-        };
+        let producer = process(&m, |r| {
+            // 14 + 15 + 12 + 13 bytes: over a lap, one record straddling
+            // the end, and a marker.
+            for msg in [&[1u8; 6][..], &[2; 7], &[3; 4]] {
+                assert!(r.push(Some(msg), None).unwrap());
+            }
+            assert!(r.push(None, None).unwrap());
+        });
         let r = ring(&m);
         assert_eq!(take(&r), [1; 6]);
         assert_eq!(take(&r), [2; 7]);
@@ -175,19 +181,12 @@ fn one_producer_one_consumer_around_the_end() {
 fn two_producers_keep_their_order() {
     model(|| {
         let m = Modeled::new(small());
-        let second = {
-            let m = m.clone();
-            loom::thread::spawn(move || assert!(ring(&m).push(Some(&[9; 8]), None).unwrap()))
-        };
+        let second = process(&m, |r| assert!(r.push(Some(&[9; 8]), None).unwrap()));
         let r = ring(&m);
-        let first = {
-            let m = m.clone();
-            loom::thread::spawn(move || {
-                let r = ring(&m);
-                assert!(r.push(Some(&[1; 5]), None).unwrap());
-                assert!(r.push(Some(&[2; 3]), None).unwrap());
-            })
-        };
+        let first = process(&m, |r| {
+            assert!(r.push(Some(&[1; 5]), None).unwrap());
+            assert!(r.push(Some(&[2; 3]), None).unwrap());
+        });
         let got: Vec<Vec<u8>> = (0..3).map(|_| take(&r)).collect();
         let at = |m: &[u8]| got.iter().position(|b| b == m).expect("every message");
         assert!(at(&[1; 5]) < at(&[2; 3]), "{got:?}");
@@ -201,12 +200,7 @@ fn two_producers_keep_their_order() {
 fn two_consumers_take_each_record_once() {
     model(|| {
         let m = Modeled::new(small());
-        let consumers: Vec<_> = (0..2)
-            .map(|_| {
-                let m = m.clone();
-                loom::thread::spawn(move || take(&ring(&m)))
-            })
-            .collect();
+        let consumers: Vec<_> = (0..2).map(|_| process(&m, |r| take(&r))).collect();
         let r = ring(&m);
         assert!(r.push(Some(&[1; 8]), None).unwrap());
         assert!(r.push(Some(&[2; 8]), None).unwrap());
@@ -224,10 +218,7 @@ fn a_full_ring_wakes_its_producer() {
         // 16 + 16 bytes: full.
         assert!(r.push(Some(&[1; 8]), None).unwrap());
         assert!(r.push(Some(&[2; 8]), None).unwrap());
-        let producer = {
-            let m = m.clone();
-            loom::thread::spawn(move || assert!(ring(&m).push(Some(&[3; 8]), None).unwrap()))
-        };
+        let producer = process(&m, |r| assert!(r.push(Some(&[3; 8]), None).unwrap()));
         assert_eq!(take(&r), [1; 8]);
         producer.join().unwrap();
         assert_eq!(take(&r), [2; 8]);
@@ -242,15 +233,11 @@ fn the_hot_window_skip_and_released_chunks_race_nothing() {
         // producers go back to the start past the hot window, and consumers
         // give chunks back behind them.
         let m = Modeled::new(Geometry { capacity: 48, chunk: 8, hot: 16 });
-        let producer = {
-            let m = m.clone();
-            loom::thread::spawn(move || {
-                let r = ring(&m);
-                for i in 0..3u8 {
-                    assert!(r.push(Some(&[i; 6]), None).unwrap());
-                }
-            })
-        };
+        let producer = process(&m, |r| {
+            for i in 0..3u8 {
+                assert!(r.push(Some(&[i; 6]), None).unwrap());
+            }
+        });
         let r = ring(&m);
         for i in 0..3u8 {
             assert_eq!(take(&r), [i; 6]);
@@ -265,14 +252,10 @@ fn join_waits_for_task_done() {
         let m = Modeled::new(small());
         let r = ring(&m);
         assert!(r.push(Some(&[1]), None).unwrap());
-        let worker = {
-            let m = m.clone();
-            loom::thread::spawn(move || {
-                let r = ring(&m);
-                assert_eq!(take(&r), [1]);
-                assert!(r.task_done());
-            })
-        };
+        let worker = process(&m, |r| {
+            assert_eq!(take(&r), [1]);
+            assert!(r.task_done());
+        });
         r.join().unwrap();
         assert!(!r.task_done());
         worker.join().unwrap();
@@ -306,13 +289,10 @@ fn a_watcher_never_keeps_a_consumers_wake_up() {
         let m = Modeled::new(small());
         let stop = Arc::new(loom::sync::atomic::AtomicBool::new(false));
         let watcher = {
-            let (m, stop) = (m.clone(), stop.clone());
-            loom::thread::spawn(move || ring(&m).wait_filled(None, &|| stop.load(Ordering::SeqCst)).unwrap())
+            let stop = stop.clone();
+            process(&m, move |r| r.wait_filled(None, &|| stop.load(Ordering::SeqCst)).unwrap())
         };
-        let consumer = {
-            let m = m.clone();
-            loom::thread::spawn(move || take(&ring(&m)))
-        };
+        let consumer = process(&m, |r| take(&r));
         let r = ring(&m);
         assert!(r.push(Some(&[7; 4]), None).unwrap());
         assert_eq!(consumer.join().unwrap(), [7; 4]);
@@ -332,16 +312,12 @@ fn a_watcher_never_keeps_a_consumers_wake_up() {
 fn a_consumer_sleeping_elsewhere_is_rung_or_sees_the_record() {
     model(|| {
         let m = Modeled::new(small());
-        let producer = {
-            let m = m.clone();
-            loom::thread::spawn(move || {
-                let r = ring(&m);
-                assert!(r.push(Some(&[1; 4]), None).unwrap());
-                let first = r.answer_bell();
-                assert!(r.push(Some(&[2; 4]), None).unwrap());
-                (first, r.answer_bell())
-            })
-        };
+        let producer = process(&m, |r| {
+            assert!(r.push(Some(&[1; 4]), None).unwrap());
+            let first = r.answer_bell();
+            assert!(r.push(Some(&[2; 4]), None).unwrap());
+            (first, r.answer_bell())
+        });
         let r = ring(&m);
         r.raise_bell();
         assert!(r.sleeper_fence());
