@@ -29,10 +29,6 @@ use crate::sys::ring::{Geometry, Record, Ring};
 /// is touched by a steady stream of answers.
 const RING_BYTES: u64 = 4 << 20;
 
-/// How long a supervisor sleeps at most when the kernel would not fence for
-/// it (a worker may then miss its bell).
-const UNSURE_LOOK: Duration = Duration::from_millis(10);
-
 /// One worker's answer ring, as either side sees it.
 #[derive(Debug)]
 pub(crate) struct Answers {
@@ -88,8 +84,7 @@ impl Answers {
 
 /// The supervisor's side, before it sleeps for up to `timeout`: raises
 /// every ring's bell and looks at them once more. Returns how long it may
-/// sleep: not at all if answers are waiting; at most [`UNSURE_LOOK`] when
-/// the kernel would not fence. [`awake`] afterwards.
+/// sleep: not at all if answers are waiting. [`awake`] afterwards.
 pub(crate) fn sleeping<'a>(
     rings: impl Iterator<Item = &'a Answers> + Clone,
     timeout: Option<Duration>,
@@ -99,12 +94,11 @@ pub(crate) fn sleeping<'a>(
         a.ring.raise_bell();
         any = Some(a);
     }
-    // One fence for all: it is the process's, not a ring's.
-    let sure = any.is_none_or(|a| a.ring.sleeper_fence());
-    if rings.into_iter().any(Answers::waiting) {
-        return Some(Duration::ZERO);
+    // One fence for all: it is the thread's, not a ring's.
+    if let Some(a) = any {
+        a.ring.sleeper_fence();
     }
-    if sure { timeout } else { Some(timeout.map_or(UNSURE_LOOK, |t| t.min(UNSURE_LOOK))) }
+    if rings.into_iter().any(Answers::waiting) { Some(Duration::ZERO) } else { timeout }
 }
 
 /// The supervisor's side, awake again: workers need not ring.

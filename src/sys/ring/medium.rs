@@ -23,6 +23,9 @@ pub(crate) trait Medium: Waits {
     fn release(&self, at: u64, len: u64) -> io::Result<()>;
     /// The waker's fence (store, then look for sleepers); see `sys::barrier`.
     fn light_fence(&self);
+    /// A full fence on this side alone (std's or loom's): for a handshake
+    /// whose sleeping side runs too often for [`heavy_fence`](Self::heavy_fence).
+    fn full_fence(&self);
     /// The sleeper's fence (count itself, then look for news); false if a
     /// waker may miss the sleeper, who must then look again now and then.
     fn heavy_fence(&self) -> bool;
@@ -112,6 +115,10 @@ impl Medium for Mapped {
 
     fn heavy_fence(&self) -> bool {
         super::super::barrier::heavy()
+    }
+
+    fn full_fence(&self) {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     }
 
     fn spins(&self) -> u32 {

@@ -501,20 +501,22 @@ impl<M: Medium> Ring<M> {
     }
 
     /// The consumer's fence between raising bells and its last look (one
-    /// serves the bells of many rings: it is the process's fence, not the
+    /// serves the bells of many rings: it is the thread's fence, not the
     /// ring's). Pairs with the producer's in [`answer_bell`](Self::answer_bell):
     /// either the producer sees the bell up, or the consumer sees the
-    /// record. False if the kernel would not fence: a producer may then miss
-    /// the bell, and the consumer must look again now and then.
-    pub(crate) fn sleeper_fence(&self) -> bool {
-        self.mem.heavy_fence()
+    /// record. A full fence on both sides, not the asymmetric pair of the
+    /// ring's own sleepers: a pool's supervisor goes to sleep hundreds of
+    /// times a second in a stream of small tasks, and a `membarrier` each
+    /// time (interrupting every core) cost more than a fence per answer.
+    pub(crate) fn sleeper_fence(&self) {
+        self.mem.full_fence();
     }
 
     /// The producer's side, after a push: whether a consumer sleeps
     /// elsewhere and must be woken its own way. Lowers the bell, so that
     /// one sleep is rung once.
     pub(crate) fn answer_bell(&self) -> bool {
-        self.mem.light_fence();
+        self.mem.full_fence();
         let bell = &self.header().sleep.bell;
         bell.load(Ordering::SeqCst) == 1 && bell.swap(0, Ordering::SeqCst) == 1
     }
