@@ -558,11 +558,30 @@ fn shared_memory_blocks_survive_their_users_being_killed() {
     });
 }
 
-/// Sizes around the pool's framing: empty, small, a page, a socket buffer,
-/// the answer ring's hot window, the largest answer the ring carries (a few
-/// fill it, and the rest take the socket), a megabyte (spilled).
-const TASK_SIZES: &[usize] =
-    &[0, 1, 7, 8, 9, 4095, 4096, 4097, 65535, 65536, 65537, 212_992, 212_993, 262_144, (1 << 20) - 64, 1 << 20];
+/// Sizes around the pool's framing: empty, small, a page, 64 KiB (where
+/// answers leave the workers' answer rings for their sockets), a socket
+/// buffer, the rings' hot window, just under a megabyte, a megabyte
+/// (spilled).
+const TASK_SIZES: &[usize] = &[
+    0,
+    1,
+    7,
+    8,
+    9,
+    4095,
+    4096,
+    4097,
+    65_450,
+    65_500,
+    65535,
+    65536,
+    65537,
+    212_992,
+    212_993,
+    262_144,
+    (1 << 20) - 64,
+    1 << 20,
+];
 
 /// Echoes its argument with its checksum and the worker's pid.
 fn echo(bytes: serde_bytes::ByteBuf) -> (u64, serde_bytes::ByteBuf, i32) {
