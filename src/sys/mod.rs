@@ -104,6 +104,24 @@ pub(crate) fn trim_heap() {
     }
 }
 
+/// Asks that the 2 MiB-aligned middle of `[ptr, ptr + len)`, memory of
+/// ours not yet touched, fault in as huge pages (where the system lets a
+/// program ask: transparent huge pages in `madvise` or `always` mode).
+/// Only the advice changes; a system without it refuses and nothing
+/// happens.
+pub(crate) fn advise_huge(ptr: *mut u8, len: usize) {
+    const HUGE: usize = 2 << 20;
+    let start = (ptr as usize).next_multiple_of(HUGE);
+    let end = (ptr as usize + len) & !(HUGE - 1);
+    if end > start {
+        // SAFETY: the range lies inside the caller's allocation and is
+        // aligned; advice changes how pages are backed, never their bytes.
+        let _ = unsafe {
+            rustix::mm::madvise(start as *mut std::ffi::c_void, end - start, rustix::mm::Advice::LinuxHugepage)
+        };
+    }
+}
+
 /// Makes `fd` non-blocking.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::io::ioctl_fionbio(fd, true)?)

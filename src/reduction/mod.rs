@@ -21,6 +21,8 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod owned;
+
 use crate::sys::frame::MAX_FDS;
 use crate::sys::shm::{Sealed, SealedWriter};
 
@@ -380,8 +382,10 @@ where
     };
     let table = fds.into_iter().map(Some).collect();
     let previous = INCOMING.with(|i| i.borrow_mut().replace(table));
-    let mut de = postcard::Deserializer::from_bytes(file.as_ref().map_or(&bytes[1..], Sealed::bytes));
-    let value = seed.deserialize(&mut de);
+    let value = match &file {
+        None => seed.deserialize(&mut postcard::Deserializer::from_bytes(&bytes[1..])),
+        Some(file) => seed.deserialize(owned::Owned(&mut postcard::Deserializer::from_bytes(file.bytes()))),
+    };
     INCOMING.with(|i| *i.borrow_mut() = previous);
     value.map_err(explain_for::<V>)
 }
