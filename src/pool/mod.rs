@@ -756,7 +756,9 @@ impl Pool {
         T: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let calls: Vec<T> = items.into_iter().collect();
+        let items = items.into_iter();
+        let mut calls: Vec<T> = crate::sys::vec_with_capacity(items.size_hint().0);
+        calls.extend(items);
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(calls.len(), self.processes));
         let slot = Slot::<Vec<R>>::new();
         slot.on_cancel(self.nudge());

@@ -15,16 +15,9 @@
 
 use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 
-/// Owned byte buffers at least this long are advised into huge pages.
-const HUGE_AT: usize = 4 << 20;
-
 /// `bytes` copied into a new vector, advised into huge pages when long.
 pub(crate) fn copy_out(bytes: &[u8]) -> Vec<u8> {
-    if bytes.len() < HUGE_AT {
-        return bytes.to_vec();
-    }
-    let mut v = Vec::with_capacity(bytes.len());
-    crate::sys::advise_huge(v.as_mut_ptr(), bytes.len());
+    let mut v = crate::sys::vec_with_capacity(bytes.len());
     v.extend_from_slice(bytes);
     v
 }
@@ -252,7 +245,7 @@ mod tests {
     /// of the huge-page size among them.
     #[test]
     fn a_big_payload_of_every_shape_comes_back_whole() {
-        let big = super::HUGE_AT + 3;
+        let big = crate::sys::HUGE_AT + 3;
         let value = Everything {
             head: ByteBuf::from(bytes(big, 1)),
             maybe: Some(ByteBuf::from(bytes(17, 2))),
@@ -288,11 +281,11 @@ mod tests {
             // advice to see.
             return;
         }
-        let value = ByteBuf::from(bytes(4 * super::HUGE_AT, 9));
+        let value = ByteBuf::from(bytes(4 * crate::sys::HUGE_AT, 9));
         let (payload, fds) = encode(&value).unwrap();
         let back: ByteBuf = decode(&payload, fds).unwrap();
         assert!(back == value);
-        let inside = back.as_ptr() as usize + 2 * super::HUGE_AT;
+        let inside = back.as_ptr() as usize + 2 * crate::sys::HUGE_AT;
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut lines = smaps.lines();
         let mut eligible = None;
