@@ -47,10 +47,22 @@ const SIZES: &[usize] = &[
     (256 << 10) + 7, // the hot window and chunk
 ];
 /// Rarer, they are big: around the size past which a value travels in a
-/// memory file of its own (1 MiB encoded), and around the largest ring
+/// memory file of its own (1 MiB encoded), around the size past which a
+/// received buffer is advised into huge pages and a received file is
+/// unmapped by a thread of its own (4 MiB), and around the largest ring
 /// record (16 MiB encoded, now in memory files too unless descriptors run
 /// short).
-const HUGE: &[usize] = &[(1 << 20) - 4, (1 << 20) - 3, (1 << 20) - 2, (16 << 20) - 5, (16 << 20) - 4, (16 << 20) - 3];
+const HUGE: &[usize] = &[
+    (1 << 20) - 4,
+    (1 << 20) - 3,
+    (1 << 20) - 2,
+    (4 << 20) - 5,
+    (4 << 20) - 4,
+    4 << 20,
+    (16 << 20) - 5,
+    (16 << 20) - 4,
+    (16 << 20) - 3,
+];
 
 /// The message `seq` of `producer`: its id, sequence number, filler, and
 /// a checksum of all that.

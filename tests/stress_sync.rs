@@ -561,7 +561,8 @@ fn shared_memory_blocks_survive_their_users_being_killed() {
 /// Sizes around the pool's framing: empty, small, a page, 64 KiB (where
 /// answers leave the workers' answer rings for their sockets), a socket
 /// buffer, the rings' hot window, just under a megabyte, a megabyte
-/// (spilled).
+/// (spilled), past 4 MiB (decoded into huge pages, its file unmapped by a
+/// thread of its own).
 const TASK_SIZES: &[usize] = &[
     0,
     1,
@@ -581,6 +582,7 @@ const TASK_SIZES: &[usize] = &[
     262_144,
     (1 << 20) - 64,
     1 << 20,
+    (4 << 20) + 1,
 ];
 
 /// Echoes its argument with its checksum and the worker's pid.

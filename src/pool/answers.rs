@@ -62,7 +62,7 @@ impl Answers {
     /// full because the supervisor is behind or gone): the socket takes it
     /// instead, which never waits for a supervisor that is gone.
     pub(crate) fn put(&self, bytes: &[u8]) -> bool {
-        bytes.len() <= RING_ANSWER_MAX && matches!(self.ring.push(Some(bytes), Some(Instant::now())), Ok(true))
+        bytes.len() <= RING_ANSWER_MAX && matches!(self.ring.push(Some(bytes), Some(past())), Ok(true))
     }
 
     /// The worker's side, after [`put`](Self::put): whether the supervisor
@@ -81,11 +81,18 @@ impl Answers {
         let refuse = &mut |_| -> io::Result<()> {
             Err(io::Error::new(io::ErrorKind::InvalidData, "a marker in a worker's answer ring"))
         };
-        match self.ring.pop_with(Some(Instant::now()), refuse)? {
+        match self.ring.pop_with(Some(past()), refuse)? {
             Some(Record::Bytes(bytes)) => Ok(Some(bytes)),
             Some(Record::Marker(())) | None => Ok(None),
         }
     }
+}
+
+/// A deadline that has passed, without a look at the clock per answer
+/// (the ring reads the clock only when it would otherwise wait).
+fn past() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
 }
 
 /// The supervisor's side, before it sleeps for up to `timeout`: raises

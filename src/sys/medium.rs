@@ -8,7 +8,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// An atomic 64-bit word (std's or loom's).
 pub(crate) trait Word64: Send + Sync {
@@ -121,11 +121,22 @@ impl<T: Real> Waits for T {
     fn lock<'a>(&'a self, lock: &'a Self::Lock, deadline: Option<Instant>) -> io::Result<Option<(Held, bool)>> {
         use super::mutex::{self, Got};
         let m = (&raw const *lock).cast_mut();
-        // A past deadline is a zero timeout: one try.
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        // One try first: a free lock needs no look at the clock.
         // SAFETY: `T: Real` promises the mutex lives in mapped memory,
         // initialised by the mapping's creator.
-        let got = unsafe { mutex::lock(m, timeout) }?;
+        let got = match unsafe { mutex::lock(m, Some(Duration::ZERO)) }? {
+            Some(got) => Some(got),
+            // A past deadline is a zero timeout: that try was it.
+            None => {
+                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if timeout.is_some_and(|t| t.is_zero()) {
+                    None
+                } else {
+                    // SAFETY: as above.
+                    unsafe { mutex::lock(m, timeout) }?
+                }
+            }
+        };
         Ok(got.map(|got| (Held(m), got == Got::OwnerDied)))
     }
 
