@@ -20,7 +20,7 @@ mod worker;
 
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -1147,6 +1147,28 @@ where
     }
 }
 
+/// How long an imap's reader looks for the next result before it sleeps.
+const RECV_SPIN: Duration = Duration::from_micros(20);
+
+/// The next result, looked for a moment (yielding, so that the workers
+/// and the supervisor on the same cores go on) before sleeping: results
+/// come microseconds apart, and a sleep costs a wake-up on each side.
+fn recv_spinning<T>(rx: &mpsc::Receiver<T>) -> std::result::Result<T, mpsc::RecvError> {
+    let mut started = None;
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Ok(v),
+            Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        let now = Instant::now();
+        if now.duration_since(*started.get_or_insert(now)) >= RECV_SPIN {
+            return rx.recv();
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Shifts a submission's indices to the iterator's running count.
 struct Offset {
     base: usize,
@@ -1184,7 +1206,7 @@ where
             if self.yielded == self.submitted && self.input.is_none() {
                 return None;
             }
-            match self.rx.recv() {
+            match recv_spinning(&self.rx) {
                 Ok((index, item, mut shown)) => {
                     for (k, result) in item.into_results::<R>().into_iter().enumerate() {
                         let argument = || shown.get_mut(k).and_then(Option::take);
