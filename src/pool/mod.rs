@@ -1208,10 +1208,10 @@ where
             }
             match recv_spinning(&self.rx) {
                 Ok((index, item, mut shown)) => {
-                    for (k, result) in item.into_results::<R>().into_iter().enumerate() {
+                    item.each_result::<R>(|k, result| {
                         let argument = || shown.get_mut(k).and_then(Option::take);
                         self.results.push(index + k, result.map_err(|e| e.at_item(index + k, argument)));
-                    }
+                    });
                 }
                 Err(_) => return Some(Err(Error::PoolTerminated)),
             }

@@ -1,7 +1,7 @@
 //! Where a pool's results go: [`AsyncResult`] for one value, the map and
 //! imap collectors for many.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
@@ -30,38 +30,54 @@ pub(crate) enum RawItem {
 impl RawItem {
     /// The results this stands for, decoded: one, or a chunk's worth.
     pub(crate) fn into_results<R: DeserializeOwned>(self) -> Vec<Result<R>> {
+        let mut all = Vec::new();
+        self.each_result(|_, result| all.push(result));
+        all
+    }
+
+    /// [`into_results`](Self::into_results) handed to `each` with their
+    /// places in the chunk, without a vector for a single one.
+    pub(crate) fn each_result<R: DeserializeOwned>(self, mut each: impl FnMut(usize, Result<R>)) {
         match self {
-            RawItem::Outcome { outcome, fds, worker, pid } => vec![outcome_into_result(outcome, fds, worker, pid)],
-            RawItem::Failed(e) => vec![Err(e)],
-            RawItem::Batch { outcome: Outcome::Returned(bytes), fds, worker, pid, count } => {
-                match reduction::decode::<Vec<ItemResult<R>>>(&bytes, fds) {
-                    Ok(items) if items.len() == count => items
-                        .into_iter()
-                        .map(|item| match item {
-                            ItemResult::Ok(v) => Ok(v),
-                            ItemResult::Err(o) => outcome_into_result(o, Vec::new(), worker.clone(), pid),
-                        })
-                        .collect(),
-                    Ok(items) => (0..count)
-                        .map(|_| {
-                            Err(Error::Protocol(format!(
-                                "a chunk of {count} calls came back with {} results",
-                                items.len()
-                            )))
-                        })
-                        .collect(),
-                    Err(message) => (0..count)
-                        .map(|_| {
-                            Err(Error::Decode { what: Payload::Result, side: Side::Parent, message: message.clone() })
-                        })
-                        .collect(),
+            RawItem::Outcome { outcome, fds, worker, pid } => each(0, outcome_into_result(outcome, fds, worker, pid)),
+            RawItem::Failed(e) => each(0, Err(e)),
+            RawItem::Batch { outcome, fds, worker, pid, count } => {
+                for (k, result) in batch_results(outcome, fds, worker, pid, count).into_iter().enumerate() {
+                    each(k, result);
                 }
             }
-            // The chunk as a whole failed (its arguments could not be decoded).
-            RawItem::Batch { outcome, worker, pid, count, .. } => {
-                (0..count).map(|_| outcome_into_result(outcome.clone(), Vec::new(), worker.clone(), pid)).collect()
-            }
         }
+    }
+}
+
+/// A chunk's `count` results, decoded.
+fn batch_results<R: DeserializeOwned>(
+    outcome: Outcome,
+    fds: Vec<OwnedFd>,
+    worker: String,
+    pid: i32,
+    count: usize,
+) -> Vec<Result<R>> {
+    match outcome {
+        Outcome::Returned(bytes) => match reduction::decode::<Vec<ItemResult<R>>>(&bytes, fds) {
+            Ok(items) if items.len() == count => items
+                .into_iter()
+                .map(|item| match item {
+                    ItemResult::Ok(v) => Ok(v),
+                    ItemResult::Err(o) => outcome_into_result(o, Vec::new(), worker.clone(), pid),
+                })
+                .collect(),
+            Ok(items) => (0..count)
+                .map(|_| {
+                    Err(Error::Protocol(format!("a chunk of {count} calls came back with {} results", items.len())))
+                })
+                .collect(),
+            Err(message) => (0..count)
+                .map(|_| Err(Error::Decode { what: Payload::Result, side: Side::Parent, message: message.clone() }))
+                .collect(),
+        },
+        // The chunk as a whole failed (its arguments could not be decoded).
+        outcome => (0..count).map(|_| outcome_into_result(outcome.clone(), Vec::new(), worker.clone(), pid)).collect(),
     }
 }
 
@@ -734,35 +750,42 @@ impl Sink for ChannelSink {
     }
 }
 
-/// Results waiting to be handed out by an imap iterator.
+/// Results waiting to be handed out by an imap iterator. In order, result
+/// `next + k` waits at `waiting[k]`: an imap's results come from at most
+/// its in-flight window past the last one handed out, so the queue stays
+/// that short, and each result costs no tree node.
 pub(crate) struct Reorder<T> {
     ordered: bool,
     next: usize,
-    waiting: BTreeMap<usize, T>,
-    unordered: VecDeque<T>,
+    waiting: VecDeque<Option<T>>,
 }
 
 impl<T> Reorder<T> {
     pub(crate) fn new(ordered: bool) -> Self {
-        Reorder { ordered, next: 0, waiting: BTreeMap::new(), unordered: VecDeque::new() }
+        Reorder { ordered, next: 0, waiting: VecDeque::new() }
     }
 
+    /// Keeps result `index` (in order) or the next result (unordered). An
+    /// index already handed out, or already waiting, is ignored.
     pub(crate) fn push(&mut self, index: usize, item: T) {
-        if self.ordered {
-            self.waiting.insert(index, item);
-        } else {
-            self.unordered.push_back(item);
+        if !self.ordered {
+            self.waiting.push_back(Some(item));
+            return;
+        }
+        let Some(at) = index.checked_sub(self.next) else { return };
+        if at >= self.waiting.len() {
+            self.waiting.resize_with(at + 1, || None);
+        }
+        if self.waiting[at].is_none() {
+            self.waiting[at] = Some(item);
         }
     }
 
     pub(crate) fn pop(&mut self) -> Option<T> {
-        if self.ordered {
-            let item = self.waiting.remove(&self.next)?;
-            self.next += 1;
-            Some(item)
-        } else {
-            self.unordered.pop_front()
-        }
+        let item = self.waiting.front_mut()?.take()?;
+        self.waiting.pop_front();
+        self.next += 1;
+        Some(item)
     }
 }
 
@@ -771,7 +794,35 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use super::Places;
+    use super::{Places, Reorder};
+
+    #[test]
+    fn results_are_handed_out_in_order_or_as_they_come() {
+        let mut ordered = Reorder::new(true);
+        for i in [2, 0, 5, 1, 3] {
+            ordered.push(i, i);
+        }
+        // A second result for a place is ignored.
+        ordered.push(2, 99);
+        let mut out = Vec::new();
+        while let Some(i) = ordered.pop() {
+            out.push(i);
+        }
+        assert_eq!(out, [0, 1, 2, 3], "5 waits for 4");
+        ordered.push(1, 99);
+        assert_eq!(ordered.pop(), None, "an index already handed out is ignored");
+        ordered.push(4, 4);
+        assert_eq!((ordered.pop(), ordered.pop(), ordered.pop()), (Some(4), Some(5), None));
+
+        let mut unordered = Reorder::new(false);
+        for i in [2, 0, 5] {
+            unordered.push(i, i);
+        }
+        assert_eq!(
+            (unordered.pop(), unordered.pop(), unordered.pop(), unordered.pop()),
+            (Some(2), Some(0), Some(5), None)
+        );
+    }
 
     /// Counts its drops, to see that each placed value is dropped once.
     struct Counted(u32, Arc<AtomicUsize>);
