@@ -136,12 +136,17 @@ impl Sender {
     fn send(&mut self, batch: Vec<Task>, books: &Books, keys: &Keys, submitter: &str, config: &Config) -> Sending {
         let Some(c) = self.con.as_mut() else { return Sending::Sent };
         let reply = keys.results(submitter);
-        let mut messages = Vec::with_capacity(batch.len());
+        let tasks = keys.tasks();
+        let mut pipe = redis::pipe();
+        let mut ids = Vec::with_capacity(batch.len());
         for mut task in batch {
             self.next_seq += 1;
             match message(&mut task, format!("{submitter}:{}", self.next_seq), &reply, config.task_timeout) {
                 Ok(m) => {
-                    messages.push(m.clone());
+                    // Encoded here, so that the books keep the one copy
+                    // (for resubmission).
+                    add(&mut pipe, &tasks, &m);
+                    ids.push(m.id.clone());
                     books.sent().insert(m.id.clone(), Sent { task, message: m, entry: None });
                 }
                 Err(e) => {
@@ -150,17 +155,17 @@ impl Sender {
             }
         }
         // Sent after being noted: a fast result finds its task.
-        if messages.is_empty() {
+        if ids.is_empty() {
             return Sending::Sent;
         }
-        match c.send_packed_command(&adding(keys, &messages).get_packed_pipeline()) {
+        match c.send_packed_command(&pipe.get_packed_pipeline()) {
             Ok(()) => {
-                self.unread.extend(messages.into_iter().map(|m| m.id));
+                self.unread.extend(ids);
                 Sending::Sent
             }
             Err(_) => {
                 self.lost();
-                Sending::Failed(messages.into_iter().map(|m| m.id).collect())
+                Sending::Failed(ids)
             }
         }
     }
@@ -349,9 +354,14 @@ fn adding(keys: &Keys, messages: &[TaskMessage]) -> redis::Pipeline {
     let tasks = keys.tasks();
     let mut pipe = redis::pipe();
     for m in messages {
-        pipe.cmd("XADD").arg(&tasks).arg("*").arg("t").arg(crate::reduction::encode_plain(m));
+        add(&mut pipe, &tasks, m);
     }
     pipe
+}
+
+/// The XADD of one task message to the task stream `tasks`.
+fn add(pipe: &mut redis::Pipeline, tasks: &str, m: &TaskMessage) {
+    pipe.cmd("XADD").arg(tasks).arg("*").arg("t").arg(crate::reduction::encode_plain(m));
 }
 
 /// Sends once more the unanswered tasks that `which` picks, noting their

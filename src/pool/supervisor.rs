@@ -779,81 +779,79 @@ impl Supervisor {
 
     fn on_reply(&mut self, i: usize, msg: FromWorker, fds: Vec<OwnedFd>) {
         let w = &mut self.workers[i];
-        {
-            match msg {
-                FromWorker::Bell => {}
-                FromWorker::Aborting { id, item, call, outcome } => {
-                    w.last_words = Some((id, item as usize, call as usize, outcome));
-                }
-                FromWorker::Ready => {
-                    w.ready = true;
-                    self.shared.stats().ready(w.index);
-                }
-                FromWorker::Exited(outcome) => {
-                    let (name, pid) = (w.name.clone(), w.pid);
-                    self.shared.lock().exit_results.push((outcome, name, pid));
-                }
-                FromWorker::InitFailed(outcome) => {
-                    let why = match outcome {
-                        crate::wire::Outcome::Panicked { message, location, .. } => {
-                            format!("panicked at {}: {message}", location.unwrap_or_default())
-                        }
-                        other => format!("{other:?}"),
-                    };
-                    self.shared.lock().broken = Some(why);
-                }
-                FromWorker::Done { id, items } => {
-                    if !w.inflight.iter().any(|(tid, _)| *tid == id) {
-                        // A task a caller handed over since this worker went
-                        // back on offer, answered before the next plan took
-                        // it over: taken over now.
-                        absorb(&mut self.workers, &mut self.shared.lock());
+        match msg {
+            FromWorker::Bell => {}
+            FromWorker::Aborting { id, item, call, outcome } => {
+                w.last_words = Some((id, item as usize, call as usize, outcome));
+            }
+            FromWorker::Ready => {
+                w.ready = true;
+                self.shared.stats().ready(w.index);
+            }
+            FromWorker::Exited(outcome) => {
+                let (name, pid) = (w.name.clone(), w.pid);
+                self.shared.lock().exit_results.push((outcome, name, pid));
+            }
+            FromWorker::InitFailed(outcome) => {
+                let why = match outcome {
+                    crate::wire::Outcome::Panicked { message, location, .. } => {
+                        format!("panicked at {}: {message}", location.unwrap_or_default())
                     }
-                    let w = &mut self.workers[i];
-                    let Some(pos) = w.inflight.iter().position(|(tid, _)| *tid == id) else { return };
-                    let (_, task) = w.inflight.remove(pos).expect("found");
-                    let now = Instant::now();
-                    if let Some(since) = w.running_since {
-                        let took = now.duration_since(since);
-                        self.service = (self.service * 7 + took) / 8;
-                    }
-                    let w = &mut self.workers[i];
-                    w.running_since = if w.inflight.is_empty() { None } else { Some(now) };
-                    let (name, pid) = (w.name.clone(), w.pid);
-                    // Back on offer before its caller hears: a caller that
-                    // waits for each result sends its next task at once,
-                    // and this worker, just done, is the one still awake
-                    // (on top: offers are taken from the end).
-                    let free = w.inflight.is_empty() && w.outbox.is_empty() && w.ready && !w.exited && !w.timed_out;
-                    if free && self.config.maxtasks.is_none() {
-                        let mut st = self.shared.lock();
-                        let index = w.index;
-                        if st.pending.is_empty()
-                            && !st.offered.iter().any(|o| o.index == index)
-                            && !st.handed.iter().any(|h| h.index == index)
-                        {
-                            st.offered.push(Offered { index, conn: w.offer_conn.clone() });
-                            self.spin_until = Some(now + OFFER_SPIN);
-                        }
-                    }
+                    other => format!("{other:?}"),
+                };
+                self.shared.lock().broken = Some(why);
+            }
+            FromWorker::Done { id, items } => {
+                if !w.inflight.iter().any(|(tid, _)| *tid == id) {
+                    // A task a caller handed over since this worker went
+                    // back on offer, answered before the next plan took
+                    // it over: taken over now.
+                    absorb(&mut self.workers, &mut self.shared.lock());
+                }
+                let w = &mut self.workers[i];
+                let Some(pos) = w.inflight.iter().position(|(tid, _)| *tid == id) else { return };
+                let (_, task) = w.inflight.remove(pos).expect("found");
+                let now = Instant::now();
+                if let Some(since) = w.running_since {
+                    let took = now.duration_since(since);
+                    self.service = (self.service * 7 + took) / 8;
+                }
+                let w = &mut self.workers[i];
+                w.running_since = if w.inflight.is_empty() { None } else { Some(now) };
+                let (name, pid) = (w.name.clone(), w.pid);
+                // Back on offer before its caller hears: a caller that
+                // waits for each result sends its next task at once,
+                // and this worker, just done, is the one still awake
+                // (on top: offers are taken from the end).
+                let free = w.inflight.is_empty() && w.outbox.is_empty() && w.ready && !w.exited && !w.timed_out;
+                if free && self.config.maxtasks.is_none() {
+                    let mut st = self.shared.lock();
+                    let index = w.index;
+                    if st.pending.is_empty()
+                        && !st.offered.iter().any(|o| o.index == index)
+                        && !st.handed.iter().any(|h| h.index == index)
                     {
-                        let calls = if task.batch { task.calls } else { 1 };
-                        let mut stats = self.shared.stats();
-                        for (k, (_, _, took)) in items.iter().enumerate() {
-                            stats.ran(w.index, task.base + k, calls, Duration::from_nanos(*took));
-                        }
+                        st.offered.push(Offered { index, conn: w.offer_conn.clone() });
+                        self.spin_until = Some(now + OFFER_SPIN);
                     }
-                    let mut fds = fds.into_iter();
-                    for (k, (outcome, nfds, _)) in items.into_iter().enumerate() {
-                        let fds: Vec<OwnedFd> = fds.by_ref().take(nfds as usize).collect();
-                        let worker = name.clone();
-                        let item = if task.batch {
-                            RawItem::Batch { outcome, fds, worker, pid, count: task.calls }
-                        } else {
-                            RawItem::Outcome { outcome, fds, worker, pid }
-                        };
-                        task.sink.deliver_with(task.base + k, item, task.args(k));
+                }
+                {
+                    let calls = if task.batch { task.calls } else { 1 };
+                    let mut stats = self.shared.stats();
+                    for (k, (_, _, took)) in items.iter().enumerate() {
+                        stats.ran(w.index, task.base + k, calls, Duration::from_nanos(*took));
                     }
+                }
+                let mut fds = fds.into_iter();
+                for (k, (outcome, nfds, _)) in items.into_iter().enumerate() {
+                    let fds: Vec<OwnedFd> = fds.by_ref().take(nfds as usize).collect();
+                    let worker = name.clone();
+                    let item = if task.batch {
+                        RawItem::Batch { outcome, fds, worker, pid, count: task.calls }
+                    } else {
+                        RawItem::Outcome { outcome, fds, worker, pid }
+                    };
+                    task.sink.deliver_with(task.base + k, item, task.args(k));
                 }
             }
         }
