@@ -283,6 +283,11 @@ impl Sealed {
         // SAFETY: a fresh read-only mapping chosen by the kernel over a file
         // of exactly `len` bytes that can neither shrink nor be written.
         let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ, MapFlags::SHARED, fd, 0)? };
+        // A child forked meanwhile has no use for it, and no thread of
+        // ours there to unmap it (see `Drop`).
+        // SAFETY: the mapping just made, whole; the advice only keeps it
+        // out of children.
+        let _ = unsafe { rustix::mm::madvise(ptr, len, rustix::mm::Advice::LinuxDontFork) };
         Ok(Sealed {
             ptr: Some(NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?),
             len,
