@@ -20,7 +20,7 @@ pub use wait::{Waitable, wait};
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -406,7 +406,22 @@ impl Connection {
             return Err(Error::MessageTooLarge { size, limit });
         }
         let sock = self.sock.as_ref().ok_or(Error::Connection("it was closed"))?;
-        match rx.reader.read(sock.as_fd(), blocking) {
+        let mut got = rx.reader.read(sock.as_fd(), false);
+        if blocking && matches!(got, Ok(Progress::Pending)) {
+            // Looked for a moment before sleeping (yielding, so that the
+            // sender gets the core if it shares ours): an answer usually
+            // comes within microseconds, and being woken costs tens of them
+            // on a VM whose idle cores halt.
+            let until = Instant::now() + RECV_SPIN;
+            while matches!(got, Ok(Progress::Pending)) && Instant::now() < until {
+                std::thread::yield_now();
+                got = rx.reader.read(sock.as_fd(), false);
+            }
+            if matches!(got, Ok(Progress::Pending)) {
+                got = rx.reader.read(sock.as_fd(), true);
+            }
+        }
+        match got {
             Ok(Progress::Frame(f)) => Ok(Some(f)),
             Ok(Progress::Eof) => Err(Error::Eof),
             Ok(Progress::Pending) => Ok(None),
@@ -423,6 +438,9 @@ impl Connection {
         }
     }
 }
+
+/// How long a blocking receive looks for a message before it sleeps.
+const RECV_SPIN: Duration = Duration::from_micros(50);
 
 /// What of a message an async send has not written yet; dropped before the
 /// end (its future was), it writes the rest, blocking, so that the stream
