@@ -176,6 +176,9 @@ struct SlotState<R> {
     callback: Option<Callback<R>>,
     error_callback: Option<ErrorCallback>,
     wakers: Vec<Waker>,
+    /// Threads asleep on `ready`: waking none is a system call saved per
+    /// result (most waiters find it while they spin).
+    sleepers: usize,
 }
 
 /// A value that arrives later, once.
@@ -200,6 +203,7 @@ impl<R> Slot<R> {
                 callback: None,
                 error_callback: None,
                 wakers: Vec::new(),
+                sleepers: 0,
             }),
             ready: Condvar::new(),
             finished: std::sync::atomic::AtomicBool::new(false),
@@ -262,14 +266,16 @@ impl<R> Slot<R> {
             (Err(e), _, Some(cb)) => cb(e),
             _ => {}
         }));
-        let wakers = {
+        let (wakers, sleepers) = {
             let mut st = self.lock();
             st.succeeded = Some(result.is_ok());
             st.result = Some(result);
             self.finished.store(true, std::sync::atomic::Ordering::Release);
-            std::mem::take(&mut st.wakers)
+            (std::mem::take(&mut st.wakers), st.sleepers)
         };
-        self.ready.notify_all();
+        if sleepers > 0 {
+            self.ready.notify_all();
+        }
         for w in wakers {
             w.wake();
         }
@@ -409,7 +415,9 @@ impl<R> AsyncResult<R> {
         }
         let mut st = self.slot.lock();
         while st.succeeded.is_none() {
+            st.sleepers += 1;
             st = self.slot.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st.sleepers -= 1;
         }
     }
 
@@ -434,7 +442,9 @@ impl<R> AsyncResult<R> {
         let mut st = self.slot.lock();
         while st.succeeded.is_none() {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            st.sleepers += 1;
             st = self.slot.ready.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0;
+            st.sleepers -= 1;
         }
         true
     }
