@@ -9,6 +9,35 @@ use std::ptr::NonNull;
 use rustix::fs::{MemfdFlags, Mode};
 use rustix::mm::{MapFlags, ProtFlags};
 
+/// Maps the first `len` bytes of `fd` shared, where the kernel chooses,
+/// and keeps them out of forked children when `private` (a payload's file:
+/// a child has no use for it, and one mapped writable cannot be sealed).
+///
+/// # Safety
+/// `fd` must be at least `len` bytes long while the mapping lives, and
+/// whatever is stored there decides its own synchronisation.
+unsafe fn map_shared(fd: BorrowedFd<'_>, len: usize, prot: ProtFlags, private: bool) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh mapping (null hint) that aliases nothing of ours; the
+    // file's length is the caller's promise.
+    let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)? };
+    if private {
+        // SAFETY: the mapping just made, whole; the advice only keeps it
+        // out of children.
+        let _ = unsafe { rustix::mm::madvise(ptr, len, rustix::mm::Advice::LinuxDontFork) };
+    }
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+/// Unmaps what [`map_shared`] mapped.
+///
+/// # Safety
+/// `ptr` and `len` are one such mapping, unmapped once, and nothing uses
+/// it afterwards.
+unsafe fn unmap(ptr: *mut u8, len: usize) {
+    // SAFETY: the caller's promise.
+    let _ = unsafe { rustix::mm::munmap(ptr.cast(), len) };
+}
+
 /// A shared mapping of a memory file.
 #[derive(Debug)]
 pub(crate) struct Mapping {
@@ -67,13 +96,10 @@ impl Mapping {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "an empty shared mapping"));
         }
-        // SAFETY: a fresh mapping chosen by the kernel (null hint) over a
-        // file of at least `len` bytes; nothing else aliases it in this
-        // process yet.
-        let ptr = unsafe {
-            rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0)?
-        };
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        // SAFETY: the file is at least `len` bytes long (its creator sized
+        // it; shared files are never shrunk); what lives in it is plain
+        // shared memory with its own synchronisation.
+        let ptr = unsafe { map_shared(fd.as_fd(), len, ProtFlags::READ | ProtFlags::WRITE, false)? };
         Ok(Mapping { fd, ptr, len })
     }
 
@@ -104,9 +130,7 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: we own this mapping of `len` bytes; nobody uses the pointer
         // after the owner is gone.
-        unsafe {
-            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
+        unsafe { unmap(self.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -138,27 +162,20 @@ impl SealedWriter {
 
     fn map(fd: &OwnedFd, cap: usize) -> io::Result<NonNull<u8>> {
         rustix::fs::ftruncate(fd, cap as u64)?;
-        // SAFETY: a fresh mapping chosen by the kernel over a file of `cap`
-        // bytes, which this process alone can write to until it is sealed.
-        let ptr = unsafe {
-            rustix::mm::mmap(std::ptr::null_mut(), cap, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, fd, 0)?
-        };
-        // A process forked from another thread meanwhile (a pool replacing
-        // a worker) would otherwise keep a writable mapping of this file
-        // for its whole life, and no file mapped writable can be sealed.
-        // A fork before this advice lands is caught by `seal`.
-        // SAFETY: the mapping just made, whole; the advice only keeps it
-        // out of children.
-        let _ = unsafe { rustix::mm::madvise(ptr, cap, rustix::mm::Advice::LinuxDontFork) };
-        NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
+        // Kept out of children: a process forked from another thread
+        // meanwhile (a pool replacing a worker) would otherwise keep a
+        // writable mapping of this file for its whole life, and no file
+        // mapped writable can be sealed. A fork before the advice lands is
+        // caught by `seal`.
+        // SAFETY: the file is `cap` bytes long, and this process alone can
+        // write to it until it is sealed (it is never shrunk before that).
+        unsafe { map_shared(fd.as_fd(), cap, ProtFlags::READ | ProtFlags::WRITE, true) }
     }
 
     fn unmap(&mut self) {
         // SAFETY: our own mapping of `cap` bytes; the pointer is replaced or
         // never used again after this.
-        unsafe {
-            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.cap);
-        }
+        unsafe { unmap(self.ptr.as_ptr(), self.cap) }
     }
 
     /// Appends `data`.
@@ -280,18 +297,12 @@ impl Sealed {
         // Not populated: a decoder reads it once, in order, and the kernel
         // maps a run of pages per read fault; populating it first made the
         // 64 MiB round trip slower (87-95 ms against 83-85 ms).
-        // SAFETY: a fresh read-only mapping chosen by the kernel over a file
-        // of exactly `len` bytes that can neither shrink nor be written.
-        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ, MapFlags::SHARED, fd, 0)? };
-        // A child forked meanwhile has no use for it, and no thread of
-        // ours there to unmap it (see `Drop`).
-        // SAFETY: the mapping just made, whole; the advice only keeps it
-        // out of children.
-        let _ = unsafe { rustix::mm::madvise(ptr, len, rustix::mm::Advice::LinuxDontFork) };
-        Ok(Sealed {
-            ptr: Some(NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?),
-            len,
-        })
+        // Kept out of children: a child forked meanwhile has no use for it,
+        // and no thread of ours there to unmap it (see `Drop`).
+        // SAFETY: a read-only view of a file of exactly `len` bytes that can
+        // neither shrink nor be written.
+        let ptr = unsafe { map_shared(fd.as_fd(), len, ProtFlags::READ, true)? };
+        Ok(Sealed { ptr: Some(ptr), len })
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
@@ -321,9 +332,7 @@ impl Drop for Sealed {
         let (addr, len) = (ptr.as_ptr() as usize, self.len);
         // SAFETY: our own mapping of `len` bytes at `addr`; `bytes()`
         // borrows `self`, so no slice outlives it, and it is unmapped once.
-        let unmap = move || unsafe {
-            let _ = rustix::mm::munmap(addr as *mut std::ffi::c_void, len);
-        };
+        let release = move || unsafe { unmap(addr as *mut u8, len) };
         // Unmapping the last view of a big payload frees its pages, 10 ms
         // for 64 MiB: a thread of its own does that while the decoded
         // value goes on its way. Nothing else refers to the mapping, so
@@ -331,7 +340,7 @@ impl Drop for Sealed {
         // kernel unmap it). A thread costs tens of µs, noise at this size.
         if len >= RELEASE_AT && RELEASING.fetch_add(1, Relaxed) < RELEASERS {
             let spawned = std::thread::Builder::new().name("multiproc-unmap".into()).spawn(move || {
-                unmap();
+                release();
                 RELEASING.fetch_sub(1, Relaxed);
             });
             if spawned.is_ok() {
@@ -341,7 +350,7 @@ impl Drop for Sealed {
         } else if len >= RELEASE_AT {
             RELEASING.fetch_sub(1, Relaxed);
         }
-        unmap();
+        release();
     }
 }
 
