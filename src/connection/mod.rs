@@ -406,21 +406,13 @@ impl Connection {
             return Err(Error::MessageTooLarge { size, limit });
         }
         let sock = self.sock.as_ref().ok_or(Error::Connection("it was closed"))?;
-        let mut got = rx.reader.read(sock.as_fd(), false);
-        if blocking && matches!(got, Ok(Progress::Pending)) {
-            // Looked for a moment before sleeping (yielding, so that the
-            // sender gets the core if it shares ours): an answer usually
-            // comes within microseconds, and being woken costs tens of them
-            // on a VM whose idle cores halt.
-            let until = Instant::now() + RECV_SPIN;
-            while matches!(got, Ok(Progress::Pending)) && Instant::now() < until {
-                std::thread::yield_now();
-                got = rx.reader.read(sock.as_fd(), false);
-            }
-            if matches!(got, Ok(Progress::Pending)) {
-                got = rx.reader.read(sock.as_fd(), true);
-            }
-        }
+        // A blocking receive looks for a moment before it sleeps: an answer
+        // usually comes within microseconds.
+        let got = if blocking {
+            rx.reader.read_spinning(sock.as_fd(), Instant::now() + RECV_SPIN)
+        } else {
+            rx.reader.read(sock.as_fd(), false)
+        };
         match got {
             Ok(Progress::Frame(f)) => Ok(Some(f)),
             Ok(Progress::Eof) => Err(Error::Eof),

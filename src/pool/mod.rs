@@ -1150,23 +1150,15 @@ where
 /// How long an imap's reader looks for the next result before it sleeps.
 const RECV_SPIN: Duration = Duration::from_micros(20);
 
-/// The next result, looked for a moment (yielding, so that the workers
-/// and the supervisor on the same cores go on) before sleeping: results
-/// come microseconds apart, and a sleep costs a wake-up on each side.
+/// The next result, looked for a moment before sleeping: results come
+/// microseconds apart, and a sleep costs a wake-up on each side.
 fn recv_spinning<T>(rx: &mpsc::Receiver<T>) -> std::result::Result<T, mpsc::RecvError> {
-    let mut started = None;
-    loop {
-        match rx.try_recv() {
-            Ok(v) => return Ok(v),
-            Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
-            Err(mpsc::TryRecvError::Empty) => {}
-        }
-        let now = Instant::now();
-        if now.duration_since(*started.get_or_insert(now)) >= RECV_SPIN {
-            return rx.recv();
-        }
-        std::thread::yield_now();
-    }
+    let looked = crate::sys::spin_until(Instant::now() + RECV_SPIN, || match rx.try_recv() {
+        Ok(v) => Some(Ok(v)),
+        Err(mpsc::TryRecvError::Disconnected) => Some(Err(mpsc::RecvError)),
+        Err(mpsc::TryRecvError::Empty) => None,
+    });
+    looked.unwrap_or_else(|| rx.recv())
 }
 
 /// Shifts a submission's indices to the iterator's running count.

@@ -222,18 +222,8 @@ impl<R> Slot<R> {
     /// wake-up would cost more (the queue's and the manager client's
     /// strategy).
     fn spin_until_finished(&self, until: Instant) -> bool {
-        loop {
-            if self.finished.load(std::sync::atomic::Ordering::Acquire) {
-                return true;
-            }
-            if Instant::now() >= until {
-                return false;
-            }
-            // Yielding rather than pausing: with more threads than cores
-            // (the worker, the pool's thread) the one that has work gets
-            // the core.
-            std::thread::yield_now();
-        }
+        crate::sys::spin_until(until, || self.finished.load(std::sync::atomic::Ordering::Acquire).then_some(()))
+            .is_some()
     }
 
     fn is_cancelled(&self) -> bool {

@@ -692,16 +692,18 @@ impl Supervisor {
             }
             let waiting = || self.workers.iter().any(|w| w.answers.waiting());
             let mut ready = None;
-            if let Some(until) = self.spin_until.take() {
-                while Instant::now() < until && timeout.is_none_or(|t| now + t > until) {
-                    match sys::poll(&fds, Some(Duration::ZERO)) {
-                        Ok(r) if waiting() || r.iter().any(|&(r, w)| r || w) => {
-                            ready = Some(r);
-                            break;
-                        }
-                        Ok(_) => std::thread::yield_now(),
-                        Err(_) => return,
-                    }
+            if let Some(until) = self.spin_until.take()
+                && timeout.is_none_or(|t| now + t > until)
+            {
+                let looked = sys::spin_until(until, || match sys::poll(&fds, Some(Duration::ZERO)) {
+                    Ok(r) if waiting() || r.iter().any(|&(r, w)| r || w) => Some(Ok(r)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                });
+                match looked {
+                    Some(Ok(r)) => ready = Some(r),
+                    Some(Err(_)) => return,
+                    None => {}
                 }
             }
             if ready.is_none() {

@@ -115,19 +115,11 @@ impl Run for Worker {
             // gap between two chunks of one map: the next chunk would fault
             // it all in again.)
             let spin = after_direct && grown <= TRIM_AFTER;
-            let mut got = reader.read(conn.as_fd(), grown <= TRIM_AFTER && !spin);
-            if spin {
-                let until = std::time::Instant::now() + NEXT_TASK_SPIN;
-                while matches!(got, Ok(Progress::Pending)) && std::time::Instant::now() < until {
-                    // Yielding: with more threads than cores, the one that
-                    // has work gets the core.
-                    std::thread::yield_now();
-                    got = reader.read(conn.as_fd(), false);
-                }
-                if matches!(got, Ok(Progress::Pending)) {
-                    got = reader.read(conn.as_fd(), true);
-                }
-            }
+            let mut got = if spin {
+                reader.read_spinning(conn.as_fd(), std::time::Instant::now() + NEXT_TASK_SPIN)
+            } else {
+                reader.read(conn.as_fd(), grown <= TRIM_AFTER)
+            };
             if let Ok(Progress::Pending) = got {
                 let ready = crate::sys::poll(&[(conn.as_fd(), crate::sys::Interest::Read)], Some(IDLE));
                 if ready.is_ok_and(|r| !r[0].0) {

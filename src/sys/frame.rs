@@ -217,6 +217,17 @@ impl Reader {
             && (avail.len() - HEADER) as u64 >= u64::from_le_bytes(avail[..8].try_into().expect("8 bytes"))
     }
 
+    /// [`read`](Self::read), blocking, but looking without waiting until
+    /// `until` first (`sys::spin_until`): for a reply that usually comes
+    /// within microseconds.
+    pub(crate) fn read_spinning(&mut self, sock: BorrowedFd<'_>, until: std::time::Instant) -> io::Result<Progress> {
+        let looked = super::spin_until(until, || match self.read(sock, false) {
+            Ok(Progress::Pending) => None,
+            done => Some(done),
+        });
+        looked.unwrap_or_else(|| self.read(sock, true))
+    }
+
     /// The next frame: from what is buffered, else from the socket (blocking
     /// only when `block` is true).
     pub(crate) fn read(&mut self, sock: BorrowedFd<'_>, block: bool) -> io::Result<Progress> {

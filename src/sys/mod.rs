@@ -198,21 +198,29 @@ pub(crate) fn quick_ack(fd: BorrowedFd<'_>) {
 /// thread, which on a small VM is tens of microseconds.
 #[cfg(feature = "managers")]
 pub(crate) fn recv_spinning(fd: BorrowedFd<'_>, buf: &mut [u8], spin: Duration) -> io::Result<Option<usize>> {
-    let start = Instant::now();
+    spin_until(Instant::now() + spin, || match rustix::net::recv(fd, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
+        Ok((n, _)) => Some(Ok(n)),
+        Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => None,
+        Err(e) => Some(Err(e.into())),
+    })
+    .transpose()
+}
+
+/// Looks with `look` until it finds something or `until` passes (`None`),
+/// yielding between looks rather than pausing: when more threads wait like
+/// this than there are cores, the one whose turn it is gets the core. What
+/// every "look a moment before sleeping" in the crate does: on a VM whose
+/// idle cores halt, being woken costs tens of microseconds, more than most
+/// waits for an answer.
+pub(crate) fn spin_until<T>(until: Instant, mut look: impl FnMut() -> Option<T>) -> Option<T> {
     loop {
-        match rustix::net::recv(fd, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
-            Ok((n, _)) => return Ok(Some(n)),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::AGAIN) => {
-                if start.elapsed() >= spin {
-                    return Ok(None);
-                }
-                // Yielding rather than pausing: when more peers than cores
-                // wait like this, the one whose turn it is gets the core.
-                std::thread::yield_now();
-            }
-            Err(e) => return Err(e.into()),
+        if let Some(found) = look() {
+            return Some(found);
         }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::yield_now();
     }
 }
 

@@ -326,32 +326,39 @@ static RELEASING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 
 impl Drop for Sealed {
     fn drop(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
         let Some(ptr) = self.ptr else { return };
         // The address as a number, to cross into the releasing thread.
         let (addr, len) = (ptr.as_ptr() as usize, self.len);
         // SAFETY: our own mapping of `len` bytes at `addr`; `bytes()`
-        // borrows `self`, so no slice outlives it, and it is unmapped once.
+        // borrows `self`, so no slice outlives it, and it is unmapped once
+        // (here, or by the thread it was handed to).
         let release = move || unsafe { unmap(addr as *mut u8, len) };
         // Unmapping the last view of a big payload frees its pages, 10 ms
         // for 64 MiB: a thread of its own does that while the decoded
         // value goes on its way. Nothing else refers to the mapping, so
         // when it goes does not matter (a process that exits first has the
         // kernel unmap it). A thread costs tens of µs, noise at this size.
-        if len >= RELEASE_AT && RELEASING.fetch_add(1, Relaxed) < RELEASERS {
-            let spawned = std::thread::Builder::new().name("multiproc-unmap".into()).spawn(move || {
-                release();
-                RELEASING.fetch_sub(1, Relaxed);
-            });
-            if spawned.is_ok() {
-                return;
-            }
-            RELEASING.fetch_sub(1, Relaxed);
-        } else if len >= RELEASE_AT {
-            RELEASING.fetch_sub(1, Relaxed);
+        if len < RELEASE_AT || !in_a_thread_of_its_own(release) {
+            release();
         }
-        release();
     }
+}
+
+/// Runs `release` on a thread of its own, if fewer than [`RELEASERS`] are
+/// at work and a thread can be had; false (and `release` not run) if not.
+fn in_a_thread_of_its_own(release: impl FnOnce() + Send + 'static) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    if RELEASING.fetch_add(1, Relaxed) < RELEASERS {
+        let spawned = std::thread::Builder::new().name("multiproc-unmap".into()).spawn(move || {
+            release();
+            RELEASING.fetch_sub(1, Relaxed);
+        });
+        if spawned.is_ok() {
+            return true;
+        }
+    }
+    RELEASING.fetch_sub(1, Relaxed);
+    false
 }
 
 // SAFETY: both own a private mapping reached only through `&mut self`
