@@ -69,6 +69,28 @@ fn round_trips_one_at_a_time_lose_no_task() {
     }
 }
 
+/// Results nobody waits for still arrive: a call posted to a listening
+/// worker's mailbox whose caller does not wait (it only registered a
+/// callback) is answered by mail with no caller watching; the worker rings
+/// the pool's thread, which delivers it. Round trips with and without a
+/// waiter alternate, so every call finds the worker listening.
+#[test]
+fn answers_nobody_waits_for_still_arrive() {
+    let p = pool(1, StartMethod::Fork);
+    let (tx, rx) = mpsc::channel();
+    for i in 0..2000u64 {
+        if i % 2 == 0 {
+            assert_eq!(p.apply(inc, (i,)).unwrap(), i + 1);
+        } else {
+            let tx = tx.clone();
+            let _r = p.apply_async(inc, (i,)).callback(move |v| tx.send(*v).unwrap());
+            assert_eq!(rx.recv_timeout(GUARD), Ok(i + 1), "call {i} never arrived");
+        }
+    }
+    p.close();
+    p.join().unwrap();
+}
+
 /// Returns `i`, after waiting for a byte on `gate` when there is one.
 fn gated(i: u32, gate: Option<Handle>) -> u32 {
     if let Some(g) = gate {
@@ -562,49 +584,135 @@ fn overstay(_: u64) -> u64 {
     0
 }
 
+fn expand(n: usize, seed: u64) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from((0..n).map(|k| (k as u64 * 7 + seed) as u8).collect::<Vec<u8>>())
+}
+
 /// Many callers at once, each call going straight to an idle worker when
-/// one is on offer (or through the supervisor when not), while workers
-/// abort, overstay their timeout and are cancelled mid-task: every call
-/// ends once, with its own value or the typed error of what happened to it.
+/// one is on offer (through its mailbox while it listens, else its socket)
+/// or through the supervisor when not, while workers abort, overstay their
+/// timeout and are cancelled mid-task: every call ends once, with its own
+/// value or the typed error of what happened to it. Arguments and results
+/// straddle the mailbox's limits (16 KiB in, 64 KiB out). Without a task
+/// timeout (the mailbox is for untimed tasks), another thread also kills
+/// workers from outside at random: a call then ends with its value (its
+/// task had not started and went to another worker) or `WorkerDied`.
 #[test]
 fn direct_handoffs_survive_concurrent_callers_deaths_timeouts_and_cancels() {
-    let pool = Pool::builder().processes(2).task_timeout(Duration::from_secs(1)).build().unwrap();
-    std::thread::scope(|s| {
-        for caller in 0..4u64 {
-            let pool = &pool;
-            s.spawn(move || {
-                let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ caller;
-                for i in 0..100u64 {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    match seed % 20 {
-                        0 => assert!(matches!(pool.apply(abort_now, (i,)), Err(Error::WorkerDied { .. }))),
-                        1 => {
-                            let r = pool.apply_async(overstay, (i,));
-                            if seed.is_multiple_of(3) {
-                                assert!(r.cancel());
-                                assert!(matches!(r.get(), Err(Error::Cancelled)));
-                            } else {
-                                assert!(matches!(r.get(), Err(Error::TaskTimeout { .. })), "{i}");
+    for timed in [true, false] {
+        let mut builder = Pool::builder().processes(2);
+        if timed {
+            builder = builder.task_timeout(Duration::from_secs(1));
+        }
+        let pool = builder.build().unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let (pool, done) = (&pool, &done);
+            let callers: Vec<_> = (0..if timed { 4 } else { 2 })
+                .map(|caller| {
+                    s.spawn(move || {
+                        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ caller ^ u64::from(timed) << 32;
+                        for i in 0..120u64 {
+                            seed ^= seed << 13;
+                            seed ^= seed >> 7;
+                            seed ^= seed << 17;
+                            // Killed from outside (untimed only): the one
+                            // error a plain call may also end with.
+                            let killed = |e: &Error| !timed && matches!(e, Error::WorkerDied { .. });
+                            match seed % 20 {
+                                0 => assert!(matches!(pool.apply(abort_now, (i,)), Err(Error::WorkerDied { .. }))),
+                                1 => {
+                                    let r = pool.apply_async(overstay, (i,));
+                                    if !timed || seed.is_multiple_of(3) {
+                                        if r.cancel() {
+                                            assert!(matches!(r.get(), Err(Error::Cancelled)));
+                                        } else {
+                                            assert!(r.get().is_err_and(|e| killed(&e)), "{i}");
+                                        }
+                                    } else {
+                                        assert!(matches!(r.get(), Err(Error::TaskTimeout { .. })), "{i}");
+                                    }
+                                }
+                                // Around the direct path's size limit (16 KiB) and far over.
+                                2 | 3 => {
+                                    let n = [16 * 1024 - 40, 16 * 1024 + 1, 300_000][(seed / 20 % 3) as usize];
+                                    let bytes: Vec<u8> = (0..n).map(|k| (k as u64 * 31 + i) as u8).collect();
+                                    let want = (n, bytes.iter().map(|b| *b as u64).sum());
+                                    match pool.apply(echo_sum, (serde_bytes::ByteBuf::from(bytes),)) {
+                                        Ok(got) => assert_eq!(got, want),
+                                        Err(e) => assert!(killed(&e), "{e}"),
+                                    }
+                                }
+                                // Answers around the mailbox's limit (64 KiB) and over.
+                                4 | 5 => {
+                                    let n = [64 * 1024 - 64, 64 * 1024 + 1, 200_000][(seed / 20 % 3) as usize];
+                                    match pool.apply(expand, (n, i)) {
+                                        Ok(got) => assert!(
+                                            got.iter().enumerate().all(|(k, b)| *b == (k as u64 * 7 + i) as u8)
+                                                && got.len() == n
+                                        ),
+                                        Err(e) => assert!(killed(&e), "{e}"),
+                                    }
+                                }
+                                _ => match pool.apply(inc, (i * 1000 + caller,)) {
+                                    Ok(got) => assert_eq!(got, i * 1000 + caller + 1),
+                                    Err(e) => assert!(killed(&e), "{e}"),
+                                },
                             }
                         }
-                        // Around the direct path's size limit (16 KiB) and far over.
-                        2 | 3 => {
-                            let n = [16 * 1024 - 40, 16 * 1024 + 1, 300_000][(seed / 20 % 3) as usize];
-                            let bytes: Vec<u8> = (0..n).map(|k| (k as u64 * 31 + i) as u8).collect();
-                            let want = (n, bytes.iter().map(|b| *b as u64).sum());
-                            assert_eq!(pool.apply(echo_sum, (serde_bytes::ByteBuf::from(bytes),)).unwrap(), want);
+                    })
+                })
+                .collect();
+            let killer = (!timed).then(|| {
+                s.spawn(move || {
+                    let mut killed = Vec::new();
+                    let mut seed = 0x2545_f491_4f6c_dd1du64;
+                    loop {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        std::thread::sleep(Duration::from_micros(5000 + seed % 20_000));
+                        if done.load(std::sync::atomic::Ordering::SeqCst) {
+                            return killed;
                         }
-                        _ => assert_eq!(pool.apply(inc, (i * 1000 + caller,)).unwrap(), i * 1000 + caller + 1),
+                        let pids = pool.pids();
+                        if let Some(pid) = pids.get((seed / 7) as usize % pids.len().max(1)) {
+                            // SAFETY: a signal to a pid; the worst a reused
+                            // pid could suffer is this test's own bug.
+                            if unsafe { libc::kill(*pid, libc::SIGKILL) } == 0 {
+                                killed.push(*pid);
+                            }
+                        }
                     }
-                }
+                })
             });
-        }
-    });
-    assert_eq!(pool.map(inc, 0..100u64).unwrap(), (1..101u64).collect::<Vec<_>>());
-    pool.close();
-    pool.join().unwrap();
+            for c in callers {
+                c.join().unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(killer) = killer {
+                let killed = killer.join().unwrap();
+                // Every worker killed has been noticed and replaced before
+                // the last map (a task sent to a worker dead but not yet
+                // noticed fails with its death).
+                let until = std::time::Instant::now() + GUARD;
+                loop {
+                    let stats = pool.stats();
+                    let reaped: Vec<i32> =
+                        stats.workers.iter().flat_map(|w| w.restarts.iter().map(|r| r.pid)).collect();
+                    if killed.iter().all(|pid| reaped.contains(pid)) {
+                        break;
+                    }
+                    assert!(std::time::Instant::now() < until, "killed workers never noticed");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        let all = pool.map(inc, 0..100u64).unwrap_or_else(|e| panic!("timed {timed}: {e:?}"));
+        assert_eq!(all, (1..101u64).collect::<Vec<_>>());
+        pool.close();
+        pool.join().unwrap();
+    }
 }
 
 /// `buffersize` bounds how far ahead of the consumer the input is read, in

@@ -20,8 +20,10 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::mailbox::Mailbox;
 use crate::Handle;
 use crate::sys::ring::{Geometry, Record, Ring};
 
@@ -39,22 +41,37 @@ const RING_ANSWER_MAX: usize = 64 << 10;
 #[derive(Debug)]
 pub(crate) struct Answers {
     ring: Ring,
+    /// The worker's mailbox (`pool::mailbox`), on the supervisor's side:
+    /// an answer in it that no caller watches for is the supervisor's.
+    mailbox: Option<Arc<Mailbox>>,
 }
 
 impl Answers {
-    /// A new ring, made by the supervisor for a worker.
+    /// A new ring and mailbox, made by the supervisor for a worker.
     pub(crate) fn new() -> io::Result<Answers> {
-        Ok(Answers { ring: Ring::new(Geometry::queue(RING_BYTES))? })
+        Ok(Answers { ring: Ring::new(Geometry::queue(RING_BYTES))?, mailbox: Some(Arc::new(Mailbox::new()?)) })
     }
 
-    /// What the worker is started with to open it.
-    pub(crate) fn handle(&self) -> io::Result<Handle> {
-        self.ring.as_fd().try_clone_to_owned().map(Handle::new)
+    /// What the worker is started with to open them: the ring's handle
+    /// and the mailbox's.
+    pub(crate) fn handles(&self) -> io::Result<(Handle, Handle)> {
+        let ring = self.ring.as_fd().try_clone_to_owned().map(Handle::new)?;
+        let mailbox = match &self.mailbox {
+            Some(m) => m.handle()?,
+            None => return Err(io::Error::other("a worker's own answers have no handles to give")),
+        };
+        Ok((ring, mailbox))
     }
 
-    /// The worker's side, from what it was started with.
+    /// The worker's side of the ring, from what it was started with (it
+    /// opens its mailbox itself).
     pub(crate) fn open(ring: OwnedFd) -> io::Result<Answers> {
-        Ok(Answers { ring: Ring::open(ring)? })
+        Ok(Answers { ring: Ring::open(ring)?, mailbox: None })
+    }
+
+    /// The supervisor's side: the worker's mailbox.
+    pub(crate) fn mailbox(&self) -> Option<&Arc<Mailbox>> {
+        self.mailbox.as_ref()
     }
 
     /// The worker's side: puts an encoded answer if it fits now. False
@@ -71,9 +88,10 @@ impl Answers {
         self.ring.answer_bell()
     }
 
-    /// Whether answers are waiting in the ring.
+    /// Whether answers are waiting for the supervisor: in the ring, or in
+    /// the mailbox with no caller watching for them.
     pub(crate) fn waiting(&self) -> bool {
-        self.ring.items() > 0
+        self.ring.items() > 0 || self.mailbox.as_ref().is_some_and(|m| m.door().unwatched())
     }
 
     /// The supervisor's side: the next answer, without waiting.
@@ -127,7 +145,7 @@ mod tests {
 
     /// The worker's side of `a`, as a worker opens it.
     fn worker_side(a: &Answers) -> Answers {
-        Answers::open(a.handle().unwrap().into_owned_fd()).unwrap()
+        Answers::open(a.handles().unwrap().0.into_owned_fd()).unwrap()
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod answers;
 mod chunk;
 mod completion;
+mod mailbox;
 #[cfg(feature = "progress")]
 mod progress;
 pub(crate) mod result;

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Payload, Side};
+use crate::pool::supervisor::Watch;
 use crate::popen::outcome_into_result;
 use crate::reduction;
 use crate::wire::{ItemResult, Outcome};
@@ -152,6 +153,10 @@ pub(crate) trait Sink: Send + Sync {
     fn cancelled(&self) -> bool {
         false
     }
+
+    /// Its task was posted to a worker's mailbox: a waiter may take the
+    /// answer there itself. Sinks whose waiters do not look ignore it.
+    fn watch(&self, _watch: Watch) {}
 }
 
 /// What a cancel calls to make the pool look (its supervisor's wake-up).
@@ -190,6 +195,8 @@ pub(crate) struct Slot<R> {
     finished: std::sync::atomic::AtomicBool,
     cancelled: std::sync::atomic::AtomicBool,
     nudge: Mutex<Option<Nudge>>,
+    /// Where its answer can be taken straight from the worker, if it can.
+    watch: std::sync::OnceLock<Watch>,
 }
 
 impl<R> Slot<R> {
@@ -209,6 +216,7 @@ impl<R> Slot<R> {
             finished: std::sync::atomic::AtomicBool::new(false),
             cancelled: std::sync::atomic::AtomicBool::new(false),
             nudge: Mutex::new(None),
+            watch: std::sync::OnceLock::new(),
         })
     }
 
@@ -222,8 +230,11 @@ impl<R> Slot<R> {
     /// wake-up would cost more (the queue's and the manager client's
     /// strategy).
     fn spin_until_finished(&self, until: Instant) -> bool {
-        crate::sys::spin_until(until, || self.finished.load(std::sync::atomic::Ordering::Acquire).then_some(()))
-            .is_some()
+        let finished = || self.finished.load(std::sync::atomic::Ordering::Acquire).then_some(());
+        match self.watch.get() {
+            Some(watch) if finished().is_none() => watch.spin_until(until, finished).is_some(),
+            _ => crate::sys::spin_until(until, finished).is_some(),
+        }
     }
 
     fn is_cancelled(&self) -> bool {
@@ -280,6 +291,10 @@ impl<R: DeserializeOwned + Send> Sink for Slot<R> {
 
     fn cancelled(&self) -> bool {
         self.is_cancelled()
+    }
+
+    fn watch(&self, watch: Watch) {
+        let _ = self.watch.set(watch);
     }
 }
 

@@ -33,6 +33,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::pool::answers::{self, Answers};
+use crate::pool::mailbox::Mailbox;
 use crate::pool::result::{Args, RawItem, Sink};
 use crate::pool::stats::{Recorder, RestartReason};
 use crate::pool::worker::{Init, Worker};
@@ -135,10 +136,27 @@ pub(crate) struct State {
     timed: bool,
 }
 
-/// An idle worker on offer: its index and (a duplicate of) its socket.
+/// An idle worker on offer: its index, (a duplicate of) its socket, its
+/// mailbox, and what a caller that takes its answer names it by.
+#[derive(Clone)]
 struct Offered {
     index: usize,
     conn: Arc<OwnedFd>,
+    mailbox: Arc<Mailbox>,
+    name: Arc<str>,
+    pid: i32,
+}
+
+impl Offered {
+    fn of(w: &Slot) -> Offered {
+        Offered {
+            index: w.index,
+            conn: w.offer_conn.clone(),
+            mailbox: w.answers.mailbox().expect("the supervisor's side has the mailbox").clone(),
+            name: w.name.clone(),
+            pid: w.pid,
+        }
+    }
 }
 
 /// A task a caller sent to an offered worker.
@@ -149,6 +167,9 @@ struct Handed {
     /// The part of its frame the socket did not take.
     rest: Vec<u8>,
     at: Instant,
+    /// Posted to the worker's mailbox: its caller may take the answer
+    /// itself, and then puts the worker back on offer.
+    mailed: Option<Offered>,
 }
 
 /// Tasks up to this size go the direct path: a frame this small fits an
@@ -172,6 +193,8 @@ pub(crate) struct Shared {
     /// local worker is offered.
     #[cfg(feature = "cluster")]
     direct: std::sync::OnceLock<Direct>,
+    /// Itself, for the callers' watches on mailboxes.
+    me: std::sync::Weak<Shared>,
 }
 
 /// A transport's direct path: sends a caller's task at once, or gives it
@@ -182,7 +205,8 @@ pub(crate) type Direct = Box<dyn Fn(Task) -> Result<(), Task> + Send + Sync>;
 
 impl Shared {
     pub(crate) fn new() -> std::io::Result<Arc<Shared>> {
-        Ok(Arc::new(Shared {
+        let wake = sys::eventfd()?;
+        Ok(Arc::new_cyclic(|me| Shared {
             state: Mutex::new(State {
                 pending: VecDeque::new(),
                 sleeping: false,
@@ -196,11 +220,12 @@ impl Shared {
             }),
             next_id: std::sync::atomic::AtomicU64::new(0),
             stopped: Condvar::new(),
-            wake: sys::eventfd()?,
+            wake,
             cancels: std::sync::atomic::AtomicBool::new(false),
             stats: Mutex::new(Recorder::new()),
             #[cfg(feature = "cluster")]
             direct: std::sync::OnceLock::new(),
+            me: me.clone(),
         }))
     }
 
@@ -290,15 +315,60 @@ impl Shared {
     fn hand(&self, st: &mut State, task: Task) -> Result<bool, Task> {
         let Some(offered) = st.offered.pop() else { return Err(task) };
         let id = self.new_id();
-        let mut frame = Vec::new();
-        frame::encode_with(&mut frame, 0, |out| reduction::encode_plain_onto(&task_message(id, &task, true), out));
+        let mut message = Vec::new();
+        reduction::encode_plain_onto(&task_message(id, &task, true), &mut message);
+        // A timed task is the supervisor's to time from the start.
+        let timed = st.timed || task.timeout.is_some();
+        if !timed && offered.mailbox.post(id, &message) {
+            // The worker listens and has it; its caller can take the answer.
+            task.sink.watch(Watch { shared: self.me.clone(), mailbox: offered.mailbox.clone(), id });
+            st.handed.push(Handed {
+                index: offered.index,
+                id,
+                task,
+                rest: Vec::new(),
+                at: Instant::now(),
+                mailed: Some(offered),
+            });
+            return Ok(false);
+        }
+        let mut frame = Vec::with_capacity(message.len() + 16);
+        frame::encode_with(&mut frame, 0, |out| out.extend_from_slice(&message));
         // An error here is a worker that is gone: its exit settles the task.
         let sent = frame::send_some(offered.conn.as_fd(), &frame, &[]).unwrap_or(0);
         let rest = frame.split_off(sent);
         // The supervisor times tasks and writes what did not fit.
-        let wake = st.sleeping && (st.timed || task.timeout.is_some() || !rest.is_empty());
-        st.handed.push(Handed { index: offered.index, id, task, rest, at: Instant::now() });
+        let wake = st.sleeping && (timed || !rest.is_empty());
+        st.handed.push(Handed { index: offered.index, id, task, rest, at: Instant::now(), mailed: None });
         Ok(wake)
+    }
+
+    /// A caller's look at the mailbox its task was posted to: takes the
+    /// answer and delivers it if it is there and the supervisor has not
+    /// taken the task over.
+    fn collect(&self, mailbox: &Mailbox, id: u64) -> Collect {
+        if mailbox.answered() != Some(id) {
+            return Collect::NotYet;
+        }
+        let mut st = self.lock();
+        let Some(at) = st.handed.iter().position(|h| h.id == id) else { return Collect::TakenOver };
+        let Some(bytes) = mailbox.take_answer(id) else { return Collect::NotYet };
+        let handed = st.handed.swap_remove(at);
+        let offered = handed.mailed.expect("only mailed tasks are watched");
+        let (name, pid) = (offered.name.clone(), offered.pid);
+        // Back on offer at once, as the supervisor does with a worker whose
+        // last result it read: its caller may send the next task now.
+        if st.pending.is_empty() && !st.offered.iter().any(|o| o.index == offered.index) {
+            st.offered.push(offered);
+        }
+        drop(st);
+        match reduction::decode_plain::<FromWorker>(&bytes) {
+            Ok(FromWorker::Done { items, .. }) => {
+                deliver(self, handed.index, &handed.task, items, Vec::new(), &name, pid);
+            }
+            _ => handed.task.fail(|| Error::Protocol("a worker's mailbox held no answer".into())),
+        }
+        Collect::Done
     }
 
     /// The transport's direct path, where it has one.
@@ -351,6 +421,100 @@ impl Shared {
     }
 }
 
+/// What a caller's look at a mailbox found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Collect {
+    /// Its answer is not there (yet).
+    NotYet,
+    /// It took its answer and delivered it.
+    Done,
+    /// The supervisor took the task over: the answer is its to deliver.
+    TakenOver,
+}
+
+/// What a caller whose task was posted to a worker's mailbox watches while
+/// it waits: it takes the answer itself, without waking the supervisor.
+pub(crate) struct Watch {
+    shared: std::sync::Weak<Shared>,
+    mailbox: Arc<Mailbox>,
+    id: u64,
+}
+
+impl Watch {
+    /// Looks for `find` until `until` (`sys::spin_until`), looking at the
+    /// mailbox too; `find`'s answer when it came.
+    pub(crate) fn spin_until<T>(&self, until: Instant, mut find: impl FnMut() -> Option<T>) -> Option<T> {
+        let Some(shared) = self.shared.upgrade() else { return sys::spin_until(until, find) };
+        let door = self.mailbox.door();
+        door.watch();
+        let mut watching = true;
+        let found = sys::spin_until_paused(until, PAUSE_FOR, || {
+            if let Some(found) = find() {
+                return Some(found);
+            }
+            // Taken over: the supervisor delivers it.
+            if watching && shared.collect(&self.mailbox, self.id) != Collect::NotYet {
+                watching = false;
+                self.unwatch(&shared);
+            }
+            None
+        });
+        if watching {
+            self.unwatch(&shared);
+            // An answer put just as we stopped watching saw us watching.
+            shared.collect(&self.mailbox, self.id);
+        }
+        found.or_else(find)
+    }
+
+    /// Stops watching. A worker that answered while somebody watched did
+    /// not ring the supervisor: if that answer is still there (ours, taken
+    /// over; or another caller's that nobody takes), the supervisor must
+    /// look now.
+    fn unwatch(&self, shared: &Shared) {
+        let door = self.mailbox.door();
+        door.unwatch();
+        if door.unwatched() {
+            shared.wake();
+        }
+    }
+}
+
+/// How long a watching caller looks with the processor's pause before it
+/// yields between looks (the worker's answer usually comes within
+/// microseconds, and a yield is a system call).
+const PAUSE_FOR: Duration = Duration::from_micros(10);
+
+/// Delivers a worker's results for `task` to its sink, and records them.
+fn deliver(
+    shared: &Shared,
+    index: usize,
+    task: &Task,
+    items: Vec<(crate::wire::Outcome, u32, u64)>,
+    fds: Vec<OwnedFd>,
+    name: &str,
+    pid: i32,
+) {
+    {
+        let calls = if task.batch { task.calls } else { 1 };
+        let mut stats = shared.stats();
+        for (k, (_, _, took)) in items.iter().enumerate() {
+            stats.ran(index, task.base + k, calls, Duration::from_nanos(*took));
+        }
+    }
+    let mut fds = fds.into_iter();
+    for (k, (outcome, nfds, _)) in items.into_iter().enumerate() {
+        let fds: Vec<OwnedFd> = fds.by_ref().take(nfds as usize).collect();
+        let worker = name.to_owned();
+        let item = if task.batch {
+            RawItem::Batch { outcome, fds, worker, pid, count: task.calls }
+        } else {
+            RawItem::Outcome { outcome, fds, worker, pid }
+        };
+        task.sink.deliver_with(task.base + k, item, task.args(k));
+    }
+}
+
 /// Whether a task may take the direct path: small, no descriptors.
 fn direct(task: &Task) -> bool {
     task.items.iter().all(|i| i.fds.is_empty()) && task.items.iter().map(|i| i.bytes.len()).sum::<usize>() <= DIRECT_MAX
@@ -386,7 +550,8 @@ struct Slot {
     /// replacement takes the place of the worker it replaces.
     index: usize,
     process: Process<()>,
-    name: String,
+    /// Shared with the offers and results that name it.
+    name: Arc<str>,
     pid: i32,
     conn: OwnedFd,
     /// The same socket, for callers while the worker is on offer.
@@ -512,7 +677,8 @@ impl Supervisor {
         let state = copy(&self.config.state, "dup of worker state handles")?;
         let exit = copy(&self.config.exit, "dup of worker exit hook handles")?;
         let answers = Answers::new().map_err(|source| Error::Io { context: "a worker's answer ring", source })?;
-        let ring = answers.handle().map_err(|source| Error::Io { context: "dup of a worker's answer ring", source })?;
+        let (ring, mailbox) =
+            answers.handles().map_err(|source| Error::Io { context: "dup of a worker's answer ring", source })?;
         let worker = Worker {
             conn: Handle::new(theirs),
             init,
@@ -521,6 +687,7 @@ impl Supervisor {
             maxtasks: self.config.maxtasks,
             index,
             answers: ring,
+            mailbox,
         };
         let mut process = Process::from_run(worker).with_start_method(self.config.method).with_daemon(true);
         let name = format!("PoolWorker-{}", process.name().trim_start_matches("Process-"));
@@ -534,7 +701,7 @@ impl Supervisor {
         self.workers.push(Slot {
             index,
             process,
-            name,
+            name: name.into(),
             pid,
             conn,
             offer_conn,
@@ -621,7 +788,7 @@ impl Supervisor {
             for (w, p) in self.workers.iter().zip(&plan) {
                 if p.is_empty() && w.ready && !w.exited && !w.timed_out && w.inflight.is_empty() && w.outbox.is_empty()
                 {
-                    st.offered.push(Offered { index: w.index, conn: w.offer_conn.clone() });
+                    st.offered.push(Offered::of(w));
                 }
             }
         }
@@ -777,6 +944,25 @@ impl Supervisor {
             let Ok(msg) = reduction::decode_plain::<FromWorker>(&bytes) else { return };
             self.on_reply(i, msg, Vec::new());
         }
+        self.read_mailbox(i);
+    }
+
+    /// Takes the answer in a worker's mailbox, unless a caller watches for
+    /// it and can still take it itself (its task not taken over yet).
+    fn read_mailbox(&mut self, i: usize) {
+        let Some(mailbox) = self.workers[i].answers.mailbox().cloned() else { return };
+        let Some(id) = mailbox.answered() else { return };
+        if !self.workers[i].inflight.iter().any(|(tid, _)| *tid == id) {
+            if !mailbox.door().unwatched() {
+                return;
+            }
+            absorb(&mut self.workers, &mut self.shared.lock());
+        }
+        if let Some(bytes) = mailbox.take_answer(id)
+            && let Ok(msg) = reduction::decode_plain::<FromWorker>(&bytes)
+        {
+            self.on_reply(i, msg, Vec::new());
+        }
     }
 
     fn on_reply(&mut self, i: usize, msg: FromWorker, fds: Vec<OwnedFd>) {
@@ -791,7 +977,7 @@ impl Supervisor {
                 self.shared.stats().ready(w.index);
             }
             FromWorker::Exited(outcome) => {
-                let (name, pid) = (w.name.clone(), w.pid);
+                let (name, pid) = (w.name.to_string(), w.pid);
                 self.shared.lock().exit_results.push((outcome, name, pid));
             }
             FromWorker::InitFailed(outcome) => {
@@ -833,28 +1019,11 @@ impl Supervisor {
                         && !st.offered.iter().any(|o| o.index == index)
                         && !st.handed.iter().any(|h| h.index == index)
                     {
-                        st.offered.push(Offered { index, conn: w.offer_conn.clone() });
+                        st.offered.push(Offered::of(w));
                         self.spin_until = Some(now + OFFER_SPIN);
                     }
                 }
-                {
-                    let calls = if task.batch { task.calls } else { 1 };
-                    let mut stats = self.shared.stats();
-                    for (k, (_, _, took)) in items.iter().enumerate() {
-                        stats.ran(w.index, task.base + k, calls, Duration::from_nanos(*took));
-                    }
-                }
-                let mut fds = fds.into_iter();
-                for (k, (outcome, nfds, _)) in items.into_iter().enumerate() {
-                    let fds: Vec<OwnedFd> = fds.by_ref().take(nfds as usize).collect();
-                    let worker = name.clone();
-                    let item = if task.batch {
-                        RawItem::Batch { outcome, fds, worker, pid, count: task.calls }
-                    } else {
-                        RawItem::Outcome { outcome, fds, worker, pid }
-                    };
-                    task.sink.deliver_with(task.base + k, item, task.args(k));
-                }
+                deliver(&self.shared, w.index, &task, items, fds, &name, pid);
             }
         }
     }
@@ -869,6 +1038,14 @@ impl Supervisor {
         }
         self.read_replies(i);
         let mut w = self.workers.remove(i);
+        // A task posted to its mailbox that it never took did not run: it
+        // goes back to the queue, not down with the worker.
+        if let Some(id) = w.answers.mailbox().and_then(|m| m.untaken())
+            && let Some(at) = w.inflight.iter().position(|(tid, _)| *tid == id)
+        {
+            let (_, task) = w.inflight.remove(at).expect("found");
+            self.shared.lock().pending.push_front(task);
+        }
         self.shared.lock().pids.remove(&w.index);
         let code = match w.process.join_timeout(Duration::from_secs(5)) {
             Ok(Some(())) => 0,
@@ -903,7 +1080,7 @@ impl Supervisor {
             );
         }
         if !clean && let Some((id, running)) = inflight.pop_front() {
-            let (name, pid, timeout) = (w.name.clone(), w.pid, running.timeout.or(self.config.task_timeout));
+            let (name, pid, timeout) = (w.name.to_string(), w.pid, running.timeout.or(self.config.task_timeout));
             let died = || Error::WorkerDied { name: name.clone(), pid, exitcode: code, how: how.clone() };
             if let Some((_, item, call, crate::wire::Outcome::Panicked { message, location, backtrace })) =
                 w.last_words.take().filter(|(said, ..)| *said == id)
@@ -942,6 +1119,7 @@ impl Supervisor {
         self.shared.lock().offered.clear();
         for w in self.workers.drain(..) {
             let Slot { process: mut p, conn, name, pid, index, .. } = w;
+            let name = name.to_string();
             // Exit is a few bytes into an idle socket; closing our end right
             // after also tells a worker that somehow missed it to leave.
             let _ = frame::send(conn.as_fd(), &reduction::encode_plain(&ToWorker::Exit), &[]);

@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use serde::{Deserialize, Serialize};
 
 use super::answers::Answers;
+use super::mailbox::{Mailbox, Stop};
 use crate::Handle;
 use crate::bootstrap::{resolve, run_target};
 use crate::process::{EntryFn, Reply, Run};
@@ -60,6 +61,8 @@ pub(crate) struct Worker {
     pub index: usize,
     /// Its answer ring (`pool::answers`).
     pub answers: Handle,
+    /// Its mailbox (`pool::mailbox`).
+    pub mailbox: Handle,
 }
 
 /// This process's place among its pool's workers, once it is one.
@@ -90,6 +93,8 @@ impl Run for Worker {
         // Without the ring (it could not be mapped), every answer takes the
         // socket.
         let answers = Answers::open(self.answers.into_owned_fd()).ok();
+        // Without it, callers' tasks come through the socket.
+        let mailbox = Mailbox::open(self.mailbox.into_owned_fd()).ok();
         for init in self.state.into_iter().chain(self.init) {
             let fds = init.fds.into_iter().map(OwnedFd::from).collect();
             let reply = call(&resolve(init.entry), &init.payload, fds);
@@ -108,14 +113,30 @@ impl Run for Worker {
         let mut grown = 0usize;
         // The last task came straight from its caller.
         let mut after_direct = false;
+        // A frame read while listening, behind a task posted to the mailbox.
+        let mut held: Option<frame::Frame> = None;
+        let mut mail = Vec::new();
         loop {
-            // After messages of some size, look without waiting first: with
-            // nothing to do for a moment, give back the heap they grew, so
-            // that an idle worker holds no more than it needs. (Not in the
-            // gap between two chunks of one map: the next chunk would fault
-            // it all in again.)
+            // After a caller's task, listen for the next one a moment (in
+            // the mailbox, and on the socket). After messages of some size,
+            // look without waiting first: with nothing to do for a moment,
+            // give back the heap they grew, so that an idle worker holds no
+            // more than it needs. (Not in the gap between two chunks of one
+            // map: the next chunk would fault it all in again.)
             let spin = after_direct && grown <= TRIM_AFTER;
-            let mut got = if spin {
+            let mut from_mailbox = false;
+            let mut got = if let Some(f) = held.take() {
+                Ok(Progress::Frame(f))
+            } else if spin && let Some(m) = &mailbox {
+                match listen(m, &mut reader, conn.as_fd(), &mut mail) {
+                    Heard::Mail(frame) => {
+                        held = frame;
+                        from_mailbox = true;
+                        Ok(Progress::Frame(frame::Frame { bytes: std::mem::take(&mut mail), fds: Vec::new() }))
+                    }
+                    Heard::Frame(got) => got,
+                }
+            } else if spin {
                 reader.read_spinning(conn.as_fd(), std::time::Instant::now() + NEXT_TASK_SPIN)
             } else {
                 reader.read(conn.as_fd(), grown <= TRIM_AFTER)
@@ -134,6 +155,10 @@ impl Run for Worker {
                 _ => return,
             };
             let Ok(msg) = reduction::decode_plain::<ToWorker>(&frame.bytes) else { return };
+            if from_mailbox {
+                // Its bytes, for the next mail.
+                mail = frame.bytes;
+            }
             let (id, entry, items) = match msg {
                 ToWorker::Exit => return leave(self.exit, conn.as_fd()),
                 ToWorker::Task { id, entry, items, direct } => {
@@ -180,12 +205,31 @@ impl Run for Worker {
             }
             let borrowed: Vec<BorrowedFd<'_>> = out_fds.iter().map(|f| f.as_fd()).collect();
             let answer = reduction::encode_plain(&FromWorker::Done { id, items: outcomes });
-            let sent = match &answers {
-                Some(a) if borrowed.is_empty() && a.put(&answer) => {
+            // A caller's mail is answered by mail; a caller watching for it
+            // takes it, else the supervisor must hear (rung as for the ring).
+            // A worker that will listen next says so with its answer: the
+            // caller's next task, sent as soon as it has this answer, would
+            // otherwise often find it not listening yet.
+            let listen_next = after_direct && grown <= TRIM_AFTER && held.is_none();
+            let mailed = match &mailbox {
+                Some(m) if from_mailbox && borrowed.is_empty() => m.answer(id, &answer, listen_next),
+                _ => None,
+            };
+            let sent = match (&answers, mailed) {
+                (_, Some(true)) => true,
+                (Some(a), Some(false)) => !a.must_ring() || send(conn.as_fd(), &FromWorker::Bell, &[]),
+                (None, Some(false)) => send(conn.as_fd(), &FromWorker::Bell, &[]),
+                (Some(a), None) if borrowed.is_empty() && a.put(&answer) => {
                     !a.must_ring() || send(conn.as_fd(), &FromWorker::Bell, &[])
                 }
                 _ => frame::send(conn.as_fd(), &answer, &borrowed).is_ok(),
             };
+            if from_mailbox
+                && mailed.is_none()
+                && let Some(m) = &mailbox
+            {
+                m.unanswered(listen_next);
+            }
             if !sent {
                 return;
             }
@@ -193,6 +237,64 @@ impl Run for Worker {
             if self.maxtasks.is_some_and(|max| done >= max) {
                 return leave(self.exit, conn.as_fd());
             }
+        }
+    }
+}
+
+/// What a listening worker heard.
+enum Heard {
+    /// A task in its mailbox (its message in the buffer given), and a
+    /// frame read from the socket meanwhile, to handle after it.
+    Mail(Option<frame::Frame>),
+    /// What the socket gave: a frame, or nothing in time (`Pending`).
+    Frame(std::io::Result<Progress>),
+}
+
+/// How long a listening worker looks with the processor's pause before it
+/// yields between looks: a caller that waits for each result posts the
+/// next within a few microseconds, and a yield is a system call.
+const PAUSE_FOR: std::time::Duration = std::time::Duration::from_micros(10);
+
+/// How often a listening worker looks at its socket: what comes that way
+/// while it listens (the supervisor's queued tasks, `Exit`) is rare, and a
+/// look is a system call, during which a posted task waits.
+const SOCKET_EVERY: std::time::Duration = std::time::Duration::from_micros(20);
+
+/// Listens for the next task for [`NEXT_TASK_SPIN`]: in the mailbox, and
+/// now and then on the socket (the supervisor's queued tasks, a caller's
+/// task sent while the worker did not listen, `Exit`). Stops listening
+/// before it returns, unless a task was posted first: that one is taken.
+fn listen(mailbox: &Mailbox, reader: &mut Reader, conn: BorrowedFd<'_>, mail: &mut Vec<u8>) -> Heard {
+    mailbox.door().listen();
+    let began = std::time::Instant::now();
+    let mut read = None;
+    let mut socket_at = SOCKET_EVERY;
+    loop {
+        if mailbox.take_task(mail) {
+            let frame = match read {
+                Some(Ok(Progress::Frame(f))) => Some(f),
+                _ => None,
+            };
+            return Heard::Mail(frame);
+        }
+        let elapsed = began.elapsed();
+        if read.is_none() && elapsed >= socket_at {
+            socket_at = elapsed + SOCKET_EVERY;
+            match reader.read(conn, false) {
+                Ok(Progress::Pending) => {}
+                other => read = Some(other),
+            }
+        }
+        if read.is_some() || elapsed >= NEXT_TASK_SPIN {
+            match mailbox.door().stop() {
+                Stop::Stopped => return Heard::Frame(read.unwrap_or(Ok(Progress::Pending))),
+                Stop::Task | Stop::Wait => {}
+            }
+        }
+        if elapsed < PAUSE_FOR {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
         }
     }
 }

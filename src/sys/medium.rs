@@ -28,10 +28,16 @@ pub(crate) trait Word32: Send + Sync {
     fn fetch_add(&self, value: u32, order: Ordering) -> u32;
     fn fetch_sub(&self, value: u32, order: Ordering) -> u32;
     fn swap(&self, value: u32, order: Ordering) -> u32;
+    fn compare_exchange(&self, old: u32, new: u32, ok: Ordering, fail: Ordering) -> Result<u32, u32>;
+    /// A full fence of the same family (std's or loom's), for a protocol
+    /// whose two sides each store one word and then load the other's.
+    fn full_fence()
+    where
+        Self: Sized;
 }
 
 macro_rules! words {
-    ($u64:ty, $u32:ty) => {
+    ($u64:ty, $u32:ty, $fence:path) => {
         impl Word64 for $u64 {
             fn new(value: u64) -> Self {
                 <$u64>::new(value)
@@ -68,13 +74,19 @@ macro_rules! words {
             fn swap(&self, value: u32, order: Ordering) -> u32 {
                 <$u32>::swap(self, value, order)
             }
+            fn compare_exchange(&self, old: u32, new: u32, ok: Ordering, fail: Ordering) -> Result<u32, u32> {
+                <$u32>::compare_exchange(self, old, new, ok, fail)
+            }
+            fn full_fence() {
+                $fence(Ordering::SeqCst)
+            }
         }
     };
 }
 
-words!(AtomicU64, AtomicU32);
+words!(AtomicU64, AtomicU32, std::sync::atomic::fence);
 #[cfg(multiproc_loom)]
-words!(loom::sync::atomic::AtomicU64, loom::sync::atomic::AtomicU32);
+words!(loom::sync::atomic::AtomicU64, loom::sync::atomic::AtomicU32, loom::sync::atomic::fence);
 
 /// Locking and sleeping where a protocol's memory lives.
 pub(crate) trait Waits: Send + Sync + Sized {

@@ -212,15 +212,28 @@ pub(crate) fn recv_spinning(fd: BorrowedFd<'_>, buf: &mut [u8], spin: Duration) 
 /// every "look a moment before sleeping" in the crate does: on a VM whose
 /// idle cores halt, being woken costs tens of microseconds, more than most
 /// waits for an answer.
-pub(crate) fn spin_until<T>(until: Instant, mut look: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn spin_until<T>(until: Instant, look: impl FnMut() -> Option<T>) -> Option<T> {
+    spin_until_paused(until, Duration::ZERO, look)
+}
+
+/// As [`spin_until`], but for its first `pause` looks with the processor's
+/// pause between looks instead of a yield (a system call): for two parties
+/// that answer each other within microseconds, one on each core.
+pub(crate) fn spin_until_paused<T>(until: Instant, pause: Duration, mut look: impl FnMut() -> Option<T>) -> Option<T> {
+    let pause_until = if pause.is_zero() { None } else { Some(Instant::now() + pause) };
     loop {
         if let Some(found) = look() {
             return Some(found);
         }
-        if Instant::now() >= until {
+        let now = Instant::now();
+        if now >= until {
             return None;
         }
-        std::thread::yield_now();
+        if pause_until.is_some_and(|p| now < p) {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
 }
 

@@ -1,0 +1,524 @@
+//! A worker's mailbox: one task in and its answer out through shared
+//! memory, so that a caller that waits for each result (the round trip) and
+//! an idle worker meet without a system call or the supervisor in between.
+//!
+//! Only a worker that is listening takes mail: after a task its caller
+//! handed over, it looks at the mailbox (and now and then at its socket)
+//! for a moment before it goes back to sleeping on the socket. A caller
+//! that took an offered worker (under the pool's lock, so it is the only
+//! writer) writes its task and posts it only if the worker still listens;
+//! otherwise the task takes the socket as before. The worker answers into
+//! the mailbox, and whoever takes the answer first delivers it: the caller,
+//! which watches the mailbox while it spins in `wait`, or the supervisor,
+//! which the worker rings when nobody watches. A worker that dies leaves
+//! its mailbox as it was: an answer it posted is delivered, a task it never
+//! took goes back to the queue, one it was running fails with its death.
+//!
+//! The protocol is [`Door`], one state word and a count of watchers,
+//! generic over its atomics so that loom checks it as it is (`model`).
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::Handle;
+use crate::sys::medium::Word32;
+use crate::sys::shm::Mapping;
+
+/// The phase of the mailbox, in the state word's low byte.
+const PHASE: u32 = 0xff;
+/// Nothing in it: a caller may post.
+const EMPTY: u32 = 0;
+/// A task is posted, not yet taken.
+const TASK: u32 = 1;
+/// The worker took the task and runs it.
+const BUSY: u32 = 2;
+/// The task's answer is in it.
+const ANSWERED: u32 = 3;
+/// Someone is copying the answer out.
+const TAKING: u32 = 4;
+/// The worker listens: it looks at the mailbox and will see a task posted.
+const LISTEN: u32 = 1 << 8;
+
+/// What [`Door::stop`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The worker no longer listens: nobody can post until it does again.
+    Stopped,
+    /// A task was posted first: take it.
+    Task,
+    /// An answer is being taken; look again (the taker keeps the listening
+    /// bit as it found it).
+    Wait,
+}
+
+/// The mailbox's protocol: its state word and the number of callers
+/// watching for an answer.
+#[derive(Debug)]
+pub(crate) struct Door<W> {
+    state: W,
+    watchers: W,
+}
+
+impl<W: Word32> Door<W> {
+    #[cfg(all(test, multiproc_loom))]
+    pub(crate) fn new() -> Door<W> {
+        Door { state: W::new(EMPTY), watchers: W::new(0) }
+    }
+
+    /// The worker's side: listens from now on.
+    pub(crate) fn listen(&self) {
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            match s & PHASE {
+                _ if s & LISTEN != 0 => return,
+                // Its taker will put the bit back as it found it: wait.
+                TAKING => std::thread::yield_now(),
+                _ => {
+                    if self.state.compare_exchange(s, s | LISTEN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The worker's side: stops listening, unless a task was posted first.
+    pub(crate) fn stop(&self) -> Stop {
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            match s & PHASE {
+                TASK => return Stop::Task,
+                TAKING => return Stop::Wait,
+                _ if s & LISTEN == 0 => return Stop::Stopped,
+                _ => {
+                    if self.state.compare_exchange(s, s & !LISTEN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        return Stop::Stopped;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The caller's side, its task written: posts it if the worker listens
+    /// and the mailbox is empty. The caller must be the only one posting
+    /// (the pool's lock).
+    pub(crate) fn post(&self) -> bool {
+        self.state.compare_exchange(EMPTY | LISTEN, TASK | LISTEN, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// The worker's side: whether a task is posted.
+    pub(crate) fn posted(&self) -> bool {
+        self.state.load(Ordering::Acquire) & PHASE == TASK
+    }
+
+    /// The worker's side: it has copied the posted task out.
+    pub(crate) fn took(&self) {
+        self.state.store(BUSY, Ordering::Release);
+    }
+
+    /// The worker's side, its answer written: posts it, listening from now
+    /// on if `listen` (a worker that will look for the next task at once:
+    /// the bit is set only by a worker that will look, and cleared before
+    /// it stops looking). True when somebody watches for the answer (else
+    /// the worker must see that the supervisor hears).
+    pub(crate) fn answer(&self, listen: bool) -> bool {
+        // A full fence on both sides (with `unwatch`): either the worker
+        // sees a watcher, who then sees the answer, or it sees none and
+        // rings.
+        self.state.store(ANSWERED | if listen { LISTEN } else { 0 }, Ordering::Release);
+        W::full_fence();
+        self.watchers.load(Ordering::Relaxed) > 0
+    }
+
+    /// The worker's side: the answer went another way (it did not fit);
+    /// the mailbox is empty, and listened to if `listen` (as for
+    /// [`answer`](Self::answer)).
+    pub(crate) fn unanswered(&self, listen: bool) {
+        self.state.store(if listen { LISTEN } else { EMPTY }, Ordering::Release);
+    }
+
+    /// Whether an answer waits in it.
+    pub(crate) fn answered(&self) -> bool {
+        self.state.load(Ordering::Acquire) & PHASE == ANSWERED
+    }
+
+    /// Whether a posted task was never taken (its worker died first).
+    pub(crate) fn untaken(&self) -> bool {
+        self.posted()
+    }
+
+    /// Whether an answer waits that no caller watches for.
+    pub(crate) fn unwatched(&self) -> bool {
+        W::full_fence();
+        self.state.load(Ordering::Acquire) & PHASE == ANSWERED && self.watchers.load(Ordering::Relaxed) == 0
+    }
+
+    /// A consumer's side: claims the answer to copy it out; the listening
+    /// bit to give back to [`release`](Self::release).
+    pub(crate) fn claim(&self) -> Option<u32> {
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            if s & PHASE != ANSWERED {
+                return None;
+            }
+            let listen = s & LISTEN;
+            if self.state.compare_exchange(s, TAKING | listen, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                return Some(listen);
+            }
+        }
+    }
+
+    /// A consumer's side: the answer is copied out; the mailbox is empty.
+    pub(crate) fn release(&self, listen: u32) {
+        self.state.store(EMPTY | listen, Ordering::Release);
+    }
+
+    /// A caller starts watching for its answer.
+    pub(crate) fn watch(&self) {
+        self.watchers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A caller stops watching; it must look once more afterwards
+    /// ([`unwatched`](Self::unwatched), whose fence pairs with the
+    /// worker's in [`answer`](Self::answer)).
+    pub(crate) fn unwatch(&self) {
+        self.watchers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where things are in the mapping.
+#[repr(C)]
+struct Header {
+    door: Door<AtomicU32>,
+    _apart: [u8; 120],
+    /// Written before the phase that shows them.
+    task_len: AtomicU32,
+    answer_len: AtomicU32,
+    task_id: AtomicU64,
+    answer_id: AtomicU64,
+}
+
+const TASK_AT: usize = 4096;
+/// The largest task message (its items are at most the direct path's 16
+/// KiB, plus the message around them).
+pub(crate) const TASK_MAX: usize = 20 << 10;
+const ANSWER_AT: usize = TASK_AT + TASK_MAX;
+/// The largest answer: larger ones take the answer ring or the socket.
+pub(crate) const ANSWER_MAX: usize = 64 << 10;
+const BYTES: usize = ANSWER_AT + ANSWER_MAX;
+
+/// One worker's mailbox, as the pool or the worker maps it.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    map: Mapping,
+}
+
+impl Mailbox {
+    /// A new, empty mailbox, made by the supervisor for a worker.
+    pub(crate) fn new() -> io::Result<Mailbox> {
+        Ok(Mailbox { map: Mapping::new("multiproc-mailbox", BYTES)? })
+    }
+
+    /// What the worker is started with to open it.
+    pub(crate) fn handle(&self) -> io::Result<Handle> {
+        self.map.as_fd().try_clone_to_owned().map(Handle::new)
+    }
+
+    /// The worker's side, from what it was started with.
+    pub(crate) fn open(fd: OwnedFd) -> io::Result<Mailbox> {
+        let map = Mapping::open(fd)?;
+        if map.len() < BYTES {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "a worker's mailbox is too short"));
+        }
+        Ok(Mailbox { map })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least `BYTES` long, page-aligned, and
+        // lives as long as `self`; the header's fields are atomics (or
+        // padding), zero-initialised by the memory file.
+        unsafe { &*self.map.as_ptr().cast::<Header>() }
+    }
+
+    pub(crate) fn door(&self) -> &Door<AtomicU32> {
+        &self.header().door
+    }
+
+    /// The caller's side (under the pool's lock): writes task `id`'s
+    /// message and posts it; false, with nothing posted, when the worker
+    /// does not listen or the message does not fit.
+    pub(crate) fn post(&self, id: u64, message: &[u8]) -> bool {
+        let h = self.header();
+        if message.len() > TASK_MAX || h.door.state.load(Ordering::Acquire) != EMPTY | LISTEN {
+            return false;
+        }
+        // SAFETY: the task area is `TASK_MAX` bytes inside the mapping; the
+        // phase is EMPTY, so the worker does not read it, and the pool's
+        // lock makes this the only writer.
+        unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), self.map.as_ptr().add(TASK_AT), message.len()) };
+        h.task_len.store(message.len() as u32, Ordering::Relaxed);
+        h.task_id.store(id, Ordering::Relaxed);
+        h.door.post()
+    }
+
+    /// The worker's side: the posted task's message, if one is; the
+    /// mailbox is then the worker's until it answers.
+    pub(crate) fn take_task(&self, into: &mut Vec<u8>) -> bool {
+        let h = self.header();
+        if !h.door.posted() {
+            return false;
+        }
+        let len = (h.task_len.load(Ordering::Relaxed) as usize).min(TASK_MAX);
+        into.clear();
+        // SAFETY: `len` is within the task area, which nobody writes while
+        // the task is posted.
+        into.extend_from_slice(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(TASK_AT), len) });
+        h.door.took();
+        true
+    }
+
+    /// The id of a task posted and never taken.
+    pub(crate) fn untaken(&self) -> Option<u64> {
+        let h = self.header();
+        h.door.untaken().then(|| h.task_id.load(Ordering::Relaxed))
+    }
+
+    /// The worker's side: answers task `id`, listening from now on if
+    /// `listen`; `None` when the answer does not fit (the worker sends it
+    /// another way and calls [`unanswered`](Self::unanswered)), else
+    /// whether somebody watches.
+    pub(crate) fn answer(&self, id: u64, bytes: &[u8], listen: bool) -> Option<bool> {
+        if bytes.len() > ANSWER_MAX {
+            return None;
+        }
+        let h = self.header();
+        // SAFETY: the answer area is `ANSWER_MAX` bytes inside the mapping;
+        // the phase is BUSY, so nobody else touches it.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_ptr().add(ANSWER_AT), bytes.len()) };
+        h.answer_len.store(bytes.len() as u32, Ordering::Relaxed);
+        h.answer_id.store(id, Ordering::Relaxed);
+        Some(h.door.answer(listen))
+    }
+
+    pub(crate) fn unanswered(&self, listen: bool) {
+        self.door().unanswered(listen);
+    }
+
+    /// The task whose answer waits, if one does.
+    pub(crate) fn answered(&self) -> Option<u64> {
+        let h = self.header();
+        h.door.answered().then(|| h.answer_id.load(Ordering::Relaxed))
+    }
+
+    /// Takes the waiting answer if it is task `id`'s.
+    pub(crate) fn take_answer(&self, id: u64) -> Option<Vec<u8>> {
+        let h = self.header();
+        let listen = h.door.claim()?;
+        let answer = (h.answer_id.load(Ordering::Relaxed) == id).then(|| {
+            let len = (h.answer_len.load(Ordering::Relaxed) as usize).min(ANSWER_MAX);
+            // SAFETY: `len` is within the answer area, which nobody writes
+            // while it is claimed.
+            unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(ANSWER_AT), len) }.to_vec()
+        });
+        match answer {
+            Some(bytes) => {
+                h.door.release(listen);
+                Some(bytes)
+            }
+            None => {
+                // Not the one asked for: left as it was.
+                h.door.state.store(ANSWERED | listen, Ordering::Release);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(multiproc_loom)))]
+mod tests {
+    use super::*;
+
+    fn worker_side(m: &Mailbox) -> Mailbox {
+        Mailbox::open(m.handle().unwrap().into_owned_fd()).unwrap()
+    }
+
+    #[test]
+    fn a_task_goes_in_only_while_the_worker_listens_and_its_answer_comes_out_once() {
+        let pool = Mailbox::new().unwrap();
+        let worker = worker_side(&pool);
+        let mut task = Vec::new();
+        assert!(!pool.post(1, b"not listening"), "a worker asleep takes no mail");
+        assert!(!worker.take_task(&mut task));
+        worker.door().listen();
+        assert!(!pool.post(2, &vec![7; TASK_MAX + 1]), "too long");
+        assert!(pool.post(3, b"task three"));
+        assert!(!pool.post(4, b"one at a time"));
+        assert_eq!(worker.door().stop(), Stop::Task, "a posted task is taken before the worker stops");
+        assert_eq!(pool.untaken(), Some(3));
+        assert!(worker.take_task(&mut task));
+        assert_eq!(task, b"task three");
+        assert_eq!(pool.untaken(), None);
+        assert!(!worker.take_task(&mut task), "taken once");
+        assert_eq!(worker.answer(3, &vec![1; ANSWER_MAX + 1], false), None, "too long");
+        let answer: Vec<u8> = (0..ANSWER_MAX).map(|i| (i % 251) as u8).collect();
+        assert_eq!(worker.answer(3, &answer, false), Some(false), "nobody watches");
+        assert!(worker.door().unwatched());
+        assert_eq!(pool.answered(), Some(3));
+        assert!(!pool.post(5, b"the answer is still in"));
+        assert_eq!(pool.take_answer(9), None, "not task 9's");
+        assert_eq!(pool.take_answer(3), Some(answer));
+        assert_eq!(pool.take_answer(3), None, "taken once");
+        assert_eq!(pool.answered(), None);
+        // A worker that answered listens only once it says so.
+        assert!(!pool.post(6, b"six"));
+        worker.door().listen();
+        assert!(pool.post(6, b"six"));
+        assert!(worker.take_task(&mut task));
+        pool.door().watch();
+        assert_eq!(worker.answer(6, b"watched", true), Some(true));
+        assert!(!worker.door().unwatched());
+        pool.door().unwatch();
+        assert!(worker.door().unwatched());
+        // It listens with the answer not taken yet, then stops.
+        assert!(!pool.post(7, b"the answer is still in"));
+        assert_eq!(worker.door().stop(), Stop::Stopped);
+        assert_eq!(pool.take_answer(6).as_deref(), Some(&b"watched"[..]));
+        assert!(!pool.post(7, b"it stopped listening"));
+        worker.door().listen();
+        assert!(pool.post(7, b"listening again"));
+    }
+
+    #[test]
+    fn an_answer_that_did_not_fit_leaves_the_mailbox_empty_and_not_listening() {
+        let pool = Mailbox::new().unwrap();
+        let worker = worker_side(&pool);
+        let mut task = Vec::new();
+        worker.door().listen();
+        assert!(pool.post(1, b"one"));
+        assert!(worker.take_task(&mut task));
+        worker.unanswered(false);
+        assert_eq!(pool.answered(), None);
+        assert!(!pool.post(2, b"two"), "a worker that does not look takes no mail");
+        worker.door().listen();
+        assert!(pool.post(2, b"two"));
+        assert!(worker.take_task(&mut task));
+        worker.unanswered(true);
+        assert!(pool.post(3, b"three"), "one that will look does");
+    }
+
+    #[test]
+    fn a_short_file_is_refused() {
+        let short = Mapping::new("short", 4096).unwrap();
+        let fd = short.as_fd().try_clone_to_owned().unwrap();
+        assert_eq!(Mailbox::open(fd).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+}
+
+#[cfg(all(test, multiproc_loom))]
+mod model {
+    //! The door under loom: a worker, a caller and the supervisor, the
+    //! same code with loom's atomics.
+    use super::*;
+    use loom::sync::Arc;
+    use loom::sync::atomic::{AtomicBool as LoomBool, AtomicU32 as LoomU32, AtomicU64 as LoomU64};
+
+    /// The door plus stand-ins for the task and answer areas.
+    struct Box_ {
+        door: Door<LoomU32>,
+        task: LoomU64,
+        answer: LoomU64,
+        /// How many times the answer was taken.
+        taken: LoomU32,
+        /// The supervisor was told to look (rung by the worker, or woken by
+        /// a caller that stopped watching with an answer there).
+        told: LoomBool,
+    }
+
+    impl Box_ {
+        /// Takes the answer if it is there, as `Mailbox::take_answer`.
+        fn take(&self) {
+            if let Some(listen) = self.door.claim() {
+                assert_eq!(self.answer.load(Ordering::Relaxed), 43, "the answer's bytes come before its phase");
+                self.taken.fetch_add(1, Ordering::Relaxed);
+                self.door.release(listen);
+            }
+        }
+    }
+
+    /// A caller posts a task to a worker that may stop listening at the
+    /// same moment; the worker answers; the caller watches for the answer
+    /// a moment and then stops, as `supervisor::Watch` does, while the
+    /// supervisor, awake, takes any answer nobody watches. Either the task
+    /// is refused (the worker stopped first) or it is taken, and its
+    /// answer is taken at most once, with the bytes the worker wrote; one
+    /// that is left is one the supervisor was told to look for.
+    #[test]
+    fn every_posted_task_is_answered_once_and_someone_takes_the_answer() {
+        let mut builder = loom::model::Builder::new();
+        if builder.preemption_bound.is_none() {
+            builder.preemption_bound = Some(3);
+        }
+        builder.check(|| {
+            let b = Arc::new(Box_ {
+                door: Door::new(),
+                task: LoomU64::new(0),
+                answer: LoomU64::new(0),
+                taken: LoomU32::new(0),
+                told: LoomBool::new(false),
+            });
+            b.door.listen();
+            let worker = {
+                let b = b.clone();
+                loom::thread::spawn(move || {
+                    // Looks once; then stops listening unless a task came.
+                    let got = b.door.posted() || b.door.stop() == Stop::Task;
+                    if !got {
+                        return false;
+                    }
+                    assert_eq!(b.task.load(Ordering::Relaxed), 42, "the task's bytes come before its phase");
+                    b.door.took();
+                    b.answer.store(43, Ordering::Relaxed);
+                    if !b.door.answer(true) {
+                        b.told.store(true, Ordering::SeqCst);
+                    }
+                    true
+                })
+            };
+            let caller = {
+                let b = b.clone();
+                loom::thread::spawn(move || {
+                    b.task.store(42, Ordering::Relaxed);
+                    if !b.door.post() {
+                        return false;
+                    }
+                    b.door.watch();
+                    b.take();
+                    b.door.unwatch();
+                    if b.door.unwatched() {
+                        b.told.store(true, Ordering::SeqCst);
+                    }
+                    b.take();
+                    true
+                })
+            };
+            let supervisor = {
+                let b = b.clone();
+                loom::thread::spawn(move || {
+                    if b.door.unwatched() {
+                        b.take();
+                    }
+                })
+            };
+            let took = worker.join().unwrap();
+            let posted = caller.join().unwrap();
+            supervisor.join().unwrap();
+            assert_eq!(posted, took, "a posted task is taken, a refused one is not");
+            if posted && b.taken.load(Ordering::Relaxed) == 0 {
+                assert!(b.told.load(Ordering::SeqCst), "an answer left with nobody to take it");
+                b.take();
+            }
+            assert_eq!(b.taken.load(Ordering::Relaxed), u32::from(posted), "answered once, taken once");
+        });
+    }
+}
