@@ -476,14 +476,18 @@ fn deliver(books: &Books, fields: &HashMap<String, Vec<u8>>) {
     let task = sent.task;
     match crate::reduction::decode_plain::<ResultMessage>(body) {
         Ok(ResultMessage::Outcome { outcome, worker, pid }) => {
-            task.sink.deliver_with(task.base, RawItem::Outcome { outcome, fds: Vec::new(), worker, pid }, task.args(0));
+            task.sink.deliver_with(
+                task.base,
+                RawItem::Outcome { outcome, fds: Vec::new(), worker: worker.into(), pid },
+                task.args(0),
+            );
         }
         Ok(ResultMessage::Batch { outcome, worker, pid, count: _ }) => {
             // The count is ours, not what came from Redis: a wrong one
             // there cannot make us allocate for it.
             task.sink.deliver_with(
                 task.base,
-                RawItem::Batch { outcome, fds: Vec::new(), worker, pid, count: task.calls },
+                RawItem::Batch { outcome, fds: Vec::new(), worker: worker.into(), pid, count: task.calls },
                 task.args(0),
             );
         }

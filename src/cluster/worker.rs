@@ -212,11 +212,13 @@ impl Sink for TaskSink {
         };
         match item {
             RawItem::Outcome { outcome, fds, worker, pid } => match travelling(outcome, fds) {
-                Ok(outcome) => send(Done::Answer(ResultMessage::Outcome { outcome, worker, pid })),
+                Ok(outcome) => send(Done::Answer(ResultMessage::Outcome { outcome, worker: worker.to_string(), pid })),
                 Err(why) => send(Done::Answer(ResultMessage::Failed(Failure::Other(why)))),
             },
             RawItem::Batch { outcome, fds, worker, pid, count } => match travelling(outcome, fds) {
-                Ok(outcome) => send(Done::Answer(ResultMessage::Batch { outcome, worker, pid, count })),
+                Ok(outcome) => {
+                    send(Done::Answer(ResultMessage::Batch { outcome, worker: worker.to_string(), pid, count }))
+                }
                 Err(why) => send(Done::Answer(ResultMessage::Failed(Failure::Other(why)))),
             },
             RawItem::Failed(e) => {

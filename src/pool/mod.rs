@@ -907,7 +907,7 @@ impl Pool {
         results
             .into_iter()
             .flat_map(|(outcome, worker, pid)| {
-                result::RawItem::Outcome { outcome, fds: Vec::new(), worker, pid }.into_results::<T>()
+                result::RawItem::Outcome { outcome, fds: Vec::new(), worker: worker.into(), pid }.into_results::<T>()
             })
             .collect()
     }

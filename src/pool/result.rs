@@ -23,8 +23,8 @@ use crate::{Error, Result};
 /// Results as they come from a worker, before they are decoded: one call's,
 /// or a whole chunk's.
 pub(crate) enum RawItem {
-    Outcome { outcome: Outcome, fds: Vec<OwnedFd>, worker: String, pid: i32 },
-    Batch { outcome: Outcome, fds: Vec<OwnedFd>, worker: String, pid: i32, count: usize },
+    Outcome { outcome: Outcome, fds: Vec<OwnedFd>, worker: Arc<str>, pid: i32 },
+    Batch { outcome: Outcome, fds: Vec<OwnedFd>, worker: Arc<str>, pid: i32, count: usize },
     Failed(Error),
 }
 
@@ -40,7 +40,7 @@ impl RawItem {
     /// places in the chunk, without a vector for a single one.
     pub(crate) fn each_result<R: DeserializeOwned>(self, mut each: impl FnMut(usize, Result<R>)) {
         match self {
-            RawItem::Outcome { outcome, fds, worker, pid } => each(0, outcome_into_result(outcome, fds, worker, pid)),
+            RawItem::Outcome { outcome, fds, worker, pid } => each(0, outcome_into_result(outcome, fds, &worker, pid)),
             RawItem::Failed(e) => each(0, Err(e)),
             RawItem::Batch { outcome, fds, worker, pid, count } => {
                 for (k, result) in batch_results(outcome, fds, worker, pid, count).into_iter().enumerate() {
@@ -55,7 +55,7 @@ impl RawItem {
 fn batch_results<R: DeserializeOwned>(
     outcome: Outcome,
     fds: Vec<OwnedFd>,
-    worker: String,
+    worker: Arc<str>,
     pid: i32,
     count: usize,
 ) -> Vec<Result<R>> {
@@ -65,7 +65,7 @@ fn batch_results<R: DeserializeOwned>(
                 .into_iter()
                 .map(|item| match item {
                     ItemResult::Ok(v) => Ok(v),
-                    ItemResult::Err(o) => outcome_into_result(o, Vec::new(), worker.clone(), pid),
+                    ItemResult::Err(o) => outcome_into_result(o, Vec::new(), &worker, pid),
                 })
                 .collect(),
             Ok(items) => (0..count)
@@ -78,7 +78,7 @@ fn batch_results<R: DeserializeOwned>(
                 .collect(),
         },
         // The chunk as a whole failed (its arguments could not be decoded).
-        outcome => (0..count).map(|_| outcome_into_result(outcome.clone(), Vec::new(), worker.clone(), pid)).collect(),
+        outcome => (0..count).map(|_| outcome_into_result(outcome.clone(), Vec::new(), &worker, pid)).collect(),
     }
 }
 
@@ -691,7 +691,7 @@ impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
                     if k < count && failed.is_none() {
                         match result {
                             ItemResult::Ok(v) => Self::place(&mut values, index + k, v, &self.progress),
-                            ItemResult::Err(o) => match outcome_into_result::<R>(o, Vec::new(), worker.clone(), pid) {
+                            ItemResult::Err(o) => match outcome_into_result::<R>(o, Vec::new(), &worker, pid) {
                                 Ok(v) => Self::place(&mut values, index + k, v, &self.progress),
                                 Err(e) => failed = Some((k, e)),
                             },

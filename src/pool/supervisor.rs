@@ -492,7 +492,7 @@ fn deliver(
     task: &Task,
     items: Vec<(crate::wire::Outcome, u32, u64)>,
     fds: Vec<OwnedFd>,
-    name: &str,
+    name: &Arc<str>,
     pid: i32,
 ) {
     {
@@ -505,7 +505,7 @@ fn deliver(
     let mut fds = fds.into_iter();
     for (k, (outcome, nfds, _)) in items.into_iter().enumerate() {
         let fds: Vec<OwnedFd> = fds.by_ref().take(nfds as usize).collect();
-        let worker = name.to_owned();
+        let worker = name.clone();
         let item = if task.batch {
             RawItem::Batch { outcome, fds, worker, pid, count: task.calls }
         } else {

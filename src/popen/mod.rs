@@ -214,7 +214,7 @@ impl Child {
         };
         let outcome: Outcome = reduction::decode_plain(&frame.bytes)
             .map_err(|e| Error::Protocol(format!("undecodable answer from {name}: {e}")))?;
-        outcome_into_result(outcome, frame.fds, name, pid)
+        outcome_into_result(outcome, frame.fds, &name, pid)
     }
 }
 
@@ -223,7 +223,7 @@ impl Child {
 pub(crate) fn outcome_into_result<R: DeserializeOwned>(
     outcome: Outcome,
     fds: Vec<OwnedFd>,
-    name: String,
+    name: &str,
     pid: i32,
 ) -> Result<R> {
     match outcome {
@@ -233,7 +233,7 @@ pub(crate) fn outcome_into_result<R: DeserializeOwned>(
             message,
         }),
         Outcome::Panicked { message, location, backtrace } => {
-            Err(Error::Panicked { name, pid, message, location, backtrace })
+            Err(Error::Panicked { name: name.to_owned(), pid, message, location, backtrace })
         }
         Outcome::Codec { what, decode: true, message } => Err(Error::Decode { what, side: Side::Child, message }),
         Outcome::Codec { what, decode: false, message } => Err(Error::Encode { what, side: Side::Child, message }),

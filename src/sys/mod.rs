@@ -220,10 +220,18 @@ pub(crate) fn spin_until<T>(until: Instant, look: impl FnMut() -> Option<T>) -> 
 /// pause between looks instead of a yield (a system call): for two parties
 /// that answer each other within microseconds, one on each core.
 pub(crate) fn spin_until_paused<T>(until: Instant, pause: Duration, mut look: impl FnMut() -> Option<T>) -> Option<T> {
-    let pause_until = if pause.is_zero() { None } else { Some(Instant::now() + pause) };
+    let mut pause_until = if pause.is_zero() { None } else { Some(Instant::now() + pause) };
+    let mut turn = 0u32;
     loop {
+        turn = turn.wrapping_add(1);
         if let Some(found) = look() {
             return Some(found);
+        }
+        // While pausing, the clock only now and then: a look at it costs as
+        // much as a look, and delays seeing what comes as much.
+        if pause_until.is_some() && !turn.is_multiple_of(8) {
+            std::hint::spin_loop();
+            continue;
         }
         let now = Instant::now();
         if now >= until {
@@ -232,6 +240,7 @@ pub(crate) fn spin_until_paused<T>(until: Instant, pause: Duration, mut look: im
         if pause_until.is_some_and(|p| now < p) {
             std::hint::spin_loop();
         } else {
+            pause_until = None;
             std::thread::yield_now();
         }
     }
