@@ -1039,12 +1039,15 @@ impl Supervisor {
         self.read_replies(i);
         let mut w = self.workers.remove(i);
         // A task posted to its mailbox that it never took did not run: it
-        // goes back to the queue, not down with the worker.
+        // goes back to the queue, not down with the worker (unless its
+        // caller cancelled it: then it never runs).
         if let Some(id) = w.answers.mailbox().and_then(|m| m.untaken())
             && let Some(at) = w.inflight.iter().position(|(tid, _)| *tid == id)
         {
             let (_, task) = w.inflight.remove(at).expect("found");
-            self.shared.lock().pending.push_front(task);
+            if !task.sink.cancelled() {
+                self.shared.lock().pending.push_front(task);
+            }
         }
         self.shared.lock().pids.remove(&w.index);
         let code = match w.process.join_timeout(Duration::from_secs(5)) {
@@ -1096,7 +1099,8 @@ impl Supervisor {
                 running.fail(died);
             }
         }
-        let requeue: Vec<Task> = inflight.into_iter().map(|(_, t)| t).collect();
+        // What it never started goes back, unless its caller cancelled it.
+        let requeue: Vec<Task> = inflight.into_iter().map(|(_, t)| t).filter(|t| !t.sink.cancelled()).collect();
         let more_work = {
             let mut st = self.shared.lock();
             for t in requeue.into_iter().rev() {
