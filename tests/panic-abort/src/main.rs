@@ -36,6 +36,11 @@ pub fn main() {
     let pool = Pool::new(2).expect("pool");
     let e = pool.map_chunksize(check, 0..10, 3).expect_err("item 5 panics");
     println!("map: item {:?} {}", e.item_index(), told(&e));
+    // Round trips first, so that the panicking call is likely to go by
+    // mail to a worker listening for it.
+    for n in 0..50 {
+        assert_eq!(pool.apply(check, (n % 5,)).expect("a round trip"), n % 5 * 10);
+    }
     let e = pool.apply(check, (5,)).expect_err("the call panics");
     println!("apply: {}", told(&e));
     println!("then: {:?}", pool.map(check, 0..4).expect("the pool goes on"));
