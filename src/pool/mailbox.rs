@@ -107,6 +107,12 @@ impl<W: Word32> Door<W> {
         self.state.compare_exchange(EMPTY | LISTEN, TASK | LISTEN, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
+    /// Whether the worker listens now (for tests).
+    #[cfg(test)]
+    pub(crate) fn listening(&self) -> bool {
+        self.state.load(Ordering::Acquire) & LISTEN != 0
+    }
+
     /// The worker's side: whether a task is posted.
     pub(crate) fn posted(&self) -> bool {
         self.state.load(Ordering::Acquire) & PHASE == TASK

@@ -1226,4 +1226,74 @@ mod tests {
         assert_eq!(default_chunksize(1_000_000, 2), 125_000);
         assert_eq!(default_chunksize(1_000_001, 2), 125_001);
     }
+
+    fn inc(x: u64) -> u64 {
+        x + 1
+    }
+
+    /// Whether process `pid` is stopped (by a signal) now.
+    fn stopped(pid: i32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T'))
+    }
+
+    /// Makes the pool's one worker listen, and stops it (SIGSTOP) while it
+    /// does: what is posted to its mailbox now stays there untaken.
+    fn a_stopped_listener(pool: &super::Pool) -> (i32, std::sync::Arc<super::mailbox::Mailbox>) {
+        use nix::sys::signal::{Signal, kill};
+        let guard = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            assert!(std::time::Instant::now() < guard, "never caught the worker listening");
+            // After a call like this one the worker listens for its next.
+            assert_eq!(pool.apply(inc, (1,)).unwrap(), 2);
+            let Some((pid, mailbox)) = pool.shared.offered_mailboxes().pop() else { continue };
+            kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+            while !stopped(pid) {
+                assert!(std::time::Instant::now() < guard, "the worker never stopped");
+                std::thread::yield_now();
+            }
+            if mailbox.door().listening() {
+                return (pid, mailbox);
+            }
+            // It had stopped listening before the signal landed: again.
+            kill(nix::unistd::Pid::from_raw(pid), Signal::SIGCONT).unwrap();
+        }
+    }
+
+    fn mark(path: String) {
+        std::fs::write(path, b"ran").unwrap();
+    }
+
+    /// A task posted to a listening worker's mailbox that the worker never
+    /// took (it was stopped while listening, then killed) runs on the
+    /// worker that replaces it and gives its value, instead of failing
+    /// with a death it had nothing to do with; unless its caller cancelled
+    /// it: then it never runs.
+    #[cfg(not(multiproc_loom))]
+    #[test]
+    fn a_posted_task_a_dead_worker_never_took_runs_elsewhere_unless_cancelled() {
+        use nix::sys::signal::{Signal, kill};
+        let pool = super::Pool::builder().processes(1).start_method(crate::StartMethod::Fork).build().unwrap();
+        let (pid, mailbox) = a_stopped_listener(&pool);
+        let r = pool.apply_async(inc, (41,));
+        assert!(mailbox.untaken().is_some(), "the call went by mail and waits there");
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        assert_eq!(r.get().unwrap(), 42);
+        assert!(!pool.pids().contains(&pid));
+
+        let dir = std::env::temp_dir().join(format!("multiproc-untaken-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("ran");
+        let (pid, mailbox) = a_stopped_listener(&pool);
+        let r = pool.apply_async(mark, (marker.to_string_lossy().into_owned(),));
+        assert!(mailbox.untaken().is_some(), "the call went by mail and waits there");
+        assert!(r.cancel());
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        // The next call runs after anything put back in the queue would have.
+        assert_eq!(pool.apply(inc, (7,)).unwrap(), 8);
+        assert!(!marker.exists(), "a cancelled call ran");
+        std::fs::remove_dir_all(&dir).unwrap();
+        pool.close();
+        pool.join().unwrap();
+    }
 }

@@ -412,6 +412,12 @@ impl Shared {
         self.stopped.notify_all();
     }
 
+    /// The mailboxes of the workers on offer now (for tests).
+    #[cfg(test)]
+    pub(crate) fn offered_mailboxes(&self) -> Vec<(i32, Arc<Mailbox>)> {
+        self.lock().offered.iter().map(|o| (o.pid, o.mailbox.clone())).collect()
+    }
+
     /// Blocks until the supervisor has stopped.
     pub(crate) fn wait_stopped(&self) {
         let mut st = self.lock();
