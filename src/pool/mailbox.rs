@@ -108,7 +108,7 @@ impl<W: Word32> Door<W> {
     }
 
     /// Whether the worker listens now (for tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(multiproc_loom)))]
     pub(crate) fn listening(&self) -> bool {
         self.state.load(Ordering::Acquire) & LISTEN != 0
     }

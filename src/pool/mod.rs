@@ -1227,16 +1227,19 @@ mod tests {
         assert_eq!(default_chunksize(1_000_001, 2), 125_001);
     }
 
+    #[cfg(not(multiproc_loom))]
     fn inc(x: u64) -> u64 {
         x + 1
     }
 
+    #[cfg(not(multiproc_loom))]
     /// Whether process `pid` is stopped (by a signal) now.
     fn stopped(pid: i32) -> bool {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T'))
     }
 
+    #[cfg(not(multiproc_loom))]
     /// Makes the pool's one worker listen, and stops it (SIGSTOP) while it
     /// does: what is posted to its mailbox now stays there untaken.
     fn a_stopped_listener(pool: &super::Pool) -> (i32, std::sync::Arc<super::mailbox::Mailbox>) {
@@ -1260,6 +1263,7 @@ mod tests {
         }
     }
 
+    #[cfg(not(multiproc_loom))]
     fn mark(path: String) {
         std::fs::write(path, b"ran").unwrap();
     }

@@ -413,7 +413,7 @@ impl Shared {
     }
 
     /// The mailboxes of the workers on offer now (for tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(multiproc_loom)))]
     pub(crate) fn offered_mailboxes(&self) -> Vec<(i32, Arc<Mailbox>)> {
         self.lock().offered.iter().map(|o| (o.pid, o.mailbox.clone())).collect()
     }
