@@ -71,20 +71,23 @@ fn round_trips_one_at_a_time_lose_no_task() {
 
 /// Results nobody waits for still arrive: a call posted to a listening
 /// worker's mailbox whose caller does not wait (it only registered a
-/// callback) is answered by mail with no caller watching; the worker rings
-/// the pool's thread, which delivers it. Round trips with and without a
-/// waiter alternate, so every call finds the worker listening.
+/// callback, or awaits it) is answered by mail with no caller watching; the
+/// worker rings the pool's thread, which delivers it. Round trips with and
+/// without a waiter alternate, so every call finds the worker listening.
 #[test]
 fn answers_nobody_waits_for_still_arrive() {
     let p = pool(1, StartMethod::Fork);
     let (tx, rx) = mpsc::channel();
-    for i in 0..2000u64 {
-        if i % 2 == 0 {
-            assert_eq!(p.apply(inc, (i,)).unwrap(), i + 1);
-        } else {
-            let tx = tx.clone();
-            let _r = p.apply_async(inc, (i,)).callback(move |v| tx.send(*v).unwrap());
-            assert_eq!(rx.recv_timeout(GUARD), Ok(i + 1), "call {i} never arrived");
+    for i in 0..3000u64 {
+        match i % 3 {
+            0 => assert_eq!(p.apply(inc, (i,)).unwrap(), i + 1),
+            1 => {
+                let tx = tx.clone();
+                let _r = p.apply_async(inc, (i,)).callback(move |v| tx.send(*v).unwrap());
+                assert_eq!(rx.recv_timeout(GUARD), Ok(i + 1), "call {i} never arrived");
+            }
+            // Awaited: a future does not spin, so it does not watch either.
+            _ => assert_eq!(futures_lite::future::block_on(p.apply_async(inc, (i,))).unwrap(), i + 1),
         }
     }
     p.close();
