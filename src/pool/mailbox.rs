@@ -55,15 +55,20 @@ pub(crate) enum Stop {
 /// The mailbox's protocol: its state word and the number of callers
 /// watching for an answer.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Door<W> {
     state: W,
+    /// Keeps `watchers` off the state's cache line: the worker spins on
+    /// the state, and a caller's count of itself there would take the
+    /// line from it twice per round trip.
+    _apart: [u8; 60],
     watchers: W,
 }
 
 impl<W: Word32> Door<W> {
     #[cfg(all(test, multiproc_loom))]
     pub(crate) fn new() -> Door<W> {
-        Door { state: W::new(EMPTY), watchers: W::new(0) }
+        Door { state: W::new(EMPTY), _apart: [0; 60], watchers: W::new(0) }
     }
 
     /// The worker's side: listens from now on.
@@ -197,7 +202,7 @@ impl<W: Word32> Door<W> {
 #[repr(C)]
 struct Header {
     door: Door<AtomicU32>,
-    _apart: [u8; 120],
+    _apart: [u8; 60],
     /// Written before the phase that shows them.
     task_len: AtomicU32,
     answer_len: AtomicU32,
