@@ -265,6 +265,8 @@ const SOCKET_EVERY: std::time::Duration = std::time::Duration::from_micros(20);
 /// task sent while the worker did not listen, `Exit`). Stops listening
 /// before it returns, unless a task was posted first: that one is taken.
 fn listen(mailbox: &Mailbox, reader: &mut Reader, conn: BorrowedFd<'_>, mail: &mut Vec<u8>) -> Heard {
+    // Sharing a processor with the caller: sleep on the mailbox instead.
+    let crowded = mailbox.poster_shares_my_cpu();
     mailbox.door().listen();
     let began = std::time::Instant::now();
     let mut read = None;
@@ -300,8 +302,12 @@ fn listen(mailbox: &Mailbox, reader: &mut Reader, conn: BorrowedFd<'_>, mail: &m
                 Stop::Task | Stop::Wait => {}
             }
         }
-        if elapsed < PAUSE_FOR {
-            std::hint::spin_loop();
+        if crowded {
+            // Woken by a post, or at the next look at the socket.
+            mailbox.sleep_until(began + socket_at.min(NEXT_TASK_SPIN));
+            elapsed = began.elapsed();
+        } else if elapsed < PAUSE_FOR {
+            crate::sys::pause_turn(turn);
         } else {
             std::thread::yield_now();
         }

@@ -73,3 +73,9 @@ pub(crate) fn wake(seq: &AtomicU32, all: bool) {
     // mean nobody is woken, which a waiter's deadline or recheck covers.
     let _ = futex::wake(seq, futex::Flags::empty(), n);
 }
+
+/// Wakes one sleeper on `word`, leaving the word as it is: for a protocol
+/// whose waker has changed the word itself (the pool's mailbox).
+pub(crate) fn wake_one(word: &AtomicU32) {
+    let _ = futex::wake(word, futex::Flags::empty(), 1);
+}
