@@ -43,6 +43,11 @@ const LISTEN: u32 = 1 << 8;
 /// task must wake it. Only ever set with `EMPTY | LISTEN`.
 const SLEEP: u32 = 1 << 9;
 
+/// How long either side, waiting for the other, looks with the processor's
+/// pause before it yields between looks: an answer or the next task
+/// usually comes within a microsecond or two, and a yield is a system call.
+pub(crate) const PAUSE_FOR: std::time::Duration = std::time::Duration::from_micros(10);
+
 /// What [`Door::stop`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stop {
@@ -183,11 +188,6 @@ impl<W: Word32> Door<W> {
     /// Whether an answer waits in it.
     pub(crate) fn answered(&self) -> bool {
         self.state.load(Ordering::Acquire) & PHASE == ANSWERED
-    }
-
-    /// Whether a posted task was never taken (its worker died first).
-    pub(crate) fn untaken(&self) -> bool {
-        self.posted()
     }
 
     /// Whether an answer waits that no caller watches for.
@@ -360,7 +360,7 @@ impl Mailbox {
     /// The id of a task posted and never taken.
     pub(crate) fn untaken(&self) -> Option<u64> {
         let h = self.header();
-        h.door.untaken().then(|| h.task_id.load(Ordering::Relaxed))
+        h.door.posted().then(|| h.task_id.load(Ordering::Relaxed))
     }
 
     /// The worker's side: answers task `id`, listening from now on if

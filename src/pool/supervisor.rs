@@ -33,7 +33,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::pool::answers::{self, Answers};
-use crate::pool::mailbox::Mailbox;
+use crate::pool::mailbox::{self, Mailbox};
 use crate::pool::result::{Args, RawItem, Sink};
 use crate::pool::stats::{Recorder, RestartReason};
 use crate::pool::worker::{Init, Worker};
@@ -134,6 +134,21 @@ pub(crate) struct State {
     /// The pool has a task timeout: a handed task must wake the supervisor
     /// (it times the task).
     timed: bool,
+}
+
+impl State {
+    /// Puts worker `index`, which has just become free, back on offer
+    /// (as `offer` makes it), unless tasks are queued (the supervisor gives
+    /// it one) or it is on offer or handed a task already; whether it was.
+    fn offer_again(&mut self, index: usize, offer: impl FnOnce() -> Offered) -> bool {
+        let again = self.pending.is_empty()
+            && !self.offered.iter().any(|o| o.index == index)
+            && !self.handed.iter().any(|h| h.index == index);
+        if again {
+            self.offered.push(offer());
+        }
+        again
+    }
 }
 
 /// An idle worker on offer: its index, (a duplicate of) its socket, its
@@ -358,9 +373,7 @@ impl Shared {
         let (name, pid) = (offered.name.clone(), offered.pid);
         // Back on offer at once, as the supervisor does with a worker whose
         // last result it read: its caller may send the next task now.
-        if st.pending.is_empty() && !st.offered.iter().any(|o| o.index == offered.index) {
-            st.offered.push(offered);
-        }
+        st.offer_again(offered.index, || offered);
         drop(st);
         match reduction::decode_plain::<FromWorker>(&bytes) {
             Ok(FromWorker::Done { items, .. }) => {
@@ -454,7 +467,7 @@ impl Watch {
         let door = self.mailbox.door();
         door.watch();
         let mut watching = true;
-        let found = sys::spin_until_paused(until, PAUSE_FOR, || {
+        let found = sys::spin_until_paused(until, mailbox::PAUSE_FOR, || {
             if let Some(found) = find() {
                 return Some(found);
             }
@@ -485,11 +498,6 @@ impl Watch {
         }
     }
 }
-
-/// How long a watching caller looks with the processor's pause before it
-/// yields between looks (the worker's answer usually comes within
-/// microseconds, and a yield is a system call).
-const PAUSE_FOR: Duration = Duration::from_micros(10);
 
 /// Delivers a worker's results for `task` to its sink, and records them.
 fn deliver(
@@ -956,15 +964,17 @@ impl Supervisor {
     /// Takes the answer in a worker's mailbox, unless a caller watches for
     /// it and can still take it itself (its task not taken over yet).
     fn read_mailbox(&mut self, i: usize) {
-        let Some(mailbox) = self.workers[i].answers.mailbox().cloned() else { return };
+        let w = &self.workers[i];
+        let Some(mailbox) = w.answers.mailbox() else { return };
         let Some(id) = mailbox.answered() else { return };
-        if !self.workers[i].inflight.iter().any(|(tid, _)| *tid == id) {
+        if !w.inflight.iter().any(|(tid, _)| *tid == id) {
             if !mailbox.door().unwatched() {
                 return;
             }
             absorb(&mut self.workers, &mut self.shared.lock());
         }
-        if let Some(bytes) = mailbox.take_answer(id)
+        let taken = self.workers[i].answers.mailbox().and_then(|m| m.take_answer(id));
+        if let Some(bytes) = taken
             && let Ok(msg) = reduction::decode_plain::<FromWorker>(&bytes)
         {
             self.on_reply(i, msg, Vec::new());
@@ -1018,16 +1028,9 @@ impl Supervisor {
                 // and this worker, just done, is the one still awake
                 // (on top: offers are taken from the end).
                 let free = w.inflight.is_empty() && w.outbox.is_empty() && w.ready && !w.exited && !w.timed_out;
-                if free && self.config.maxtasks.is_none() {
-                    let mut st = self.shared.lock();
-                    let index = w.index;
-                    if st.pending.is_empty()
-                        && !st.offered.iter().any(|o| o.index == index)
-                        && !st.handed.iter().any(|h| h.index == index)
-                    {
-                        st.offered.push(Offered::of(w));
-                        self.spin_until = Some(now + OFFER_SPIN);
-                    }
+                if free && self.config.maxtasks.is_none() && self.shared.lock().offer_again(w.index, || Offered::of(w))
+                {
+                    self.spin_until = Some(now + OFFER_SPIN);
                 }
                 deliver(&self.shared, w.index, &task, items, fds, &name, pid);
             }
@@ -1045,16 +1048,14 @@ impl Supervisor {
         self.read_replies(i);
         let mut w = self.workers.remove(i);
         // A task posted to its mailbox that it never took did not run: it
-        // goes back to the queue, not down with the worker (unless its
-        // caller cancelled it: then it never runs).
-        if let Some(id) = w.answers.mailbox().and_then(|m| m.untaken())
-            && let Some(at) = w.inflight.iter().position(|(tid, _)| *tid == id)
-        {
-            let (_, task) = w.inflight.remove(at).expect("found");
-            if !task.sink.cancelled() {
-                self.shared.lock().pending.push_front(task);
-            }
-        }
+        // goes back to the queue with the others it never started, not
+        // down with the worker.
+        let untaken = w
+            .answers
+            .mailbox()
+            .and_then(|m| m.untaken())
+            .and_then(|id| w.inflight.iter().position(|(tid, _)| *tid == id))
+            .and_then(|at| w.inflight.remove(at));
         self.shared.lock().pids.remove(&w.index);
         let code = match w.process.join_timeout(Duration::from_secs(5)) {
             Ok(Some(())) => 0,
@@ -1106,7 +1107,8 @@ impl Supervisor {
             }
         }
         // What it never started goes back, unless its caller cancelled it.
-        let requeue: Vec<Task> = inflight.into_iter().map(|(_, t)| t).filter(|t| !t.sink.cancelled()).collect();
+        let requeue: Vec<Task> =
+            untaken.into_iter().chain(inflight).map(|(_, t)| t).filter(|t| !t.sink.cancelled()).collect();
         let more_work = {
             let mut st = self.shared.lock();
             for t in requeue.into_iter().rev() {

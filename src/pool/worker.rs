@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use serde::{Deserialize, Serialize};
 
 use super::answers::Answers;
-use super::mailbox::{Mailbox, Stop};
+use super::mailbox::{Mailbox, PAUSE_FOR, Stop};
 use crate::Handle;
 use crate::bootstrap::{resolve, run_target};
 use crate::process::{EntryFn, Reply, Run};
@@ -215,14 +215,15 @@ impl Run for Worker {
                 Some(m) if from_mailbox && borrowed.is_empty() => m.answer(id, &answer, listen_next),
                 _ => None,
             };
-            let sent = match (&answers, mailed) {
-                (_, Some(true)) => true,
-                (Some(a), Some(false)) => !a.must_ring() || send(conn.as_fd(), &FromWorker::Bell, &[]),
-                (None, Some(false)) => send(conn.as_fd(), &FromWorker::Bell, &[]),
-                (Some(a), None) if borrowed.is_empty() && a.put(&answer) => {
-                    !a.must_ring() || send(conn.as_fd(), &FromWorker::Bell, &[])
-                }
-                _ => frame::send(conn.as_fd(), &answer, &borrowed).is_ok(),
+            // An answer in shared memory: the supervisor must hear of it if
+            // it sleeps (or, without the ring's bell, always).
+            let ring =
+                || answers.as_ref().is_some_and(|a| !a.must_ring()) || send(conn.as_fd(), &FromWorker::Bell, &[]);
+            let sent = match mailed {
+                Some(true) => true,
+                Some(false) => ring(),
+                None if borrowed.is_empty() && answers.as_ref().is_some_and(|a| a.put(&answer)) => ring(),
+                None => frame::send(conn.as_fd(), &answer, &borrowed).is_ok(),
             };
             if from_mailbox
                 && mailed.is_none()
@@ -250,11 +251,6 @@ enum Heard {
     Frame(std::io::Result<Progress>),
 }
 
-/// How long a listening worker looks with the processor's pause before it
-/// yields between looks: a caller that waits for each result posts the
-/// next within a few microseconds, and a yield is a system call.
-const PAUSE_FOR: std::time::Duration = std::time::Duration::from_micros(10);
-
 /// How often a listening worker looks at its socket: what comes that way
 /// while it listens (the supervisor's queued tasks, `Exit`) is rare, and a
 /// look is a system call, during which a posted task waits.
@@ -270,25 +266,27 @@ fn listen(mailbox: &Mailbox, reader: &mut Reader, conn: BorrowedFd<'_>, mail: &m
     mailbox.door().listen();
     let began = std::time::Instant::now();
     let mut read = None;
-    let mut socket_at = SOCKET_EVERY;
-    let mut elapsed = std::time::Duration::ZERO;
-    let mut turn = 0u32;
     loop {
-        turn = turn.wrapping_add(1);
-        if mailbox.take_task(mail) {
+        // The mailbox until the next look at the socket.
+        let elapsed = began.elapsed();
+        let until = began + (elapsed + SOCKET_EVERY).min(NEXT_TASK_SPIN);
+        let mailed = if crowded {
+            mailbox.take_task(mail) || {
+                mailbox.sleep_until(until);
+                mailbox.take_task(mail)
+            }
+        } else {
+            let pause = PAUSE_FOR.saturating_sub(elapsed);
+            crate::sys::spin_until_paused(until, pause, || mailbox.take_task(mail).then_some(())).is_some()
+        };
+        if mailed {
             let frame = match read {
                 Some(Ok(Progress::Frame(f))) => Some(f),
                 _ => None,
             };
             return Heard::Mail(frame);
         }
-        // The clock now and then only: a look at it costs as much as a
-        // look at the mailbox, and delays seeing a task as much.
-        if turn.is_multiple_of(CLOCK_EVERY) {
-            elapsed = began.elapsed();
-        }
-        if read.is_none() && elapsed >= socket_at {
-            socket_at = elapsed + SOCKET_EVERY;
+        if read.is_none() {
             match reader.read(conn, false) {
                 Ok(Progress::Pending) => {}
                 // The pool is gone: nobody will post, nor take an answer.
@@ -296,26 +294,14 @@ fn listen(mailbox: &Mailbox, reader: &mut Reader, conn: BorrowedFd<'_>, mail: &m
                 frame => read = Some(frame),
             }
         }
-        if read.is_some() || elapsed >= NEXT_TASK_SPIN {
+        if read.is_some() || began.elapsed() >= NEXT_TASK_SPIN {
             match mailbox.door().stop() {
                 Stop::Stopped => return Heard::Frame(read.unwrap_or(Ok(Progress::Pending))),
                 Stop::Task | Stop::Wait => {}
             }
         }
-        if crowded {
-            // Woken by a post, or at the next look at the socket.
-            mailbox.sleep_until(began + socket_at.min(NEXT_TASK_SPIN));
-            elapsed = began.elapsed();
-        } else if elapsed < PAUSE_FOR {
-            crate::sys::pause_turn(turn);
-        } else {
-            std::thread::yield_now();
-        }
     }
 }
-
-/// Looks at the mailbox per look at the clock while listening.
-const CLOCK_EVERY: u32 = 8;
 
 /// The task and item running now, for the last words.
 static RUNNING: std::sync::Mutex<Option<(u64, u32)>> = std::sync::Mutex::new(None);

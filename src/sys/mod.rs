@@ -253,7 +253,7 @@ pub(crate) fn spin_until_paused<T>(until: Instant, pause: Duration, mut look: im
 /// alone would keep the other from running until the pause ends, and the
 /// yields give it the core (round trips: 26 µs without them, in such
 /// stretches).
-pub(crate) fn pause_turn(turn: u32) {
+fn pause_turn(turn: u32) {
     if turn.is_multiple_of(32) {
         std::thread::yield_now();
     } else {
