@@ -134,6 +134,8 @@ pub(crate) struct State {
     /// The pool has a task timeout: a handed task must wake the supervisor
     /// (it times the task).
     timed: bool,
+    /// Workers listen for a caller's next task after one (`Config::spin`).
+    listen: bool,
 }
 
 impl State {
@@ -232,6 +234,7 @@ impl Shared {
                 offered: Vec::new(),
                 handed: Vec::new(),
                 timed: false,
+                listen: true,
             }),
             next_id: std::sync::atomic::AtomicU64::new(0),
             stopped: Condvar::new(),
@@ -331,7 +334,9 @@ impl Shared {
         let Some(offered) = st.offered.pop() else { return Err(task) };
         let id = self.new_id();
         let mut message = Vec::new();
-        reduction::encode_plain_onto(&task_message(id, &task, true), &mut message);
+        // Direct, so the worker listens for this caller's next task: unless
+        // this pool's tasks come from afar (`Config::spin`).
+        reduction::encode_plain_onto(&task_message(id, &task, st.listen), &mut message);
         // A timed task is the supervisor's to time from the start.
         let timed = st.timed || task.timeout.is_some();
         if !timed && offered.mailbox.post(id, &message) {
@@ -557,6 +562,11 @@ pub(crate) struct Config {
     pub exit: Option<Init>,
     pub maxtasks: Option<u64>,
     pub task_timeout: Option<Duration>,
+    /// Whether the supervisor and the workers spin, looking for the next
+    /// answer and the next task, before they sleep (`OFFER_SPIN`, a
+    /// worker's listening): false for a pool whose tasks come from afar
+    /// (`PoolBuilder::tasks_from_afar`).
+    pub spin: bool,
 }
 
 struct Slot {
@@ -652,7 +662,11 @@ pub(crate) fn run(shared: Arc<Shared>, config: Config) {
 
 impl Supervisor {
     fn main_loop(&mut self) {
-        self.shared.lock().timed = self.config.task_timeout.is_some();
+        {
+            let mut st = self.shared.lock();
+            st.timed = self.config.task_timeout.is_some();
+            st.listen = self.config.spin;
+        }
         for index in 0..self.config.processes {
             if let Err(e) = self.spawn_worker(index) {
                 self.shared.lock().broken = Some(format!("could not start a worker: {e}"));
@@ -1028,7 +1042,10 @@ impl Supervisor {
                 // and this worker, just done, is the one still awake
                 // (on top: offers are taken from the end).
                 let free = w.inflight.is_empty() && w.outbox.is_empty() && w.ready && !w.exited && !w.timed_out;
-                if free && self.config.maxtasks.is_none() && self.shared.lock().offer_again(w.index, || Offered::of(w))
+                if free
+                    && self.config.maxtasks.is_none()
+                    && self.shared.lock().offer_again(w.index, || Offered::of(w))
+                    && self.config.spin
                 {
                     self.spin_until = Some(now + OFFER_SPIN);
                 }
