@@ -1283,6 +1283,27 @@ mod tests {
         std::fs::write(path, b"ran").unwrap();
     }
 
+    /// A pool whose tasks come from afar (a cluster worker's local pool):
+    /// after a caller's task its worker does not listen for the next one,
+    /// where a plain pool's worker does.
+    #[cfg(all(feature = "cluster", not(multiproc_loom)))]
+    #[test]
+    fn the_workers_of_a_pool_fed_from_afar_do_not_listen() {
+        let listening = |pool: &super::Pool| {
+            assert_eq!(pool.apply(inc, (1,)).unwrap(), 2);
+            pool.shared.offered_mailboxes().iter().any(|(_, m)| m.door().listening())
+        };
+        let plain = super::Pool::new(1).unwrap();
+        let guard = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !listening(&plain) {
+            assert!(std::time::Instant::now() < guard, "a plain pool's worker never seen listening");
+        }
+        let afar = super::Pool::builder().processes(1).tasks_from_afar().build().unwrap();
+        for _ in 0..200 {
+            assert!(!listening(&afar), "a worker fed from afar listened");
+        }
+    }
+
     /// A task posted to a listening worker's mailbox that the worker never
     /// took (it was stopped while listening, then killed) runs on the
     /// worker that replaces it and gives its value, instead of failing
