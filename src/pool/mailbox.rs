@@ -66,17 +66,66 @@ pub(crate) enum Stop {
 #[repr(C)]
 pub(crate) struct Door<W> {
     state: W,
-    /// Keeps `watchers` off the state's cache line: the worker spins on
-    /// the state, and a caller's count of itself there would take the
-    /// line from it twice per round trip.
-    _apart: [u8; 60],
+    _align: [u8; 4],
+    /// What a post or an answer says, on the state's cache line: it comes
+    /// with the phase that shows it, one line to fetch instead of three
+    /// (the phase's, the lengths', the bytes').
+    beside: Beside,
+    /// Off the state's cache line: the worker spins on the state, and a
+    /// caller's count of itself there would take the line from it twice
+    /// per round trip.
     watchers: W,
 }
+
+/// The bytes of a task or an answer of at most this many bytes travel on
+/// the state's cache line; longer ones in the task or answer area.
+const INLINE_MAX: usize = 40;
+
+/// What travels beside the state word. Written only by the party whose
+/// turn the phase gives (the poster before it posts, the worker before it
+/// answers), read only after the phase that shows it.
+#[repr(C)]
+struct Beside {
+    /// The task's id, then its answer's.
+    id: AtomicU64,
+    /// The task's length, then its answer's.
+    len: AtomicU32,
+    /// The processor the task was posted from, plus one (0: not known).
+    poster_cpu: AtomicU32,
+    bytes: std::cell::UnsafeCell<[u8; INLINE_MAX]>,
+}
+
+// SAFETY: `bytes` is written only by the one party the door's phase lets
+// write (a poster, under the pool's lock, while the phase is EMPTY; the
+// worker while it is BUSY) and read only by the one the next phase lets
+// read (the worker once TASK; a claimer once it holds TAKING): never
+// written and read at once.
+unsafe impl Sync for Beside {}
+
+impl std::fmt::Debug for Beside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Beside").field("id", &self.id).field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+// The state and what travels with it fill one cache line exactly; the
+// watchers start the next.
+const _: () = assert!(std::mem::offset_of!(Door<AtomicU32>, watchers) == 64);
 
 impl<W: Word32> Door<W> {
     #[cfg(all(test, multiproc_loom))]
     pub(crate) fn new() -> Door<W> {
-        Door { state: W::new(EMPTY), _apart: [0; 60], watchers: W::new(0) }
+        Door {
+            state: W::new(EMPTY),
+            _align: [0; 4],
+            beside: Beside {
+                id: AtomicU64::new(0),
+                len: AtomicU32::new(0),
+                poster_cpu: AtomicU32::new(0),
+                bytes: std::cell::UnsafeCell::new([0; INLINE_MAX]),
+            },
+            watchers: W::new(0),
+        }
     }
 
     /// The worker's side: listens from now on.
@@ -229,18 +278,11 @@ impl<W: Word32> Door<W> {
     }
 }
 
-/// Where things are in the mapping.
+/// Where things are in the mapping: the door first, then (past
+/// [`INLINE_MAX`]) the task and answer areas.
 #[repr(C)]
 struct Header {
     door: Door<AtomicU32>,
-    _apart: [u8; 60],
-    /// Written before the phase that shows them.
-    task_len: AtomicU32,
-    answer_len: AtomicU32,
-    task_id: AtomicU64,
-    answer_id: AtomicU64,
-    /// The processor the last task was posted from, plus one.
-    poster_cpu: AtomicU32,
 }
 
 const TASK_AT: usize = 4096;
@@ -280,13 +322,20 @@ impl Mailbox {
 
     fn header(&self) -> &Header {
         // SAFETY: the mapping is at least `BYTES` long, page-aligned, and
-        // lives as long as `self`; the header's fields are atomics (or
-        // padding), zero-initialised by the memory file.
+        // lives as long as `self`; the header's fields are atomics, padding,
+        // or bytes in an `UnsafeCell` (written only through its pointer),
+        // all valid as the zeroes the memory file starts with.
         unsafe { &*self.map.as_ptr().cast::<Header>() }
     }
 
     pub(crate) fn door(&self) -> &Door<AtomicU32> {
         &self.header().door
+    }
+
+    /// Where a message of `len` bytes goes: beside the state word, or in
+    /// the area at `area`.
+    fn place(&self, len: usize, area: usize) -> *mut u8 {
+        if len <= INLINE_MAX { self.door().beside.bytes.get().cast() } else { self.map.as_ptr().wrapping_add(area) }
     }
 
     /// The caller's side (under the pool's lock): writes task `id`'s
@@ -297,13 +346,15 @@ impl Mailbox {
         if message.len() > TASK_MAX || h.door.state.load(Ordering::Acquire) & !SLEEP != EMPTY | LISTEN {
             return false;
         }
-        // SAFETY: the task area is `TASK_MAX` bytes inside the mapping; the
-        // phase is EMPTY, so the worker does not read it, and the pool's
-        // lock makes this the only writer.
-        unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), self.map.as_ptr().add(TASK_AT), message.len()) };
-        h.task_len.store(message.len() as u32, Ordering::Relaxed);
-        h.task_id.store(id, Ordering::Relaxed);
-        h.poster_cpu.store(cpu_plus_one(), Ordering::Relaxed);
+        // SAFETY: `place` gives room for `message.len()` bytes (beside the
+        // state word, or the task area of `TASK_MAX` bytes inside the
+        // mapping); the phase is EMPTY, so the worker does not read it, and
+        // the pool's lock makes this the only writer.
+        unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), self.place(message.len(), TASK_AT), message.len()) };
+        let beside = &h.door.beside;
+        beside.len.store(message.len() as u32, Ordering::Relaxed);
+        beside.id.store(id, Ordering::Relaxed);
+        beside.poster_cpu.store(cpu_plus_one(), Ordering::Relaxed);
         match h.door.post() {
             Some(asleep) => {
                 if asleep {
@@ -336,11 +387,12 @@ impl Mailbox {
         if !h.door.posted() {
             return false;
         }
-        let len = (h.task_len.load(Ordering::Relaxed) as usize).min(TASK_MAX);
+        let len = (h.door.beside.len.load(Ordering::Relaxed) as usize).min(TASK_MAX);
         into.clear();
-        // SAFETY: `len` is within the task area, which nobody writes while
+        // SAFETY: `place` gives where the poster put `len` bytes (within the
+        // task area or beside the state word), which nobody writes while
         // the task is posted.
-        into.extend_from_slice(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(TASK_AT), len) });
+        into.extend_from_slice(unsafe { std::slice::from_raw_parts(self.place(len, TASK_AT), len) });
         h.door.took();
         true
     }
@@ -353,14 +405,14 @@ impl Mailbox {
     /// worker had better sleep on the mailbox and be woken onto the idle
     /// core.
     pub(crate) fn poster_shares_my_cpu(&self) -> bool {
-        let cpu = self.header().poster_cpu.load(Ordering::Relaxed);
+        let cpu = self.door().beside.poster_cpu.load(Ordering::Relaxed);
         cpu != 0 && cpu == cpu_plus_one()
     }
 
     /// The id of a task posted and never taken.
     pub(crate) fn untaken(&self) -> Option<u64> {
         let h = self.header();
-        h.door.posted().then(|| h.task_id.load(Ordering::Relaxed))
+        h.door.posted().then(|| h.door.beside.id.load(Ordering::Relaxed))
     }
 
     /// The worker's side: answers task `id`, listening from now on if
@@ -372,11 +424,12 @@ impl Mailbox {
             return None;
         }
         let h = self.header();
-        // SAFETY: the answer area is `ANSWER_MAX` bytes inside the mapping;
-        // the phase is BUSY, so nobody else touches it.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_ptr().add(ANSWER_AT), bytes.len()) };
-        h.answer_len.store(bytes.len() as u32, Ordering::Relaxed);
-        h.answer_id.store(id, Ordering::Relaxed);
+        // SAFETY: `place` gives room for `bytes.len()` bytes (beside the
+        // state word, or the answer area of `ANSWER_MAX` bytes inside the
+        // mapping); the phase is BUSY, so nobody else touches either.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.place(bytes.len(), ANSWER_AT), bytes.len()) };
+        h.door.beside.len.store(bytes.len() as u32, Ordering::Relaxed);
+        h.door.beside.id.store(id, Ordering::Relaxed);
         Some(h.door.answer(listen))
     }
 
@@ -387,18 +440,19 @@ impl Mailbox {
     /// The task whose answer waits, if one does.
     pub(crate) fn answered(&self) -> Option<u64> {
         let h = self.header();
-        h.door.answered().then(|| h.answer_id.load(Ordering::Relaxed))
+        h.door.answered().then(|| h.door.beside.id.load(Ordering::Relaxed))
     }
 
     /// Takes the waiting answer if it is task `id`'s.
     pub(crate) fn take_answer(&self, id: u64) -> Option<Vec<u8>> {
         let h = self.header();
         let listen = h.door.claim()?;
-        let answer = (h.answer_id.load(Ordering::Relaxed) == id).then(|| {
-            let len = (h.answer_len.load(Ordering::Relaxed) as usize).min(ANSWER_MAX);
-            // SAFETY: `len` is within the answer area, which nobody writes
-            // while it is claimed.
-            unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(ANSWER_AT), len) }.to_vec()
+        let answer = (h.door.beside.id.load(Ordering::Relaxed) == id).then(|| {
+            let len = (h.door.beside.len.load(Ordering::Relaxed) as usize).min(ANSWER_MAX);
+            // SAFETY: `place` gives where the worker put `len` bytes (within
+            // the answer area or beside the state word), which nobody
+            // writes while the answer is claimed.
+            unsafe { std::slice::from_raw_parts(self.place(len, ANSWER_AT), len) }.to_vec()
         });
         match answer {
             Some(bytes) => {
@@ -425,6 +479,31 @@ mod tests {
 
     fn worker_side(m: &Mailbox) -> Mailbox {
         Mailbox::open(m.handle().unwrap().into_owned_fd()).unwrap()
+    }
+
+    /// Tasks and answers of every length around the limit of what travels
+    /// beside the state word, short after long and long after short, come
+    /// out as they went in (the two places never mix).
+    #[test]
+    fn messages_short_and_long_come_out_whole_from_either_place() {
+        let pool = Mailbox::new().unwrap();
+        let worker = worker_side(&pool);
+        let mut task = Vec::new();
+        let lengths = [0, 1, INLINE_MAX - 1, INLINE_MAX, INLINE_MAX + 1, 200, 1, TASK_MAX, INLINE_MAX, 2];
+        for (k, &len) in lengths.iter().enumerate() {
+            let id = k as u64 + 1;
+            let message: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + id) as u8).collect();
+            worker.door().listen();
+            assert!(pool.post(id, &message));
+            assert_eq!(pool.untaken(), Some(id));
+            assert!(worker.take_task(&mut task));
+            assert_eq!(task, message, "task of {len} bytes");
+            let answer_len = lengths[lengths.len() - 1 - k];
+            let answer: Vec<u8> = (0..answer_len).map(|i| (i as u64 * 13 + id) as u8).collect();
+            assert_eq!(worker.answer(id, &answer, false), Some(false));
+            assert_eq!(pool.answered(), Some(id));
+            assert_eq!(pool.take_answer(id), Some(answer), "answer of {answer_len} bytes to a task of {len}");
+        }
     }
 
     #[test]
