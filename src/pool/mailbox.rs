@@ -343,6 +343,10 @@ impl Mailbox {
     /// does not listen or the message does not fit.
     pub(crate) fn post(&self, id: u64, message: &[u8]) -> bool {
         let h = self.header();
+        let beside = &h.door.beside;
+        // Even for a task that takes the socket: the worker, about to
+        // listen after it, must know whether its caller runs beside it.
+        beside.poster_cpu.store(cpu_plus_one(), Ordering::Relaxed);
         if message.len() > TASK_MAX || h.door.state.load(Ordering::Acquire) & !SLEEP != EMPTY | LISTEN {
             return false;
         }
@@ -351,10 +355,8 @@ impl Mailbox {
         // mapping); the phase is EMPTY, so the worker does not read it, and
         // the pool's lock makes this the only writer.
         unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), self.place(message.len(), TASK_AT), message.len()) };
-        let beside = &h.door.beside;
         beside.len.store(message.len() as u32, Ordering::Relaxed);
         beside.id.store(id, Ordering::Relaxed);
-        beside.poster_cpu.store(cpu_plus_one(), Ordering::Relaxed);
         match h.door.post() {
             Some(asleep) => {
                 if asleep {
@@ -374,7 +376,12 @@ impl Mailbox {
     /// slept until `until`.
     pub(crate) fn sleep_until(&self, until: std::time::Instant) -> bool {
         let door = self.door();
-        let Some(seen) = door.sleeping() else { return true };
+        let Some(seen) = door.sleeping() else {
+            // Something is there: a task to take, or the last answer, not
+            // yet taken. Its taker may be waiting for this processor.
+            std::thread::yield_now();
+            return true;
+        };
         let woken = crate::sys::futex::wait(&door.state, seen, Some(until)).unwrap_or(true);
         door.awake();
         woken

@@ -261,8 +261,9 @@ const SOCKET_EVERY: std::time::Duration = std::time::Duration::from_micros(20);
 /// task sent while the worker did not listen, `Exit`). Stops listening
 /// before it returns, unless a task was posted first: that one is taken.
 fn listen(mailbox: &Mailbox, reader: &mut Reader, conn: BorrowedFd<'_>, mail: &mut Vec<u8>) -> Heard {
-    // Sharing a processor with the caller: sleep on the mailbox instead.
-    let crowded = mailbox.poster_shares_my_cpu();
+    // Sharing a processor with the caller: move to another, or, where
+    // there is none, sleep on the mailbox instead of looking.
+    let crowded = mailbox.poster_shares_my_cpu() && !crate::sys::move_off_this_cpu();
     mailbox.door().listen();
     let began = std::time::Instant::now();
     let mut read = None;

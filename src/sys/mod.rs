@@ -269,6 +269,28 @@ pub(crate) fn current_cpu() -> Option<u32> {
     u32::try_from(cpu).ok()
 }
 
+/// Moves the calling thread off the processor it runs on now, when its
+/// affinity allows another, and gives it back the affinity it had: a
+/// thread that finds the party it spins for on its own processor moves
+/// instead of taking turns with it. (Taking turns, the two look like one
+/// busy processor to the scheduler and stay together: a round trip then
+/// costs two context switches, 4 µs instead of 0.7.) False when it could
+/// not move: one processor allowed, or the calls failed.
+pub(crate) fn move_off_this_cpu() -> bool {
+    let Some(cpu) = current_cpu().map(|c| c as usize) else { return false };
+    let Ok(allowed) = rustix::thread::sched_getaffinity(None) else { return false };
+    if allowed.count() < 2 || !allowed.is_set(cpu) {
+        return false;
+    }
+    let mut elsewhere = allowed;
+    elsewhere.unset(cpu);
+    // The kernel moves a thread off a processor it may no longer use
+    // before the call returns.
+    let moved = rustix::thread::sched_setaffinity(None, &elsewhere).is_ok();
+    let _ = rustix::thread::sched_setaffinity(None, &allowed);
+    moved
+}
+
 /// An eventfd: a counter other threads bump to wake a thread in `poll`.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     Ok(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)?)
@@ -306,4 +328,29 @@ pub(crate) fn time_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
 /// only a faithful "parent died" signal when that thread is the main one.
 pub(crate) fn on_main_thread() -> bool {
     rustix::thread::gettid() == rustix::process::getpid()
+}
+
+#[cfg(all(test, not(multiproc_loom)))]
+mod tests {
+    /// A thread allowed more than one processor leaves the one it was on
+    /// and keeps the affinity it had; one allowed a single processor stays.
+    #[test]
+    fn a_thread_moves_off_its_processor_and_keeps_its_affinity() {
+        std::thread::spawn(|| {
+            let allowed = rustix::thread::sched_getaffinity(None).unwrap();
+            if allowed.count() >= 2 {
+                let before = super::current_cpu().unwrap();
+                assert!(super::move_off_this_cpu());
+                assert_ne!(super::current_cpu().unwrap(), before, "still on processor {before}");
+                assert!(rustix::thread::sched_getaffinity(None).unwrap() == allowed, "its affinity changed");
+            }
+            let mut one = rustix::thread::CpuSet::new();
+            one.set(super::current_cpu().unwrap() as usize);
+            rustix::thread::sched_setaffinity(None, &one).unwrap();
+            assert!(!super::move_off_this_cpu(), "nowhere else to go");
+            assert!(rustix::thread::sched_getaffinity(None).unwrap() == one);
+        })
+        .join()
+        .unwrap();
+    }
 }
