@@ -111,6 +111,8 @@ impl Run for Worker {
         let mut done = 0u64;
         // Bytes of messages and results since the heap was last trimmed.
         let mut grown = 0usize;
+        // A trim was due but work came first: the next idle moment trims.
+        let mut untrimmed = false;
         // The last task came straight from its caller.
         let mut after_direct = false;
         // A frame read while listening, behind a task posted to the mailbox.
@@ -139,12 +141,15 @@ impl Run for Worker {
             } else if spin {
                 reader.read_spinning(conn.as_fd(), std::time::Instant::now() + NEXT_TASK_SPIN)
             } else {
-                reader.read(conn.as_fd(), grown <= TRIM_AFTER)
+                reader.read(conn.as_fd(), grown <= TRIM_AFTER && !untrimmed)
             };
             if let Ok(Progress::Pending) = got {
                 let ready = crate::sys::poll(&[(conn.as_fd(), crate::sys::Interest::Read)], Some(IDLE));
                 if ready.is_ok_and(|r| !r[0].0) {
                     crate::sys::trim_heap();
+                    untrimmed = false;
+                } else if grown > TRIM_AFTER {
+                    untrimmed = true;
                 }
                 grown = 0;
                 got = reader.read(conn.as_fd(), true);
