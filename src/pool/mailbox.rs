@@ -369,10 +369,9 @@ impl Mailbox {
     }
 
     /// The listening worker's side: sleeps until a task is posted or
-    /// `until`, instead of looking (see
-    /// [`poster_shares_my_cpu`](Self::poster_shares_my_cpu)). The wake-up
-    /// is not a "sync" one, as a socket's is: the scheduler puts the worker
-    /// on an idle processor rather than beside its waker. False when it
+    /// `until`, instead of looking, for a worker that shares the one
+    /// processor it may use with its caller (see
+    /// [`poster_shares_my_cpu`](Self::poster_shares_my_cpu)). False when it
     /// slept until `until`.
     pub(crate) fn sleep_until(&self, until: std::time::Instant) -> bool {
         let door = self.door();
@@ -404,13 +403,12 @@ impl Mailbox {
         true
     }
 
-    /// The worker's side: whether the last task was posted from the
-    /// processor it runs on. The caller and the worker would then spin for
-    /// each other on one core (the scheduler leaves them so for tens of
-    /// milliseconds after a busy stretch, when socket wake-ups put each
-    /// wakee beside its waker: round trips of 5 µs instead of 0.8): the
-    /// worker had better sleep on the mailbox and be woken onto the idle
-    /// core.
+    /// The worker's side: whether the last task came from the processor it
+    /// runs on. The caller and the worker would then spin for each other on
+    /// one core (the scheduler leaves them so for tens of milliseconds
+    /// after a busy stretch, when socket wake-ups put each wakee beside its
+    /// waker): the worker had better move to another processor, or, where
+    /// it may use no other, sleep on the mailbox instead of looking.
     pub(crate) fn poster_shares_my_cpu(&self) -> bool {
         let cpu = self.door().beside.poster_cpu.load(Ordering::Relaxed);
         cpu != 0 && cpu == cpu_plus_one()

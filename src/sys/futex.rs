@@ -68,14 +68,17 @@ fn wait_once(seq: &AtomicU32, seen: u32, until: Instant) -> io::Result<bool> {
 /// Bumps `seq` and wakes one sleeper on it, or all.
 pub(crate) fn wake(seq: &AtomicU32, all: bool) {
     seq.fetch_add(1, Ordering::Release);
-    let n = if all { i32::MAX as u32 } else { 1 };
-    // Waking cannot fail on a valid, aligned word; a failure would only
-    // mean nobody is woken, which a waiter's deadline or recheck covers.
-    let _ = futex::wake(seq, futex::Flags::empty(), n);
+    wake_sleepers(seq, if all { i32::MAX as u32 } else { 1 });
 }
 
 /// Wakes one sleeper on `word`, leaving the word as it is: for a protocol
 /// whose waker has changed the word itself (the pool's mailbox).
 pub(crate) fn wake_one(word: &AtomicU32) {
-    let _ = futex::wake(word, futex::Flags::empty(), 1);
+    wake_sleepers(word, 1);
+}
+
+fn wake_sleepers(word: &AtomicU32, n: u32) {
+    // Waking cannot fail on a valid, aligned word; a failure would only
+    // mean nobody is woken, which a waiter's deadline or recheck covers.
+    let _ = futex::wake(word, futex::Flags::empty(), n);
 }
