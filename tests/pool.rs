@@ -836,3 +836,40 @@ fn an_idle_worker_gives_back_what_big_chunks_grew() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Blocks kept between freed ones, so that only a trim (not `free`
+/// itself) can give the freed pages back.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+static PINNED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Grows the worker's heap by 64 MiB in small blocks and frees all but
+/// every 64th; its argument counts as traffic (it must be over the
+/// worker's trim threshold). What the worker holds then, in KiB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fragment(arg: Vec<u8>) -> u64 {
+    let blocks: Vec<Vec<u8>> = (0..16 * 1024).map(|i| vec![i as u8; 4000]).collect();
+    PINNED.lock().unwrap().extend(blocks.into_iter().step_by(64));
+    drop(arg);
+    anonymous_kib(os::getpid())
+}
+
+/// A worker gives back the heap a big call grew at its next idle moment,
+/// even when more work came before it found itself idle (the trim put off
+/// then must not be forgotten).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_worker_gives_back_its_heap_once_idle_even_after_more_work() {
+    let pool = pool(1, StartMethod::Fork);
+    let pid = pool.apply(pid_of, (0,)).unwrap();
+    let before = anonymous_kib(pid);
+    let grown = pool.apply(fragment, (vec![7u8; 256 << 10],)).unwrap();
+    // At once, through the pool's thread (two calls do not go straight to
+    // a worker): the worker meets them instead of its idle moment.
+    assert_eq!(pool.map(inc, [1, 2]).unwrap(), [2, 3]);
+    assert!(grown >= before + (48 << 10), "the heap did not grow: {before} -> {grown} KiB");
+    let guard = Instant::now() + GUARD;
+    while anonymous_kib(pid) > before + (16 << 10) {
+        assert!(Instant::now() < guard, "the worker kept its heap: {before} -> {} KiB", anonymous_kib(pid));
+        std::thread::yield_now();
+    }
+}
