@@ -290,6 +290,53 @@ fn a_long_task_on_a_live_worker_is_never_redelivered() {
     assert_eq!(runs(&dir), 1, "the task was delivered again while its worker lived");
 }
 
+/// What `multiproc cluster status` shows while a worker runs a task and
+/// another waits: the task in flight with its worker, lease age and
+/// delivery count, the backlog, the worker's slots, and how long the
+/// oldest task has waited for its result.
+#[test]
+fn status_shows_the_running_task_the_backlog_and_the_oldest_age() {
+    let redis = Redis::start("status");
+    let dir = redis.dir.join("runs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _w = worker(&redis, "status", 1, 500);
+    let pool = pool(&redis, "status");
+    let empty = multiproc::cluster::status(&redis.url(), "status").unwrap();
+    assert_eq!((empty.backlog, empty.in_flight.len(), empty.oldest_pending_age_ms), (0, 0, None), "{empty}");
+    let submitted = Instant::now();
+    let running = pool.apply_async(noted_nap, (dir.display().to_string(), 600_000));
+    wait_for_runs(&dir, 1);
+    let waiting = pool.apply_async(square, (3,));
+    let until = Instant::now() + GUARD;
+    let status = loop {
+        let s = multiproc::cluster::status(&redis.url(), "status").unwrap();
+        if s.backlog == 1 && s.workers.first().is_some_and(|w| w.running == 1) {
+            break s;
+        }
+        assert!(Instant::now() < until, "never saw the second task waiting: {s}");
+        std::thread::yield_now();
+    };
+    assert_eq!(status.in_flight.len(), 1, "{status}");
+    let task = &status.in_flight[0];
+    assert_eq!(task.deliveries, 1, "{status}");
+    assert_eq!(status.workers.len(), 1, "{status}");
+    assert_eq!(task.worker, status.workers[0].name, "{status}");
+    assert_eq!(status.workers[0].slots, 1, "{status}");
+    // The worker renews its lease (500 ms) while the task runs.
+    assert!(task.lease_age_ms < 60_000, "{status}");
+    let age = status.oldest_pending_age_ms.expect("a task waits for its result");
+    assert!(age as u128 <= submitted.elapsed().as_millis() + 5, "{age} ms, older than the task: {status}");
+    let shown = status.to_string();
+    assert!(shown.contains("backlog 1, in flight 1") && shown.contains("oldest pending age"), "{shown}");
+    assert!(shown.contains(&task.worker) && shown.contains("running 1/1"), "{shown}");
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["backlog"], 1);
+    assert_eq!(json["in_flight"][0]["deliveries"], 1);
+    assert!(json["oldest_pending_age_ms"].is_u64(), "{json}");
+    assert!(running.cancel());
+    assert_eq!(waiting.get_timeout(GUARD).unwrap(), Some(9));
+}
+
 fn crash(_: u32) -> u32 {
     std::process::abort()
 }

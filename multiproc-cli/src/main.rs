@@ -74,7 +74,7 @@ enum Command {
 #[derive(Subcommand)]
 enum ClusterCommand {
     /// Backlog, tasks in flight per worker with lease ages, delivery
-    /// counts, live workers and dead letters.
+    /// counts, the oldest pending task's age, live workers and dead letters.
     Status(ClusterArgs),
     /// The dead letters with their reasons; `--requeue` sends them back.
     DeadLetters {

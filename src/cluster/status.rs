@@ -19,6 +19,11 @@ pub struct ClusterStatus {
     pub backlog: u64,
     /// Tasks taken and not yet answered, oldest first.
     pub in_flight: Vec<InFlight>,
+    /// Milliseconds since the oldest task without a result (taken or not)
+    /// was put in the task stream, by Redis's clock; `None` when there is
+    /// none. A task sent again (after Redis lost it, or requeued from the
+    /// dead letters) counts from then.
+    pub oldest_pending_age_ms: Option<u64>,
     /// Workers seen within the last three leases.
     pub workers: Vec<WorkerSeen>,
     /// The dead letters, oldest first.
@@ -95,7 +100,17 @@ fn dead_entries(c: &mut redis::Connection, keys: &Keys) -> Result<Vec<protocol::
 }
 
 /// Reads a pool's state: backlog, tasks in flight with their lease ages
-/// and delivery counts, live workers, dead letters.
+/// and delivery counts, the oldest pending task's age, live workers, dead
+/// letters. What `multiproc cluster status` prints (`Display`), or its
+/// `--json` (`Serialize`).
+///
+/// ```no_run
+/// let s = multiproc::cluster::status("redis://127.0.0.1/", "squares").unwrap();
+/// print!("{s}");
+/// if s.oldest_pending_age_ms.is_some_and(|ms| ms > 60_000) {
+///     eprintln!("a task has waited a minute; workers: {}", s.workers.len());
+/// }
+/// ```
 pub fn status(url: &str, pool: &str) -> Result<ClusterStatus> {
     let config = Config::new(url, pool);
     let keys = Keys::new(pool);
@@ -105,15 +120,13 @@ pub fn status(url: &str, pool: &str) -> Result<ClusterStatus> {
         Err(e) if e.code() == Some("ERR") || e.to_string().contains("no such key") => Value::Array(Vec::new()),
         Err(e) => return Err(redis_error("XINFO GROUPS")(e)),
     };
-    let backlog = match &groups {
-        Value::Array(gs) => gs
-            .iter()
-            .map(fields)
-            .find(|g| g.get("name").and_then(protocol::text).as_deref() == Some(GROUP))
-            .and_then(|g| g.get("lag").map(int))
-            .unwrap_or(0),
-        _ => 0,
+    let group = match &groups {
+        Value::Array(gs) => {
+            gs.iter().map(fields).find(|g| g.get("name").and_then(protocol::text).as_deref() == Some(GROUP))
+        }
+        _ => None,
     };
+    let backlog = group.as_ref().and_then(|g| g.get("lag").map(int)).unwrap_or(0);
     let pending: Value = redis::cmd("XPENDING")
         .arg(keys.tasks())
         .arg(GROUP)
@@ -136,6 +149,31 @@ pub fn status(url: &str, pool: &str) -> Result<ClusterStatus> {
             })
             .collect(),
         _ => Vec::new(),
+    };
+    // Tasks are delivered in the stream's order: the oldest one without a
+    // result is the first in flight, or else the first past the group's
+    // last delivery. An entry's id is the time Redis added it.
+    let first_waiting = match group.as_ref().and_then(|g| g.get("last-delivered-id").and_then(protocol::text)) {
+        Some(last) => {
+            let next: Value = redis::cmd("XRANGE")
+                .arg(keys.tasks())
+                .arg(format!("({last}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query(&mut c)
+                .map_err(redis_error("the first waiting task"))?;
+            protocol::entries(&next).into_iter().next().map(|(id, _)| id)
+        }
+        None => None,
+    };
+    let oldest = in_flight.iter().map(|t| t.entry.clone()).chain(first_waiting).filter_map(|id| entry_ms(&id)).min();
+    let oldest_pending_age_ms = match oldest {
+        Some(added) => {
+            let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut c).map_err(redis_error("TIME"))?;
+            Some((secs * 1000 + micros / 1000).saturating_sub(added))
+        }
+        None => None,
     };
     // SCAN, not KEYS: a shared Redis is not stopped to list them.
     let mut names: Vec<String> = Vec::new();
@@ -181,12 +219,22 @@ pub fn status(url: &str, pool: &str) -> Result<ClusterStatus> {
             }
         })
         .collect();
-    Ok(ClusterStatus { pool: pool.to_owned(), backlog, in_flight, workers, dead_letters })
+    Ok(ClusterStatus { pool: pool.to_owned(), backlog, in_flight, oldest_pending_age_ms, workers, dead_letters })
+}
+
+/// The milliseconds part of a stream entry's id (`<ms>-<seq>`).
+fn entry_ms(id: &str) -> Option<u64> {
+    id.split_once('-').map_or(id, |(ms, _)| ms).parse().ok()
 }
 
 /// Sends every dead letter that holds its task back to the task stream
 /// (for a fixed bug, or a worker of the right build now running), and
 /// removes it from the dead letters; how many went back.
+///
+/// ```no_run
+/// let n = multiproc::cluster::requeue_dead_letters("redis://127.0.0.1/", "squares").unwrap();
+/// println!("{n} tasks sent back");
+/// ```
 pub fn requeue_dead_letters(url: &str, pool: &str) -> Result<usize> {
     let config = Config::new(url, pool);
     let keys = Keys::new(pool);
@@ -220,6 +268,9 @@ impl std::fmt::Display for ClusterStatus {
         writeln!(f, "workers ({}):", self.workers.len())?;
         for w in &self.workers {
             writeln!(f, "  {}  running {}/{}", w.name, w.running, w.slots)?;
+        }
+        if let Some(age) = self.oldest_pending_age_ms {
+            writeln!(f, "oldest pending age: {age} ms")?;
         }
         if let Some(oldest) = self.in_flight.iter().map(|t| t.lease_age_ms).max() {
             writeln!(f, "oldest lease age: {oldest} ms")?;
