@@ -13,6 +13,8 @@
 //! which the worker rings when nobody watches. A worker that dies leaves
 //! its mailbox as it was: an answer it posted is delivered, a task it never
 //! took goes back to the queue, one it was running fails with its death.
+//! The mailbox also says which task the worker began last, however it came
+//! (`start`): one sent through the socket and never begun goes back too.
 //!
 //! The protocol is [`Door`], one state word and a count of watchers,
 //! generic over its atomics so that loom checks it as it is (`model`).
@@ -283,9 +285,18 @@ impl<W: Word32> Door<W> {
 #[repr(C)]
 struct Header {
     door: Door<AtomicU32>,
+    /// What the worker started last, whichever way it came: 0 before it
+    /// mapped the mailbox, [`NONE_STARTED`] until its first task, then the
+    /// task's id plus [`NONE_STARTED`] + 1. What its death tells the pool
+    /// about the task it was sent last. Off the door's cache line.
+    started: AtomicU64,
 }
 
+/// See [`Header::started`].
+const NONE_STARTED: u64 = 1;
+
 const TASK_AT: usize = 4096;
+const _: () = assert!(std::mem::size_of::<Header>() <= TASK_AT);
 /// The largest task message (its items are at most the direct path's 16
 /// KiB, plus the message around them).
 pub(crate) const TASK_MAX: usize = 20 << 10;
@@ -317,7 +328,10 @@ impl Mailbox {
         if map.len() < BYTES {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "a worker's mailbox is too short"));
         }
-        Ok(Mailbox { map })
+        let mailbox = Mailbox { map };
+        // From now on its death can say whether a task had begun.
+        mailbox.header().started.store(NONE_STARTED, Ordering::Release);
+        Ok(mailbox)
     }
 
     fn header(&self) -> &Header {
@@ -412,6 +426,22 @@ impl Mailbox {
     pub(crate) fn poster_shares_my_cpu(&self) -> bool {
         let cpu = self.door().beside.poster_cpu.load(Ordering::Relaxed);
         cpu != 0 && cpu == cpu_plus_one()
+    }
+
+    /// The worker's side: it starts task `id` now (before running any of
+    /// its calls).
+    pub(crate) fn start(&self, id: u64) {
+        self.header().started.store(id.wrapping_add(NONE_STARTED + 1), Ordering::Release);
+    }
+
+    /// The pool's side, once the worker is dead: whether it had started
+    /// task `id` (false: it never read it, the task never ran); `None` when
+    /// the worker never mapped its mailbox, so it cannot say.
+    pub(crate) fn started(&self, id: u64) -> Option<bool> {
+        match self.header().started.load(Ordering::Acquire) {
+            0 => None,
+            last => Some(last == id.wrapping_add(NONE_STARTED + 1)),
+        }
     }
 
     /// The id of a task posted and never taken.

@@ -1341,4 +1341,43 @@ mod tests {
         pool.close();
         pool.join().unwrap();
     }
+
+    /// Tasks sent to a worker that died before it read them (killed while
+    /// idle, stopped here so that it cannot read) never ran: they run on
+    /// the worker that replaces it and give their values; while a task a
+    /// worker had begun when it died fails with that death.
+    #[cfg(not(multiproc_loom))]
+    #[test]
+    fn tasks_a_dead_worker_never_read_run_elsewhere() {
+        use nix::sys::signal::{Signal, kill};
+        let pool = super::Pool::builder().processes(1).start_method(crate::StartMethod::Fork).build().unwrap();
+        assert_eq!(pool.apply(inc, (1,)).unwrap(), 2);
+        let pid = pool.pids()[0];
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+        let guard = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !stopped(pid) {
+            assert!(std::time::Instant::now() < guard, "the worker never stopped");
+            std::thread::yield_now();
+        }
+        // Two calls: they go through the pool's thread and the socket.
+        let r = pool.map_async(inc, [10, 20]);
+        while pool.shared.lock().pending.len() == 2 {
+            assert!(std::time::Instant::now() < guard, "nothing was sent to the worker");
+            std::thread::yield_now();
+        }
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        assert_eq!(r.get().unwrap(), [11, 21]);
+        assert!(!pool.pids().contains(&pid));
+        // A call the worker had begun fails with its death.
+        let died = pool.apply(die, (0,));
+        assert!(matches!(died, Err(crate::Error::WorkerDied { .. })), "{died:?}");
+        assert_eq!(pool.apply(inc, (2,)).unwrap(), 3);
+        pool.close();
+        pool.join().unwrap();
+    }
+
+    #[cfg(not(multiproc_loom))]
+    fn die(_: u8) -> u8 {
+        std::process::abort()
+    }
 }

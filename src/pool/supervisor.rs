@@ -1081,8 +1081,14 @@ impl Supervisor {
         let finished_quota = self.config.maxtasks.is_some_and(|m| w.sent >= m && w.inflight.is_empty());
         let mut inflight = std::mem::take(&mut w.inflight);
         // The oldest unanswered task was running, unless the worker left on
-        // its own after its quota (then nothing was).
+        // its own after its quota (then nothing was), or died before it read
+        // that task (killed while idle, the task still in its socket): then
+        // it goes back with the others it never started. A task killed for
+        // its time or its cancel is the one that was running, as before.
         let clean = code == 0 && finished_quota;
+        let front_began = inflight
+            .front()
+            .is_some_and(|(id, _)| w.timed_out || w.answers.mailbox().and_then(|m| m.started(*id)).unwrap_or(true));
         let how = describe_exit(code);
         let reason = if clean {
             RestartReason::MaxTasks
@@ -1106,7 +1112,10 @@ impl Supervisor {
                 "pool worker died"
             );
         }
-        if !clean && let Some((id, running)) = inflight.pop_front() {
+        if !clean
+            && front_began
+            && let Some((id, running)) = inflight.pop_front()
+        {
             let (name, pid, timeout) = (w.name.to_string(), w.pid, running.timeout.or(self.config.task_timeout));
             let died = || Error::WorkerDied { name: name.clone(), pid, exitcode: code, how: how.clone() };
             if let Some((_, item, call, crate::wire::Outcome::Panicked { message, location, backtrace })) =

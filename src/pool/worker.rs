@@ -171,6 +171,11 @@ impl Run for Worker {
                     (id, entry, items)
                 }
             };
+            // Should this process die from now on, the pool knows the task
+            // had begun; before, that it never ran and may run elsewhere.
+            if let Some(m) = &mailbox {
+                m.start(id);
+            }
             let entry = resolve(entry);
             let mut fds = frame.fds.into_iter();
             let mut outcomes = Vec::with_capacity(items.len());
