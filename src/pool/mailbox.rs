@@ -288,15 +288,21 @@ struct Header {
     /// What the worker started last, whichever way it came: 0 before it
     /// mapped the mailbox, [`NONE_STARTED`] until its first task, then the
     /// task's id plus [`NONE_STARTED`] + 1. What its death tells the pool
-    /// about the task it was sent last. Off the door's cache line.
-    started: AtomicU64,
+    /// about the task it was sent last. On a cache line of its own: on the
+    /// watchers' line, the worker's store would take it from a watching
+    /// caller every round trip.
+    started: OwnLine,
 }
+
+#[repr(C, align(64))]
+struct OwnLine(AtomicU64);
 
 /// See [`Header::started`].
 const NONE_STARTED: u64 = 1;
 
 const TASK_AT: usize = 4096;
 const _: () = assert!(std::mem::size_of::<Header>() <= TASK_AT);
+const _: () = assert!(std::mem::offset_of!(Header, started) == 128);
 /// The largest task message (its items are at most the direct path's 16
 /// KiB, plus the message around them).
 pub(crate) const TASK_MAX: usize = 20 << 10;
@@ -330,7 +336,7 @@ impl Mailbox {
         }
         let mailbox = Mailbox { map };
         // From now on its death can say whether a task had begun.
-        mailbox.header().started.store(NONE_STARTED, Ordering::Release);
+        mailbox.header().started.0.store(NONE_STARTED, Ordering::Release);
         Ok(mailbox)
     }
 
@@ -431,14 +437,14 @@ impl Mailbox {
     /// The worker's side: it starts task `id` now (before running any of
     /// its calls).
     pub(crate) fn start(&self, id: u64) {
-        self.header().started.store(id.wrapping_add(NONE_STARTED + 1), Ordering::Release);
+        self.header().started.0.store(id.wrapping_add(NONE_STARTED + 1), Ordering::Release);
     }
 
     /// The pool's side, once the worker is dead: whether it had started
     /// task `id` (false: it never read it, the task never ran); `None` when
     /// the worker never mapped its mailbox, so it cannot say.
     pub(crate) fn started(&self, id: u64) -> Option<bool> {
-        match self.header().started.load(Ordering::Acquire) {
+        match self.header().started.0.load(Ordering::Acquire) {
             0 => None,
             last => Some(last == id.wrapping_add(NONE_STARTED + 1)),
         }
