@@ -427,6 +427,7 @@ fn accept(
         timeout: message.timeout_ms.map(Duration::from_millis),
         signature: None,
         describe: None,
+        unbegun: 0,
     };
     state.running().insert(stream_id, Running { message, sink });
     local.submit_tasks([task]);

@@ -561,6 +561,7 @@ impl Pool {
                     timeout: None,
                     signature: Some(entries.signature),
                     describe: Some(entries.describe),
+                    unbegun: 0,
                 });
                 base += calls;
                 continue;
@@ -577,6 +578,7 @@ impl Pool {
                         timeout: None,
                         signature: Some(entries.signature),
                         describe: Some(entries.describe),
+                        unbegun: 0,
                     }),
                     Err(e) => {
                         let show = || result::show_call(call);
@@ -623,6 +625,7 @@ impl Pool {
         match pack(&args) {
             Ok(item) => self.shared.submit([Task {
                 describe: None,
+                unbegun: 0,
                 entry,
                 items: vec![item],
                 base: 0,

@@ -69,6 +69,29 @@ pub(crate) struct Task {
     pub signature: Option<fn() -> crate::process::Signature>,
     /// Shows a call's arguments in its error, for map-like calls.
     pub describe: Option<crate::pool::result::Describe>,
+    /// Workers that died with it sent and never begun (see
+    /// [`counts_as_begun`]).
+    pub unbegun: u8,
+}
+
+/// How many workers may die before they begin the same task (each time it
+/// goes back to the queue) before it fails with the last death after all:
+/// something in the task itself may kill them as they read it (a message
+/// too big for the memory they have), and it must not go round for ever.
+const UNBEGUN_AT_MOST: u8 = 3;
+
+/// Whether a dead worker's oldest unanswered task counts as the one it was
+/// running (it fails with the death) given what its mailbox says (`None`:
+/// it cannot say; the pool's own kill for a time limit or a cancel counts
+/// as begun), and the deaths before it began this task so far.
+fn counts_as_begun(started: Option<bool>, unbegun: &mut u8) -> bool {
+    match started {
+        Some(false) => {
+            *unbegun += 1;
+            *unbegun > UNBEGUN_AT_MOST
+        }
+        _ => true,
+    }
 }
 
 impl Task {
@@ -1086,9 +1109,13 @@ impl Supervisor {
         // it goes back with the others it never started. A task killed for
         // its time or its cancel is the one that was running, as before.
         let clean = code == 0 && finished_quota;
-        let front_began = inflight
-            .front()
-            .is_some_and(|(id, _)| w.timed_out || w.answers.mailbox().and_then(|m| m.started(*id)).unwrap_or(true));
+        let front_began = match inflight.front_mut() {
+            Some((id, t)) => {
+                let started = if w.timed_out { Some(true) } else { w.answers.mailbox().and_then(|m| m.started(*id)) };
+                counts_as_begun(started, &mut t.unbegun)
+            }
+            None => false,
+        };
         let how = describe_exit(code);
         let reason = if clean {
             RestartReason::MaxTasks
@@ -1255,5 +1282,26 @@ fn flush(w: &mut Slot) {
             w.out_fds.clear();
             w.exited = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A task its dead workers never began goes back to the queue, but
+    /// only so often: after [`UNBEGUN_AT_MOST`] such deaths it fails like
+    /// a task they ran. One they began, or whose worker cannot say, fails
+    /// at once.
+    #[test]
+    fn a_task_never_begun_goes_back_a_bounded_number_of_times() {
+        use super::{UNBEGUN_AT_MOST, counts_as_begun};
+        let mut unbegun = 0;
+        for _ in 0..UNBEGUN_AT_MOST {
+            assert!(!counts_as_begun(Some(false), &mut unbegun));
+        }
+        assert!(counts_as_begun(Some(false), &mut unbegun), "it went round for ever");
+        let mut fresh = 0;
+        assert!(counts_as_begun(Some(true), &mut fresh));
+        assert!(counts_as_begun(None, &mut fresh));
+        assert_eq!(fresh, 0, "begun deaths are not counted as unbegun ones");
     }
 }
