@@ -41,10 +41,10 @@ const SIZES: &[usize] = &[
     (48 << 10) - 3,
     (48 << 10) + 1, // one packet on the socket path (48 KiB)
     (128 << 10) - 3,
-    (128 << 10) + 5, // half the hot window
+    (128 << 10) + 5, // half a chunk
     (256 << 10) - 3,
     (256 << 10),
-    (256 << 10) + 7, // the hot window and chunk
+    (256 << 10) + 7, // a chunk of the ring (given back in these)
 ];
 /// Rarer, they are big: around the size past which a value travels in a
 /// memory file of its own (1 MiB encoded), around the size past which a
@@ -53,6 +53,8 @@ const SIZES: &[usize] = &[
 /// record (16 MiB encoded, now in memory files too unless descriptors run
 /// short).
 const HUGE: &[usize] = &[
+    // Also half the queue's hot window (2 MiB), below which a stream's
+    // backlog must stay for it to go round that window.
     (1 << 20) - 4,
     (1 << 20) - 3,
     (1 << 20) - 2,

@@ -69,7 +69,8 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
-    /// The geometry of queues: 256 KiB chunks and hot window.
+    /// The usual geometry: 256 KiB chunks and hot window (a queue widens
+    /// its hot window).
     pub(crate) fn queue(capacity: u64) -> Geometry {
         Geometry { capacity, chunk: 256 << 10, hot: 256 << 10 }
     }
@@ -519,6 +520,12 @@ impl<M: Medium> Ring<M> {
         self.mem.full_fence();
         let bell = &self.header().sleep.bell;
         bell.load(Ordering::SeqCst) == 1 && bell.swap(0, Ordering::SeqCst) == 1
+    }
+
+    /// Times producers went back to the ring's start (for tests).
+    #[cfg(all(test, not(multiproc_loom)))]
+    pub(crate) fn laps(&self) -> u64 {
+        self.header().put.index.load(Ordering::Acquire) / self.geometry().capacity
     }
 
     /// Items in the queue (exact when no put or get is half done).
