@@ -681,7 +681,7 @@ mod tests {
     /// A stream with a backlog of several hundred KiB (a consumer a little
     /// behind its producer) goes round the queue's hot window instead of
     /// on through fresh pages: the producer comes back to the ring's start
-    /// every couple of MiB, and the ring holds no more than that window.
+    /// every few MiB, and the ring holds no more than that window.
     #[test]
     fn a_stream_with_a_modest_backlog_keeps_to_the_hot_window() {
         let q = super::Queue::<ByteBuf>::new(0).unwrap();
@@ -689,12 +689,12 @@ mod tests {
         for _ in 0..600 {
             q.put(&msg).unwrap();
         }
-        for _ in 0..40_000 {
+        for _ in 0..60_000 {
             q.put(&msg).unwrap();
             assert_eq!(q.get().unwrap(), msg);
         }
         let ring = &q.core.ring.0;
-        assert!(ring.laps() >= 10, "{} laps: the stream ran on through fresh pages", ring.laps());
+        assert!(ring.laps() >= 8, "{} laps: the stream ran on through fresh pages", ring.laps());
         let resident = rustix::fs::fstat(std::os::fd::AsFd::as_fd(ring)).unwrap().st_blocks as u64 * 512;
         assert!(resident <= super::HOT_BYTES + (1 << 20), "{resident} bytes resident");
     }

@@ -53,8 +53,6 @@ const SIZES: &[usize] = &[
 /// record (16 MiB encoded, now in memory files too unless descriptors run
 /// short).
 const HUGE: &[usize] = &[
-    // Also half the queue's hot window (2 MiB), below which a stream's
-    // backlog must stay for it to go round that window.
     (1 << 20) - 4,
     (1 << 20) - 3,
     (1 << 20) - 2,
