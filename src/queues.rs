@@ -113,11 +113,8 @@ impl Core {
             slots,
             maxsize,
             ring: Arc::new(RingHandle(
-                Ring::new(crate::sys::ring::Geometry {
-                    hot: HOT_BYTES,
-                    ..crate::sys::ring::Geometry::queue(RING_BYTES as u64)
-                })
-                .map_err(io("a queue's shared ring"))?,
+                Ring::new(crate::sys::ring::Geometry::new(RING_BYTES as u64, HOT_BYTES))
+                    .map_err(io("a queue's shared ring"))?,
             )),
         })
     }

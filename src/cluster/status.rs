@@ -167,7 +167,7 @@ pub fn status(url: &str, pool: &str) -> Result<ClusterStatus> {
         }
         None => None,
     };
-    let oldest = in_flight.iter().map(|t| t.entry.clone()).chain(first_waiting).filter_map(|id| entry_ms(&id)).min();
+    let oldest = in_flight.iter().map(|t| t.entry.as_str()).chain(first_waiting.as_deref()).filter_map(entry_ms).min();
     let oldest_pending_age_ms = match oldest {
         Some(added) => {
             let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut c).map_err(redis_error("TIME"))?;

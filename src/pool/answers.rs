@@ -27,9 +27,13 @@ use super::mailbox::Mailbox;
 use crate::Handle;
 use crate::sys::ring::{Geometry, Record, Ring};
 
-/// Bytes of ring per worker: address space; only the hot window (256 KiB)
-/// is touched by a steady stream of answers.
+/// Bytes of ring per worker: address space; only the hot window is
+/// touched by a steady stream of answers.
 const RING_BYTES: u64 = 4 << 20;
+
+/// The answer ring's hot window: narrower than a queue's, as there is one
+/// ring per worker and answers are mostly small.
+const HOT_BYTES: u64 = 256 << 10;
 
 /// Answers above this size take the socket: for them a system call is
 /// small beside the copying, and records beyond the ring's hot window would
@@ -49,7 +53,7 @@ pub(crate) struct Answers {
 impl Answers {
     /// A new ring and mailbox, made by the supervisor for a worker.
     pub(crate) fn new() -> io::Result<Answers> {
-        Ok(Answers { ring: Ring::new(Geometry::queue(RING_BYTES))?, mailbox: Some(Arc::new(Mailbox::new()?)) })
+        Ok(Answers { ring: Ring::new(Geometry::new(RING_BYTES, HOT_BYTES))?, mailbox: Some(Arc::new(Mailbox::new()?)) })
     }
 
     /// What the worker is started with to open them: the ring's handle

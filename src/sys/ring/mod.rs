@@ -69,10 +69,10 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
-    /// The usual geometry: 256 KiB chunks and hot window (a queue widens
-    /// its hot window).
-    pub(crate) fn queue(capacity: u64) -> Geometry {
-        Geometry { capacity, chunk: 256 << 10, hot: 256 << 10 }
+    /// 256 KiB chunks and a hot window of `hot` bytes (a multiple of 256
+    /// KiB): a queue's is wider than a pool's answer ring's.
+    pub(crate) fn new(capacity: u64, hot: u64) -> Geometry {
+        Geometry { capacity, chunk: 256 << 10, hot }
     }
 
     fn valid(self) -> bool {

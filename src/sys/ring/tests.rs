@@ -9,7 +9,7 @@ const CHUNK: u64 = 256 << 10;
 const HANG: Duration = Duration::from_secs(30);
 
 fn ring(capacity: u64) -> Ring {
-    Ring::new(Geometry::queue(capacity)).unwrap()
+    Ring::new(Geometry::new(capacity, CHUNK)).unwrap()
 }
 
 /// Another process's view of the same ring: its own mapping and caches.
