@@ -246,6 +246,13 @@ fn noted_nap(dir: String, millis: u64) -> u32 {
     7
 }
 
+/// A fresh folder for `noted_nap`'s notes, in the test's Redis folder.
+fn runs_dir(redis: &Redis) -> PathBuf {
+    let dir = redis.dir.join("runs");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn runs(dir: &Path) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
@@ -263,8 +270,7 @@ fn wait_for_runs(dir: &Path, n: usize) {
 #[test]
 fn a_killed_workers_task_runs_elsewhere_and_answers_once() {
     let redis = Redis::start("killed");
-    let dir = redis.dir.join("runs");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runs_dir(&redis);
     let pool = Pool::builder().redis(&redis.url(), "killed").build().unwrap();
     let first = worker(&redis, "killed", 1, 500);
     let r = pool.apply_async(noted_nap, (dir.display().to_string(), 1500));
@@ -281,8 +287,7 @@ fn a_killed_workers_task_runs_elsewhere_and_answers_once() {
 #[test]
 fn a_long_task_on_a_live_worker_is_never_redelivered() {
     let redis = Redis::start("long");
-    let dir = redis.dir.join("runs");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runs_dir(&redis);
     let _w1 = worker(&redis, "long", 1, 200);
     let _w2 = worker(&redis, "long", 1, 200);
     let pool = pool(&redis, "long");
@@ -297,8 +302,7 @@ fn a_long_task_on_a_live_worker_is_never_redelivered() {
 #[test]
 fn status_shows_the_running_task_the_backlog_and_the_oldest_age() {
     let redis = Redis::start("status");
-    let dir = redis.dir.join("runs");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runs_dir(&redis);
     let _w = worker(&redis, "status", 1, 500);
     let pool = pool(&redis, "status");
     let empty = multiproc::cluster::status(&redis.url(), "status").unwrap();
@@ -408,8 +412,7 @@ fn slow_square(x: u64) -> u64 {
 #[test]
 fn sigterm_hands_tasks_back_at_once() {
     let redis = Redis::start("term");
-    let dir = redis.dir.join("runs");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runs_dir(&redis);
     let pool = pool(&redis, "term");
     // A long lease: only a hand-back lets the second worker have it soon.
     let first = worker(&redis, "term", 1, 60_000);
@@ -532,8 +535,7 @@ fn a_worker_of_another_build_never_runs_a_task() {
     let exe = std::env::current_exe().unwrap();
     let other = exe.parent().unwrap().parent().unwrap().join("examples/cluster");
     let redis = Redis::start("build");
-    let dir = redis.dir.join("runs");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runs_dir(&redis);
     let _stranger = worker_of(&other, &redis, "build", 1, 300);
     let pool = pool(&redis, "build");
     match pool.apply(noted_nap, (dir.display().to_string(), 0)) {
@@ -558,8 +560,7 @@ fn a_worker_of_another_build_never_runs_a_task() {
 #[test]
 fn a_stalled_workers_late_result_is_dropped() {
     let redis = Redis::start("stalled");
-    let dir = redis.dir.join("runs");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runs_dir(&redis);
     let pool = pool(&redis, "stalled");
     let first = worker(&redis, "stalled", 1, 300);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -638,8 +639,7 @@ fn a_task_past_its_timeout_is_killed_and_the_worker_goes_on() {
     let redis = Redis::start("timeout");
     let _w = worker(&redis, "timeout", 1, 2000);
     let pool = Pool::builder().redis(&redis.url(), "timeout").task_timeout(Duration::from_millis(300)).build().unwrap();
-    let dir = redis.dir.join("runs");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runs_dir(&redis);
     match pool.apply(noted_nap, (dir.display().to_string(), 60_000)) {
         Err(Error::TaskTimeout { timeout, .. }) => assert_eq!(timeout, Duration::from_millis(300)),
         other => panic!("{other:?}"),
@@ -886,8 +886,7 @@ fn a_password_in_the_url_is_used_and_a_wrong_one_refused() {
 #[test]
 fn cancel_stops_a_waiting_task_and_kills_a_running_one() {
     let redis = Redis::start("cancel");
-    let dir = redis.dir.join("runs");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runs_dir(&redis);
     let d = dir.display().to_string();
     let _w = worker(&redis, "cancel", 1, 600);
     let pool = pool(&redis, "cancel");
