@@ -90,9 +90,9 @@ const RING_BYTES: usize = 1 << 30;
 /// faulted in by the producer and given back by the consumer (a hole
 /// punched, and every processor's TLB flushed, per 256 KiB), 1.7× slower
 /// for 1 KiB messages (`queue_1k_per_s` of `multiproc-bench ipc`: 3.2-3.4
-/// M/s against 5.8-6.3) and 2.9× for 4 KiB. The cost:
-/// a queue that has carried 2 MiB keeps 2 MiB of shared memory while it
-/// lives. (A pool's answer rings keep 256 KiB: they are one per worker.)
+/// M/s against 5.8-6.3) and 2.9× for 4 KiB. The cost: a queue that has
+/// carried 2 MiB keeps 2 MiB of shared memory while it lives. (A pool's
+/// answer rings keep 256 KiB: they are one per worker.)
 const HOT_BYTES: u64 = 2 << 20;
 
 /// Messages above this size stream through the queue's socket instead,
@@ -478,9 +478,9 @@ macro_rules! queue_common {
 /// holds up to 1 GiB of backlog: like Python's, an unbounded queue does not
 /// block a `put` for want of a consumer (within that). Memory beyond the
 /// ring's first 2 MiB (the window a steady stream goes round) is given
-/// back behind consumers; those 2 MiB stay while the queue lives. Larger messages, and
-/// those carrying handles, stream through a socket as a consumer reads
-/// them, keeping their place in the order.
+/// back behind consumers; those 2 MiB stay while the queue lives. Larger
+/// messages, and those carrying handles, stream through a socket as a
+/// consumer reads them, keeping their place in the order.
 ///
 /// Byte payloads: serde sends a `Vec<u8>` as a sequence, one element at a
 /// time; `serde_bytes::ByteBuf` (the counterpart of Python's `bytes`) goes
@@ -692,7 +692,6 @@ mod tests {
         }
         let ring = &q.core.ring.0;
         assert!(ring.laps() >= 8, "{} laps: the stream ran on through fresh pages", ring.laps());
-        let resident = rustix::fs::fstat(std::os::fd::AsFd::as_fd(ring)).unwrap().st_blocks as u64 * 512;
-        assert!(resident <= super::HOT_BYTES + (1 << 20), "{resident} bytes resident");
+        assert!(ring.resident() <= super::HOT_BYTES + (1 << 20), "{} bytes resident", ring.resident());
     }
 }

@@ -241,6 +241,12 @@ impl Ring<Mapped> {
         }
         Ok(r)
     }
+
+    /// Bytes of the ring's memory file in memory now (for tests).
+    #[cfg(all(test, not(multiproc_loom)))]
+    pub(crate) fn resident(&self) -> u64 {
+        rustix::fs::fstat(self.as_fd()).unwrap().st_blocks as u64 * 512
+    }
 }
 
 impl AsFd for Ring<Mapped> {

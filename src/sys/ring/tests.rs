@@ -17,10 +17,6 @@ fn view(r: &Ring) -> Ring {
     Ring::open(r.as_fd().try_clone_to_owned().unwrap()).unwrap()
 }
 
-fn resident(r: &Ring) -> u64 {
-    rustix::fs::fstat(r.as_fd()).unwrap().st_blocks as u64 * 512
-}
-
 fn bytes(r: Option<Record>) -> Vec<u8> {
     match r {
         Some(Record::Bytes(b)) => b,
@@ -75,13 +71,13 @@ fn a_backlog_far_above_a_chunk_fits_and_its_memory_is_given_back() {
     for _ in 0..n {
         assert!(r.push(Some(&msg), Some(Instant::now())).unwrap(), "an unconsumed backlog must not block");
     }
-    assert!(resident(&r) >= 6 * CHUNK);
+    assert!(r.resident() >= 6 * CHUNK);
     for _ in 0..n {
         assert_eq!(bytes(r.pop(None).unwrap()).len(), 4096);
     }
     // Only the hot window, the chunk the consumer stands in, and the
     // header page stay.
-    assert!(resident(&r) <= 2 * CHUNK + DATA as u64, "{} bytes still resident", resident(&r));
+    assert!(r.resident() <= 2 * CHUNK + DATA as u64, "{} bytes still resident", r.resident());
 }
 
 #[test]
@@ -98,7 +94,7 @@ fn a_steady_stream_keeps_to_the_hot_window() {
             }
         }
     }
-    assert!(resident(&r) <= 2 * CHUNK + DATA as u64, "{} bytes resident", resident(&r));
+    assert!(r.resident() <= 2 * CHUNK + DATA as u64, "{} bytes resident", r.resident());
     let tail = r.header().put.index.load(Ordering::Relaxed);
     // A lap per hot window's worth of records, not per capacity's.
     assert!(
